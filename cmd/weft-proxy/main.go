@@ -1,4 +1,9 @@
 // Command weft-proxy is the Weft sidecar proxy, configured only by xDS.
+//
+//	weft-proxy [run]    the proxy (default)
+//	weft-proxy init     programs iptables for the pod, as an init container
+//	weft-proxy await    blocks until the local proxy is ready (a postStart hook)
+//	weft-proxy validate checks that traffic redirection really works
 package main
 
 import (
@@ -18,6 +23,7 @@ func main() {
 }
 
 func newRootCmd() *cobra.Command {
+	run := newRunCmd()
 	root := &cobra.Command{
 		Use:           "weft-proxy",
 		Short:         "The Weft sidecar proxy, configured only by xDS",
@@ -25,10 +31,10 @@ func newRootCmd() *cobra.Command {
 		SilenceErrors: true,
 		Version:       buildinfo.Version,
 		Args:          cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			return fmt.Errorf("the proxy is not built yet")
-		},
+		RunE:          run.RunE,
 	}
+	root.Flags().AddFlagSet(run.Flags())
 	root.SetVersionTemplate(buildinfo.String("weft-proxy") + "\n")
+	root.AddCommand(run, newInitCmd(), newAwaitCmd(), newValidateCmd())
 	return root
 }
