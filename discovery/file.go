@@ -1,0 +1,288 @@
+package discovery
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"reflect"
+	"time"
+
+	"github.com/fsnotify/fsnotify"
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
+	"sigs.k8s.io/yaml"
+)
+
+// Source produces States. Run publishes a first, complete State once it has one (for Kubernetes:
+// after the caches synced), then a new State after each change, until ctx ends. Publish is called
+// from one goroutine at a time.
+type Source interface {
+	Run(ctx context.Context, publish func(*State)) error
+}
+
+// LoadFile reads a multi-document Kubernetes YAML file of Namespaces, Services, EndpointSlices and
+// Pods (other kinds are ignored) and builds a State. Errors name the file, the document and the field.
+func LoadFile(path string) (*State, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("reading discovery file: %w", err)
+	}
+	objs, err := ParseObjects(data)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return Build(objs), nil
+}
+
+// ParseObjects decodes multi-document Kubernetes YAML. Unknown fields are errors, so a typo does not
+// silently drop a setting.
+func ParseObjects(data []byte) (Objects, error) {
+	var objs Objects
+	r := utilyaml.NewYAMLReader(bufio.NewReader(bytes.NewReader(data)))
+	for n := 1; ; n++ {
+		doc, err := r.Read()
+		if errors.Is(err, io.EOF) {
+			return objs, nil
+		}
+		if err != nil {
+			return objs, fmt.Errorf("document %d: %w", n, err)
+		}
+		if len(bytes.TrimSpace(doc)) == 0 {
+			n--
+			continue
+		}
+		if err := decodeDocument(doc, &objs); err != nil {
+			return objs, fmt.Errorf("document %d%w", n, err)
+		}
+	}
+}
+
+type docHeader struct {
+	APIVersion string `json:"apiVersion"`
+	Kind       string `json:"kind"`
+	Metadata   struct {
+		Name      string `json:"name"`
+		Namespace string `json:"namespace"`
+	} `json:"metadata"`
+}
+
+// decodeDocument appends the object of one YAML document. Its errors start with what follows
+// "document N" in a message: " (Kind ns/name): field: problem".
+func decodeDocument(doc []byte, objs *Objects) error {
+	js, err := yaml.YAMLToJSON(doc)
+	if err != nil {
+		return fmt.Errorf(": not valid YAML: %w", err)
+	}
+	if bytes.Equal(bytes.TrimSpace(js), []byte("null")) {
+		return nil
+	}
+	var h docHeader
+	if err := json.Unmarshal(js, &h); err != nil {
+		return fmt.Errorf(": not a Kubernetes object (a mapping with apiVersion and kind): %w", err)
+	}
+	if h.Metadata.Namespace == "" {
+		h.Metadata.Namespace = "default"
+	}
+	where := fmt.Sprintf(" (%s %s/%s)", h.Kind, h.Metadata.Namespace, h.Metadata.Name)
+	var fieldErr error
+	switch h.Kind {
+	case "":
+		return fmt.Errorf(": kind: missing; every document needs apiVersion and kind")
+	case "Namespace":
+		where = fmt.Sprintf(" (Namespace %s)", h.Metadata.Name)
+		var o corev1.Namespace
+		if fieldErr = strictJSON(js, &o); fieldErr == nil {
+			fieldErr = requireName(o.Name)
+			objs.Namespaces = append(objs.Namespaces, &o)
+		}
+	case "Service":
+		var o corev1.Service
+		if fieldErr = strictJSON(js, &o); fieldErr == nil {
+			o.Namespace = h.Metadata.Namespace
+			fieldErr = errors.Join(requireName(o.Name), validateService(&o))
+			objs.Services = append(objs.Services, &o)
+		}
+	case "EndpointSlice":
+		var o discoveryv1.EndpointSlice
+		if fieldErr = strictJSON(js, &o); fieldErr == nil {
+			o.Namespace = h.Metadata.Namespace
+			fieldErr = errors.Join(requireName(o.Name), validateSlice(&o))
+			objs.EndpointSlices = append(objs.EndpointSlices, &o)
+		}
+	case "Pod":
+		var o corev1.Pod
+		if fieldErr = strictJSON(js, &o); fieldErr == nil {
+			o.Namespace = h.Metadata.Namespace
+			fieldErr = errors.Join(requireName(o.Name), validatePod(&o))
+			objs.Pods = append(objs.Pods, &o)
+		}
+	default:
+		return nil // other kinds (Deployments, ConfigMaps, ...) may share the file; they are not ours
+	}
+	if fieldErr != nil {
+		return fmt.Errorf("%s: %w", where, fieldErr)
+	}
+	return nil
+}
+
+func strictJSON(js []byte, into any) error {
+	dec := json.NewDecoder(bytes.NewReader(js))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(into); err != nil {
+		var te *json.UnmarshalTypeError
+		if errors.As(err, &te) && te.Field != "" {
+			return fmt.Errorf("%s: %s is not a valid %s", te.Field, te.Value, te.Type)
+		}
+		return err
+	}
+	return nil
+}
+
+func requireName(name string) error {
+	if name == "" {
+		return errors.New("metadata.name: missing")
+	}
+	return nil
+}
+
+func validateService(s *corev1.Service) error {
+	var errs []error
+	if ip := s.Spec.ClusterIP; ip != "" && ip != "None" {
+		if _, err := netip.ParseAddr(ip); err != nil {
+			errs = append(errs, fmt.Errorf("spec.clusterIP: %q is not an IP address (or None)", ip))
+		}
+	}
+	names := map[string]bool{}
+	for i, p := range s.Spec.Ports {
+		if p.Port < 1 || p.Port > 65535 {
+			errs = append(errs, fmt.Errorf("spec.ports[%d].port: %d is not a port number (1-65535)", i, p.Port))
+		}
+		if len(s.Spec.Ports) > 1 && p.Name == "" {
+			errs = append(errs, fmt.Errorf("spec.ports[%d].name: missing; a Service with several ports must name each", i))
+		}
+		if names[p.Name] {
+			errs = append(errs, fmt.Errorf("spec.ports[%d].name: %q is used twice", i, p.Name))
+		}
+		names[p.Name] = true
+	}
+	return errors.Join(errs...)
+}
+
+func validateSlice(es *discoveryv1.EndpointSlice) error {
+	var errs []error
+	if es.Labels[discoveryv1.LabelServiceName] == "" {
+		errs = append(errs, fmt.Errorf("metadata.labels: missing %q (the name of the Service this slice belongs to)", discoveryv1.LabelServiceName))
+	}
+	switch es.AddressType {
+	case discoveryv1.AddressTypeIPv4, discoveryv1.AddressTypeIPv6, discoveryv1.AddressTypeFQDN:
+	default:
+		errs = append(errs, fmt.Errorf("addressType: %q is not one of IPv4, IPv6, FQDN", es.AddressType))
+	}
+	for i, p := range es.Ports {
+		if p.Port == nil || *p.Port < 1 || *p.Port > 65535 {
+			errs = append(errs, fmt.Errorf("ports[%d].port: missing or not a port number (1-65535)", i))
+		}
+	}
+	for i, e := range es.Endpoints {
+		if len(e.Addresses) == 0 {
+			errs = append(errs, fmt.Errorf("endpoints[%d].addresses: missing", i))
+		}
+		for j, a := range e.Addresses {
+			if es.AddressType == discoveryv1.AddressTypeFQDN {
+				continue
+			}
+			ip, err := netip.ParseAddr(a)
+			if err != nil || (es.AddressType == discoveryv1.AddressTypeIPv4) != ip.Is4() {
+				errs = append(errs, fmt.Errorf("endpoints[%d].addresses[%d]: %q is not an %s address", i, j, a, es.AddressType))
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func validatePod(p *corev1.Pod) error {
+	if ip := p.Status.PodIP; ip != "" {
+		if _, err := netip.ParseAddr(ip); err != nil {
+			return fmt.Errorf("status.podIP: %q is not an IP address", ip)
+		}
+	}
+	return nil
+}
+
+// FileSource is the local-mode source: a YAML file, watched for changes. A change that does not
+// parse is logged (file, document, field) and the last good State keeps serving.
+type FileSource struct {
+	Path   string
+	Logger *slog.Logger
+	// Quiet is how long the file must stay unchanged before it is read again (editors write in
+	// several steps). Zero means 100 ms.
+	Quiet time.Duration
+}
+
+// Run loads the file (an error here is returned: a bad file at startup is a startup problem), then
+// watches its directory and publishes each new, different State. Only Run's goroutine touches its
+// state.
+func (f *FileSource) Run(ctx context.Context, publish func(*State)) error {
+	log := f.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	quiet := f.Quiet
+	if quiet <= 0 {
+		quiet = 100 * time.Millisecond
+	}
+	w, err := fsnotify.NewWatcher()
+	if err != nil {
+		return fmt.Errorf("watching %s: %w", f.Path, err)
+	}
+	defer w.Close()
+	// Watch the directory: editors and Kubernetes ConfigMap mounts replace the file by renaming.
+	if err := w.Add(filepath.Dir(f.Path)); err != nil {
+		return fmt.Errorf("watching %s: %w", f.Path, err)
+	}
+	last, err := LoadFile(f.Path)
+	if err != nil {
+		return err
+	}
+	publish(last)
+
+	timer := time.NewTimer(time.Hour)
+	timer.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case err, ok := <-w.Errors:
+			if !ok {
+				return nil
+			}
+			log.Warn("watching discovery file", "file", f.Path, "error", err)
+		case _, ok := <-w.Events:
+			if !ok {
+				return nil
+			}
+			timer.Reset(quiet)
+		case <-timer.C:
+			s, err := LoadFile(f.Path)
+			if err != nil {
+				log.Error("discovery file rejected; still serving the last good one", "error", err)
+				continue
+			}
+			if reflect.DeepEqual(s, last) {
+				continue
+			}
+			last = s
+			log.Info("discovery file reloaded", "file", f.Path, "services", len(s.Services), "pods", len(s.Pods))
+			publish(s)
+		}
+	}
+}

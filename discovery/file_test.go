@@ -1,0 +1,172 @@
+package discovery
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	discoveryv1 "k8s.io/api/discovery/v1"
+)
+
+func TestLoadExample(t *testing.T) {
+	s, err := LoadFile("../deploy/examples/echo.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	svc, ok := s.Service("default", "echo")
+	if !ok {
+		t.Fatal("no Service default/echo")
+	}
+	want := []Endpoint{
+		{Address: "127.0.0.2", Ports: []EndpointPort{{Name: "grpc", Port: 8080}}, Ready: true, Zone: "zone-a", Pod: "echo-0"},
+		{Address: "127.0.0.3", Ports: []EndpointPort{{Name: "grpc", Port: 8080}}, Ready: true, Zone: "zone-b", Pod: "echo-1"},
+	}
+	if d := cmp.Diff(want, svc.Endpoints); d != "" {
+		t.Errorf("endpoints (-want +got):\n%s", d)
+	}
+	if d := cmp.Diff([]ServicePort{{Name: "grpc", Port: 8080, Protocol: "TCP", AppProtocol: "grpc", TargetPort: "8080"}}, svc.Ports); d != "" {
+		t.Errorf("ports (-want +got):\n%s", d)
+	}
+	p, ok := s.Pod("default", "echo-1")
+	if !ok || p.IP != "127.0.0.3" || p.ServiceAccount != "echo" || p.HasProxy {
+		t.Errorf("pod echo-1 = %+v, %v", p, ok)
+	}
+}
+
+func TestParseErrorsNameDocumentAndField(t *testing.T) {
+	for _, tc := range []struct{ name, yaml, want string }{
+		{"bad port", "apiVersion: v1\nkind: Service\nmetadata: {name: a}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: b, namespace: x}\nspec:\n  ports: [{port: 0}]\n",
+			"document 2 (Service x/b): spec.ports[0].port: 0 is not a port number"},
+		{"unknown field", "apiVersion: v1\nkind: Service\nmetadata: {name: a}\nspec: {prots: []}\n", `document 1 (Service default/a): json: unknown field "prots"`},
+		{"wrong type", "apiVersion: v1\nkind: Service\nmetadata: {name: a}\nspec: {ports: [{port: x}]}\n", "document 1 (Service default/a): spec.ports.port: string is not a valid int32"},
+		{"bad address", "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: s, labels: {kubernetes.io/service-name: a}}\naddressType: IPv4\nendpoints: [{addresses: [1.2.3]}]\n",
+			`document 1 (EndpointSlice default/s): endpoints[0].addresses[0]: "1.2.3" is not an IPv4 address`},
+		{"no service label", "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: s}\naddressType: IPv4\n", `metadata.labels: missing "kubernetes.io/service-name"`},
+		{"no kind", "apiVersion: v1\nmetadata: {name: a}\n", "document 1: kind: missing"},
+		{"not yaml", "a: [b\n", "document 1: not valid YAML"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := ParseObjects([]byte(tc.yaml))
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("error = %v, want it to contain %q", err, tc.want)
+			}
+		})
+	}
+}
+
+func TestBuildIsOrderIndependentAndMergesSlices(t *testing.T) {
+	doc := `
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: shop}
+spec: {clusterIP: 10.0.0.1, ports: [{name: http, port: 80}, {name: admin, port: 9000}]}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: web-b, namespace: shop, labels: {kubernetes.io/service-name: web}}
+addressType: IPv4
+ports: [{name: admin, port: 9001}]
+endpoints:
+- addresses: [10.1.0.2]
+  conditions: {ready: true}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: web-a, namespace: shop, labels: {kubernetes.io/service-name: web}}
+addressType: IPv4
+ports: [{name: http, port: 8080}]
+endpoints:
+- addresses: [10.1.0.10]
+  conditions: {ready: false}
+- addresses: [10.1.0.2]
+  conditions: {ready: true, terminating: false}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: ignored}
+`
+	objs, err := ParseObjects([]byte(doc))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s1 := Build(objs)
+	rev := Objects{EndpointSlices: []*discoveryv1.EndpointSlice{objs.EndpointSlices[1], objs.EndpointSlices[0]}, Services: objs.Services}
+	s2 := Build(rev)
+	if d := cmp.Diff(s1, s2); d != "" {
+		t.Fatalf("order changed the State:\n%s", d)
+	}
+	svc, _ := s1.Service("shop", "web")
+	want := []Endpoint{
+		{Address: "10.1.0.2", Ports: []EndpointPort{{Name: "admin", Port: 9001}, {Name: "http", Port: 8080}}, Ready: true},
+		{Address: "10.1.0.10", Ports: []EndpointPort{{Name: "http", Port: 8080}}, Ready: false},
+	}
+	if d := cmp.Diff(want, svc.Endpoints); d != "" {
+		t.Errorf("merged endpoints (-want +got):\n%s", d)
+	}
+	if len(svc.Ports) != 2 || svc.Ports[0].Port != 80 {
+		t.Errorf("ports not sorted: %+v", svc.Ports)
+	}
+}
+
+// TestFileSourceKeepsLastGood edits a watched file: a good edit is published, a bad one is not.
+func TestFileSourceKeepsLastGood(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "mesh.yaml")
+	example, err := os.ReadFile("../deploy/examples/echo.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	write := func(b []byte) {
+		t.Helper()
+		// Write then rename, as editors do.
+		tmp := path + ".tmp"
+		if err := os.WriteFile(tmp, b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(tmp, path); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write(example)
+
+	var mu sync.Mutex
+	var got []*State
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error)
+	src := &FileSource{Path: path, Quiet: 20 * time.Millisecond}
+	go func() {
+		done <- src.Run(ctx, func(s *State) { mu.Lock(); got = append(got, s); mu.Unlock() })
+	}()
+	defer func() { cancel(); <-done }()
+	waitFor := func(what string, cond func([]*State) bool) {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for time.Now().Before(deadline) {
+			mu.Lock()
+			ok := cond(got)
+			mu.Unlock()
+			if ok {
+				return
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		t.Fatalf("timed out waiting for %s", what)
+	}
+	waitFor("first state", func(s []*State) bool { return len(s) == 1 })
+
+	write([]byte(strings.Replace(string(example), "port: 8080\n    appProtocol", "port: nope\n    appProtocol", 1)))
+	// A good edit after the bad one must be the next published State: the bad one is never published.
+	write([]byte(strings.Replace(string(example), `["127.0.0.3"]`, `["127.0.0.4"]`, 1)))
+	waitFor("second state", func(s []*State) bool { return len(s) >= 2 })
+	mu.Lock()
+	defer mu.Unlock()
+	svc, _ := got[len(got)-1].Service("default", "echo")
+	if len(got) != 2 || len(svc.Endpoints) != 2 || svc.Endpoints[1].Address != "127.0.0.4" {
+		t.Fatalf("published %d states, last endpoints %+v", len(got), svc.Endpoints)
+	}
+}
