@@ -27,6 +27,7 @@ func newRootCmd() *cobra.Command {
 	}
 	root.SetVersionTemplate(buildinfo.String("weft") + "\n")
 	root.AddCommand(newVersionCmd())
+	root.AddCommand(newIdentityCmd())
 	return root
 }
 
