@@ -1,15 +1,90 @@
 package main
 
 import (
-	"errors"
+	"fmt"
+	"log/slog"
+	"os"
 
 	"github.com/spf13/cobra"
+
+	"github.com/weftmesh/weft/dataplane/iptables"
 )
 
-func newInitCmd() *cobra.Command {
-	return &cobra.Command{
-		Use:  "init",
-		Args: cobra.NoArgs,
-		RunE: func(*cobra.Command, []string) error { return errors.New("weft-proxy init is not built yet") },
+// initFlags are the flags of `weft-proxy init`; the skip-* ones mirror the config.weft.io/skip-*
+// annotations and take the same text.
+type initFlags struct {
+	skipInbound, skipOutbound, skipSubnets string
+	proxyUID                               uint32
+	inboundPort, outboundPort, adminPort   uint16
+	dryRun                                 bool
+	mode                                   string
+}
+
+// options turns the flags into iptables options, or one clear error naming the flag.
+func (f initFlags) options() (iptables.Options, error) {
+	o := iptables.Options{ProxyUID: f.proxyUID, InboundPort: f.inboundPort, OutboundPort: f.outboundPort, AdminPort: f.adminPort}
+	var err error
+	if o.SkipInboundPorts, err = iptables.ParsePorts(f.skipInbound); err != nil {
+		return o, fmt.Errorf("--skip-inbound-ports: %w", err)
 	}
+	if o.SkipOutboundPorts, err = iptables.ParsePorts(f.skipOutbound); err != nil {
+		return o, fmt.Errorf("--skip-outbound-ports: %w", err)
+	}
+	if o.SkipSubnets, err = iptables.ParseSubnets(f.skipSubnets); err != nil {
+		return o, fmt.Errorf("--skip-subnets: %w", err)
+	}
+	return o, nil
+}
+
+func newInitCmd() *cobra.Command {
+	var f initFlags
+	cmd := &cobra.Command{
+		Use:   "init",
+		Short: "Program the pod's iptables so its TCP goes through the proxy (run as an init container)",
+		Long: `Program the nat table of the pod's network namespace: inbound TCP goes to the inbound port and
+outbound TCP to the outbound port, except the proxy's own uid, loopback, the admin port, and the
+skipped ports and subnets. Running it again changes nothing. Needs NET_ADMIN and NET_RAW.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			opts, err := f.options()
+			if err != nil {
+				return err
+			}
+			mode, err := iptables.ParseMode(f.mode)
+			if err != nil {
+				return fmt.Errorf("--iptables-mode: %w", err)
+			}
+			rs, err := iptables.Rules(opts)
+			if err != nil {
+				return err
+			}
+			if f.dryRun {
+				_, err := fmt.Fprint(cmd.OutOrStdout(), rs.Restore())
+				return err
+			}
+			log := slog.New(slog.NewTextHandler(os.Stderr, nil))
+			a := &iptables.Applier{Mode: mode, Log: log}
+			res, err := a.Apply(cmd.Context(), rs)
+			if err != nil {
+				return err
+			}
+			if res.Changed {
+				fmt.Fprintf(cmd.OutOrStdout(), "iptables programmed (%s backend)\n", res.Backend.Mode)
+			} else {
+				fmt.Fprintf(cmd.OutOrStdout(), "iptables already programmed (%s backend); nothing changed\n", res.Backend.Mode)
+			}
+			return nil
+		},
+	}
+	fl := cmd.Flags()
+	fl.StringVar(&f.skipInbound, "skip-inbound-ports", "", `inbound ports that bypass the proxy, as config.weft.io/skip-inbound-ports ("22,8000-8100")`)
+	fl.StringVar(&f.skipOutbound, "skip-outbound-ports", "", `outbound ports that bypass the proxy, as config.weft.io/skip-outbound-ports ("5432,3306")`)
+	fl.StringVar(&f.skipSubnets, "skip-subnets", "", `IPv4 CIDRs whose traffic bypasses the proxy, as config.weft.io/skip-subnets ("10.0.0.0/8,169.254.169.254/32")`)
+	fl.Uint32Var(&f.proxyUID, "proxy-uid", iptables.DefaultProxyUID, "uid the proxy runs as; its traffic is never intercepted")
+	fl.Uint16Var(&f.inboundPort, "inbound-port", iptables.DefaultInboundPort, "proxy port receiving intercepted inbound TCP")
+	fl.Uint16Var(&f.outboundPort, "outbound-port", iptables.DefaultOutboundPort, "proxy port receiving intercepted outbound TCP")
+	fl.Uint16Var(&f.adminPort, "admin-port", iptables.DefaultAdminPort, "proxy admin port, never intercepted inbound")
+	fl.BoolVar(&f.dryRun, "dry-run", false, "print the iptables-restore input for the nat table and change nothing")
+	fl.StringVar(&f.mode, "iptables-mode", string(iptables.ModeAuto), "iptables backend: auto, nft or legacy")
+	return cmd
 }
