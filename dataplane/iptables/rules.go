@@ -335,14 +335,14 @@ func ParseSave(save string) (Table, error) {
 func Plan(current Table, rs RuleSet) string {
 	var missing []Jump
 	for _, j := range rs.Jumps {
-		if !slices.Contains(current.Chains[j.Chain], j.Rule) {
+		if !slices.ContainsFunc(current.Chains[j.Chain], func(r Rule) bool { return sameRule(r, j.Rule) }) {
 			missing = append(missing, j)
 		}
 	}
 	chainsRight := true
 	for _, c := range rs.Chains {
 		have, ok := current.Chains[c.Name]
-		if !ok || !slices.Equal(have, c.Rules) {
+		if !ok || !slices.EqualFunc(have, c.Rules, sameRule) {
 			chainsRight = false
 			break
 		}
@@ -354,4 +354,23 @@ func Plan(current Table, rs RuleSet) string {
 		missing = []Jump{}
 	}
 	return rs.render(missing)
+}
+
+// sameRule compares two rules as iptables-save versions may print them: whitespace and the implicit
+// "-m tcp" match that some versions print and others omit do not matter.
+func sameRule(a, b Rule) bool {
+	return slices.Equal(ruleFields(a), ruleFields(b))
+}
+
+func ruleFields(r Rule) []string {
+	f := strings.Fields(r)
+	out := f[:0:0]
+	for i := 0; i < len(f); i++ {
+		if f[i] == "-m" && i+1 < len(f) && f[i+1] == "tcp" {
+			i++
+			continue
+		}
+		out = append(out, f[i])
+	}
+	return out
 }

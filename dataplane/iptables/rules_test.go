@@ -277,3 +277,18 @@ func TestParseSaveRejectsGarbageInNat(t *testing.T) {
 		t.Error("ParseSave accepted a line that is not -A in the nat table")
 	}
 }
+
+func TestPlanToleratesSpellingDifferences(t *testing.T) {
+	rs, err := Rules(DefaultOptions())
+	if err != nil {
+		t.Fatal(err)
+	}
+	other := strings.NewReplacer(" -m tcp --dport", " --dport", "-o lo -j RETURN", "-o lo  -j RETURN").Replace(savedDefaults)
+	table, err := ParseSave(other)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p := Plan(table, rs); p != "" {
+		t.Errorf("a save without the implicit -m tcp was not recognised as done; plan:\n%s", p)
+	}
+}
