@@ -1,0 +1,196 @@
+package xds
+
+import (
+	"cmp"
+	"slices"
+	"strings"
+
+	cluster "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	endpoint "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	route "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
+
+	"github.com/weftmesh/weft/discovery"
+)
+
+// Resources is one proxy's configuration, each list sorted by name.
+type Resources struct {
+	Listeners []*listener.Listener
+	Clusters  []*cluster.Cluster
+	Endpoints []*endpoint.ClusterLoadAssignment
+	Routes    []*route.RouteConfiguration
+}
+
+// Mesh is the part of the configuration that does not depend on who asks; the server shares it
+// across proxies. Only the inbound listener (InboundListener) is per proxy.
+type Mesh struct {
+	// Clusters for sidecars (weft-proxy, Envoy): outbound clusters with mTLS where the endpoints run
+	// a proxy, the passthrough cluster, and inbound clusters for every port of every meshed pod.
+	Clusters []*cluster.Cluster
+	// GRPCClusters for proxyless gRPC: the same outbound clusters without transport sockets (grpc-go
+	// rejects SDS) or Envoy-only options.
+	GRPCClusters []*cluster.Cluster
+	Endpoints    []*endpoint.ClusterLoadAssignment
+	// Routes: one per Service port number (outbound) and `inbound|<port>` for every meshed pod port.
+	Routes []*route.RouteConfiguration
+	// Outbound is the sidecars' `outbound` listener.
+	Outbound *listener.Listener
+	// APIListeners for proxyless gRPC, one per Service port, named `<fqdn>:<port>`.
+	APIListeners []*listener.Listener
+}
+
+// BuildMesh translates the proxy-independent part of the configuration.
+func BuildMesh(s *discovery.State, o Options) *Mesh {
+	m := &Mesh{}
+	inboundPorts := map[int32]Protocol{}
+	for _, pod := range s.Pods {
+		if !pod.HasProxy {
+			continue
+		}
+		for _, ip := range podInboundPorts(s, pod) {
+			if _, ok := inboundPorts[ip.Port]; !ok || ip.Protocol.IsHTTP() {
+				inboundPorts[ip.Port] = ip.Protocol
+			}
+		}
+	}
+	for _, svc := range s.Services {
+		for _, sp := range svc.Ports {
+			if sp.Protocol != "TCP" {
+				continue
+			}
+			m.Clusters = append(m.Clusters, outboundCluster(s, svc, sp, o, false))
+			m.GRPCClusters = append(m.GRPCClusters, outboundCluster(s, svc, sp, o, true))
+			m.Endpoints = append(m.Endpoints, loadAssignment(svc, sp, o))
+			m.APIListeners = append(m.APIListeners, apiListener(svc, sp, o))
+		}
+	}
+	m.Clusters = append(m.Clusters, passthroughCluster())
+	for port := range inboundPorts {
+		m.Clusters = append(m.Clusters, inboundCluster(port))
+		m.Routes = append(m.Routes, inboundRoute(port))
+	}
+	m.Routes = append(m.Routes, outboundRoutes(s, o)...)
+	m.Outbound = outboundListener(s, o)
+	sortByName(m.Clusters)
+	sortByName(m.GRPCClusters)
+	slices.SortFunc(m.Endpoints, func(a, b *endpoint.ClusterLoadAssignment) int {
+		return strings.Compare(a.GetClusterName(), b.GetClusterName())
+	})
+	sortByName(m.Routes)
+	sortByName(m.APIListeners)
+	return m
+}
+
+// Translate gives the whole configuration of one proxy.
+func Translate(s *discovery.State, p Proxy, o Options) Resources {
+	m := BuildMesh(s, o)
+	return m.For(s, p, o)
+}
+
+// For selects and completes the Mesh's resources for one proxy.
+func (m *Mesh) For(s *discovery.State, p Proxy, o Options) Resources {
+	r := Resources{Endpoints: m.Endpoints}
+	if p.Kind == KindGRPC {
+		r.Listeners = m.APIListeners
+		r.Clusters = m.GRPCClusters
+		for _, rc := range m.Routes {
+			if !strings.HasPrefix(rc.GetName(), "inbound|") {
+				r.Routes = append(r.Routes, rc)
+			}
+		}
+		return r
+	}
+	ports := InboundPorts(s, p)
+	own := map[string]bool{}
+	for _, ip := range ports {
+		own[InboundClusterName(ip.Port)] = true
+		own[InboundRouteName(ip.Port)] = true
+	}
+	for _, c := range m.Clusters {
+		if !strings.HasPrefix(c.GetName(), "inbound|") || own[c.GetName()] {
+			r.Clusters = append(r.Clusters, c)
+		}
+	}
+	for _, rc := range m.Routes {
+		if !strings.HasPrefix(rc.GetName(), "inbound|") || own[rc.GetName()] {
+			r.Routes = append(r.Routes, rc)
+		}
+	}
+	r.Listeners = []*listener.Listener{InboundListener(ports), m.Outbound}
+	sortByName(r.Listeners)
+	return r
+}
+
+// InboundPort is a port of a proxy's own pod, with the protocol of the Service port that targets it.
+type InboundPort struct {
+	Port     int32
+	Protocol Protocol
+}
+
+// InboundPorts lists the ports the inbound listener of proxy p serves: its pod's container ports.
+// A proxy whose pod is unknown gets none.
+func InboundPorts(s *discovery.State, p Proxy) []InboundPort {
+	pod, ok := s.Pod(p.Namespace, p.PodName)
+	if !ok {
+		return nil
+	}
+	return podInboundPorts(s, pod)
+}
+
+func podInboundPorts(s *discovery.State, pod discovery.Pod) []InboundPort {
+	var out []InboundPort
+	for _, cp := range pod.Ports {
+		if cp.Protocol != "TCP" {
+			continue
+		}
+		out = append(out, InboundPort{Port: cp.Port, Protocol: inboundProtocol(s, pod, cp.Port)})
+	}
+	slices.SortFunc(out, func(a, b InboundPort) int { return cmp.Compare(a.Port, b.Port) })
+	return slices.CompactFunc(out, func(a, b InboundPort) bool { return a.Port == b.Port })
+}
+
+// inboundProtocol is the protocol of a Service port whose endpoint is this pod's port; TCP if none.
+func inboundProtocol(s *discovery.State, pod discovery.Pod, port int32) Protocol {
+	for _, svc := range s.Services {
+		if svc.Namespace != pod.Namespace {
+			continue
+		}
+		for _, ep := range svc.Endpoints {
+			if ep.Pod != pod.Name && (pod.IP == "" || ep.Address != pod.IP) {
+				continue
+			}
+			for _, sp := range svc.Ports {
+				if n, ok := ep.Port(sp.Name); ok && n == port {
+					return PortProtocol(sp.AppProtocol, sp.Name)
+				}
+			}
+		}
+	}
+	return ProtocolTCP
+}
+
+func sortByName[T interface{ GetName() string }](xs []T) {
+	slices.SortFunc(xs, func(a, b T) int { return strings.Compare(a.GetName(), b.GetName()) })
+}
+
+func fqdn(svc discovery.Service, o Options) string {
+	return svc.Name + "." + svc.Namespace + ".svc." + o.clusterDomain()
+}
+
+func adsSource() *core.ConfigSource {
+	return &core.ConfigSource{
+		ConfigSourceSpecifier: &core.ConfigSource_Ads{Ads: &core.AggregatedConfigSource{}},
+		ResourceApiVersion:    core.ApiVersion_V3,
+	}
+}
+
+func mustAny(m proto.Message) *anypb.Any {
+	a, err := anypb.New(m)
+	if err != nil {
+		panic("xds: marshaling " + string(proto.MessageName(m)) + ": " + err.Error())
+	}
+	return a
+}
