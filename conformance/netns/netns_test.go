@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -141,5 +142,29 @@ func TestStalePid(t *testing.T) {
 	}
 	if _, ok := stalePid(fmt.Sprintf("wn%d-1-ab12-p1", os.Getpid())); ok {
 		t.Error("stalePid claimed this process's own namespace")
+	}
+}
+
+func TestStartedProcessesStopAtCleanup(t *testing.T) {
+	var cmd *exec.Cmd
+	t.Run("pod", func(t *testing.T) {
+		p := New(t).AddPod("sleeper")
+		cmd = exec.Command("sleep", "300")
+		p.Start(t, cmd)
+		// It runs inside the pod: its network namespace is the pod's.
+		link, err := os.Readlink(fmt.Sprintf("/proc/%d/ns/net", cmd.Process.Pid))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var st syscall.Stat_t
+		if err := syscall.Stat(p.Path(), &st); err != nil {
+			t.Fatal(err)
+		}
+		if want := fmt.Sprintf("net:[%d]", st.Ino); link != want {
+			t.Errorf("process namespace %s, want the pod's %s", link, want)
+		}
+	})
+	if cmd.ProcessState == nil {
+		t.Error("the process still runs after its test ended")
 	}
 }
