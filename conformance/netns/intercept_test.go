@@ -195,6 +195,18 @@ func TestInitAutoModePicksTheBackendInUse(t *testing.T) {
 	}
 }
 
+func TestInitWarnsWhenBothBackendsHoldTheRules(t *testing.T) {
+	bin := GoBuild(t, "./cmd/weft-proxy")
+	needBinaries(t, "iptables-legacy-save", "iptables-nft-save")
+	pod := New(t).AddPod("app")
+	if out := runInit(t, bin, pod, "--iptables-mode", "nft"); strings.Contains(out, "also holds") {
+		t.Errorf("first init warned: %s", out)
+	}
+	if out := runInit(t, bin, pod, "--iptables-mode", "legacy"); !strings.Contains(out, "nft nat table also holds Weft's chains") {
+		t.Errorf("init with legacy after nft did not warn about the nft chains:\n%s", out)
+	}
+}
+
 func TestValidate(t *testing.T) {
 	bin := GoBuild(t, "./cmd/weft-proxy")
 	n := New(t)

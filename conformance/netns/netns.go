@@ -296,6 +296,6 @@ func AsUser(cmd *exec.Cmd, uid, gid uint32) *exec.Cmd {
 	if cmd.SysProcAttr == nil {
 		cmd.SysProcAttr = &syscall.SysProcAttr{}
 	}
-	cmd.SysProcAttr.Credential = &syscall.Credential{Uid: uid, Gid: gid, NoSetGroups: true}
+	cmd.SysProcAttr.Credential = &syscall.Credential{Uid: uid, Gid: gid} // and no supplementary groups
 	return cmd
 }

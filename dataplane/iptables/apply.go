@@ -86,6 +86,9 @@ type Result struct {
 	Backend Backend
 	Changed bool   // false when the table already held the rule set
 	Applied string // the iptables-restore input that was applied ("" when nothing changed)
+	// Warning, when not empty, says that the other backend's nat table also holds Weft's chains (an
+	// earlier run with another mode): both apply to every packet.
+	Warning string
 }
 
 func (a *Applier) runner() Runner {
@@ -193,6 +196,10 @@ func (a *Applier) Apply(ctx context.Context, rs RuleSet) (Result, error) {
 	if err != nil {
 		return res, err
 	}
+	res.Warning = a.otherBackendWarning(ctx, b)
+	if res.Warning != "" {
+		a.log().Warn(res.Warning)
+	}
 	plan := Plan(table, rs)
 	if plan == "" {
 		a.log().Info("iptables already programmed; nothing to change", "backend", b.Mode)
@@ -215,6 +222,25 @@ func (a *Applier) Apply(ctx context.Context, rs RuleSet) (Result, error) {
 	}
 	a.log().Info("iptables programmed", "backend", b.Mode)
 	return res, nil
+}
+
+// otherBackendWarning looks for Weft's chains in the other backend's nat table.
+func (a *Applier) otherBackendWarning(ctx context.Context, b Backend) string {
+	other := map[Mode]Mode{ModeNFT: ModeLegacy, ModeLegacy: ModeNFT}[b.Mode]
+	ob, err := a.resolve(ctx, other)
+	if err != nil || ob.Save == b.Save {
+		return ""
+	}
+	t, err := a.save(ctx, ob)
+	if err != nil {
+		return ""
+	}
+	for name := range t.Chains {
+		if strings.HasPrefix(name, "WEFT_") {
+			return fmt.Sprintf("the %s nat table also holds Weft's chains (from an earlier run with --iptables-mode %s); both backends apply to every packet: use one mode per pod, or delete the %s jumps to WEFT_* chains and the chains themselves", other, other, other)
+		}
+	}
+	return ""
 }
 
 func (a *Applier) save(ctx context.Context, b Backend) (Table, error) {

@@ -231,3 +231,18 @@ func TestParseMode(t *testing.T) {
 		t.Errorf("ParseMode(ipvs) error = %v", err)
 	}
 }
+
+func TestApplyWarnsWhenTheOtherBackendHoldsWeftChains(t *testing.T) {
+	rs, _ := Rules(DefaultOptions())
+	f := newFake(allCommands...)
+	if res, err := applier(f, ModeNFT).Apply(context.Background(), rs); err != nil || res.Warning != "" {
+		t.Fatalf("first Apply = %+v, %v; want no warning", res, err)
+	}
+	res, err := applier(f, ModeLegacy).Apply(context.Background(), rs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(res.Warning, "nft nat table also holds Weft's chains") {
+		t.Errorf("Warning = %q, want it to name the nft table", res.Warning)
+	}
+}
