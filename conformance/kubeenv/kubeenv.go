@@ -157,9 +157,9 @@ func kubernetesVersion() (string, error) {
 		return "", err
 	}
 	for _, line := range strings.Split(string(data), "\n") {
-		f := strings.Fields(line)
-		if len(f) == 3 && f[0] == "require" && f[1] == "k8s.io/kubernetes" {
-			return f[2], nil
+		f := strings.Fields(strings.TrimPrefix(strings.TrimSpace(line), "require "))
+		if len(f) >= 2 && f[0] == "k8s.io/kubernetes" && strings.HasPrefix(f[1], "v") {
+			return f[1], nil
 		}
 	}
 	return "", fmt.Errorf("%s does not require k8s.io/kubernetes", gomod)

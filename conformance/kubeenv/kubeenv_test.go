@@ -45,7 +45,8 @@ func TestObjectsArriveThroughInformers(t *testing.T) {
 		t.Fatal(err)
 	}
 	factory.Start(ctx.Done())
-	defer factory.Shutdown()
+	defer factory.Shutdown() // runs after cancel below has stopped the informers
+	defer cancel()
 	for typ, ok := range factory.WaitForCacheSync(ctx.Done()) {
 		if !ok {
 			t.Fatalf("informer for %v did not sync", typ)
@@ -77,7 +78,7 @@ func TestObjectsArriveThroughInformers(t *testing.T) {
 			Labels:    map[string]string{discoveryv1.LabelServiceName: "echo"},
 		},
 		AddressType: discoveryv1.AddressTypeIPv4,
-		Endpoints:   []discoveryv1.Endpoint{{Addresses: []string{"127.0.0.2"}, Conditions: discoveryv1.EndpointConditions{Ready: ptr.To(true)}}},
+		Endpoints:   []discoveryv1.Endpoint{{Addresses: []string{"10.244.0.2"}, Conditions: discoveryv1.EndpointConditions{Ready: ptr.To(true)}}},
 		Ports:       []discoveryv1.EndpointPort{{Name: ptr.To("grpc"), Port: ptr.To[int32](8080)}},
 	}
 	if _, err := env.Client.DiscoveryV1().EndpointSlices("kubeenv-test").Create(ctx, slice, metav1.CreateOptions{}); err != nil {
