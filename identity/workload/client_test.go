@@ -1,0 +1,357 @@
+package workload
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+
+	"github.com/weftmesh/weft/identity"
+)
+
+var (
+	webID = identity.ID{TrustDomain: "cluster.local", Namespace: "default", ServiceAccount: "web"}
+	dbID  = identity.ID{TrustDomain: "cluster.local", Namespace: "default", ServiceAccount: "db"}
+)
+
+// testCA is a real Certify server on loopback whose leaves live for lifetime; it can be stopped and
+// started again on the same address.
+type testCA struct {
+	t          *testing.T
+	ca         *identity.CA
+	dir        string
+	tokensFile string
+	addr       string
+
+	mu sync.Mutex
+	g  *grpc.Server
+}
+
+func newTestCA(t *testing.T, lifetime time.Duration) *testCA {
+	t.Helper()
+	dir := t.TempDir()
+	if err := identity.Bootstrap(dir, identity.BootstrapOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	ca, err := identity.NewCA("cluster.local", identity.WithLifetime(lifetime))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := identity.LoadDirInto(ca, dir); err != nil {
+		t.Fatal(err)
+	}
+	tc := &testCA{t: t, ca: ca, dir: dir, tokensFile: filepath.Join(dir, "tokens")}
+	tc.setTokens("tok-web,default,web\ntok-db,default,db\n")
+	tc.start("127.0.0.1:0")
+	t.Cleanup(tc.stop)
+	return tc
+}
+
+func (tc *testCA) setTokens(s string) {
+	if err := os.WriteFile(tc.tokensFile, []byte(s), 0o600); err != nil {
+		tc.t.Fatal(err)
+	}
+}
+
+func (tc *testCA) start(addr string) {
+	tc.t.Helper()
+	var lis net.Listener
+	var err error
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if lis, err = net.Listen("tcp", addr); err == nil || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if err != nil {
+		tc.t.Fatal(err)
+	}
+	tokens, err := identity.LoadStaticTokens(tc.tokensFile)
+	if err != nil {
+		tc.t.Fatal(err)
+	}
+	g := grpc.NewServer(grpc.Creds(credentials.NewTLS(tc.ca.ServerTLSConfig(identity.ID{}, "127.0.0.1"))))
+	identity.NewServer(tc.ca, tokens).Register(g)
+	go g.Serve(lis)
+	tc.mu.Lock()
+	tc.g, tc.addr = g, lis.Addr().String()
+	tc.mu.Unlock()
+}
+
+func (tc *testCA) stop() {
+	tc.mu.Lock()
+	defer tc.mu.Unlock()
+	if tc.g != nil {
+		tc.g.Stop()
+		tc.g = nil
+	}
+}
+
+func writeFile(t *testing.T, path, s string) {
+	t.Helper()
+	if err := os.WriteFile(path, []byte(s), 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// startClient runs a workload client for id with token until the test ends.
+func startClient(t *testing.T, tc *testCA, id identity.ID, token string) (*Client, string) {
+	t.Helper()
+	tokenFile := filepath.Join(t.TempDir(), "token")
+	writeFile(t, tokenFile, token+"\n")
+	c, err := New(Config{
+		Addr:            tc.addr,
+		Identity:        id,
+		TokenFile:       tokenFile,
+		TrustBundleFile: filepath.Join(tc.dir, identity.BundleFile),
+		MinBackoff:      50 * time.Millisecond,
+		MaxBackoff:      300 * time.Millisecond,
+		Timeout:         5 * time.Second,
+		Logger:          slog.New(slog.DiscardHandler),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- c.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	})
+	return c, tokenFile
+}
+
+func waitReady(t *testing.T, c *Client) {
+	t.Helper()
+	select {
+	case <-c.Ready():
+	case <-time.After(30 * time.Second):
+		t.Fatalf("no certificate within 30s: %+v", c.Status())
+	}
+}
+
+// waitFor polls cond until it holds or 30s pass.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after 30s waiting for %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func serial(t *testing.T, c *Client) string {
+	t.Helper()
+	cert, err := c.Certificate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cert.Leaf.SerialNumber.String()
+}
+
+func TestFirstCertificate(t *testing.T) {
+	tc := newTestCA(t, time.Hour)
+	c, _ := startClient(t, tc, webID, "tok-web")
+	if _, err := c.Certificate(); err == nil {
+		select {
+		case <-c.Ready():
+		default:
+			t.Fatal("a certificate before Ready")
+		}
+	}
+	waitReady(t, c)
+	cert, err := c.Certificate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, err := identity.VerifyPeer(cert.Certificate, c.TrustBundle(), x509.ExtKeyUsageServerAuth)
+	if err != nil || id != webID {
+		t.Fatalf("certificate: %v, %v", id, err)
+	}
+	if st := c.Status(); !st.Ready || st.LastError != nil || !st.NotAfter.Equal(cert.Leaf.NotAfter) {
+		t.Fatalf("status %+v", st)
+	}
+}
+
+func TestWrongTokenNeverReady(t *testing.T) {
+	tc := newTestCA(t, time.Hour)
+	c, _ := startClient(t, tc, webID, "tok-db") // db's token, asking for web
+	waitFor(t, "two failed attempts", func() bool { return c.Status().Failures >= 2 })
+	select {
+	case <-c.Ready():
+		t.Fatal("ready with another service account's token")
+	default:
+	}
+	if _, err := c.Certificate(); err == nil {
+		t.Fatal("a certificate with another service account's token")
+	}
+}
+
+// TestRotations: with 2 s leaves the client renews again and again, each time with a new key, and
+// re-reads the token file each time.
+func TestRotations(t *testing.T) {
+	tc := newTestCA(t, 2*time.Second)
+	c, tokenFile := startClient(t, tc, webID, "tok-web")
+	waitReady(t, c)
+	seen := map[string]bool{}
+	keys := map[string]bool{}
+	for len(seen) < 4 {
+		waitFor(t, fmt.Sprintf("rotation %d", len(seen)+1), func() bool { return !seen[serial(t, c)] })
+		cert, _ := c.Certificate()
+		seen[cert.Leaf.SerialNumber.String()] = true
+		der, err := x509.MarshalPKIXPublicKey(cert.Leaf.PublicKey)
+		if err != nil {
+			t.Fatal(err)
+		}
+		keys[string(der)] = true
+	}
+	if len(keys) != len(seen) {
+		t.Fatalf("%d certificates with %d keys: every renewal must use a new key", len(seen), len(keys))
+	}
+
+	// The token is read at every renewal: swap it on both sides; renewals go on.
+	tc.setTokens("tok-web-rotated,default,web\n")
+	writeFile(t, tokenFile, "tok-web-rotated")
+	before := serial(t, c)
+	waitFor(t, "a renewal with the rotated token", func() bool { return serial(t, c) != before && c.Status().LastError == nil })
+}
+
+// TestCADownThenUp: while the CA is down the client keeps its certificate and retries; when the CA is
+// back it renews.
+func TestCADownThenUp(t *testing.T) {
+	tc := newTestCA(t, 2*time.Second)
+	c, _ := startClient(t, tc, webID, "tok-web")
+	waitReady(t, c)
+	tc.stop()
+	held := serial(t, c)
+	waitFor(t, "failed renewals while the CA is down", func() bool { return c.Status().Failures >= 3 })
+	if got := serial(t, c); got != held {
+		t.Fatalf("certificate changed while the CA was down: %s → %s", held, got)
+	}
+	if st := c.Status(); !st.Ready || st.LastError == nil {
+		t.Fatalf("status while the CA is down: %+v", st)
+	}
+	tc.start(tc.addr)
+	waitFor(t, "renewal after the CA is back", func() bool { return serial(t, c) != held && c.Status().Failures == 0 })
+}
+
+// TestMTLSAcrossRotations: two workloads talk mutual TLS through Certificate and TrustBundle while
+// both rotate their certificates every ~1.4 s; no handshake fails and each side sees the other's ID.
+func TestMTLSAcrossRotations(t *testing.T) {
+	tc := newTestCA(t, 2*time.Second)
+	server, _ := startClient(t, tc, dbID, "tok-db")
+	client, _ := startClient(t, tc, webID, "tok-web")
+	waitReady(t, server)
+	waitReady(t, client)
+
+	lis, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{
+		MinVersion:     tls.VersionTLS13,
+		GetCertificate: server.GetCertificate,
+		ClientAuth:     tls.RequireAnyClientCert,
+		VerifyPeerCertificate: func(raw [][]byte, _ [][]*x509.Certificate) error {
+			id, err := identity.VerifyPeer(raw, server.TrustBundle(), x509.ExtKeyUsageClientAuth)
+			if err == nil && id != webID {
+				err = fmt.Errorf("client is %s", id)
+			}
+			return err
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lis.Close()
+	go func() {
+		for {
+			conn, err := lis.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer conn.Close()
+				io.Copy(conn, conn)
+			}()
+		}
+	}()
+
+	dial := func() error {
+		conn, err := tls.Dial("tcp", lis.Addr().String(), &tls.Config{
+			MinVersion:           tls.VersionTLS13,
+			GetClientCertificate: client.GetClientCertificate,
+			InsecureSkipVerify:   true, // verified below by SPIFFE ID, not host name
+			VerifyPeerCertificate: func(raw [][]byte, _ [][]*x509.Certificate) error {
+				id, err := identity.VerifyPeer(raw, client.TrustBundle(), x509.ExtKeyUsageServerAuth)
+				if err == nil && id != dbID {
+					err = fmt.Errorf("server is %s", id)
+				}
+				return err
+			},
+		})
+		if err != nil {
+			return err
+		}
+		defer conn.Close()
+		if _, err := conn.Write([]byte("ping")); err != nil {
+			return err
+		}
+		buf := make([]byte, 4)
+		if _, err := io.ReadFull(conn, buf); err != nil {
+			return err
+		}
+		if string(buf) != "ping" {
+			return errors.New("echo mismatch")
+		}
+		return nil
+	}
+	seen := map[string]bool{}
+	n := 0
+	for len(seen) < 4 {
+		seen[serial(t, server)] = true
+		if err := dial(); err != nil {
+			t.Fatalf("connection %d failed during rotation: %v", n, err)
+		}
+		n++
+		time.Sleep(5 * time.Millisecond) // pacing of the load, not a wait for a condition
+	}
+	t.Logf("%d mTLS connections across %d server certificates", n, len(seen))
+}
+
+func TestNewRejectsBadConfig(t *testing.T) {
+	dir := t.TempDir()
+	if err := identity.Bootstrap(dir, identity.BootstrapOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	bundle := filepath.Join(dir, identity.BundleFile)
+	tests := []struct {
+		name string
+		cfg  Config
+	}{
+		{name: "no address", cfg: Config{Identity: webID, TokenFile: "t", TrustBundleFile: bundle}},
+		{name: "no identity", cfg: Config{Addr: "127.0.0.1:15012", TokenFile: "t", TrustBundleFile: bundle}},
+		{name: "no token file", cfg: Config{Addr: "127.0.0.1:15012", Identity: webID, TrustBundleFile: bundle}},
+		{name: "no bundle", cfg: Config{Addr: "127.0.0.1:15012", Identity: webID, TokenFile: "t"}},
+		{name: "bundle not PEM", cfg: Config{Addr: "127.0.0.1:15012", Identity: webID, TokenFile: "t", TrustBundleFile: filepath.Join(dir, identity.IssuerKeyFile)}},
+	}
+	for _, tt := range tests {
+		if _, err := New(tt.cfg); err == nil {
+			t.Errorf("%s: New accepted it", tt.name)
+		}
+	}
+}
