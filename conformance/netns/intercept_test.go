@@ -2,7 +2,10 @@ package netns
 
 import (
 	"context"
+	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"net/netip"
 	"os/exec"
 	"regexp"
@@ -281,5 +284,42 @@ func needBinaries(t *testing.T, names ...string) {
 	t.Helper()
 	for _, name := range names {
 		prereq.Binary(t, name)
+	}
+}
+
+// TestTheBridgeHostsAnInProcessServerForPods shows the pattern for a control plane that runs in the
+// test process: its listener is opened in the bridge namespace, where every pod reaches it; from a pod
+// with interception only the proxy's uid reaches it directly.
+func TestTheBridgeHostsAnInProcessServerForPods(t *testing.T) {
+	bin := GoBuild(t, "./cmd/weft-proxy")
+	n := New(t)
+	meshed, plain := n.AddPod("meshed"), n.AddPod("plain")
+	runInit(t, bin, meshed)
+	proxyListener(t, meshed, "15001", "outbound")
+	appListener(t, n.Bridge, n.Bridge.Addr(15010), "control plane")
+
+	if got, err := meshed.DialAs(context.Background(), proxyUID, n.Bridge.Addr(15010)); err != nil || got != "control plane" {
+		t.Errorf("the proxy's uid → control plane = %q, %v; want a direct connection", got, err)
+	}
+	if got, err := readLine(t, meshed, n.Bridge.Addr(15010)); err != nil || got != "outbound "+n.Bridge.Addr(15010) {
+		t.Errorf("another uid → control plane = %q, %v; want it captured", got, err)
+	}
+
+	// An HTTP server in the test process, called from a pod by an HTTP client whose dialer is the pod's.
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		host, _, _ := net.SplitHostPort(r.RemoteAddr)
+		fmt.Fprint(w, "hello ", host)
+	})}
+	go func() { _ = srv.Serve(n.Bridge.Listen(t, "tcp", ":15014")) }()
+	t.Cleanup(func() { srv.Close() })
+	client := &http.Client{Transport: &http.Transport{DialContext: plain.Dial}}
+	resp, err := client.Get("http://" + n.Bridge.Addr(15014) + "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if want := "hello " + plain.IP.String(); string(body) != want {
+		t.Errorf("HTTP from pod %s answered %q, want %q", plain.Name, body, want)
 	}
 }
