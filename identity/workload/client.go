@@ -131,7 +131,9 @@ func (c *Client) Certificate() (*tls.Certificate, error) {
 func (c *Client) TrustBundle() *x509.CertPool { return c.roots.Load() }
 
 // GetCertificate serves the current certificate in a tls.Config of a server.
-func (c *Client) GetCertificate(*tls.ClientHelloInfo) (*tls.Certificate, error) { return c.Certificate() }
+func (c *Client) GetCertificate(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+	return c.Certificate()
+}
 
 // GetClientCertificate serves the current certificate in a tls.Config of a client.
 func (c *Client) GetClientCertificate(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
@@ -241,7 +243,7 @@ func (c *Client) certify(ctx context.Context) (time.Time, error) {
 		CertificateSigningRequest: csr,
 	})
 	if err != nil {
-		return time.Time{}, fmt.Errorf("Certify at %s: %w", c.cfg.Addr, err)
+		return time.Time{}, fmt.Errorf("certify at %s: %w", c.cfg.Addr, err)
 	}
 	cert, err := checkResponse(resp, key, c.cfg.Identity, roots)
 	if err != nil {
