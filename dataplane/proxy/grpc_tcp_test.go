@@ -1,0 +1,191 @@
+package proxy_test
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"net"
+	"net/netip"
+	"strconv"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	testpb "google.golang.org/grpc/interop/grpc_testing"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+)
+
+// grpcBackend echoes payloads; a request whose payload is "fail" gets NOT_FOUND with a trailer, and
+// "slow" waits for its deadline.
+type grpcBackend struct {
+	testpb.UnimplementedTestServiceServer
+}
+
+func (grpcBackend) UnaryCall(ctx context.Context, r *testpb.SimpleRequest) (*testpb.SimpleResponse, error) {
+	switch string(r.GetPayload().GetBody()) {
+	case "fail":
+		_ = grpc.SetTrailer(ctx, metadata.Pairs("why", "asked-to-fail"))
+		return nil, status.Error(codes.NotFound, "no such thing")
+	case "slow":
+		<-ctx.Done()
+		return nil, ctx.Err()
+	}
+	return &testpb.SimpleResponse{Payload: r.GetPayload()}, nil
+}
+
+func (grpcBackend) FullDuplexCall(s grpc.BidiStreamingServer[testpb.StreamingOutputCallRequest, testpb.StreamingOutputCallResponse]) error {
+	for {
+		req, err := s.Recv()
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if err := s.Send(&testpb.StreamingOutputCallResponse{Payload: req.GetPayload()}); err != nil {
+			return err
+		}
+	}
+}
+
+func startGRPCBackend(t *testing.T) netip.AddrPort {
+	l := listen(t, "127.0.0.1:0")
+	s := grpc.NewServer()
+	testpb.RegisterTestServiceServer(s, grpcBackend{})
+	go func() { _ = s.Serve(l) }()
+	t.Cleanup(s.Stop)
+	return netip.MustParseAddrPort(l.Addr().String())
+}
+
+func TestGRPCUnaryStreamingDeadlines(t *testing.T) {
+	svc := newService(t, "grpc.shop.svc.cluster.local", "127.0.0.17", startGRPCBackend(t))
+	_, sc := mesh(t, svc)
+	cc, err := grpc.NewClient("passthrough:///"+svc.authority(),
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "tcp", svc.ip+":"+strconv.Itoa(svc.port))
+		}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	client := testpb.NewTestServiceClient(cc)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+
+	resp, err := client.UnaryCall(ctx, &testpb.SimpleRequest{Payload: &testpb.Payload{Body: []byte("hello")}})
+	if err != nil || string(resp.GetPayload().GetBody()) != "hello" {
+		t.Fatalf("unary: %v %v", resp, err)
+	}
+	// Status and trailers cross the proxy.
+	var trailer metadata.MD
+	_, err = client.UnaryCall(ctx, &testpb.SimpleRequest{Payload: &testpb.Payload{Body: []byte("fail")}}, grpc.Trailer(&trailer))
+	if status.Code(err) != codes.NotFound || status.Convert(err).Message() != "no such thing" || trailer.Get("why")[0] != "asked-to-fail" {
+		t.Fatalf("error status: %v, trailer %v", err, trailer)
+	}
+	// The client's deadline reaches the server.
+	dctx, dcancel := context.WithTimeout(ctx, 200*time.Millisecond)
+	_, err = client.UnaryCall(dctx, &testpb.SimpleRequest{Payload: &testpb.Payload{Body: []byte("slow")}})
+	dcancel()
+	if status.Code(err) != codes.DeadlineExceeded {
+		t.Fatalf("deadline: %v", err)
+	}
+	// Bidirectional streaming: each message comes back before the next is sent.
+	stream, err := client.FullDuplexCall(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 20 {
+		body := bytes.Repeat([]byte{byte('a' + i)}, 1000*i+1)
+		if err := stream.Send(&testpb.StreamingOutputCallRequest{Payload: &testpb.Payload{Body: body}}); err != nil {
+			t.Fatal(err)
+		}
+		got, err := stream.Recv()
+		if err != nil || !bytes.Equal(got.GetPayload().GetBody(), body) {
+			t.Fatalf("stream message %d: %v", i, err)
+		}
+	}
+	if err := stream.CloseSend(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := stream.Recv(); err != io.EOF {
+		t.Fatalf("end of stream: %v", err)
+	}
+	// NOT_FOUND (HTTP 200 with grpc-status 5) and the deadline are failures; the rest succeeded.
+	labels := map[string]string{"authority": svc.authority(), "classification": "failure"}
+	waitFor(t, "gRPC failures counted", func() bool { return metricValue(t, sc.reg, "response_total", labels) == 2 })
+	labels["classification"] = "success"
+	waitFor(t, "gRPC successes counted", func() bool { return metricValue(t, sc.reg, "response_total", labels) == 2 })
+}
+
+// startTCPEcho echoes bytes; when banner is set it speaks first.
+func startTCPEcho(t *testing.T, banner string) netip.AddrPort {
+	l := listen(t, "127.0.0.1:0")
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				if banner != "" {
+					_, _ = io.WriteString(c, banner)
+				}
+				_, _ = io.Copy(c, c)
+			}()
+		}
+	}()
+	return netip.MustParseAddrPort(l.Addr().String())
+}
+
+func TestOpaqueTCP(t *testing.T) {
+	echo := newService(t, "tcp.shop.svc.cluster.local", "127.0.0.18", startTCPEcho(t, ""))
+	echo.tcp = true
+	smtp := newService(t, "smtp.shop.svc.cluster.local", "127.0.0.19", startTCPEcho(t, "220 hello\r\n"))
+	smtp.tcp = true
+	_, sc := mesh(t, echo, smtp)
+
+	c, err := net.Dial("tcp", echo.lis.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	payload := bytes.Repeat([]byte("weft"), 256<<10) // 1 MiB
+	go func() {
+		_, _ = c.Write(payload)
+		_ = c.(*net.TCPConn).CloseWrite()
+	}()
+	got, err := io.ReadAll(c)
+	c.Close()
+	if err != nil || !bytes.Equal(got, payload) {
+		t.Fatalf("echo through tcp_proxy: %d bytes, %v", len(got), err)
+	}
+	labels := map[string]string{"direction": "outbound", "target_cluster": echo.cluster(), "tls": "false"}
+	waitFor(t, "tcp close counted", func() bool { return metricValue(t, sc.reg, "tcp_close_total", labels) == 1 })
+	if v := metricValue(t, sc.reg, "tcp_open_total", labels); v != 1 {
+		t.Errorf("tcp_open_total = %v", v)
+	}
+	if v := metricValue(t, sc.reg, "tcp_read_bytes_total", labels); v != float64(len(payload)) {
+		t.Errorf("tcp_read_bytes_total = %v, want %d", v, len(payload))
+	}
+	if v := metricValue(t, sc.reg, "tcp_write_bytes_total", labels); v != float64(len(payload)) {
+		t.Errorf("tcp_write_bytes_total = %v, want %d", v, len(payload))
+	}
+
+	// A server-speaks-first protocol on an opaque port: the proxy must not wait for the client.
+	c, err = net.Dial("tcp", smtp.lis.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	buf := make([]byte, 64)
+	n, err := io.ReadAtLeast(c, buf, len("220 hello\r\n"))
+	if err != nil || string(buf[:n]) != "220 hello\r\n" {
+		t.Fatalf("banner: %q %v", buf[:n], err)
+	}
+}

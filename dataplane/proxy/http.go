@@ -1,0 +1,457 @@
+package proxy
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"slices"
+	"strconv"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/weftmesh/weft/dataplane/config"
+)
+
+// reqState is one proxied request's routing decision and outcome.
+type reqState struct {
+	info      *connInfo
+	authority string
+	route     *config.Route
+	cluster   *clusterRT
+	retry     *config.RetryPolicy
+	timeout   time.Duration
+	target    string // ORIGINAL_DST target ("" otherwise)
+	hashKey   uint64
+	serverID  string
+	upTLS     bool
+	origH1    bool // the request was HTTP/1.1 before the client's proxy upgraded it to HTTP/2
+}
+
+// origProtoHeader carries the application's protocol across an HTTP/2 hop between two proxies.
+const origProtoHeader = "Weft-Orig-Proto"
+
+type reqKeyType struct{}
+
+var reqKey reqKeyType
+
+// proxyErr is a failure made by the proxy, explained to the client with the weft-error header.
+type proxyErr struct {
+	status int
+	msg    string
+}
+
+func (e *proxyErr) Error() string { return e.msg }
+
+func writeWeftError(w http.ResponseWriter, status int, msg string) {
+	h := w.Header()
+	h.Set("Weft-Error", msg)
+	h.Set("Content-Type", "text/plain; charset=utf-8")
+	h.Set("Content-Length", strconv.Itoa(len(msg)+1))
+	w.WriteHeader(status)
+	_, _ = io.WriteString(w, msg+"\n")
+}
+
+// routeTableFor returns the route table a request on this connection uses.
+func (rt *runtime) routeTableFor(info *connInfo, authority string) *routeTable {
+	if info.explicit {
+		return rt.routes[authorityPort(authority, "80")]
+	}
+	if info.chain == nil || info.chain.cfg.HTTP == nil {
+		return nil
+	}
+	if info.chain.routes != nil {
+		return info.chain.routes
+	}
+	return rt.routes[info.chain.cfg.HTTP.RouteConfigName]
+}
+
+func (p *Proxy) serveHTTP(w http.ResponseWriter, r *http.Request, info *connInfo) {
+	start := time.Now()
+	rt := p.rt.Load()
+	authority := r.Host
+	rs := &reqState{info: info, authority: authority}
+	sw := &statusWriter{ResponseWriter: w}
+	defer func() { p.metrics.observeHTTP(p, rs, sw.code, sw.Header(), start) }()
+
+	if info.direction == "inbound" && r.Header.Get(origProtoHeader) != "" {
+		rs.origH1 = r.Header.Get(origProtoHeader) == "HTTP/1.1"
+		r.Header.Del(origProtoHeader)
+	}
+	table := rt.routeTableFor(info, authority)
+	var vh *config.VirtualHost
+	if table != nil {
+		vh = table.match(authority)
+	}
+	if vh == nil {
+		writeWeftError(sw, http.StatusServiceUnavailable, "no route for authority "+authority)
+		return
+	}
+	path := r.URL.Path
+	if r.Method == http.MethodConnect {
+		path = "/"
+	}
+	route := matchRoute(vh, path)
+	if route == nil {
+		writeWeftError(sw, http.StatusServiceUnavailable, "no route for authority "+authority+" and path "+r.URL.Path)
+		return
+	}
+	name := route.Cluster
+	if len(route.WeightedClusters) > 0 {
+		n := rand.Uint32N(route.TotalWeight)
+		for _, wc := range route.WeightedClusters {
+			if n < wc.Weight {
+				name = wc.Name
+				break
+			}
+			n -= wc.Weight
+		}
+	}
+	cl := rt.clusters[name]
+	if cl == nil {
+		writeWeftError(sw, http.StatusServiceUnavailable, "cluster "+name+" is unknown")
+		return
+	}
+	rs.route, rs.cluster, rs.retry, rs.timeout = route, cl, route.Retry, route.Timeout
+	if cl.cfg.Kind == config.ClusterOriginalDst {
+		switch {
+		case info.explicit:
+			rs.target = authority
+			if authorityPort(authority, "") == "" {
+				rs.target = net.JoinHostPort(authority, "80")
+			}
+		case !info.redirected && info.dst == info.local:
+			writeWeftError(sw, http.StatusBadGateway, "passthrough to "+info.dst.String()+" would loop back to the proxy")
+			return
+		default:
+			rs.target = info.dst.String()
+		}
+	}
+	if cl.cfg.LB == config.LBRingHash {
+		rs.hashKey = hashString(remoteIP(r.RemoteAddr))
+	}
+	if r.Method == http.MethodConnect && r.ProtoMajor == 1 {
+		p.connect(sw, r, rs)
+		return
+	}
+	ctx := context.WithValue(r.Context(), reqKey, rs)
+	if rs.timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, rs.timeout)
+		defer cancel()
+	}
+	p.rp.ServeHTTP(sw, r.WithContext(ctx))
+}
+
+func remoteIP(addr string) string {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return addr
+	}
+	return host
+}
+
+func (p *Proxy) rewrite(pr *httputil.ProxyRequest) {
+	rs := pr.In.Context().Value(reqKey).(*reqState)
+	pr.Out.URL.Scheme = "http"
+	pr.Out.URL.Host = rs.authority
+	pr.Out.Host = pr.In.Host
+	if rs.route != nil && rs.route.HostRewrite != "" {
+		pr.Out.Host = rs.route.HostRewrite
+	}
+}
+
+// proxyError turns a round-trip failure into a response with weft-error.
+func (p *Proxy) proxyError(w http.ResponseWriter, r *http.Request, err error) {
+	var pe *proxyErr
+	if errors.As(err, &pe) {
+		writeWeftError(w, pe.status, pe.msg)
+		return
+	}
+	writeWeftError(w, http.StatusBadGateway, "upstream error: "+err.Error())
+}
+
+// statusWriter remembers the status code; Unwrap keeps Flush and Hijack reachable.
+type statusWriter struct {
+	http.ResponseWriter
+	code int
+}
+
+func (w *statusWriter) WriteHeader(code int) {
+	if w.code == 0 && code >= 200 {
+		w.code = code
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *statusWriter) Write(b []byte) (int, error) {
+	if w.code == 0 {
+		w.code = http.StatusOK
+	}
+	return w.ResponseWriter.Write(b)
+}
+
+func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+// Flush is here because httputil.ReverseProxy checks for it on the writer itself in some paths.
+func (w *statusWriter) Flush() { _ = http.NewResponseController(w.ResponseWriter).Flush() }
+
+type roundTripper struct{ p *Proxy }
+
+// RoundTrip sends one request to the cluster chosen by serveHTTP: circuit breaker, endpoint pick,
+// retries within the policy and the budget, outlier feedback.
+func (t roundTripper) RoundTrip(out *http.Request) (*http.Response, error) {
+	p := t.p
+	rs := out.Context().Value(reqKey).(*reqState)
+	cl := rs.cluster
+	st := cl.state
+	if st.active.Add(1) > limit(cl.cfg.Breakers.MaxRequests, 1024) {
+		st.active.Add(-1)
+		return nil, &proxyErr{http.StatusServiceUnavailable, "circuit open for " + cl.cfg.Name}
+	}
+	retry := rs.retry
+	var replay []byte
+	var touched *touchBody
+	if retry != nil && retry.NumRetries > 0 && out.Body != nil && out.Body != http.NoBody {
+		if out.ContentLength > 0 && out.ContentLength <= 64<<10 {
+			b, err := io.ReadAll(out.Body)
+			if err != nil {
+				st.active.Add(-1)
+				return nil, &proxyErr{http.StatusBadRequest, "reading request body: " + err.Error()}
+			}
+			replay = b
+			out.Body = io.NopCloser(bytes.NewReader(b))
+		} else {
+			touched = &touchBody{ReadCloser: out.Body}
+			out.Body = touched
+		}
+	}
+	transport := p.transportFor(rs, out)
+	ctx := out.Context()
+	for attempt := 0; ; attempt++ {
+		var h *host
+		if rs.target != "" {
+			out.URL.Host = rs.target
+		} else {
+			h = cl.pick(rs.hashKey)
+			if h == nil {
+				st.active.Add(-1)
+				return nil, &proxyErr{http.StatusServiceUnavailable, "cluster " + cl.cfg.Name + " has no ready endpoints"}
+			}
+			out.URL.Host = h.addrStr
+			h.active.Add(1)
+		}
+		try := out
+		cancelTry := context.CancelFunc(func() {})
+		if retry != nil && retry.PerTryTimeout > 0 {
+			var tctx context.Context
+			tctx, cancelTry = context.WithTimeout(ctx, retry.PerTryTimeout)
+			try = out.WithContext(tctx)
+		}
+		resp, err := transport.RoundTrip(try)
+		status := 0
+		if err == nil {
+			status = resp.StatusCode
+		}
+		if h != nil && ctx.Err() == nil {
+			cl.outcome(h, status)
+		}
+		if attempt < retryCount(retry) && ctx.Err() == nil && retriable(retry, resp, err) &&
+			(touched == nil || !touched.read.Load()) && p.retryAllowed(cl) {
+			if resp != nil {
+				_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+				resp.Body.Close()
+			}
+			cancelTry()
+			if h != nil {
+				h.active.Add(-1)
+			}
+			if replay != nil {
+				out.Body = io.NopCloser(bytes.NewReader(replay))
+			}
+			st.retries.Add(1)
+			ok := sleepCtx(ctx, backoff(retry, attempt))
+			st.retries.Add(-1)
+			if !ok {
+				st.active.Add(-1)
+				return nil, p.roundTripError(ctx, rs, out.URL.Host, ctx.Err())
+			}
+			continue
+		}
+		if err != nil {
+			cancelTry()
+			if h != nil {
+				h.active.Add(-1)
+			}
+			st.active.Add(-1)
+			if retry != nil && retry.PerTryTimeout > 0 && errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil {
+				return nil, &proxyErr{http.StatusGatewayTimeout, fmt.Sprintf("upstream timeout after %s (per try)", retry.PerTryTimeout)}
+			}
+			return nil, p.roundTripError(ctx, rs, out.URL.Host, err)
+		}
+		if resp.TLS != nil && len(resp.TLS.PeerCertificates) > 0 {
+			rs.serverID = spiffeID(resp.TLS.PeerCertificates[0])
+		}
+		done := func() {
+			cancelTry()
+			if h != nil {
+				h.active.Add(-1)
+			}
+			st.active.Add(-1)
+		}
+		if resp.StatusCode == http.StatusSwitchingProtocols {
+			done() // the upgraded connection is no longer a request
+			return resp, nil
+		}
+		resp.Body = &doneBody{ReadCloser: resp.Body, done: done}
+		return resp, nil
+	}
+}
+
+func retryCount(r *config.RetryPolicy) int {
+	if r == nil || r.On == 0 {
+		return 0
+	}
+	return r.NumRetries
+}
+
+// retryAllowed is the retry budget: concurrent retries stay under max_retries of the circuit breaker,
+// or, when that is unset, under 20% of the requests in flight (at least 3).
+func (p *Proxy) retryAllowed(cl *clusterRT) bool {
+	st := cl.state
+	if m := cl.cfg.Breakers.MaxRetries; m > 0 {
+		return st.retries.Load() < int64(m)
+	}
+	return st.retries.Load() < max(3, st.active.Load()/5)
+}
+
+func backoff(r *config.RetryPolicy, attempt int) time.Duration {
+	d := r.BaseInterval << attempt
+	if d > r.MaxInterval || d <= 0 {
+		d = r.MaxInterval
+	}
+	return time.Duration(rand.Int64N(int64(d)) + 1)
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+var grpcRetry = map[string]config.RetryOn{
+	"1": config.RetryGRPCCancelled, "4": config.RetryGRPCDeadlineExceeded, "8": config.RetryGRPCResourceExhausted,
+	"13": config.RetryGRPCInternal, "14": config.RetryGRPCUnavailable,
+}
+
+func retriable(r *config.RetryPolicy, resp *http.Response, err error) bool {
+	if r == nil {
+		return false
+	}
+	if err != nil {
+		if isDialError(err) {
+			return r.On&(config.RetryConnectFailure|config.Retry5xx|config.RetryGatewayError|config.RetryReset) != 0
+		}
+		if errors.Is(err, context.DeadlineExceeded) {
+			return r.On&config.Retry5xx != 0 // a per-try timeout counts as a 5xx, as in Envoy
+		}
+		return r.On&(config.RetryReset|config.Retry5xx|config.RetryGatewayError) != 0
+	}
+	s := resp.StatusCode
+	switch {
+	case s >= 500 && r.On&config.Retry5xx != 0:
+		return true
+	case (s == 502 || s == 503 || s == 504) && r.On&config.RetryGatewayError != 0:
+		return true
+	case r.On&config.RetryRetriableStatusCodes != 0 && slices.Contains(r.RetriableStatusCodes, s):
+		return true
+	}
+	if g := resp.Header.Get("Grpc-Status"); g != "" {
+		return grpcRetry[g]&r.On != 0
+	}
+	return false
+}
+
+func isDialError(err error) bool {
+	var op *net.OpError
+	return errors.As(err, &op) && op.Op == "dial"
+}
+
+func (p *Proxy) roundTripError(ctx context.Context, rs *reqState, addr string, err error) error {
+	switch {
+	case errors.Is(ctx.Err(), context.DeadlineExceeded) && rs.timeout > 0:
+		return &proxyErr{http.StatusGatewayTimeout, fmt.Sprintf("upstream timeout after %s", rs.timeout)}
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return &proxyErr{http.StatusBadGateway, "connection to " + addr + " refused"}
+	case isDialError(err):
+		return &proxyErr{http.StatusBadGateway, "connection to " + addr + " failed: " + err.Error()}
+	}
+	return &proxyErr{http.StatusBadGateway, "upstream " + addr + ": " + err.Error()}
+}
+
+// transportFor picks the upstream protocol: mTLS HTTP/2 to another weft-proxy (HTTP/1.1 only for
+// upgrades), h2c when the cluster says HTTP/2 or the client spoke HTTP/2, else HTTP/1.1.
+func (p *Proxy) transportFor(rs *reqState, r *http.Request) http.RoundTripper {
+	st := rs.cluster.state
+	if rs.cluster.cfg.TLS != nil && st.tlsH2 != nil && rs.target == "" {
+		rs.upTLS = true
+		r.URL.Scheme = "https" // so that the transport dials with DialTLSContext (our mTLS)
+		if r.Header.Get("Upgrade") != "" {
+			return st.tlsH1
+		}
+		if r.ProtoMajor == 1 {
+			// HTTP/1.1 travels over multiplexed HTTP/2 between proxies; the server's proxy restores it.
+			r.Header.Set(origProtoHeader, "HTTP/1.1")
+		}
+		return st.tlsH2
+	}
+	if (rs.cluster.cfg.HTTP2 || (r.ProtoMajor == 2 && !rs.origH1)) && r.Header.Get("Upgrade") == "" {
+		return st.h2c
+	}
+	return st.h1
+}
+
+// touchBody records whether a request body was read (then it cannot be replayed for a retry).
+type touchBody struct {
+	io.ReadCloser
+	read atomic.Bool
+}
+
+func (b *touchBody) Read(p []byte) (int, error) {
+	b.read.Store(true)
+	return b.ReadCloser.Read(p)
+}
+
+// doneBody runs done once, when the response body ends or is closed.
+type doneBody struct {
+	io.ReadCloser
+	done func()
+	once atomic.Bool
+}
+
+func (b *doneBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	if err != nil && b.once.CompareAndSwap(false, true) {
+		b.done()
+	}
+	return n, err
+}
+
+func (b *doneBody) Close() error {
+	err := b.ReadCloser.Close()
+	if b.once.CompareAndSwap(false, true) {
+		b.done()
+	}
+	return err
+}

@@ -1,0 +1,123 @@
+package proxy
+
+import (
+	"hash/fnv"
+	"math/rand/v2"
+	"slices"
+	"strconv"
+	"time"
+
+	"github.com/weftmesh/weft/dataplane/config"
+)
+
+// pick chooses an endpoint for one request by the cluster's policy, skipping ejected hosts while
+// others remain. key is the hash key for ring hash (the client's address). It takes no lock.
+func (c *clusterRT) pick(key uint64) *host {
+	hosts := c.flat
+	if len(hosts) == 0 {
+		return nil
+	}
+	if c.weighted && len(c.localities) > 1 {
+		n := rand.Uint32N(c.totalW)
+		for _, l := range c.localities {
+			if n < l.weight {
+				hosts = l.hosts
+				break
+			}
+			n -= l.weight
+		}
+	}
+	var now int64
+	if c.state.ejected.Load() > 0 {
+		now = time.Now().UnixNano()
+	}
+	for attempt := 0; ; attempt++ {
+		var h *host
+		switch c.cfg.LB {
+		case config.LBRoundRobin:
+			h = hosts[c.state.rr.Add(1)%uint64(len(hosts))]
+		case config.LBRandom:
+			h = hosts[rand.IntN(len(hosts))]
+		case config.LBRingHash:
+			if attempt == 0 && len(c.ring) > 0 {
+				h = c.ringLookup(key)
+			} else {
+				h = hosts[rand.IntN(len(hosts))]
+			}
+		default: // least request, power of two choices
+			if len(hosts) == 1 {
+				h = hosts[0]
+			} else {
+				i := rand.IntN(len(hosts))
+				j := rand.IntN(len(hosts) - 1)
+				if j >= i {
+					j++
+				}
+				a, b := hosts[i], hosts[j]
+				h = a
+				if b.active.Load() < a.active.Load() {
+					h = b
+				}
+			}
+		}
+		if now == 0 || !c.state.isEjected(h, now) || attempt >= 2*len(hosts) {
+			return h
+		}
+	}
+}
+
+type ringEntry struct {
+	hash uint64
+	h    *host
+}
+
+// buildRing places each host at 1024/len(hosts) (min 64) points on a 64-bit ring.
+func buildRing(hosts []*host) []ringEntry {
+	if len(hosts) == 0 {
+		return nil
+	}
+	per := max(64, 1024/len(hosts))
+	ring := make([]ringEntry, 0, per*len(hosts))
+	for _, h := range hosts {
+		for i := 0; i < per; i++ {
+			f := fnv.New64a()
+			f.Write([]byte(h.addrStr))
+			f.Write([]byte{'_'})
+			f.Write([]byte(strconv.Itoa(i)))
+			ring = append(ring, ringEntry{hash: f.Sum64(), h: h})
+		}
+	}
+	slices.SortFunc(ring, func(a, b ringEntry) int {
+		switch {
+		case a.hash < b.hash:
+			return -1
+		case a.hash > b.hash:
+			return 1
+		}
+		return 0
+	})
+	return ring
+}
+
+func (c *clusterRT) ringLookup(key uint64) *host {
+	i, _ := slices.BinarySearchFunc(c.ring, key, func(e ringEntry, k uint64) int {
+		switch {
+		case e.hash < k:
+			return -1
+		case e.hash > k:
+			return 1
+		}
+		return 0
+	})
+	if i == len(c.ring) {
+		i = 0
+	}
+	return c.ring[i].h
+}
+
+// hashString is the ring-hash key of a client address.
+func hashString(s string) uint64 {
+	f := fnv.New64a()
+	f.Write([]byte(s))
+	return f.Sum64()
+}
