@@ -295,7 +295,22 @@ func (c *CA) Sign(pub crypto.PublicKey, id ID) (*Leaf, error) {
 		return nil, err
 	}
 	tmpl := LeafTemplate(id, LeafParams{Now: now, Lifetime: c.lifetime, Skew: c.skew, IssuerNotAfter: iss.Chain[0].NotAfter, Serial: serial})
-	return c.sign(iss, tmpl, pub)
+	if !canSignFast(iss) {
+		return c.sign(iss, tmpl, pub)
+	}
+	spki, err := x509.MarshalPKIXPublicKey(pub)
+	if err != nil {
+		return nil, fmt.Errorf("%w: public key: %v", ErrInvalidRequest, err)
+	}
+	der, err := signLeafFast(iss, tmpl, spki)
+	if err != nil {
+		return nil, err
+	}
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		return nil, fmt.Errorf("parsing the certificate just signed: %w", err)
+	}
+	return &Leaf{Certificate: cert, Intermediates: iss.chainDER}, nil
 }
 
 func (c *CA) sign(iss *Issuer, tmpl *x509.Certificate, pub crypto.PublicKey) (*Leaf, error) {
