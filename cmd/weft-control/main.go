@@ -3,12 +3,26 @@
 package main
 
 import (
+	"context"
+	"errors"
 	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
 	"os"
+	"os/signal"
+	"syscall"
+	"time"
 
 	"github.com/spf13/cobra"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/keepalive"
 
 	"github.com/weftmesh/weft/cmd/internal/buildinfo"
+	"github.com/weftmesh/weft/discovery"
+	"github.com/weftmesh/weft/discovery/kube"
+	"github.com/weftmesh/weft/xds"
+	"github.com/weftmesh/weft/xds/server"
 )
 
 func main() {
@@ -18,7 +32,20 @@ func main() {
 	}
 }
 
+type config struct {
+	kubeconfig    string
+	discoveryFile string
+	xdsAddr       string
+	adminAddr     string
+	trustDomain   string
+	trustBundle   string
+	debounce      time.Duration
+	debounceMax   time.Duration
+	logLevel      string
+}
+
 func newRootCmd() *cobra.Command {
+	var c config
 	root := &cobra.Command{
 		Use:           "weft-control",
 		Short:         "The Weft control plane: Kubernetes in, xDS out",
@@ -27,9 +54,128 @@ func newRootCmd() *cobra.Command {
 		Version:       buildinfo.Version,
 		Args:          cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return fmt.Errorf("the control plane is not built yet")
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			return run(ctx, c)
 		},
 	}
+	f := root.Flags()
+	f.StringVar(&c.kubeconfig, "kubeconfig", "", "kubeconfig file (default: in-cluster, then ~/.kube/config)")
+	f.StringVar(&c.discoveryFile, "discovery-file", "", "local mode: read Services, EndpointSlices and Pods from this multi-document YAML file (watched) instead of Kubernetes")
+	f.StringVar(&c.xdsAddr, "xds-addr", "127.0.0.1:15010", "address of the plaintext xDS server (loopback unless you mean it)")
+	f.StringVar(&c.adminAddr, "admin-addr", "127.0.0.1:15014", "address of the admin HTTP server (/ready, /metrics, /debug/)")
+	f.StringVar(&c.trustDomain, "trust-domain", "cluster.local", "SPIFFE trust domain of workload identities")
+	f.StringVar(&c.trustBundle, "trust-bundle", "", "PEM file of CA certificates to serve as the SDS secret ROOTCA")
+	f.DurationVar(&c.debounce, "debounce", 100*time.Millisecond, "quiet time after a Kubernetes change before a new configuration is built")
+	f.DurationVar(&c.debounceMax, "debounce-max", time.Second, "longest a stream of Kubernetes changes may delay a new configuration")
+	f.StringVar(&c.logLevel, "log-level", "info", "debug, info, warn or error")
 	root.SetVersionTemplate(buildinfo.String("weft-control") + "\n")
 	return root
+}
+
+func run(ctx context.Context, c config) error {
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(c.logLevel)); err != nil {
+		return fmt.Errorf("--log-level %q: want debug, info, warn or error", c.logLevel)
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	slog.SetDefault(log)
+	if c.debounce <= 0 || c.debounceMax < c.debounce {
+		return fmt.Errorf("--debounce %v / --debounce-max %v: want 0 < debounce <= debounce-max", c.debounce, c.debounceMax)
+	}
+
+	srv := server.New(server.Options{Logger: log, Translate: xds.Options{TrustDomain: c.trustDomain}})
+	if c.trustBundle != "" {
+		pem, err := os.ReadFile(c.trustBundle)
+		if err != nil {
+			return fmt.Errorf("--trust-bundle: %w", err)
+		}
+		if err := srv.SetTrustBundle(pem); err != nil {
+			return fmt.Errorf("--trust-bundle %s: %w", c.trustBundle, err)
+		}
+	}
+
+	var src discovery.Source
+	if c.discoveryFile != "" {
+		// Load once up front so a bad file is reported before anything listens.
+		if _, err := discovery.LoadFile(c.discoveryFile); err != nil {
+			return err
+		}
+		src = &discovery.FileSource{Path: c.discoveryFile, Logger: log}
+	} else {
+		cfg, err := kube.Config(c.kubeconfig)
+		if err != nil {
+			return err
+		}
+		client, err := kube.Connect(ctx, cfg, 10*time.Second)
+		if err != nil {
+			return fmt.Errorf("%w (check --kubeconfig, or use --discovery-file for local mode)", err)
+		}
+		src = &kube.Source{Client: client, Logger: log, Quiet: c.debounce, Max: c.debounceMax}
+	}
+
+	xdsLis, err := listen("--xds-addr", c.xdsAddr)
+	if err != nil {
+		return err
+	}
+	adminLis, err := listen("--admin-addr", c.adminAddr)
+	if err != nil {
+		xdsLis.Close()
+		return err
+	}
+
+	g := grpc.NewServer(
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
+		grpc.MaxConcurrentStreams(1<<20),
+	)
+	srv.Register(g)
+	httpSrv := &http.Server{Handler: srv.AdminHandler(), ReadHeaderTimeout: 10 * time.Second}
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	errc := make(chan error, 3)
+	go func() { errc <- g.Serve(xdsLis) }()
+	go func() {
+		if err := httpSrv.Serve(adminLis); !errors.Is(err, http.ErrServerClosed) {
+			errc <- err
+		}
+	}()
+	go func() { errc <- src.Run(ctx, srv.Update) }()
+	log.Info("weft-control serving", "xds", xdsLis.Addr().String(), "admin", adminLis.Addr().String(), "mode", mode(c))
+
+	var runErr error
+	select {
+	case <-ctx.Done():
+	case runErr = <-errc:
+	}
+	cancel()
+	shutdown, done := context.WithTimeout(context.Background(), 5*time.Second)
+	defer done()
+	_ = httpSrv.Shutdown(shutdown)
+	stopped := make(chan struct{})
+	go func() { g.GracefulStop(); close(stopped) }()
+	select {
+	case <-stopped:
+	case <-shutdown.Done():
+		g.Stop()
+	}
+	return runErr
+}
+
+func mode(c config) string {
+	if c.discoveryFile != "" {
+		return "local (" + c.discoveryFile + ")"
+	}
+	return "kubernetes"
+}
+
+func listen(flag, addr string) (net.Listener, error) {
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		if errors.Is(err, syscall.EADDRINUSE) {
+			return nil, fmt.Errorf("%s %s: address already in use (is another weft-control running? pick another address with %s)", flag, addr, flag)
+		}
+		return nil, fmt.Errorf("%s %s: %w", flag, addr, err)
+	}
+	return l, nil
 }
