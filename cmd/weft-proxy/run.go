@@ -1,15 +1,234 @@
 package main
 
 import (
+	"context"
 	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/spf13/cobra"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/weftmesh/weft/cmd/internal/buildinfo"
+	"github.com/weftmesh/weft/dataplane"
+	"github.com/weftmesh/weft/dataplane/admin"
+	"github.com/weftmesh/weft/dataplane/certfile"
+	"github.com/weftmesh/weft/dataplane/proxy"
+	"github.com/weftmesh/weft/dataplane/xdsclient"
 )
 
-func newRunCmd() *cobra.Command {
-	return &cobra.Command{
-		Use:  "run",
-		Args: cobra.NoArgs,
-		RunE: func(*cobra.Command, []string) error { return errors.New("weft-proxy run is not built yet") },
+type runOptions struct {
+	xdsAddr, podName, namespace, podIP, serviceAccount  string
+	adminAddr, httpProxyAddr, outboundAddr, inboundAddr string
+	certDir, logLevel                                   string
+	drainTimeout                                        time.Duration
+}
+
+func envOr(name, def string) string {
+	if v := os.Getenv(name); v != "" {
+		return v
 	}
+	return def
+}
+
+func newRunCmd() *cobra.Command {
+	var o runOptions
+	cmd := &cobra.Command{
+		Use:   "run",
+		Short: "Run the sidecar proxy (the default command)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGTERM, syscall.SIGINT)
+			defer stop()
+			return run(ctx, o)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&o.xdsAddr, "xds-addr", envOr("XDS_ADDR", ""), "control plane xDS address host:port (env XDS_ADDR)")
+	f.StringVar(&o.podName, "pod-name", envOr("POD_NAME", ""), "this pod's name (env POD_NAME)")
+	f.StringVar(&o.namespace, "namespace", envOr("POD_NAMESPACE", ""), "this pod's namespace (env POD_NAMESPACE)")
+	f.StringVar(&o.podIP, "pod-ip", envOr("POD_IP", ""), "this pod's IP (env POD_IP)")
+	f.StringVar(&o.serviceAccount, "service-account", envOr("SERVICE_ACCOUNT", ""), "this pod's service account (env SERVICE_ACCOUNT)")
+	f.StringVar(&o.adminAddr, "admin-addr", "0.0.0.0:15000", "admin server address (/ready, /live, /metrics, /config_dump, /clusters, /shutdown)")
+	f.StringVar(&o.httpProxyAddr, "http-proxy-addr", "", "explicit HTTP proxy address (off when empty; 127.0.0.1:4140 by convention)")
+	f.StringVar(&o.outboundAddr, "outbound-addr", "0.0.0.0:15001", "transparent outbound listener address (off when empty)")
+	f.StringVar(&o.inboundAddr, "inbound-addr", "0.0.0.0:15006", "inbound listener address (off when empty)")
+	f.StringVar(&o.certDir, "cert-dir", "", "directory with cert.pem, key.pem and ca.pem for mTLS (reloaded on change); plaintext only when empty")
+	f.StringVar(&o.logLevel, "log-level", envOr("WEFT_PROXY_LOG_LEVEL", "info"), "log level: debug, info, warn or error")
+	f.DurationVar(&o.drainTimeout, "drain-timeout", 10*time.Second, "how long in-flight requests may take to finish on SIGTERM")
+	return cmd
+}
+
+func (o runOptions) validate() error {
+	var missing []string
+	if o.xdsAddr == "" {
+		missing = append(missing, "--xds-addr (or XDS_ADDR)")
+	}
+	if o.podName == "" {
+		missing = append(missing, "--pod-name (or POD_NAME)")
+	}
+	if o.namespace == "" {
+		missing = append(missing, "--namespace (or POD_NAMESPACE)")
+	}
+	if len(missing) > 0 {
+		return fmt.Errorf("missing %s: weft-proxy needs to know its control plane and its pod", strings.Join(missing, ", "))
+	}
+	if _, _, err := net.SplitHostPort(o.xdsAddr); err != nil {
+		return fmt.Errorf("--xds-addr %q: want host:port", o.xdsAddr)
+	}
+	return nil
+}
+
+func parseLevel(s string) (slog.Level, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(s)); err != nil {
+		return l, fmt.Errorf("--log-level %q: want debug, info, warn or error", s)
+	}
+	return l, nil
+}
+
+func listenFlag(flag, addr string) (net.Listener, error) {
+	if addr == "" {
+		return nil, nil
+	}
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("%s %s: %w (is another proxy running? choose another address with %s)", flag, addr, err, flag)
+	}
+	return l, nil
+}
+
+func run(ctx context.Context, o runOptions) error {
+	if err := o.validate(); err != nil {
+		return err
+	}
+	level, err := parseLevel(o.logLevel)
+	if err != nil {
+		return err
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	slog.SetDefault(log)
+
+	var id dataplane.Identity
+	if o.certDir != "" {
+		src, err := certfile.Load(o.certDir, log)
+		if err != nil {
+			return err
+		}
+		go func() {
+			if err := src.Watch(ctx); err != nil {
+				log.Warn("certificate files are not watched; changes need a restart", "err", err)
+			}
+		}()
+		id = src
+	}
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	p := proxy.New(proxy.Options{Identity: id, Registerer: reg, Logger: log})
+
+	cc, err := grpc.NewClient(o.xdsAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return fmt.Errorf("--xds-addr %s: %w", o.xdsAddr, err)
+	}
+	defer cc.Close()
+	node := xdsclient.Node{PodName: o.podName, Namespace: o.namespace, PodIP: o.podIP, ServiceAccount: o.serviceAccount, Version: buildinfo.Version}
+	xc := xdsclient.New(xdsclient.Options{Node: node, Conn: cc, OnUpdate: p.Update, Logger: log})
+
+	var listeners []net.Listener
+	defer func() {
+		for _, l := range listeners {
+			l.Close()
+		}
+	}()
+	open := func(flag, addr string) (net.Listener, error) {
+		l, err := listenFlag(flag, addr)
+		if l != nil {
+			listeners = append(listeners, l)
+		}
+		return l, err
+	}
+	outL, err := open("--outbound-addr", o.outboundAddr)
+	if err != nil {
+		return err
+	}
+	inL, err := open("--inbound-addr", o.inboundAddr)
+	if err != nil {
+		return err
+	}
+	proxyL, err := open("--http-proxy-addr", o.httpProxyAddr)
+	if err != nil {
+		return err
+	}
+	adminL, err := open("--admin-addr", o.adminAddr)
+	if err != nil {
+		return err
+	}
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	errc := make(chan error, 4)
+	serve := func(name string, f func(net.Listener) error, l net.Listener) {
+		if l == nil {
+			return
+		}
+		go func() {
+			if err := f(l); err != nil {
+				errc <- fmt.Errorf("%s listener: %w", name, err)
+			}
+		}()
+	}
+	serve("outbound", p.ServeOutbound, outL)
+	serve("inbound", p.ServeInbound, inL)
+	serve("http proxy", p.ServeHTTPProxy, proxyL)
+
+	shutdown := make(chan struct{})
+	var shutdownOnce sync.Once
+	adminSrv := &http.Server{
+		Handler: admin.Handler(admin.Options{Proxy: p, XDS: xc, Gatherer: reg, Shutdown: func() {
+			shutdownOnce.Do(func() { close(shutdown) })
+		}}),
+		ReadHeaderTimeout: 10 * time.Second,
+	}
+	if adminL != nil {
+		go func() {
+			if err := adminSrv.Serve(adminL); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				errc <- fmt.Errorf("admin server: %w", err)
+			}
+		}()
+	}
+	xdsDone := make(chan struct{})
+	go func() { defer close(xdsDone); _ = xc.Run(ctx) }()
+	log.Info("weft-proxy started", "version", buildinfo.Version, "node", node.ID(), "xds", o.xdsAddr,
+		"outbound", o.outboundAddr, "inbound", o.inboundAddr, "http_proxy", o.httpProxyAddr, "admin", o.adminAddr, "mtls", id != nil)
+
+	var runErr error
+	select {
+	case <-ctx.Done():
+		log.Info("signal received: draining", "timeout", o.drainTimeout)
+	case <-shutdown:
+		log.Info("shutdown requested: draining", "timeout", o.drainTimeout)
+	case runErr = <-errc:
+		log.Error("stopping", "err", runErr)
+	}
+	dctx, dcancel := context.WithTimeout(context.Background(), o.drainTimeout)
+	defer dcancel()
+	if err := p.Shutdown(dctx); err != nil {
+		log.Warn("drain timed out; closed the remaining connections", "err", err)
+	}
+	_ = adminSrv.Shutdown(dctx)
+	cancel()
+	<-xdsDone
+	return runErr
 }

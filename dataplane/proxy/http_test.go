@@ -16,8 +16,8 @@ import (
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	"google.golang.org/protobuf/proto"
 
-	fx "github.com/weftmesh/weft/dataplane/internal/xdsfixture"
 	"github.com/weftmesh/weft/dataplane/xdsclient"
+	fx "github.com/weftmesh/weft/dataplane/xdsfixture"
 )
 
 var clientNode = xdsclient.Node{PodName: "client-1", Namespace: "shop", PodIP: "127.0.0.2", ServiceAccount: "client"}

@@ -15,8 +15,8 @@ import (
 
 	"github.com/weftmesh/weft/dataplane/config"
 	"github.com/weftmesh/weft/dataplane/internal/testpki"
-	fx "github.com/weftmesh/weft/dataplane/internal/xdsfixture"
 	"github.com/weftmesh/weft/dataplane/xdsclient"
+	fx "github.com/weftmesh/weft/dataplane/xdsfixture"
 )
 
 const (

@@ -13,7 +13,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/weftmesh/weft/dataplane/config"
-	fx "github.com/weftmesh/weft/dataplane/internal/xdsfixture"
+	fx "github.com/weftmesh/weft/dataplane/xdsfixture"
 )
 
 var testNode = Node{PodName: "web-1", Namespace: "shop", PodIP: "127.0.0.2", ServiceAccount: "web", Version: "test"}

@@ -1,0 +1,153 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"net/url"
+	"strings"
+	"testing"
+	"time"
+
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+
+	fx "github.com/weftmesh/weft/dataplane/xdsfixture"
+)
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func httpGet(u string) (int, string, error) {
+	resp, err := http.Get(u)
+	if err != nil {
+		return 0, "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b), err
+}
+
+// TestRunServesAdminAndTraffic runs the proxy command against a test control plane: /ready waits for
+// the config, traffic flows through the explicit HTTP proxy, the admin endpoints describe what
+// happened, and POST /shutdown drains and returns.
+func TestRunServesAdminAndTraffic(t *testing.T) {
+	backend := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { fmt.Fprint(w, "hello from backend") })}
+	bl, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = backend.Serve(bl) }()
+	defer backend.Close()
+
+	cp := startCP(t, "127.0.0.1:0", nil, false)
+	o := runOptions{
+		xdsAddr: cp.addr, podName: "web-1", namespace: "shop", podIP: "127.0.0.1", serviceAccount: "web",
+		adminAddr: freeAddr(t), httpProxyAddr: freeAddr(t), outboundAddr: freeAddr(t), inboundAddr: freeAddr(t),
+		logLevel: "warn", drainTimeout: 5 * time.Second,
+	}
+	done := make(chan error, 1)
+	go func() { done <- run(context.Background(), o) }()
+	admin := "http://" + o.adminAddr
+	waitFor(t, "admin up", func() bool { _, _, err := httpGet(admin + "/live"); return err == nil })
+	if code, body, _ := httpGet(admin + "/ready"); code != 503 || !strings.Contains(body, "waiting for a complete xDS configuration") {
+		t.Fatalf("/ready before config: %d %q", code, body)
+	}
+
+	const fqdn = "web.shop.svc.cluster.local"
+	cl := fx.ClusterName(80, fqdn)
+	cp.set(t, "web-1.shop", "v7",
+		fx.EDSCluster(cl, clusterv3.Cluster_LEAST_REQUEST),
+		fx.CLA(cl, netip.MustParseAddrPort(bl.Addr().String())),
+		fx.Listener("outbound", netip.MustParseAddrPort("0.0.0.0:15001"), nil, fx.Chain{Name: "web", IP: "10.0.0.1", Port: 80, Route: "80"}),
+		fx.RouteConfig("80", fx.VirtualHost{Name: fqdn, Domains: []string{fqdn, fqdn + ":80"}, Routes: []fx.Route{{Cluster: cl}}}),
+	)
+	waitFor(t, "/ready", func() bool { code, _, _ := httpGet(admin + "/ready"); return code == 200 })
+
+	pu, _ := url.Parse("http://" + o.httpProxyAddr)
+	c := &http.Client{Transport: &http.Transport{Proxy: http.ProxyURL(pu)}}
+	for range 3 {
+		resp, err := c.Get("http://" + fqdn + "/")
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 || string(b) != "hello from backend" {
+			t.Fatalf("through the proxy: %d %q", resp.StatusCode, b)
+		}
+	}
+
+	_, metrics, _ := httpGet(admin + "/metrics")
+	want := `response_total{authority="web.shop.svc.cluster.local",classification="success",client_id="",direction="outbound",server_id="",status_code="200",target_cluster="outbound|80||web.shop.svc.cluster.local",tls="false"} 3`
+	if !strings.Contains(metrics, want) {
+		t.Errorf("/metrics lacks %s", want)
+	}
+
+	_, dump, _ := httpGet(admin + "/config_dump")
+	var cd struct {
+		Configs []map[string]any `json:"configs"`
+	}
+	if err := json.Unmarshal([]byte(dump), &cd); err != nil || len(cd.Configs) != 4 {
+		t.Fatalf("/config_dump: %v, %d configs", err, len(cd.Configs))
+	}
+	for _, s := range []string{`"versionInfo": "v7"`, `"name": "outbound"`, `"routeConfig"`, `"clusterName": "outbound|80||web.shop.svc.cluster.local"`, "ListenersConfigDump"} {
+		if !strings.Contains(dump, s) {
+			t.Errorf("/config_dump lacks %s", s)
+		}
+	}
+
+	_, clusters, _ := httpGet(admin + "/clusters")
+	if !strings.Contains(clusters, bl.Addr().String()) || !strings.Contains(clusters, `"health": "HEALTHY"`) {
+		t.Errorf("/clusters: %s", clusters)
+	}
+
+	resp, err := http.Post(admin+"/shutdown", "", nil)
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("POST /shutdown: %v", err)
+	}
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("run returned %v", err)
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatal("run did not return after /shutdown")
+	}
+}
+
+func TestRunFlagErrors(t *testing.T) {
+	err := run(context.Background(), runOptions{logLevel: "info"})
+	if err == nil || !strings.Contains(err.Error(), "--xds-addr") || !strings.Contains(err.Error(), "--pod-name") {
+		t.Fatalf("missing flags: %v", err)
+	}
+	err = run(context.Background(), runOptions{xdsAddr: "127.0.0.1:1", podName: "a", namespace: "b", logLevel: "loud"})
+	if err == nil || !strings.Contains(err.Error(), "--log-level") {
+		t.Fatalf("bad level: %v", err)
+	}
+	err = run(context.Background(), runOptions{xdsAddr: "127.0.0.1:1", podName: "a", namespace: "b", logLevel: "info", certDir: t.TempDir()})
+	if err == nil || !strings.Contains(err.Error(), "cert.pem") {
+		t.Fatalf("empty cert dir: %v", err)
+	}
+}
