@@ -14,6 +14,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"sync"
 	"sync/atomic"
 	"time"
 )
@@ -207,6 +208,9 @@ type CA struct {
 	lifetime    time.Duration
 	skew        time.Duration
 	issuer      atomic.Pointer[Issuer]
+
+	mu      sync.Mutex    // guards changed
+	changed chan struct{} // closed and replaced at every issuer change
 }
 
 // Option configures a CA.
@@ -227,7 +231,7 @@ func NewCA(trustDomain string, opts ...Option) (*CA, error) {
 	if err := ValidateTrustDomain(trustDomain); err != nil {
 		return nil, err
 	}
-	c := &CA{trustDomain: trustDomain, now: time.Now, lifetime: DefaultLifetime, skew: DefaultSkew}
+	c := &CA{trustDomain: trustDomain, now: time.Now, lifetime: DefaultLifetime, skew: DefaultSkew, changed: make(chan struct{})}
 	for _, o := range opts {
 		o(c)
 	}
@@ -246,12 +250,26 @@ func (c *CA) Load(m Material) error {
 	if err != nil {
 		return err
 	}
-	c.issuer.Store(iss)
+	c.SetIssuer(iss)
 	return nil
 }
 
 // SetIssuer replaces the current issuer.
-func (c *CA) SetIssuer(iss *Issuer) { c.issuer.Store(iss) }
+func (c *CA) SetIssuer(iss *Issuer) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.issuer.Store(iss)
+	close(c.changed)
+	c.changed = make(chan struct{})
+}
+
+// Changed returns a channel that is closed at the next change of the issuer (and so, perhaps, of the
+// trust bundle): the control plane waits on it to push a new ROOTCA. Call it again after each change.
+func (c *CA) Changed() <-chan struct{} {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.changed
+}
 
 // Issuer is the current issuer, or nil.
 func (c *CA) Issuer() *Issuer { return c.issuer.Load() }

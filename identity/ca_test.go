@@ -191,6 +191,7 @@ func TestParseMaterialRejects(t *testing.T) {
 func TestIssuerRotationWithoutRestart(t *testing.T) {
 	ca, dir := newTestCA(t)
 	old := ca.Issuer().Certificate()
+	changed := ca.Changed()
 	oldLeaf, err := ca.Sign(mustKey(t, p256()).Public(), webID)
 	if err != nil {
 		t.Fatal(err)
@@ -218,6 +219,11 @@ func TestIssuerRotationWithoutRestart(t *testing.T) {
 			t.Fatal("the CA did not pick up the new issuer within 20s")
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+	select {
+	case <-changed:
+	default:
+		t.Fatal("Changed() was not closed by the new issuer")
 	}
 	newLeaf, err := ca.Sign(mustKey(t, p256()).Public(), webID)
 	if err != nil {

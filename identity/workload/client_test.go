@@ -253,22 +253,17 @@ func TestCADownThenUp(t *testing.T) {
 	waitFor(t, "renewal after the CA is back", func() bool { return serial(t, c) != held && c.Status().Failures == 0 })
 }
 
-// TestMTLSAcrossRotations: two workloads talk mutual TLS through Certificate and TrustBundle while
-// both rotate their certificates every ~1.4 s; no handshake fails and each side sees the other's ID.
-func TestMTLSAcrossRotations(t *testing.T) {
-	tc := newTestCA(t, 2*time.Second)
-	server, _ := startClient(t, tc, dbID, "tok-db")
-	client, _ := startClient(t, tc, webID, "tok-web")
-	waitReady(t, server)
-	waitReady(t, client)
-
+// mtlsPair serves an echo over mutual TLS with server's identity and returns a function that makes
+// one connection with client's identity, checking each side's SPIFFE ID against its trust bundle.
+func mtlsPair(t *testing.T, server, client *Client) func() error {
+	t.Helper()
 	lis, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{
 		MinVersion:     tls.VersionTLS13,
 		GetCertificate: server.GetCertificate,
 		ClientAuth:     tls.RequireAnyClientCert,
 		VerifyPeerCertificate: func(raw [][]byte, _ [][]*x509.Certificate) error {
 			id, err := identity.VerifyPeer(raw, server.TrustBundle(), x509.ExtKeyUsageClientAuth)
-			if err == nil && id != webID {
+			if err == nil && id != client.ID() {
 				err = fmt.Errorf("client is %s", id)
 			}
 			return err
@@ -277,7 +272,7 @@ func TestMTLSAcrossRotations(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer lis.Close()
+	t.Cleanup(func() { lis.Close() })
 	go func() {
 		for {
 			conn, err := lis.Accept()
@@ -290,15 +285,14 @@ func TestMTLSAcrossRotations(t *testing.T) {
 			}()
 		}
 	}()
-
-	dial := func() error {
+	return func() error {
 		conn, err := tls.Dial("tcp", lis.Addr().String(), &tls.Config{
 			MinVersion:           tls.VersionTLS13,
 			GetClientCertificate: client.GetClientCertificate,
 			InsecureSkipVerify:   true, // verified below by SPIFFE ID, not host name
 			VerifyPeerCertificate: func(raw [][]byte, _ [][]*x509.Certificate) error {
 				id, err := identity.VerifyPeer(raw, client.TrustBundle(), x509.ExtKeyUsageServerAuth)
-				if err == nil && id != dbID {
+				if err == nil && id != server.ID() {
 					err = fmt.Errorf("server is %s", id)
 				}
 				return err
@@ -320,6 +314,17 @@ func TestMTLSAcrossRotations(t *testing.T) {
 		}
 		return nil
 	}
+}
+
+// TestMTLSAcrossRotations: two workloads talk mutual TLS through Certificate and TrustBundle while
+// both rotate their certificates every ~1.4 s; no handshake fails and each side sees the other's ID.
+func TestMTLSAcrossRotations(t *testing.T) {
+	tc := newTestCA(t, 2*time.Second)
+	server, _ := startClient(t, tc, dbID, "tok-db")
+	client, _ := startClient(t, tc, webID, "tok-web")
+	waitReady(t, server)
+	waitReady(t, client)
+	dial := mtlsPair(t, server, client)
 	seen := map[string]bool{}
 	n := 0
 	for len(seen) < 4 {
@@ -331,6 +336,110 @@ func TestMTLSAcrossRotations(t *testing.T) {
 		time.Sleep(5 * time.Millisecond) // pacing of the load, not a wait for a condition
 	}
 	t.Logf("%d mTLS connections across %d server certificates", n, len(seen))
+}
+
+// TestAnchorRotation walks a full anchor rotation under traffic: a new anchor joins the bundle, the
+// issuer switches to one signed by it, the old anchor leaves. The workloads pick each step up at their
+// renewals (they re-read the bundle file) and no mTLS connection fails.
+func TestAnchorRotation(t *testing.T) {
+	tc := newTestCA(t, 2*time.Second)
+	server, _ := startClient(t, tc, dbID, "tok-db")
+	client, _ := startClient(t, tc, webID, "tok-web")
+	waitReady(t, server)
+	waitReady(t, client)
+	dial := mtlsPair(t, server, client)
+
+	stop := make(chan struct{})
+	type loadResult struct {
+		n, failed int
+		first     error
+	}
+	loadDone := make(chan loadResult, 1)
+	go func() {
+		var r loadResult
+		for {
+			select {
+			case <-stop:
+				loadDone <- r
+				return
+			default:
+			}
+			if err := dial(); err != nil {
+				r.failed++
+				if r.first == nil {
+					r.first = err
+				}
+			}
+			r.n++
+			time.Sleep(5 * time.Millisecond) // pacing of the load
+		}
+	}()
+	reload := func() {
+		if err := identity.LoadDirInto(tc.ca, tc.dir); err != nil {
+			t.Fatal(err)
+		}
+	}
+	renewedBoth := func(what string) {
+		s1, s2 := serial(t, server), serial(t, client)
+		waitFor(t, what, func() bool { return serial(t, server) != s1 && serial(t, client) != s2 })
+	}
+	oldBundle, err := os.ReadFile(filepath.Join(tc.dir, identity.BundleFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// 1. The new anchor joins the bundle.
+	anchor, err := identity.NewAnchor("cluster.local", time.Now(), time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeAtomic(t, filepath.Join(tc.dir, identity.BundleFile), append(append([]byte(nil), oldBundle...), anchor.CertPEM()...))
+	reload()
+	// Twice: a renewal already under way when the file changed may have read the old bundle.
+	renewedBoth("renewals after the new anchor joined the bundle")
+	renewedBoth("second renewals after the new anchor joined the bundle")
+
+	// 2. The issuer switches to one signed by the new anchor.
+	issuer, err := identity.NewIssuer("cluster.local", anchor, time.Now(), time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, err := issuer.KeyPEM()
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeAtomic(t, filepath.Join(tc.dir, identity.IssuerKeyFile), key)
+	writeAtomic(t, filepath.Join(tc.dir, identity.IssuerCertFile), issuer.CertPEM())
+	reload()
+	waitFor(t, "certificates from the new issuer", func() bool {
+		a, _ := server.Certificate()
+		b, _ := client.Certificate()
+		return a.Leaf.CheckSignatureFrom(issuer.Cert) == nil && b.Leaf.CheckSignatureFrom(issuer.Cert) == nil
+	})
+
+	// 3. The old anchor leaves.
+	writeAtomic(t, filepath.Join(tc.dir, identity.BundleFile), anchor.CertPEM())
+	reload()
+	renewedBoth("renewals after the old anchor left")
+	renewedBoth("second renewals after the old anchor left")
+
+	close(stop)
+	r := <-loadDone
+	if r.failed > 0 {
+		t.Fatalf("%d of %d connections failed during the anchor rotation; first: %v", r.failed, r.n, r.first)
+	}
+	t.Logf("%d mTLS connections, none failed, across an anchor rotation", r.n)
+}
+
+func writeAtomic(t *testing.T, path string, data []byte) {
+	t.Helper()
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		t.Fatal(err)
+	}
 }
 
 func TestNewRejectsBadConfig(t *testing.T) {
