@@ -25,8 +25,12 @@ func LoadDirInto(ca *CA, dir string) error {
 // WatchDir keeps ca's issuer in step with the CA directory until ctx ends: it reloads on every change
 // of the directory (fsnotify; this also sees the symlink swap of a mounted Secret) and, as a fallback,
 // every resync interval. Material that fails its checks is logged and ignored; the current issuer stays.
-// The first load is the caller's (LoadDirInto), so a broken directory fails at start.
+// The first load is the caller's (LoadDirInto), so a broken directory fails at start. A nil log is
+// slog.Default().
 func WatchDir(ctx context.Context, ca *CA, dir string, resync time.Duration, log *slog.Logger) error {
+	if log == nil {
+		log = slog.Default()
+	}
 	w, err := fsnotify.NewWatcher()
 	if err != nil {
 		return fmt.Errorf("watching %s: %w", dir, err)

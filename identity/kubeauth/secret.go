@@ -50,6 +50,9 @@ func LoadSecret(ctx context.Context, client kubernetes.Interface, namespace, nam
 // WatchSecret keeps ca's issuer in step with the CA Secret until ctx ends (issuer rotation without a
 // restart). Material that fails its checks is logged and ignored; the current issuer stays.
 func WatchSecret(ctx context.Context, client kubernetes.Interface, namespace, name string, ca *identity.CA, log *slog.Logger) error {
+	if log == nil {
+		log = slog.Default()
+	}
 	factory := informers.NewSharedInformerFactoryWithOptions(client, 0, informers.WithNamespace(namespace),
 		informers.WithTweakListOptions(func(o *metav1.ListOptions) {
 			o.FieldSelector = fields.OneTermEqualSelector("metadata.name", name).String()
