@@ -232,3 +232,31 @@ type VirtualHost struct {
 	Domains []string
 	Routes  []Route
 }
+
+// WithOutlier adds outlier detection: eject after n consecutive 5xx for base (growing), at most pct%.
+func WithOutlier(c *clusterv3.Cluster, n uint32, base time.Duration, pct uint32) *clusterv3.Cluster {
+	c.OutlierDetection = &clusterv3.OutlierDetection{
+		Consecutive_5Xx:    wrapperspb.UInt32(n),
+		Interval:           durationpb.New(time.Second),
+		BaseEjectionTime:   durationpb.New(base),
+		MaxEjectionTime:    durationpb.New(base),
+		MaxEjectionPercent: wrapperspb.UInt32(pct),
+	}
+	return c
+}
+
+// WithBreakers sets the default-priority circuit breaker thresholds (0 leaves one unset).
+func WithBreakers(c *clusterv3.Cluster, maxConnections, maxRequests, maxRetries uint32) *clusterv3.Cluster {
+	t := &clusterv3.CircuitBreakers_Thresholds{}
+	if maxConnections > 0 {
+		t.MaxConnections = wrapperspb.UInt32(maxConnections)
+	}
+	if maxRequests > 0 {
+		t.MaxRequests = wrapperspb.UInt32(maxRequests)
+	}
+	if maxRetries > 0 {
+		t.MaxRetries = wrapperspb.UInt32(maxRetries)
+	}
+	c.CircuitBreakers = &clusterv3.CircuitBreakers{Thresholds: []*clusterv3.CircuitBreakers_Thresholds{t}}
+	return c
+}
