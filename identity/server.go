@@ -6,6 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -42,6 +45,10 @@ type Server struct {
 	auth Authenticator
 	rec  Recorder
 	log  *slog.Logger
+	reg  prometheus.Registerer
+
+	requests *prometheus.CounterVec // by gRPC code
+	latency  prometheus.Histogram
 }
 
 // ServerOption configures a Server.
@@ -53,12 +60,41 @@ func WithRecorder(r Recorder) ServerOption { return func(s *Server) { s.rec = r 
 // WithLogger sets the logger (slog.Default() otherwise).
 func WithLogger(l *slog.Logger) ServerOption { return func(s *Server) { s.log = l } }
 
+// WithMetrics registers the service's metrics with reg: weft_identity_certify_total{code},
+// weft_identity_certify_duration_seconds and weft_identity_issuer_expiry_timestamp_seconds.
+func WithMetrics(reg prometheus.Registerer) ServerOption { return func(s *Server) { s.reg = reg } }
+
 // NewServer makes the Identity service of ca, with auth checking tokens (kubeauth.TokenReviewer, or
 // StaticTokens in local mode).
 func NewServer(ca *CA, auth Authenticator, opts ...ServerOption) *Server {
 	s := &Server{ca: ca, auth: auth, log: slog.Default()}
 	for _, o := range opts {
 		o(s)
+	}
+	if s.reg != nil {
+		s.requests = prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "weft_identity_certify_total",
+			Help: "Certify calls by gRPC status code.",
+		}, []string{"code"})
+		s.latency = prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "weft_identity_certify_duration_seconds",
+			Help:    "Time to answer a Certify call, token check included.",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14),
+		})
+		expiry := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "weft_identity_issuer_expiry_timestamp_seconds",
+			Help: "NotAfter of the current issuer (0 without one): alert well before it.",
+		}, func() float64 {
+			if iss := ca.Issuer(); iss != nil {
+				return float64(iss.Certificate().NotAfter.Unix())
+			}
+			return 0
+		})
+		for _, c := range []prometheus.Collector{s.requests, s.latency, expiry} {
+			if err := s.reg.Register(c); err != nil {
+				s.log.Warn("identity metrics not registered", "err", err)
+			}
+		}
 	}
 	return s
 }
@@ -68,7 +104,12 @@ func (s *Server) Register(g grpc.ServiceRegistrar) { identityv1.RegisterIdentity
 
 // Certify implements identityv1.IdentityServer. It is the edge: errors become gRPC codes here, once.
 func (s *Server) Certify(ctx context.Context, req *identityv1.CertifyRequest) (*identityv1.CertifyResponse, error) {
+	start := time.Now()
 	leaf, err := s.certify(ctx, req)
+	if s.requests != nil {
+		s.latency.Observe(time.Since(start).Seconds())
+		s.requests.WithLabelValues(Code(err).String()).Inc()
+	}
 	if err != nil {
 		code := Code(err)
 		s.log.Debug("certify refused", "identity", req.GetIdentity(), "code", code, "err", err)
@@ -92,14 +133,14 @@ func Code(err error) codes.Code {
 		return codes.InvalidArgument
 	case errors.Is(err, ErrIdentityMismatch):
 		return codes.FailedPrecondition
-	case errors.Is(err, ErrNoIssuer):
+	case errors.Is(err, ErrNoIssuer), errors.Is(err, ErrTokenCheckUnavailable):
 		return codes.Unavailable
 	case errors.Is(err, context.Canceled):
 		return codes.Canceled
 	case errors.Is(err, context.DeadlineExceeded):
 		return codes.DeadlineExceeded
 	default:
-		return codes.Unavailable
+		return codes.Internal
 	}
 }
 
@@ -112,7 +153,7 @@ func (s *Server) certify(ctx context.Context, req *identityv1.CertifyRequest) (*
 		if errors.Is(err, ErrUnauthenticated) {
 			return nil, err
 		}
-		return nil, fmt.Errorf("checking the token: %w", err)
+		return nil, fmt.Errorf("%w: %w", ErrTokenCheckUnavailable, err)
 	}
 	tokenID, err := NewID(s.ca.TrustDomain(), caller.Namespace, caller.ServiceAccount)
 	if err != nil {

@@ -6,6 +6,8 @@ import (
 	"crypto/rsa"
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
+	"fmt"
 	"net"
 	"net/url"
 	"os"
@@ -15,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
@@ -75,7 +78,8 @@ func serve(t testing.TB, srv *Server, creds credentials.TransportCredentials, cl
 func TestCertifyOverTLS(t *testing.T) {
 	ca, _ := newTestCA(t)
 	rec := &recorded{}
-	srv := NewServer(ca, writeTokens(t), WithRecorder(rec))
+	reg := prometheus.NewRegistry()
+	srv := NewServer(ca, writeTokens(t), WithRecorder(rec), WithMetrics(reg))
 	client := serve(t, srv, credentials.NewTLS(ca.ServerTLSConfig(ID{}, "127.0.0.1")),
 		credentials.NewTLS(&tls.Config{RootCAs: ca.TrustBundle(), ServerName: "127.0.0.1", MinVersion: tls.VersionTLS13}))
 
@@ -137,6 +141,18 @@ func TestCertifyOverTLS(t *testing.T) {
 				t.Fatalf("leaf: valid_until %v NotAfter %v CA %v DNS %v", resp.ValidUntil.AsTime(), leaf.NotAfter, leaf.IsCA, leaf.DNSNames)
 			}
 		})
+	}
+	metrics := gather(t, reg)
+	for name, want := range map[string]float64{
+		`weft_identity_certify_total{code="OK"}`:              1,
+		`weft_identity_certify_total{code="InvalidArgument"}`: 5,
+		`weft_identity_certify_total{code="Unauthenticated"}`: 2,
+		`weft_identity_certify_duration_seconds`:              float64(len(tests)),
+		`weft_identity_issuer_expiry_timestamp_seconds`:       float64(ca.Issuer().Certificate().NotAfter.Unix()),
+	} {
+		if got := metrics[name]; got != want {
+			t.Errorf("%s = %v, want %v", name, got, want)
+		}
 	}
 	rec.mu.Lock()
 	defer rec.mu.Unlock()
@@ -220,4 +236,51 @@ func TestServerTLSClientCertificate(t *testing.T) {
 	if err := call(workloadCert(foreign)); status.Code(err) != codes.Unavailable {
 		t.Fatalf("call with a foreign CA's cert: %v, want a failed handshake (Unavailable)", err)
 	}
+}
+
+type failingAuth struct{}
+
+func (failingAuth) Authenticate(context.Context, string) (Caller, error) {
+	return Caller{}, errors.New("dial tcp 10.96.0.1:443: connect: connection refused")
+}
+
+func TestCertifyTokenCheckUnavailable(t *testing.T) {
+	ca, _ := newTestCA(t)
+	srv := NewServer(ca, failingAuth{})
+	csr := mustCSR(t, mustKey(t, p256()), &x509.CertificateRequest{URIs: []*url.URL{webID.URL()}})
+	_, err := srv.Certify(context.Background(), &identityv1.CertifyRequest{Identity: webID.String(), Token: []byte("t"), CertificateSigningRequest: csr})
+	if st := status.Convert(err); st.Code() != codes.Unavailable || !strings.Contains(st.Message(), "token check unavailable: dial tcp") {
+		t.Fatalf("Certify with the apiserver unreachable = %v, want Unavailable naming the cause", err)
+	}
+}
+
+// gather flattens a registry into name{labels} → value (histograms: their sample count).
+func gather(t *testing.T, reg *prometheus.Registry) map[string]float64 {
+	t.Helper()
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]float64{}
+	for _, f := range families {
+		for _, m := range f.GetMetric() {
+			key := f.GetName()
+			if len(m.GetLabel()) > 0 {
+				var parts []string
+				for _, l := range m.GetLabel() {
+					parts = append(parts, fmt.Sprintf("%s=%q", l.GetName(), l.GetValue()))
+				}
+				key += "{" + strings.Join(parts, ",") + "}"
+			}
+			switch {
+			case m.Counter != nil:
+				out[key] = m.GetCounter().GetValue()
+			case m.Gauge != nil:
+				out[key] = m.GetGauge().GetValue()
+			case m.Histogram != nil:
+				out[key] = float64(m.GetHistogram().GetSampleCount())
+			}
+		}
+	}
+	return out
 }
