@@ -310,7 +310,8 @@ func TestTheBridgeHostsAnInProcessServerForPods(t *testing.T) {
 		host, _, _ := net.SplitHostPort(r.RemoteAddr)
 		fmt.Fprint(w, "hello ", host)
 	})}
-	go func() { _ = srv.Serve(n.Bridge.Listen(t, "tcp", ":15014")) }()
+	ln := n.Bridge.Listen(t, "tcp", ":15014") // listening before the client dials: no race
+	go func() { _ = srv.Serve(ln) }()
 	t.Cleanup(func() { srv.Close() })
 	client := &http.Client{Transport: &http.Transport{DialContext: plain.Dial}}
 	resp, err := client.Get("http://" + n.Bridge.Addr(15014) + "/")
