@@ -597,3 +597,48 @@ func csdsStatus(t *testing.T, h *harness, nodeID string) (errored, synced []stri
 	}
 	return errored, synced
 }
+
+func bigState(n, round int) *discovery.State {
+	svc := discovery.Service{Namespace: "default", Name: "big", ClusterIP: "10.96.9.9",
+		Ports: []discovery.ServicePort{{Name: "grpc", Port: 80, Protocol: "TCP"}}}
+	for i := range n {
+		svc.Endpoints = append(svc.Endpoints, discovery.Endpoint{
+			Address: fmt.Sprintf("10.%d.%d.%d", round%250, i/250, i%250+1), Ready: true,
+			Ports: []discovery.EndpointPort{{Name: "grpc", Port: 8080}},
+		})
+	}
+	return &discovery.State{Services: []discovery.Service{svc}}
+}
+
+// TestSlowClientDoesNotBlockOthers: a client that never reads its stream does not hold back another
+// client's updates (each stream has its own sender, and the cache never queues more than one pending
+// response per watch).
+func TestSlowClientDoesNotBlockOthers(t *testing.T) {
+	h := start(t, bigState(2000, 0))
+	cn := clusterName("big", 80)
+	slowConn, err := grpc.NewClient(h.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer slowConn.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	slow, err := discoverypb.NewAggregatedDiscoveryServiceClient(slowConn).StreamAggregatedResources(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := slow.Send(&discoverypb.DiscoveryRequest{Node: node("slow.default", "envoy"), TypeUrl: xds.EndpointType, ResourceNames: []string{cn}}); err != nil {
+		t.Fatal(err)
+	}
+	fast := h.ads(t, node("fast.default", "envoy"))
+	fast.send(xds.EndpointType, []string{cn}, "", "", "")
+	fast.ack(fast.recv(), []string{cn})
+	for round := 1; round <= 30; round++ {
+		h.srv.Update(bigState(2000, round))
+		r := fast.recv()
+		if eps := endpointsOf(t, r); len(eps) != 2000 || !strings.HasPrefix(eps[0], fmt.Sprintf("10.%d.", round)) {
+			t.Fatalf("round %d: fast client got %d endpoints starting %v", round, len(eps), eps[:1])
+		}
+		fast.ack(r, []string{cn})
+	}
+}
