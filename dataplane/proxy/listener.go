@@ -180,6 +180,11 @@ func (p *Proxy) handleConn(c net.Conn, name string) {
 			info.peerID = spiffeID(pc[0])
 		}
 		conn = tc
+		if chain.cfg.HTTP != nil && tc.ConnectionState().NegotiatedProtocol != "h2" {
+			// Not h2 by ALPN (say "weft" from an Envoy peer): hide the TLS type from the HTTP server so
+			// it detects HTTP/2 prior knowledge or HTTP/1.1 from the bytes, as on a plaintext conn.
+			conn = plainView{tc}
+		}
 	}
 	switch {
 	case chain.cfg.HTTP != nil:
@@ -324,6 +329,9 @@ func detectHTTP(r *bufio.Reader) string {
 	}
 	return ""
 }
+
+// plainView is a TLS connection the HTTP server must treat as plaintext.
+type plainView struct{ net.Conn }
 
 // peekedConn replays the bytes read during detection.
 type peekedConn struct {

@@ -3,6 +3,7 @@ package proxy_test
 import (
 	"context"
 	"crypto/tls"
+	"net/http"
 	"net/netip"
 	"strconv"
 	"strings"
@@ -26,20 +27,22 @@ const (
 
 var serverNode = xdsclient.Node{PodName: "echo-1", Namespace: "shop", PodIP: "127.0.0.30", ServiceAccount: "echo"}
 
-// inboundResources is the server pod's config: an mTLS inbound chain per app port, routed to the app
+// inboundResources is the server pod's config as weft-control sends it: per app port an mTLS chain
+// (transport "tls") and a plaintext one ("raw_buffer") for clients outside the mesh, both to the app
 // on localhost.
 func inboundResources(appPort int, tcp bool) []proto.Message {
 	p := strconv.Itoa(appPort)
 	cl := "inbound|" + p + "||"
-	ch := fx.Chain{Name: cl, Port: uint32(appPort), MTLS: true}
+	secure := fx.Chain{Name: cl + "mtls", Port: uint32(appPort), MTLS: true, Transport: "tls"}
+	plain := fx.Chain{Name: cl + "plaintext", Port: uint32(appPort), Transport: "raw_buffer"}
 	msgs := []proto.Message{fx.StaticCluster(cl, netip.MustParseAddrPort("127.0.0.1:"+p))}
 	if tcp {
-		ch.Cluster = cl
+		secure.Cluster, plain.Cluster = cl, cl
 	} else {
-		ch.Route = "inbound|" + p
+		secure.Route, plain.Route = "inbound|"+p, "inbound|"+p
 		msgs = append(msgs, fx.RouteConfig("inbound|"+p, fx.VirtualHost{Name: "inbound", Domains: []string{"*"}, Routes: []fx.Route{{Cluster: cl}}}))
 	}
-	return append(msgs, fx.Listener("inbound", netip.MustParseAddrPort("0.0.0.0:15006"), nil, ch))
+	return append(msgs, fx.Listener("inbound", netip.MustParseAddrPort("0.0.0.0:15006"), nil, secure, plain))
 }
 
 func TestMTLSBetweenSidecars(t *testing.T) {
@@ -96,7 +99,17 @@ func TestMTLSBetweenSidecars(t *testing.T) {
 		t.Fatalf("wrong SAN: %d %q", resp.StatusCode, resp.Header.Get("Weft-Error"))
 	}
 
-	// A client without a certificate cannot reach the app through the inbound listener.
+	// A plaintext client outside the mesh reaches the app through the raw_buffer chain.
+	resp, body = get(t, &http.Client{Timeout: 10 * time.Second}, "http://"+podAddr.String()+"/plain")
+	if resp.StatusCode != 200 || body != "app HTTP/1.1 "+podAddr.String()+" /plain" {
+		t.Fatalf("plaintext inbound: %d %q", resp.StatusCode, body)
+	}
+	plainIn := map[string]string{"direction": "inbound", "tls": "false", "client_id": "", "status_code": "200"}
+	if v := metricValue(t, server.reg, "response_total", plainIn); v != 1 {
+		t.Errorf("server sidecar response_total%v = %v, want 1", plainIn, v)
+	}
+
+	// A TLS client without a certificate cannot reach the app through the inbound listener.
 	c, err := tls.Dial("tcp", podAddr.String(), &tls.Config{InsecureSkipVerify: true, MinVersion: tls.VersionTLS13})
 	if err == nil {
 		_ = c.SetDeadline(time.Now().Add(5 * time.Second))

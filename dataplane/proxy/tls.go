@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"slices"
 	"strings"
 
 	"github.com/weftmesh/weft/dataplane/config"
@@ -149,12 +150,17 @@ func (p *Proxy) dialTLS(ctx context.Context, st *clusterState, addr string, alpn
 // serverTLS is the config for terminating mTLS on an inbound chain: a client certificate of our trust
 // domain is required.
 func (p *Proxy) serverTLS(alpn []string) *tls.Config {
-	if len(alpn) == 0 {
-		alpn = []string{"h2", "http/1.1"}
+	// Our own protocols first (the server's order wins), then whatever the config names (weft-control
+	// says "weft"), so that no client is refused for its ALPN.
+	protos := []string{"h2", "http/1.1"}
+	for _, a := range alpn {
+		if !slices.Contains(protos, a) {
+			protos = append(protos, a)
+		}
 	}
 	return &tls.Config{
 		MinVersion: tls.VersionTLS13,
-		NextProtos: alpn,
+		NextProtos: protos,
 		ClientAuth: tls.RequireAnyClientCert,
 		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
 			return p.identity.Certificate()

@@ -85,7 +85,7 @@ func WithMTLS(c *clusterv3.Cluster, spiffeIDs ...string) *clusterv3.Cluster {
 			Matcher: &matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Exact{Exact: id}}})
 	}
 	utc := &tlsv3.UpstreamTlsContext{CommonTlsContext: &tlsv3.CommonTlsContext{
-		AlpnProtocols:                  []string{"h2", "http/1.1"},
+		AlpnProtocols:                  []string{"weft"},
 		TlsCertificateSdsSecretConfigs: []*tlsv3.SdsSecretConfig{{Name: "default", SdsConfig: ads()}},
 		ValidationContextType: &tlsv3.CommonTlsContext_CombinedValidationContext{CombinedValidationContext: &tlsv3.CommonTlsContext_CombinedCertificateValidationContext{
 			DefaultValidationContext:         &tlsv3.CertificateValidationContext{MatchTypedSubjectAltNames: sans},
@@ -137,12 +137,15 @@ type Chain struct {
 	Cluster string
 	// AppProtocols matches only after protocol detection said one of these (http/1.1, h2c).
 	AppProtocols []string
-	// MTLS terminates TLS with SDS "default"/"ROOTCA" and requires a client certificate.
+	// MTLS terminates TLS with SDS "default"/"ROOTCA" and requires a client certificate (ALPN "weft",
+	// as weft-control sends it).
 	MTLS bool
+	// Transport matches on transport_protocol ("tls" or "raw_buffer"; "" for any).
+	Transport string
 }
 
 func (c Chain) build() *listenerv3.FilterChain {
-	fc := &listenerv3.FilterChain{Name: c.Name, FilterChainMatch: &listenerv3.FilterChainMatch{ApplicationProtocols: c.AppProtocols}}
+	fc := &listenerv3.FilterChain{Name: c.Name, FilterChainMatch: &listenerv3.FilterChainMatch{ApplicationProtocols: c.AppProtocols, TransportProtocol: c.Transport}}
 	if c.IP != "" {
 		a := netip.MustParseAddr(c.IP)
 		fc.FilterChainMatch.PrefixRanges = []*corev3.CidrRange{{AddressPrefix: c.IP, PrefixLen: wrapperspb.UInt32(uint32(a.BitLen()))}}
@@ -166,7 +169,7 @@ func (c Chain) build() *listenerv3.FilterChain {
 		dtc := &tlsv3.DownstreamTlsContext{
 			RequireClientCertificate: wrapperspb.Bool(true),
 			CommonTlsContext: &tlsv3.CommonTlsContext{
-				AlpnProtocols:                  []string{"h2", "http/1.1"},
+				AlpnProtocols:                  []string{"weft"},
 				TlsCertificateSdsSecretConfigs: []*tlsv3.SdsSecretConfig{{Name: "default", SdsConfig: ads()}},
 				ValidationContextType: &tlsv3.CommonTlsContext_ValidationContextSdsSecretConfig{
 					ValidationContextSdsSecretConfig: &tlsv3.SdsSecretConfig{Name: "ROOTCA", SdsConfig: ads()}},
