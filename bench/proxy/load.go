@@ -1,0 +1,262 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"net"
+	"net/http"
+	"os/exec"
+	"regexp"
+	"slices"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	testpb "google.golang.org/grpc/interop/grpc_testing"
+)
+
+// latencyStats are percentiles of a set of latencies.
+type latencyStats struct {
+	n                int
+	p50, p99, p999   time.Duration
+	errors           int
+	firstErr         string
+	achievedRPS      float64
+	sendLagP99       time.Duration // how late the generator itself sent (diagnostic)
+	completedInPhase int
+}
+
+func percentile(sorted []time.Duration, q float64) time.Duration {
+	if len(sorted) == 0 {
+		return 0
+	}
+	i := int(math.Ceil(q*float64(len(sorted)))) - 1
+	return sorted[max(0, min(i, len(sorted)-1))]
+}
+
+func newHTTPClient() *http.Client {
+	t := &http.Transport{
+		MaxIdleConns:        4096,
+		MaxIdleConnsPerHost: 4096,
+		IdleConnTimeout:     time.Minute,
+		DisableCompression:  true,
+		Protocols:           new(http.Protocols),
+	}
+	t.Protocols.SetHTTP1(true)
+	return &http.Client{Transport: t, Timeout: 10 * time.Second}
+}
+
+// openLoop sends GET http://addr/ at a constant rate for d, each request in its own goroutine, and
+// measures each latency from the request's INTENDED send time: a slow response delays no later send,
+// and a late send counts against the path (no coordinated omission).
+func openLoop(ctx context.Context, client *http.Client, addr string, rate int, d time.Duration) latencyStats {
+	n := int(float64(rate) * d.Seconds())
+	interval := time.Second / time.Duration(rate)
+	lat := make([]time.Duration, n)
+	lag := make([]time.Duration, n)
+	errs := make([]error, n)
+	url := "http://" + addr + "/"
+	var wg sync.WaitGroup
+	start := time.Now()
+	for i := 0; i < n && ctx.Err() == nil; i++ {
+		intended := start.Add(time.Duration(i) * interval)
+		if w := time.Until(intended); w > 0 {
+			time.Sleep(w)
+		}
+		wg.Add(1)
+		go func(i int, intended time.Time) {
+			defer wg.Done()
+			lag[i] = time.Since(intended)
+			req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+			resp, err := client.Do(req)
+			if err == nil {
+				var nb int64
+				nb, err = io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				switch {
+				case err != nil:
+				case resp.StatusCode != http.StatusOK:
+					err = fmt.Errorf("status %d (%s)", resp.StatusCode, resp.Header.Get("Weft-Error"))
+				case nb != respSize:
+					err = fmt.Errorf("body of %d bytes, want %d", nb, respSize)
+				}
+			}
+			lat[i] = time.Since(intended)
+			errs[i] = err
+		}(i, intended)
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	st := latencyStats{}
+	ok := lat[:0:0]
+	for i, l := range lat {
+		if errs[i] != nil {
+			if st.errors == 0 {
+				st.firstErr = errs[i].Error()
+			}
+			st.errors++
+			continue
+		}
+		if l > 0 {
+			ok = append(ok, l)
+		}
+	}
+	slices.Sort(ok)
+	slices.Sort(lag)
+	st.n = len(ok)
+	st.p50, st.p99, st.p999 = percentile(ok, 0.50), percentile(ok, 0.99), percentile(ok, 0.999)
+	st.sendLagP99 = percentile(lag, 0.99)
+	st.achievedRPS = float64(len(ok)) / elapsed.Seconds()
+	st.completedInPhase = len(ok) + st.errors
+	return st
+}
+
+// wrkResult is wrk's closed-loop maximum.
+type wrkResult struct {
+	rps    float64
+	errors int64
+}
+
+var (
+	wrkRPS    = regexp.MustCompile(`Requests/sec:\s+([0-9.]+)`)
+	wrkNon2xx = regexp.MustCompile(`Non-2xx or 3xx responses:\s+(\d+)`)
+	wrkSock   = regexp.MustCompile(`Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)`)
+)
+
+func runWrk(ctx context.Context, wrk, addr string, threads, conns int, d time.Duration) (wrkResult, error) {
+	secs := max(1, int(d.Round(time.Second)/time.Second))
+	cmd := exec.CommandContext(ctx, wrk, "-t"+strconv.Itoa(threads), "-c"+strconv.Itoa(conns),
+		"-d"+strconv.Itoa(secs)+"s", "http://"+addr+"/")
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Run(); err != nil {
+		return wrkResult{}, fmt.Errorf("wrk: %w: %s", err, out.String())
+	}
+	m := wrkRPS.FindSubmatch(out.Bytes())
+	if m == nil {
+		return wrkResult{}, fmt.Errorf("wrk printed no Requests/sec: %s", out.String())
+	}
+	var r wrkResult
+	r.rps, _ = strconv.ParseFloat(string(m[1]), 64)
+	if m := wrkNon2xx.FindSubmatch(out.Bytes()); m != nil {
+		n, _ := strconv.ParseInt(string(m[1]), 10, 64)
+		r.errors += n
+	}
+	if m := wrkSock.FindSubmatch(out.Bytes()); m != nil {
+		for _, s := range m[1:] {
+			n, _ := strconv.ParseInt(string(s), 10, 64)
+			r.errors += n
+		}
+	}
+	return r, nil
+}
+
+// grpcResult is closed-loop gRPC unary throughput and latency.
+type grpcResult struct {
+	rps      float64
+	p50, p99 time.Duration
+	errors   int64
+	firstErr string
+}
+
+// grpcUnary runs `inflight` closed-loop callers of TestService.UnaryCall (1 KB echo) over one
+// connection (h2c) for d.
+func grpcUnary(ctx context.Context, addr string, inflight int, d time.Duration) (grpcResult, error) {
+	cc, err := grpc.NewClient("passthrough:///"+addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return grpcResult{}, err
+	}
+	defer cc.Close()
+	client := testpb.NewTestServiceClient(cc)
+	req := &testpb.SimpleRequest{Payload: &testpb.Payload{Body: respBody}}
+	// One call first, so that connecting is not measured.
+	wctx, wcancel := context.WithTimeout(ctx, 10*time.Second)
+	_, err = client.UnaryCall(wctx, req)
+	wcancel()
+	if err != nil {
+		return grpcResult{}, fmt.Errorf("first gRPC call: %w", err)
+	}
+	var (
+		mu       sync.Mutex
+		all      []time.Duration
+		errCount atomic.Int64
+		firstErr atomic.Value
+	)
+	end := time.Now().Add(d)
+	start := time.Now()
+	var wg sync.WaitGroup
+	for range inflight {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var mine []time.Duration
+			for time.Now().Before(end) && ctx.Err() == nil {
+				t0 := time.Now()
+				cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+				resp, err := client.UnaryCall(cctx, req)
+				cancel()
+				if err == nil && len(resp.GetPayload().GetBody()) != respSize {
+					err = errors.New("short payload")
+				}
+				if err != nil {
+					errCount.Add(1)
+					firstErr.CompareAndSwap(nil, err.Error())
+					continue
+				}
+				mine = append(mine, time.Since(t0))
+			}
+			mu.Lock()
+			all = append(all, mine...)
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	slices.Sort(all)
+	r := grpcResult{rps: float64(len(all)) / elapsed.Seconds(), p50: percentile(all, 0.5), p99: percentile(all, 0.99), errors: errCount.Load()}
+	if s, ok := firstErr.Load().(string); ok {
+		r.firstErr = s
+	}
+	return r, nil
+}
+
+// tcpBulk writes as fast as it can over one connection for d; the sink measures what arrived between
+// its first and last read.
+func tcpBulk(ctx context.Context, addr string, d time.Duration, results <-chan bulkResult) (float64, error) {
+	for len(results) > 0 {
+		<-results
+	}
+	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		return 0, err
+	}
+	buf := make([]byte, 256<<10)
+	end := time.Now().Add(d)
+	var werr error
+	for time.Now().Before(end) && ctx.Err() == nil {
+		_ = c.SetWriteDeadline(time.Now().Add(5 * time.Second))
+		if _, werr = c.Write(buf); werr != nil {
+			break
+		}
+	}
+	c.Close()
+	select {
+	case r := <-results:
+		span := r.last.Sub(r.first)
+		if span <= 0 || r.bytes < int64(len(buf)) {
+			return 0, fmt.Errorf("sink received %d bytes (write error: %v)", r.bytes, werr)
+		}
+		return float64(r.bytes) * 8 / span.Seconds() / 1e9, nil
+	case <-time.After(10 * time.Second):
+		return 0, fmt.Errorf("%w (write error: %v)", errNoBulk, werr)
+	case <-ctx.Done():
+		return 0, ctx.Err()
+	}
+}

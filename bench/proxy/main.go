@@ -1,0 +1,346 @@
+// Command proxy is the `make bench-proxy` harness: weft-proxy beside a direct connection and beside
+// HAProxy (the reference proxy), all in one run on loopback, reported as ratios.
+//
+// Paths: B0 direct (client → server); B1 one weft-proxy hop (its outbound listener on a "ClusterIP",
+// no iptables needed); B2 client sidecar → mTLS HTTP/2 → server sidecar → server (certificates from
+// files, --cert-dir); H1 and H2 the same through HAProxy. The proxies are configured by an in-process
+// xDS server (go-control-plane's snapshot cache) with the resource shapes weft-control emits.
+//
+// Measured: open-loop HTTP/1.1 GETs of 1 KB at constant rates, latency from the intended send time
+// (p50/p99/p999 added over direct); closed-loop maximum (wrk); gRPC unary (closed loop); TCP bulk;
+// RSS of each proxy idle and under load (/proc/<pid>/status VmRSS); CPU seconds per 1000 requests
+// (/proc/<pid>/stat).
+//
+//	go run ./bench/proxy [-weft-proxy bin/weft-proxy] [-rates 200,1000,2000] [-open 8s] ...
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+type options struct {
+	weftBin, haproxy, wrk string
+	rates                 []int
+	open, warm            time.Duration
+	closed                time.Duration
+	wrkThreads, wrkConns  int
+	grpcDur               time.Duration
+	grpcInflight          int
+	tcpDur                time.Duration
+	keep                  bool // keep the temp dir (configs, certificates, proxy logs)
+	progress              io.Writer
+}
+
+func main() {
+	var o options
+	rates := flag.String("rates", "200,1000,2000", "open-loop request rates (requests/s), comma-separated")
+	flag.StringVar(&o.weftBin, "weft-proxy", "bin/weft-proxy", "the weft-proxy binary (make build)")
+	flag.StringVar(&o.haproxy, "haproxy", "haproxy", "the HAProxy binary (Debian package haproxy; make apt)")
+	flag.StringVar(&o.wrk, "wrk", "wrk", "the wrk binary (Debian package wrk; make apt)")
+	flag.DurationVar(&o.open, "open", 8*time.Second, "duration of each open-loop phase")
+	flag.DurationVar(&o.warm, "warm", time.Second, "warm-up before each open-loop phase (not measured)")
+	flag.DurationVar(&o.closed, "closed", 5*time.Second, "duration of each wrk phase")
+	flag.IntVar(&o.wrkThreads, "wrk-threads", 2, "wrk threads")
+	flag.IntVar(&o.wrkConns, "wrk-conns", 64, "wrk connections")
+	flag.DurationVar(&o.grpcDur, "grpc", 3*time.Second, "duration of each gRPC phase")
+	flag.IntVar(&o.grpcInflight, "grpc-inflight", 16, "concurrent gRPC calls")
+	flag.DurationVar(&o.tcpDur, "tcp", 3*time.Second, "duration of each TCP bulk phase")
+	flag.BoolVar(&o.keep, "keep", false, "keep the working directory (configs, certificates, proxy logs)")
+	flag.Parse()
+	o.progress = os.Stderr
+	if err := o.parseRates(*rates); err != nil {
+		fail(err)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	res, err := run(ctx, o)
+	if err != nil {
+		fail(err)
+	}
+	res.report(os.Stdout)
+}
+
+func fail(err error) {
+	fmt.Fprintln(os.Stderr, "bench-proxy:", err)
+	os.Exit(1)
+}
+
+func (o *options) parseRates(s string) error {
+	o.rates = nil
+	for _, f := range strings.Split(s, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || n <= 0 {
+			return fmt.Errorf("-rates: %q is not a positive number", f)
+		}
+		o.rates = append(o.rates, n)
+	}
+	slices.Sort(o.rates)
+	return nil
+}
+
+// lookBin resolves a binary; "" when it is not there.
+func lookBin(name string) string {
+	if strings.ContainsRune(name, '/') {
+		if abs, err := filepath.Abs(name); err == nil {
+			if st, err := os.Stat(abs); err == nil && !st.IsDir() {
+				return abs
+			}
+		}
+		return ""
+	}
+	p, err := exec.LookPath(name)
+	if err != nil {
+		return ""
+	}
+	return p
+}
+
+// procStats is the RSS and CPU of a path's proxies.
+type procStats struct {
+	names      []string
+	rssIdleKB  []int64
+	rssLoadKB  []int64 // highest sample during the top-rate phase
+	cpuPer1k   float64 // CPU seconds of all the path's proxies per 1000 requests at the top rate
+	cpuErr     error
+	haveSample bool
+}
+
+type results struct {
+	opts  options
+	when  time.Time
+	paths []*path
+	open  map[string]map[int]latencyStats
+	wrk   map[string]wrkResult
+	grpc  map[string]grpcResult
+	tcp   map[string]float64
+	errs  map[string]error // "<path>/<measurement>" → why it has no number
+	procs map[string]*procStats
+	hap   string    // HAProxy version line
+	load  [2]string // /proc/loadavg before and after
+}
+
+func (r *results) fail(key, what string, err error) { r.errs[key+"/"+what] = err }
+
+func (r *results) err(key, what string) error {
+	if e := r.errs[key+"/"+what]; e != nil {
+		return e
+	}
+	return r.errs[key+"/path"]
+}
+
+func run(ctx context.Context, o options) (*results, error) {
+	logf := func(format string, args ...any) {
+		if o.progress != nil {
+			fmt.Fprintf(o.progress, "bench-proxy: "+format+"\n", args...)
+		}
+	}
+	dir, err := os.MkdirTemp("", "weft-bench-proxy-")
+	if err != nil {
+		return nil, err
+	}
+	if o.keep {
+		logf("working directory %s (kept)", dir)
+	} else {
+		defer os.RemoveAll(dir)
+	}
+	xds, err := startXDS(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer xds.stop()
+	be, err := startBackends()
+	if err != nil {
+		return nil, err
+	}
+	defer be.stop()
+
+	t := &topology{dir: dir, weftBin: lookBin(o.weftBin), haproxy: lookBin(o.haproxy), xds: xds, be: be,
+		progress: func(s string) { logf("%s", s) }}
+	defer t.stop()
+	if err := t.build(ctx); err != nil {
+		return nil, err
+	}
+	res := &results{opts: o, when: time.Now().UTC(), paths: t.paths, open: map[string]map[int]latencyStats{},
+		wrk: map[string]wrkResult{}, grpc: map[string]grpcResult{}, tcp: map[string]float64{},
+		errs: map[string]error{}, procs: map[string]*procStats{}}
+	if t.haproxy != "" {
+		if out, err := exec.Command(t.haproxy, "-v").Output(); err == nil {
+			res.hap, _, _ = strings.Cut(string(out), "\n")
+		}
+	}
+	res.load[0] = loadavg()
+	defer func() { res.load[1] = loadavg() }()
+	var live []*path
+	for _, p := range t.paths {
+		if p.err != nil {
+			res.fail(p.key, "path", p.err)
+			logf("%s %s does not work: %v", p.key, p.name, p.err)
+			continue
+		}
+		if p.tcpErr != nil {
+			res.fail(p.key, "tcp", p.tcpErr)
+		}
+		live = append(live, p)
+		ps := &procStats{}
+		for _, pr := range p.procs {
+			rss, err := pr.rssKB()
+			if err != nil {
+				return nil, fmt.Errorf("%s: %w", pr.name, err)
+			}
+			ps.names = append(ps.names, pr.name)
+			ps.rssIdleKB = append(ps.rssIdleKB, rss)
+		}
+		res.procs[p.key] = ps
+	}
+
+	// Open loop: the paths take turns at each rate.
+	top := o.rates[len(o.rates)-1]
+	for _, rate := range o.rates {
+		for _, p := range live {
+			if ctx.Err() != nil {
+				return nil, ctx.Err()
+			}
+			logf("open loop %d rps: %s %s", rate, p.key, p.name)
+			client := newHTTPClient()
+			openLoop(ctx, client, p.http, rate, o.warm)
+			var sample *sampler
+			if rate == top {
+				sample = startSampler(p.procs)
+			}
+			st := openLoop(ctx, client, p.http, rate, o.open)
+			client.CloseIdleConnections()
+			if sample != nil {
+				ps := res.procs[p.key]
+				ps.rssLoadKB, ps.cpuPer1k, ps.cpuErr = sample.finish(st.completedInPhase)
+				ps.haveSample = true
+			}
+			if res.open[p.key] == nil {
+				res.open[p.key] = map[int]latencyStats{}
+			}
+			res.open[p.key][rate] = st
+			if st.errors > 0 {
+				logf("  %d of %d requests failed, first: %s", st.errors, st.errors+st.n, st.firstErr)
+			}
+		}
+	}
+
+	wrk := lookBin(o.wrk)
+	for _, p := range live {
+		if wrk == "" {
+			res.fail(p.key, "wrk", errors.New("wrk not installed (make apt)"))
+			continue
+		}
+		logf("closed loop (wrk -c%d): %s %s", o.wrkConns, p.key, p.name)
+		w, err := runWrk(ctx, wrk, p.http, o.wrkThreads, o.wrkConns, o.closed)
+		if err != nil {
+			res.fail(p.key, "wrk", err)
+			continue
+		}
+		res.wrk[p.key] = w
+	}
+	for _, p := range live {
+		logf("gRPC unary: %s %s", p.key, p.name)
+		g, err := grpcUnary(ctx, p.grpc, o.grpcInflight, o.grpcDur)
+		if err != nil {
+			res.fail(p.key, "grpc", err)
+			continue
+		}
+		res.grpc[p.key] = g
+	}
+	for _, p := range live {
+		if p.tcpErr != nil {
+			continue
+		}
+		logf("TCP bulk: %s %s", p.key, p.name)
+		g, err := tcpBulk(ctx, p.tcp, o.tcpDur, be.bulk)
+		if err != nil {
+			res.fail(p.key, "tcp", err)
+			continue
+		}
+		res.tcp[p.key] = g
+	}
+	return res, nil
+}
+
+// sampler watches the RSS and CPU of a path's proxies during a phase.
+type sampler struct {
+	procs   []*proc
+	cpu0    float64
+	cpuErr  error
+	maxRSS  []int64
+	stop    chan struct{}
+	stopped chan struct{}
+}
+
+func startSampler(procs []*proc) *sampler {
+	s := &sampler{procs: procs, maxRSS: make([]int64, len(procs)), stop: make(chan struct{}), stopped: make(chan struct{})}
+	s.cpu0, s.cpuErr = totalCPU(procs)
+	go func() {
+		defer close(s.stopped)
+		tick := time.NewTicker(100 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			for i, p := range procs {
+				if rss, err := p.rssKB(); err == nil && rss > s.maxRSS[i] {
+					s.maxRSS[i] = rss
+				}
+			}
+			select {
+			case <-s.stop:
+				return
+			case <-tick.C:
+			}
+		}
+	}()
+	return s
+}
+
+func (s *sampler) finish(requests int) ([]int64, float64, error) {
+	close(s.stop)
+	<-s.stopped
+	cpu1, err := totalCPU(s.procs)
+	if err = errors.Join(s.cpuErr, err); err != nil {
+		return s.maxRSS, 0, err
+	}
+	if requests == 0 {
+		return s.maxRSS, 0, errors.New("no requests")
+	}
+	return s.maxRSS, (cpu1 - s.cpu0) / (float64(requests) / 1000), nil
+}
+
+func loadavg() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "?"
+	}
+	f := strings.Fields(string(b))
+	if len(f) < 3 {
+		return "?"
+	}
+	return strings.Join(f[:3], " ")
+}
+
+func totalCPU(procs []*proc) (float64, error) {
+	var sum float64
+	for _, p := range procs {
+		c, err := p.cpuSeconds()
+		if err != nil {
+			return 0, fmt.Errorf("%s: %w", p.name, err)
+		}
+		sum += c
+	}
+	return sum, nil
+}

@@ -1,0 +1,84 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/weftmesh/weft/conformance/prereq"
+)
+
+// TestSmoke runs the whole harness for a few seconds against a freshly built weft-proxy and the real
+// HAProxy and wrk: every path must carry HTTP/1.1, gRPC and TCP without one failure, every proxy must be
+// measured, and the report must hold all its tables. (No timing is asserted: speed is for the bench.)
+func TestSmoke(t *testing.T) {
+	goBin := prereq.Binary(t, "go")
+	haproxy := prereq.Binary(t, "haproxy")
+	wrk := prereq.Binary(t, "wrk")
+	bin := filepath.Join(t.TempDir(), "weft-proxy")
+	if out, err := exec.Command(goBin, "build", "-o", bin, "github.com/weftmesh/weft/cmd/weft-proxy").CombinedOutput(); err != nil {
+		t.Fatalf("building weft-proxy: %v\n%s", err, out)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	var progress bytes.Buffer
+	res, err := run(ctx, options{
+		weftBin: bin, haproxy: haproxy, wrk: wrk,
+		rates: []int{100}, open: 300 * time.Millisecond, warm: 100 * time.Millisecond,
+		closed: time.Second, wrkThreads: 1, wrkConns: 4,
+		grpcDur: 200 * time.Millisecond, grpcInflight: 2, tcpDur: 200 * time.Millisecond,
+		progress: &progress,
+	})
+	if err != nil {
+		t.Fatalf("run: %v\n%s", err, progress.String())
+	}
+	for k, err := range res.errs {
+		t.Errorf("%s: %v", k, err)
+	}
+	for _, k := range columns {
+		st, ok := res.open[k][100]
+		if !ok || st.n == 0 || st.errors != 0 {
+			t.Errorf("%s open loop: %d ok, %d failed (%s)", k, st.n, st.errors, st.firstErr)
+		}
+		if w := res.wrk[k]; w.rps <= 0 || w.errors != 0 {
+			t.Errorf("%s wrk: %+v", k, w)
+		}
+		if g := res.grpc[k]; g.rps <= 0 || g.errors != 0 {
+			t.Errorf("%s gRPC: %+v", k, g)
+		}
+		if res.tcp[k] <= 0 {
+			t.Errorf("%s TCP bulk: %v Gbit/s", k, res.tcp[k])
+		}
+		if k == "B0" {
+			continue
+		}
+		ps := res.procs[k]
+		if ps == nil || len(ps.rssIdleKB) == 0 || len(ps.rssLoadKB) != len(ps.rssIdleKB) || ps.cpuErr != nil {
+			t.Errorf("%s proxies not measured: %+v", k, ps)
+			continue
+		}
+		for i := range ps.rssIdleKB {
+			if ps.rssIdleKB[i] <= 0 || ps.rssLoadKB[i] <= 0 {
+				t.Errorf("%s %s: RSS idle %d kB, loaded %d kB", k, ps.names[i], ps.rssIdleKB[i], ps.rssLoadKB[i])
+			}
+		}
+	}
+	var out bytes.Buffer
+	res.report(&out)
+	report := out.String()
+	for _, want := range []string{"### Against direct", "| max rps (wrk) |", "| TCP bulk Gbit/s |", "### weft-proxy against HAProxy", "### Targets (issue 4)", "| B1 max rps ≥ 60% of direct |"} {
+		if !strings.Contains(report, want) {
+			t.Errorf("report lacks %q:\n%s", want, report)
+		}
+	}
+	if strings.Contains(report, "n/a") || strings.Contains(report, "not measured") {
+		t.Errorf("report has a missing number:\n%s", report)
+	}
+	if t.Failed() {
+		t.Logf("progress:\n%s", progress.String())
+	}
+}

@@ -1,0 +1,419 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"runtime"
+	"strings"
+	"time"
+)
+
+// Targets of issue 4.
+const (
+	targetB2P50     = 150 * time.Microsecond
+	targetB2P99     = 250 * time.Microsecond
+	targetB1MaxPct  = 60.0
+	targetRSSIdleMB = 12.0
+	targetRSSLoadMB = 20.0
+	targetRate      = 1000
+)
+
+// columns are the paths in the order of the tables: each weft path beside its HAProxy twin.
+var columns = []string{"B0", "B1", "H1", "B2", "H2"}
+
+type reportWriter struct {
+	r     *results
+	w     io.Writer
+	notes []string
+}
+
+// note adds a footnote (once per text) and returns its marker.
+func (rw *reportWriter) note(s string) string {
+	for i, n := range rw.notes {
+		if n == s {
+			return fmt.Sprintf("[%d]", i+1)
+		}
+	}
+	rw.notes = append(rw.notes, s)
+	return fmt.Sprintf("[%d]", len(rw.notes))
+}
+
+// na is a cell for a missing number, with a footnote saying why.
+func (rw *reportWriter) na(key, what string) string {
+	err := rw.r.err(key, what)
+	if err == nil {
+		return "—"
+	}
+	msg := strings.Join(strings.Fields(err.Error()), " ")
+	if len(msg) > 300 {
+		msg = msg[:300] + "…"
+	}
+	return "n/a " + rw.note(fmt.Sprintf("%s: %s", key, msg))
+}
+
+func ms(d time.Duration) string { return fmt.Sprintf("%.3f ms", float64(d)/1e6) }
+
+func addedMS(d time.Duration) string { return fmt.Sprintf("%+.3f ms", float64(d)/1e6) }
+
+func mb(kb int64) string { return fmt.Sprintf("%.1f MB", float64(kb)/1024) }
+
+func pct(v, base float64) string {
+	if base <= 0 {
+		return ""
+	}
+	return fmt.Sprintf(" (%.0f%%)", 100*v/base)
+}
+
+func (rw *reportWriter) row(label string, cell func(key string) string) {
+	cells := []string{label}
+	for _, k := range columns {
+		cells = append(cells, cell(k))
+	}
+	fmt.Fprintf(rw.w, "| %s |\n", strings.Join(cells, " | "))
+}
+
+// rateNear is the measured rate closest to want (the targets are stated at 1000 rps).
+func (r *results) rateNear(want int) int {
+	best := r.opts.rates[0]
+	for _, x := range r.opts.rates {
+		if abs(x-want) < abs(best-want) {
+			best = x
+		}
+	}
+	return best
+}
+
+func abs(x int) int {
+	if x < 0 {
+		return -x
+	}
+	return x
+}
+
+func (r *results) openStat(key string, rate int) (latencyStats, bool) {
+	st, ok := r.open[key][rate]
+	return st, ok && st.n > 0
+}
+
+// added is a path's latency percentile minus direct's at the same rate.
+func (r *results) added(key string, rate int, pick func(latencyStats) time.Duration) (time.Duration, bool) {
+	st, ok := r.openStat(key, rate)
+	base, bok := r.openStat("B0", rate)
+	if !ok || !bok {
+		return 0, false
+	}
+	return pick(st) - pick(base), true
+}
+
+func (r *results) report(w io.Writer) {
+	rw := &reportWriter{r: r, w: w}
+	o := r.opts
+	top := o.rates[len(o.rates)-1]
+	fmt.Fprintf(w, "## weft-proxy beside direct and HAProxy\n\n")
+	fmt.Fprintf(w, "One run on loopback, %s, %d CPUs (GOMAXPROCS %d), %s. B0 direct; B1 one weft-proxy hop; "+
+		"B2 client sidecar → mTLS HTTP/2 → server sidecar; H1/H2 the same through HAProxy. HTTP/1.1 GET, 1 KB responses. "+
+		"Open loop: %v per rate after %v warm-up, latency from the intended send time. Closed loop: wrk -t%d -c%d for %v. "+
+		"gRPC unary 1 KB echo, %d in flight, %v. TCP bulk: one connection, %v. "+
+		"Load average before/after: %s / %s (the machine is shared: compare columns, not runs).\n\n",
+		r.when.Format("2006-01-02 15:04 UTC"), runtime.NumCPU(), runtime.GOMAXPROCS(0), orNA(r.hap, "HAProxy not run"),
+		o.open, o.warm, o.wrkThreads, o.wrkConns, o.closed, o.grpcInflight, o.grpcDur, o.tcpDur, r.load[0], r.load[1])
+
+	fmt.Fprintf(w, "### Against direct\n\n")
+	fmt.Fprintf(w, "| | B0 direct | B1 weft | H1 HAProxy | B2 weft mTLS | H2 HAProxy mTLS |\n|---|---|---|---|---|---|\n")
+	for _, rate := range o.rates {
+		for _, q := range []struct {
+			name string
+			pick func(latencyStats) time.Duration
+		}{{"p50", func(s latencyStats) time.Duration { return s.p50 }},
+			{"p99", func(s latencyStats) time.Duration { return s.p99 }},
+			{"p999", func(s latencyStats) time.Duration { return s.p999 }}} {
+			rw.row(fmt.Sprintf("%s @%d rps", q.name, rate), func(k string) string {
+				st, ok := r.openStat(k, rate)
+				if !ok {
+					return rw.na(k, "open")
+				}
+				s := ""
+				if k == "B0" {
+					s = ms(q.pick(st))
+				} else if d, ok := r.added(k, rate, q.pick); ok {
+					s = addedMS(d)
+				} else {
+					s = ms(q.pick(st)) + " (no direct baseline)"
+				}
+				if st.errors > 0 && q.name == "p50" {
+					s += fmt.Sprintf(" (%d failed %s)", st.errors, rw.note(fmt.Sprintf("%s @%d rps: %d of %d requests failed, first: %s", k, rate, st.errors, st.errors+st.n, st.firstErr)))
+				}
+				return s
+			})
+		}
+	}
+	base := r.wrk["B0"].rps
+	rw.row("max rps (wrk)", func(k string) string {
+		v, ok := r.wrk[k]
+		if !ok {
+			return rw.na(k, "wrk")
+		}
+		s := fmt.Sprintf("%.0f", v.rps)
+		if k != "B0" {
+			s += pct(v.rps, base)
+		}
+		if v.errors > 0 {
+			s += fmt.Sprintf(" (%d errors)", v.errors)
+		}
+		return s
+	})
+	gbase := r.grpc["B0"].rps
+	rw.row("gRPC unary rps", func(k string) string {
+		g, ok := r.grpc[k]
+		if !ok {
+			return rw.na(k, "grpc")
+		}
+		s := fmt.Sprintf("%.0f", g.rps)
+		if k != "B0" {
+			s += pct(g.rps, gbase)
+		}
+		if g.errors > 0 {
+			s += fmt.Sprintf(" (%d failed %s)", g.errors, rw.note(fmt.Sprintf("%s gRPC: %d calls failed, first: %s", k, g.errors, g.firstErr)))
+		}
+		return s
+	})
+	rw.row("gRPC p50 / p99", func(k string) string {
+		g, ok := r.grpc[k]
+		if !ok {
+			return rw.na(k, "grpc")
+		}
+		if k == "B0" {
+			return ms(g.p50) + " / " + ms(g.p99)
+		}
+		b, ok := r.grpc["B0"]
+		if !ok {
+			return ms(g.p50) + " / " + ms(g.p99)
+		}
+		return addedMS(g.p50-b.p50) + " / " + addedMS(g.p99-b.p99)
+	})
+	tbase := r.tcp["B0"]
+	rw.row("TCP bulk Gbit/s", func(k string) string {
+		v, ok := r.tcp[k]
+		if !ok {
+			return rw.na(k, "tcp")
+		}
+		s := fmt.Sprintf("%.2f", v)
+		if k != "B0" {
+			s += pct(v, tbase)
+		}
+		return s
+	})
+	rss := func(pick func(*procStats) []int64) func(string) string {
+		return func(k string) string {
+			if k == "B0" {
+				return "—"
+			}
+			ps := r.procs[k]
+			if ps == nil {
+				return rw.na(k, "path")
+			}
+			v := pick(ps)
+			if len(v) == 0 {
+				return "not sampled"
+			}
+			var parts []string
+			for _, x := range v {
+				parts = append(parts, mb(x))
+			}
+			return strings.Join(parts, " + ")
+		}
+	}
+	rw.row("RSS idle (client + server)", rss(func(p *procStats) []int64 { return p.rssIdleKB }))
+	rw.row(fmt.Sprintf("RSS at %d rps", top), rss(func(p *procStats) []int64 { return p.rssLoadKB }))
+	rw.row(fmt.Sprintf("CPU s / 1000 req at %d rps", top), func(k string) string {
+		if k == "B0" {
+			return "—"
+		}
+		ps := r.procs[k]
+		switch {
+		case ps == nil:
+			return rw.na(k, "path")
+		case !ps.haveSample:
+			return "not sampled"
+		case ps.cpuErr != nil:
+			r.fail(k, "cpu", ps.cpuErr)
+			return rw.na(k, "cpu")
+		}
+		return fmt.Sprintf("%.3f", ps.cpuPer1k)
+	})
+
+	rw.versusHAProxy()
+	rw.targets()
+	if len(rw.notes) > 0 {
+		fmt.Fprintf(w, "\n")
+		for i, n := range rw.notes {
+			fmt.Fprintf(w, "[%d] %s  \n", i+1, n)
+		}
+	}
+	fmt.Fprintf(w, "\nHAProxy's mTLS checks the peer's chain against the CA but not its SPIFFE URI SAN (it has no URI SAN matcher); weft-proxy checks both.\n")
+}
+
+func orNA(s, def string) string {
+	if s == "" {
+		return def
+	}
+	return s
+}
+
+func ratio(a, b float64) string {
+	if b == 0 {
+		return "—"
+	}
+	return fmt.Sprintf("%.2f×", a/b)
+}
+
+// versusHAProxy compares each weft path with its HAProxy twin: B1 with H1, B2 with H2.
+func (rw *reportWriter) versusHAProxy() {
+	r, w := rw.r, rw.w
+	rate := r.rateNear(targetRate)
+	top := r.opts.rates[len(r.opts.rates)-1]
+	fmt.Fprintf(w, "\n### weft-proxy against HAProxy (weft ÷ HAProxy; lower is better for latency, CPU and RSS)\n\n")
+	fmt.Fprintf(w, "| | B1 ÷ H1 | B2 ÷ H2 |\n|---|---|---|\n")
+	pairs := [][2]string{{"B1", "H1"}, {"B2", "H2"}}
+	line := func(label string, cell func(weft, hap string) string) {
+		fmt.Fprintf(w, "| %s | %s | %s |\n", label, cell(pairs[0][0], pairs[0][1]), cell(pairs[1][0], pairs[1][1]))
+	}
+	latency := func(pick func(latencyStats) time.Duration) func(a, b string) string {
+		return func(a, b string) string {
+			da, ok1 := r.added(a, rate, pick)
+			db, ok2 := r.added(b, rate, pick)
+			if !ok1 || !ok2 {
+				return "—"
+			}
+			return fmt.Sprintf("%s vs %s", addedMS(da), addedMS(db))
+		}
+	}
+	line(fmt.Sprintf("added p50 @%d rps", rate), latency(func(s latencyStats) time.Duration { return s.p50 }))
+	line(fmt.Sprintf("added p99 @%d rps", rate), latency(func(s latencyStats) time.Duration { return s.p99 }))
+	line("max rps (wrk)", func(a, b string) string {
+		x, ok1 := r.wrk[a]
+		y, ok2 := r.wrk[b]
+		if !ok1 || !ok2 {
+			return "—"
+		}
+		return ratio(x.rps, y.rps)
+	})
+	line("gRPC unary rps", func(a, b string) string {
+		x, ok1 := r.grpc[a]
+		y, ok2 := r.grpc[b]
+		if !ok1 || !ok2 {
+			return "—"
+		}
+		return ratio(x.rps, y.rps)
+	})
+	line("TCP bulk Gbit/s", func(a, b string) string {
+		x, ok1 := r.tcp[a]
+		y, ok2 := r.tcp[b]
+		if !ok1 || !ok2 {
+			return "—"
+		}
+		return ratio(x, y)
+	})
+	sum := func(v []int64) float64 {
+		var s int64
+		for _, x := range v {
+			s += x
+		}
+		return float64(s)
+	}
+	line("RSS idle", func(a, b string) string {
+		x, y := r.procs[a], r.procs[b]
+		if x == nil || y == nil {
+			return "—"
+		}
+		return ratio(sum(x.rssIdleKB), sum(y.rssIdleKB))
+	})
+	line(fmt.Sprintf("RSS at %d rps", top), func(a, b string) string {
+		x, y := r.procs[a], r.procs[b]
+		if x == nil || y == nil || !x.haveSample || !y.haveSample {
+			return "—"
+		}
+		return ratio(sum(x.rssLoadKB), sum(y.rssLoadKB))
+	})
+	line(fmt.Sprintf("CPU per request at %d rps", top), func(a, b string) string {
+		x, y := r.procs[a], r.procs[b]
+		if x == nil || y == nil || x.cpuErr != nil || y.cpuErr != nil || !x.haveSample || !y.haveSample {
+			return "—"
+		}
+		return ratio(x.cpuPer1k, y.cpuPer1k)
+	})
+}
+
+// targets checks the issue's targets.
+func (rw *reportWriter) targets() {
+	r, w := rw.r, rw.w
+	rate := r.rateNear(targetRate)
+	top := r.opts.rates[len(r.opts.rates)-1]
+	fmt.Fprintf(w, "\n### Targets (issue 4)\n\n| target | measured | met |\n|---|---|---|\n")
+	verdict := func(ok, have bool) string {
+		switch {
+		case !have:
+			return "not measured"
+		case ok:
+			return "yes"
+		default:
+			return "**no**"
+		}
+	}
+	line := func(target, measured string, ok, have bool) {
+		if !have && measured == "" {
+			measured = "—"
+		}
+		fmt.Fprintf(w, "| %s | %s | %s |\n", target, measured, verdict(ok, have))
+	}
+	rateNote := ""
+	if rate != targetRate {
+		rateNote = fmt.Sprintf(" (measured at %d rps)", rate)
+	}
+	d, ok := r.added("B2", rate, func(s latencyStats) time.Duration { return s.p50 })
+	line(fmt.Sprintf("B2 adds ≤ %.2f ms p50 at %d rps%s", float64(targetB2P50)/1e6, targetRate, rateNote), cond(ok, addedMS(d)), d <= targetB2P50, ok)
+	d, ok = r.added("B2", rate, func(s latencyStats) time.Duration { return s.p99 })
+	line(fmt.Sprintf("B2 adds ≤ %.2f ms p99 at %d rps%s", float64(targetB2P99)/1e6, targetRate, rateNote), cond(ok, addedMS(d)), d <= targetB2P99, ok)
+	b1, ok1 := r.wrk["B1"]
+	b0, ok0 := r.wrk["B0"]
+	h1, okh := r.wrk["H1"]
+	v := 0.0
+	if ok1 && ok0 && b0.rps > 0 {
+		v = 100 * b1.rps / b0.rps
+	}
+	line(fmt.Sprintf("B1 max rps ≥ %.0f%% of direct", targetB1MaxPct), cond(ok1 && ok0, fmt.Sprintf("%.0f%%", v)), v >= targetB1MaxPct, ok1 && ok0)
+	line("B1 max rps ≥ HAProxy's (H1)", cond(ok1 && okh, fmt.Sprintf("%.0f vs %.0f rps", b1.rps, h1.rps)), b1.rps >= h1.rps, ok1 && okh)
+	rssLine := func(target string, limitMB float64, pick func(*procStats) []int64) {
+		var worst int64
+		var names []string
+		have := false
+		for _, k := range []string{"B1", "B2"} {
+			ps := r.procs[k]
+			if ps == nil {
+				continue
+			}
+			for i, x := range pick(ps) {
+				have = true
+				if x > worst {
+					worst = x
+					names = []string{ps.names[i]}
+				}
+			}
+		}
+		measured := ""
+		if have {
+			measured = fmt.Sprintf("largest %s (%s)", mb(worst), strings.Join(names, ""))
+		}
+		line(target, measured, float64(worst)/1024 <= limitMB, have)
+	}
+	rssLine(fmt.Sprintf("RSS ≤ %.0f MB idle, each weft-proxy", targetRSSIdleMB), targetRSSIdleMB, func(p *procStats) []int64 { return p.rssIdleKB })
+	rssLine(fmt.Sprintf("RSS ≤ %.0f MB at 2000 rps, each weft-proxy%s", targetRSSLoadMB, cond(top != 2000, fmt.Sprintf(" (measured at %d rps)", top))), targetRSSLoadMB,
+		func(p *procStats) []int64 { return p.rssLoadKB })
+}
+
+func cond(ok bool, s string) string {
+	if ok {
+		return s
+	}
+	return ""
+}
