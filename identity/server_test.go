@@ -284,3 +284,39 @@ func gather(t *testing.T, reg *prometheus.Registry) map[string]float64 {
 	}
 	return out
 }
+
+func TestStaticTokensReload(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "tokens")
+	if err := os.WriteFile(path, []byte("a,default,web\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	st, err := LoadStaticTokens(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c, err := st.Authenticate(context.Background(), "a"); err != nil || c != (Caller{Namespace: "default", ServiceAccount: "web"}) {
+		t.Fatalf("token a: %+v, %v", c, err)
+	}
+	if err := os.WriteFile(path, []byte("# rotated\nbb,default,db\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		_, errOld := st.Authenticate(context.Background(), "a")
+		c, errNew := st.Authenticate(context.Background(), "bb")
+		if errors.Is(errOld, ErrUnauthenticated) && errNew == nil && c.ServiceAccount == "db" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("tokens file change not picked up: old %v, new %v", errOld, errNew)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	// A broken file is refused with the line that is wrong.
+	if err := os.WriteFile(path, []byte("only-two,fields\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := LoadStaticTokens(path); err == nil || !strings.Contains(err.Error(), "line 1: want token,namespace,serviceaccount") {
+		t.Fatalf("LoadStaticTokens of a broken file: %v", err)
+	}
+}

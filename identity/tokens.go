@@ -9,14 +9,17 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"time"
 )
 
 // StaticTokens is the Authenticator of local mode (weft-control --identity-tokens FILE): a file of lines
-// `token,namespace,serviceaccount` ('#' starts a comment). The file is read again when it changes.
+// `token,namespace,serviceaccount` ('#' starts a comment). A change of the file is picked up within a
+// second.
 type StaticTokens struct {
 	path string
 
 	mu      sync.Mutex // guards the fields below
+	checked time.Time  // when the file was last looked at; at most once a second
 	stamp   string     // size and mtime of the file last read
 	sum     [32]byte
 	callers map[string]Caller
@@ -62,13 +65,18 @@ func ParseStaticTokens(data []byte) (map[string]Caller, error) {
 }
 
 func (st *StaticTokens) refresh() error {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	now := time.Now()
+	if st.callers != nil && now.Sub(st.checked) < time.Second {
+		return nil
+	}
+	st.checked = now
 	fi, err := os.Stat(st.path)
 	if err != nil {
 		return fmt.Errorf("reading the tokens file: %w", err)
 	}
 	stamp := fmt.Sprint(fi.Size(), fi.ModTime().UnixNano())
-	st.mu.Lock()
-	defer st.mu.Unlock()
 	if st.callers != nil && stamp == st.stamp {
 		return nil
 	}
