@@ -144,6 +144,16 @@ func scenario(kind string, n, rounds, services, endpoints, big int) (result, err
 	if err != nil {
 		return r, err
 	}
+	gc := func() error {
+		if err := srv.say("gc"); err != nil {
+			return err
+		}
+		_, err := srv.expect("gcdone")
+		return err
+	}
+	if err := gc(); err != nil {
+		return r, err
+	}
 	rssBefore := rssBytes(srv.cmd.Process.Pid)
 	cl, err := spawn("-role=clients", "-addr", f[1], "-clients", strconv.Itoa(n), "-big-size", strconv.Itoa(big))
 	if err != nil {
@@ -159,6 +169,9 @@ func scenario(kind string, n, rounds, services, endpoints, big int) (result, err
 	}
 	secs, _ := strconv.ParseFloat(f[1], 64)
 	r.sync = time.Duration(secs * float64(time.Second))
+	if err := gc(); err != nil {
+		return r, err
+	}
 	r.rssPerProxy = (rssBytes(srv.cmd.Process.Pid) - rssBefore) / float64(n)
 
 	var t0s []string

@@ -7,6 +7,9 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"runtime"
+	"runtime/debug"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"time"
@@ -106,11 +109,27 @@ func runServer(kind string, services, endpoints, big int) error {
 	default:
 		return fmt.Errorf("unknown server kind %q", kind)
 	}
+	if path := os.Getenv("WEFT_BENCH_CPUPROFILE"); path != "" && kind == "weft" {
+		f, err := os.Create(path)
+		if err != nil {
+			return err
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
+	}
 	go func() { _ = g.Serve(lis) }()
 	fmt.Printf("addr %s\n", lis.Addr())
 	in := bufio.NewScanner(os.Stdin)
 	for in.Scan() {
 		f := strings.Fields(in.Text())
+		if len(f) == 1 && f[0] == "gc" {
+			// Measure live memory, not garbage the collector has not reached yet.
+			runtime.GC()
+			debug.FreeOSMemory()
+			fmt.Println("gcdone")
+		}
 		if len(f) == 2 && f[0] == "change" {
 			round, _ := strconv.Atoi(f[1])
 			fmt.Printf("changed %d %d\n", round, time.Now().UnixNano())
@@ -124,4 +143,3 @@ func runServer(kind string, services, endpoints, big int) error {
 type allNodes struct{}
 
 func (allNodes) ID(*core.Node) string { return "all" }
-

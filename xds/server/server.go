@@ -65,7 +65,7 @@ type Server struct {
 	mu        sync.Mutex
 	state     *discovery.State
 	mesh      *xds.Mesh
-	updatedAt time.Time
+	updatedAt atomic.Int64 // unix nanos of the last Update, read by the tracker without mu
 	updates   uint64
 	clusters  *typedCache // sidecars
 	grpcCDS   *typedCache // proxyless gRPC
@@ -169,7 +169,8 @@ func (s *Server) Update(st *discovery.State) {
 
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.state, s.mesh, s.updatedAt = st, mesh, start
+	s.state, s.mesh = st, mesh
+	s.updatedAt.Store(start.UnixNano())
 	s.updates++
 	changed := 0
 	feed := func(c *typedCache, want map[string]proto.Message) {
@@ -319,7 +320,12 @@ func (r router) Fetch(context.Context, *cache.Request) (cache.Response, error) {
 type cacheLogger struct{ l *slog.Logger }
 
 func (c cacheLogger) Debugf(f string, a ...any) {}
-func (c cacheLogger) Infof(f string, a ...any)  { c.l.Debug(fmt.Sprintf(f, a...)) }
+func (c cacheLogger) Infof(f string, a ...any) {
+	// Formatting is costly (the cache logs whole subscription maps): only when someone listens.
+	if c.l.Enabled(context.Background(), slog.LevelDebug) {
+		c.l.Debug(fmt.Sprintf(f, a...))
+	}
+}
 func (c cacheLogger) Warnf(f string, a ...any)  { c.l.Warn(fmt.Sprintf(f, a...)) }
 func (c cacheLogger) Errorf(f string, a ...any) { c.l.Error(fmt.Sprintf(f, a...)) }
 

@@ -147,9 +147,7 @@ func (t *tracker) ackOrNack(st *streamState, typeURL, nonce, version string, err
 		}
 		ts.nack = nil
 		t.s.metrics.ackLatency.WithLabelValues(short).Observe(now.Sub(ts.sentAt).Seconds())
-		t.s.mu.Lock()
-		updatedAt := t.s.updatedAt
-		t.s.mu.Unlock()
+		updatedAt := time.Unix(0, t.s.updatedAt.Load())
 		if !ts.sentAt.Before(updatedAt) {
 			t.s.metrics.convergence.WithLabelValues(short).Observe(now.Sub(updatedAt).Seconds())
 		}
@@ -180,9 +178,11 @@ func (t *tracker) OnStreamRequest(id int64, req *discoverypb.DiscoveryRequest) e
 		return nil // stale nonce: the server ignores this request, and so do we
 	}
 	ts.wildcard = len(req.GetResourceNames()) == 0 || slices.Contains(req.GetResourceNames(), "*")
-	clear(ts.requested)
-	for _, n := range req.GetResourceNames() {
-		ts.requested[n] = true
+	if !sameNames(ts.requested, req.GetResourceNames()) { // an ACK usually repeats the names: keep the map
+		clear(ts.requested)
+		for _, n := range req.GetResourceNames() {
+			ts.requested[n] = true
+		}
 	}
 	if !ts.wildcard {
 		for name := range ts.resources {
@@ -392,3 +392,15 @@ func typeOrder(u string) int {
 }
 
 func stringID(id int64) string { return strconv.FormatInt(id, 10) }
+
+func sameNames(set map[string]bool, names []string) bool {
+	if len(set) != len(names) {
+		return false
+	}
+	for _, n := range names {
+		if !set[n] {
+			return false
+		}
+	}
+	return true
+}
