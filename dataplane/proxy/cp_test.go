@@ -41,7 +41,7 @@ func (noDelta) DeltaAggregatedResources(discoveryv3.AggregatedDiscoveryService_D
 }
 
 // startCP serves ADS on addr ("127.0.0.1:0" for any port). With sotwOnly, delta ADS is Unimplemented.
-func startCP(t *testing.T, addr string, cache cachev3.SnapshotCache, sotwOnly bool) *testCP {
+func startCP(t testing.TB, addr string, cache cachev3.SnapshotCache, sotwOnly bool) *testCP {
 	t.Helper()
 	if cache == nil {
 		cache = cachev3.NewSnapshotCache(true, cachev3.IDHash{}, nil)
@@ -99,7 +99,7 @@ func (cp *testCP) nackList() []string {
 }
 
 // set publishes a snapshot of these resources for node.
-func (cp *testCP) set(t *testing.T, node, version string, msgs ...proto.Message) {
+func (cp *testCP) set(t testing.TB, node, version string, msgs ...proto.Message) {
 	t.Helper()
 	res := map[resource.Type][]types.Resource{}
 	for _, m := range msgs {

@@ -51,7 +51,7 @@ func (grpcBackend) FullDuplexCall(s grpc.BidiStreamingServer[testpb.StreamingOut
 	}
 }
 
-func startGRPCBackend(t *testing.T) netip.AddrPort {
+func startGRPCBackend(t testing.TB) netip.AddrPort {
 	l := listen(t, "127.0.0.1:0")
 	s := grpc.NewServer()
 	testpb.RegisterTestServiceServer(s, grpcBackend{})
@@ -123,7 +123,7 @@ func TestGRPCUnaryStreamingDeadlines(t *testing.T) {
 }
 
 // startTCPEcho echoes bytes; when banner is set it speaks first.
-func startTCPEcho(t *testing.T, banner string) netip.AddrPort {
+func startTCPEcho(t testing.TB, banner string) netip.AddrPort {
 	l := listen(t, "127.0.0.1:0")
 	go func() {
 		for {

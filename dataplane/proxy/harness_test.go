@@ -30,7 +30,7 @@ type sidecar struct {
 	httpAddr string // explicit HTTP proxy
 }
 
-func startSidecar(t *testing.T, cpAddr string, node xdsclient.Node, id dataplane.Identity) *sidecar {
+func startSidecar(t testing.TB, cpAddr string, node xdsclient.Node, id dataplane.Identity) *sidecar {
 	t.Helper()
 	reg := prometheus.NewRegistry()
 	p := proxy.New(proxy.Options{Identity: id, Registerer: reg, DetectTimeout: 300 * time.Millisecond})
@@ -56,7 +56,7 @@ func startSidecar(t *testing.T, cpAddr string, node xdsclient.Node, id dataplane
 	return s
 }
 
-func (s *sidecar) waitReady(t *testing.T) {
+func (s *sidecar) waitReady(t testing.TB) {
 	t.Helper()
 	waitFor(t, "proxy ready", func() bool { ok, _ := s.p.Ready(); return ok })
 }
@@ -67,13 +67,13 @@ func (s *sidecar) outboundAt(l net.Listener) {
 	go func() { _ = s.p.ServeOutbound(l) }()
 }
 
-func (s *sidecar) inboundAt(t *testing.T, addr string) {
+func (s *sidecar) inboundAt(t testing.TB, addr string) {
 	t.Helper()
 	l := listen(t, addr)
 	go func() { _ = s.p.ServeInbound(l) }()
 }
 
-func listen(t *testing.T, addr string) net.Listener {
+func listen(t testing.TB, addr string) net.Listener {
 	t.Helper()
 	l, err := net.Listen("tcp", addr)
 	if err != nil {
@@ -89,7 +89,7 @@ func (s *sidecar) proxyClient() *http.Client {
 	return &http.Client{Transport: &http.Transport{Proxy: http.ProxyURL(u)}, Timeout: 20 * time.Second}
 }
 
-func waitFor(t *testing.T, what string, cond func() bool) {
+func waitFor(t testing.TB, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(15 * time.Second)
 	for !cond() {
@@ -110,7 +110,7 @@ type backend struct {
 	delay atomic.Int64 // nanoseconds to wait before answering
 }
 
-func startBackend(t *testing.T, name, addr string) *backend {
+func startBackend(t testing.TB, name, addr string) *backend {
 	t.Helper()
 	b := &backend{name: name}
 	l := listen(t, addr)
@@ -144,7 +144,7 @@ func startBackend(t *testing.T, name, addr string) *backend {
 	return b
 }
 
-func get(t *testing.T, c *http.Client, u string) (*http.Response, string) {
+func get(t testing.TB, c *http.Client, u string) (*http.Response, string) {
 	t.Helper()
 	resp, err := c.Get(u)
 	if err != nil {
@@ -158,7 +158,7 @@ func get(t *testing.T, c *http.Client, u string) (*http.Response, string) {
 	return resp, string(b)
 }
 
-func metricValue(t *testing.T, reg *prometheus.Registry, name string, labels map[string]string) float64 {
+func metricValue(t testing.TB, reg *prometheus.Registry, name string, labels map[string]string) float64 {
 	t.Helper()
 	mfs, err := reg.Gather()
 	if err != nil {

@@ -37,7 +37,7 @@ type service struct {
 	tcp      bool
 }
 
-func newService(t *testing.T, fqdn, ip string, backends ...netip.AddrPort) *service {
+func newService(t testing.TB, fqdn, ip string, backends ...netip.AddrPort) *service {
 	l := listen(t, ip+":0")
 	return &service{fqdn: fqdn, ip: ip, port: l.Addr().(*net.TCPAddr).Port, lis: l, backends: backends}
 }
@@ -68,7 +68,7 @@ func resources(svcs ...*service) []proto.Message {
 }
 
 // mesh starts a control plane and a client sidecar serving the services' outbound listeners.
-func mesh(t *testing.T, svcs ...*service) (*testCP, *sidecar) {
+func mesh(t testing.TB, svcs ...*service) (*testCP, *sidecar) {
 	t.Helper()
 	cp := startCP(t, "127.0.0.1:0", nil, false)
 	cp.set(t, clientNode.ID(), "v1", resources(svcs...)...)

@@ -3,6 +3,8 @@ package proxy_test
 import (
 	"context"
 	"crypto/tls"
+	"io"
+	"net"
 	"net/http"
 	"net/netip"
 	"strconv"
@@ -12,6 +14,12 @@ import (
 	"time"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	testpb "google.golang.org/grpc/interop/grpc_testing"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/weftmesh/weft/dataplane/config"
@@ -31,18 +39,28 @@ var serverNode = xdsclient.Node{PodName: "echo-1", Namespace: "shop", PodIP: "12
 // (transport "tls") and a plaintext one ("raw_buffer") for clients outside the mesh, both to the app
 // on localhost.
 func inboundResources(appPort int, tcp bool) []proto.Message {
-	p := strconv.Itoa(appPort)
-	cl := "inbound|" + p + "||"
-	secure := fx.Chain{Name: cl + "mtls", Port: uint32(appPort), MTLS: true, Transport: "tls"}
-	plain := fx.Chain{Name: cl + "plaintext", Port: uint32(appPort), Transport: "raw_buffer"}
-	msgs := []proto.Message{fx.StaticCluster(cl, netip.MustParseAddrPort("127.0.0.1:"+p))}
-	if tcp {
-		secure.Cluster, plain.Cluster = cl, cl
-	} else {
-		secure.Route, plain.Route = "inbound|"+p, "inbound|"+p
-		msgs = append(msgs, fx.RouteConfig("inbound|"+p, fx.VirtualHost{Name: "inbound", Domains: []string{"*"}, Routes: []fx.Route{{Cluster: cl}}}))
+	return inboundPorts(map[int]bool{appPort: tcp})
+}
+
+// inboundPorts is inboundResources for several app ports (port → opaque TCP).
+func inboundPorts(ports map[int]bool) []proto.Message {
+	var msgs []proto.Message
+	var chains []fx.Chain
+	for appPort, tcp := range ports {
+		p := strconv.Itoa(appPort)
+		cl := "inbound|" + p + "||"
+		secure := fx.Chain{Name: cl + "mtls", Port: uint32(appPort), MTLS: true, Transport: "tls"}
+		plain := fx.Chain{Name: cl + "plaintext", Port: uint32(appPort), Transport: "raw_buffer"}
+		msgs = append(msgs, fx.StaticCluster(cl, netip.MustParseAddrPort("127.0.0.1:"+p)))
+		if tcp {
+			secure.Cluster, plain.Cluster = cl, cl
+		} else {
+			secure.Route, plain.Route = "inbound|"+p, "inbound|"+p
+			msgs = append(msgs, fx.RouteConfig("inbound|"+p, fx.VirtualHost{Name: "inbound", Domains: []string{"*"}, Routes: []fx.Route{{Cluster: cl}}}))
+		}
+		chains = append(chains, secure, plain)
 	}
-	return append(msgs, fx.Listener("inbound", netip.MustParseAddrPort("0.0.0.0:15006"), nil, secure, plain))
+	return append(msgs, fx.Listener("inbound", netip.MustParseAddrPort("0.0.0.0:15006"), nil, chains...))
 }
 
 func TestMTLSBetweenSidecars(t *testing.T) {
@@ -215,4 +233,79 @@ func TestNACKedResourceWhileOldConfigServes(t *testing.T) {
 	if ok, why := sc.p.Ready(); !ok {
 		t.Fatalf("not ready after a NACK: %s", why)
 	}
+}
+
+// TestGRPCAndTCPOverMTLS: gRPC (HTTP/2 end to end, trailers, streaming) and opaque TCP between two
+// sidecars over mTLS.
+func TestGRPCAndTCPOverMTLS(t *testing.T) {
+	ca := testpki.NewCA("mesh")
+	grpcApp := startGRPCBackend(t)
+	tcpApp := startTCPEcho(t, "")
+	pod := "127.0.0.35"
+	cp := startCP(t, "127.0.0.1:0", nil, false)
+	cp.set(t, serverNode.ID(), "v1", inboundPorts(map[int]bool{int(grpcApp.Port()): false, int(tcpApp.Port()): true})...)
+	server := startSidecar(t, cp.addr, serverNode, testpki.Identity{Leaf: ca.Issue(echoID), CA: ca})
+	server.inboundAt(t, pod+":"+strconv.Itoa(int(grpcApp.Port())))
+	server.inboundAt(t, pod+":"+strconv.Itoa(int(tcpApp.Port())))
+	server.waitReady(t)
+
+	g := newService(t, "grpc.shop.svc.cluster.local", "127.0.0.36", netip.MustParseAddrPort(pod+":"+strconv.Itoa(int(grpcApp.Port()))))
+	tc := newService(t, "tcp.shop.svc.cluster.local", "127.0.0.37", netip.MustParseAddrPort(pod+":"+strconv.Itoa(int(tcpApp.Port()))))
+	tc.tcp = true
+	msgs := resources(g, tc)
+	withCluster(msgs, g.cluster(), func(c *clusterv3.Cluster) { fx.WithMTLS(c, echoID) })
+	withCluster(msgs, tc.cluster(), func(c *clusterv3.Cluster) { fx.WithMTLS(c, echoID) })
+	cp.set(t, clientNode.ID(), "v1", msgs...)
+	client := startSidecar(t, cp.addr, clientNode, testpki.Identity{Leaf: ca.Issue(clientID), CA: ca})
+	client.outboundAt(g.lis)
+	client.outboundAt(tc.lis)
+	client.waitReady(t)
+
+	cc, err := grpc.NewClient("passthrough:///"+g.authority(), grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "tcp", g.lis.Addr().String())
+		}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	gc := testpb.NewTestServiceClient(cc)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	var trailer metadata.MD
+	_, err = gc.UnaryCall(ctx, &testpb.SimpleRequest{Payload: &testpb.Payload{Body: []byte("fail")}}, grpc.Trailer(&trailer))
+	if status.Code(err) != codes.NotFound || len(trailer.Get("why")) == 0 {
+		t.Fatalf("gRPC status over mTLS: %v %v", err, trailer)
+	}
+	stream, err := gc.FullDuplexCall(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 5 {
+		body := []byte(strings.Repeat("x", i+1))
+		if err := stream.Send(&testpb.StreamingOutputCallRequest{Payload: &testpb.Payload{Body: body}}); err != nil {
+			t.Fatal(err)
+		}
+		if got, err := stream.Recv(); err != nil || string(got.GetPayload().GetBody()) != string(body) {
+			t.Fatalf("stream over mTLS: %v", err)
+		}
+	}
+	_ = stream.CloseSend()
+
+	conn, err := net.Dial("tcp", tc.lis.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	payload := []byte(strings.Repeat("opaque over mTLS ", 10000))
+	go func() { _, _ = conn.Write(payload); _ = conn.(*net.TCPConn).CloseWrite() }()
+	got, err := io.ReadAll(conn)
+	conn.Close()
+	if err != nil || string(got) != string(payload) {
+		t.Fatalf("tcp over mTLS: %d bytes, %v", len(got), err)
+	}
+	labels := map[string]string{"direction": "outbound", "target_cluster": tc.cluster(), "tls": "true", "client_id": clientID, "server_id": echoID}
+	waitFor(t, "tcp metrics", func() bool { return metricValue(t, client.reg, "tcp_close_total", labels) == 1 })
+	in := map[string]string{"direction": "inbound", "tls": "true", "client_id": clientID, "server_id": echoID}
+	waitFor(t, "inbound tcp metrics", func() bool { return metricValue(t, server.reg, "tcp_close_total", in) == 1 })
 }

@@ -29,7 +29,7 @@ func withCluster(msgs []proto.Message, name string, f func(*clusterv3.Cluster)) 
 	return msgs
 }
 
-func meshWith(t *testing.T, msgs []proto.Message, svcs ...*service) *sidecar {
+func meshWith(t testing.TB, msgs []proto.Message, svcs ...*service) *sidecar {
 	t.Helper()
 	cp := startCP(t, "127.0.0.1:0", nil, false)
 	cp.set(t, clientNode.ID(), "v1", msgs...)
