@@ -112,7 +112,7 @@ func TestRunServesAdminAndTraffic(t *testing.T) {
 	if err := json.Unmarshal([]byte(dump), &cd); err != nil || len(cd.Configs) != 4 {
 		t.Fatalf("/config_dump: %v, %d configs", err, len(cd.Configs))
 	}
-	for _, s := range []string{`"versionInfo": "v7"`, `"name": "outbound"`, `"routeConfig"`, `"clusterName": "outbound|80||web.shop.svc.cluster.local"`, "ListenersConfigDump"} {
+	for _, s := range []string{`"version_info": "v7"`, `"name": "outbound"`, `"route_config"`, `"cluster_name": "outbound|80||web.shop.svc.cluster.local"`, "ListenersConfigDump"} {
 		if !strings.Contains(dump, s) {
 			t.Errorf("/config_dump lacks %s", s)
 		}

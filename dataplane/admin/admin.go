@@ -3,18 +3,15 @@
 package admin
 
 import (
-	"bytes"
 	"encoding/json"
+	"fmt"
 	"maps"
 	"net/http"
 	"slices"
 
-	adminv3 "github.com/envoyproxy/go-control-plane/envoy/admin/v3"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"google.golang.org/protobuf/encoding/protojson"
-	"google.golang.org/protobuf/proto"
-	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/weftmesh/weft/dataplane/config"
 	"github.com/weftmesh/weft/dataplane/proxy"
@@ -92,53 +89,44 @@ func writeJSON(w http.ResponseWriter, v any) {
 	_ = enc.Encode(v)
 }
 
-// ConfigDump renders a snapshot as Envoy's /config_dump: one dump per type, with each resource's
-// version and the type's last accepted version.
+// ConfigDump renders a snapshot as Envoy's /config_dump (proto field names, one dump per type in
+// CDS, EDS, LDS, RDS order), with each resource's version and the type's last accepted version. It is
+// written by hand rather than through envoy/admin/v3, which would pull in (and keep resident) much of
+// Envoy's bootstrap API.
 func ConfigDump(s *config.Snapshot) ([]byte, error) {
-	sorted := func(t string) []string { return slices.Sorted(maps.Keys(s.Raw[t])) }
-	var msgs []proto.Message
-
-	clusters := &adminv3.ClustersConfigDump{VersionInfo: s.Versions[config.ClusterType]}
-	for _, n := range sorted(config.ClusterType) {
-		r := s.Raw[config.ClusterType][n]
-		clusters.DynamicActiveClusters = append(clusters.DynamicActiveClusters, &adminv3.ClustersConfigDump_DynamicCluster{VersionInfo: r.Version, Cluster: r.Resource})
+	mo := protojson.MarshalOptions{UseProtoNames: true}
+	resource := func(t, n string) (json.RawMessage, string, error) {
+		r := s.Raw[t][n]
+		b, err := mo.Marshal(r.Resource)
+		return b, r.Version, err
 	}
-	endpoints := &adminv3.EndpointsConfigDump{}
-	for _, n := range sorted(config.EndpointType) {
-		r := s.Raw[config.EndpointType][n]
-		endpoints.DynamicEndpointConfigs = append(endpoints.DynamicEndpointConfigs, &adminv3.EndpointsConfigDump_DynamicEndpointConfig{VersionInfo: r.Version, EndpointConfig: r.Resource})
-	}
-	listeners := &adminv3.ListenersConfigDump{VersionInfo: s.Versions[config.ListenerType]}
-	for _, n := range sorted(config.ListenerType) {
-		r := s.Raw[config.ListenerType][n]
-		listeners.DynamicListeners = append(listeners.DynamicListeners, &adminv3.ListenersConfigDump_DynamicListener{Name: n,
-			ActiveState: &adminv3.ListenersConfigDump_DynamicListenerState{VersionInfo: r.Version, Listener: r.Resource}})
-	}
-	routes := &adminv3.RoutesConfigDump{}
-	for _, n := range sorted(config.RouteType) {
-		r := s.Raw[config.RouteType][n]
-		routes.DynamicRouteConfigs = append(routes.DynamicRouteConfigs, &adminv3.RoutesConfigDump_DynamicRouteConfig{VersionInfo: r.Version, RouteConfig: r.Resource})
-	}
-	msgs = append(msgs, clusters, endpoints, listeners, routes)
-	dump := &adminv3.ConfigDump{}
-	for _, m := range msgs {
-		a, err := anypb.New(m)
-		if err != nil {
-			return nil, err
+	type dyn = map[string]any
+	var configs []any
+	for _, d := range []struct {
+		typeURL, dumpType, listKey, itemKey string
+	}{
+		{config.ClusterType, "ClustersConfigDump", "dynamic_active_clusters", "cluster"},
+		{config.EndpointType, "EndpointsConfigDump", "dynamic_endpoint_configs", "endpoint_config"},
+		{config.ListenerType, "ListenersConfigDump", "dynamic_listeners", "listener"},
+		{config.RouteType, "RoutesConfigDump", "dynamic_route_configs", "route_config"},
+	} {
+		items := []any{}
+		for _, n := range slices.Sorted(maps.Keys(s.Raw[d.typeURL])) {
+			b, v, err := resource(d.typeURL, n)
+			if err != nil {
+				return nil, fmt.Errorf("%s %q: %w", d.dumpType, n, err)
+			}
+			if d.typeURL == config.ListenerType {
+				items = append(items, dyn{"name": n, "active_state": dyn{"version_info": v, "listener": b}})
+			} else {
+				items = append(items, dyn{"version_info": v, d.itemKey: b})
+			}
 		}
-		dump.Configs = append(dump.Configs, a)
+		c := dyn{"@type": "type.googleapis.com/envoy.admin.v3." + d.dumpType, d.listKey: items}
+		if v := s.Versions[d.typeURL]; v != "" && (d.typeURL == config.ClusterType || d.typeURL == config.ListenerType) {
+			c["version_info"] = v
+		}
+		configs = append(configs, c)
 	}
-	raw, err := protojson.Marshal(dump)
-	if err != nil {
-		return nil, err
-	}
-	// protojson's spacing is deliberately unstable; normalize it for people and scripts.
-	var compact, out bytes.Buffer
-	if err := json.Compact(&compact, raw); err != nil {
-		return nil, err
-	}
-	if err := json.Indent(&out, compact.Bytes(), "", "  "); err != nil {
-		return nil, err
-	}
-	return out.Bytes(), nil
+	return json.MarshalIndent(map[string]any{"configs": configs}, "", "  ")
 }
