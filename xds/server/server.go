@@ -354,3 +354,22 @@ func checkPEMCertificates(b []byte) error {
 	}
 	return nil
 }
+
+// FollowTrustBundle serves bundle() as ROOTCA now and again each time the channel from changed()
+// closes, until ctx ends. It fits identity.CA: changed is ca.Changed, and bundle returns the current
+// issuer's BundlePEM (nil while there is none, which keeps the last bundle).
+func (s *Server) FollowTrustBundle(ctx context.Context, changed func() <-chan struct{}, bundle func() []byte) {
+	for {
+		ch := changed()
+		if pem := bundle(); len(pem) > 0 {
+			if err := s.SetTrustBundle(pem); err != nil {
+				s.log.Error("not serving the new trust bundle", "error", err)
+			}
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return
+		}
+	}
+}
