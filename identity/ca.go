@@ -61,6 +61,7 @@ type Issuer struct {
 	pool      *x509.CertPool
 	chainDER  [][]byte
 	bundlePEM []byte
+	material  Material // what it was parsed from
 }
 
 // Certificate is the issuer's own certificate.
@@ -139,7 +140,7 @@ func ParseMaterial(m Material, trustDomain string, now time.Time) (*Issuer, erro
 	if !publicKeysEqual(key.Public(), leaf.PublicKey) {
 		return nil, fmt.Errorf("%s is not the key of %s", IssuerKeyFile, IssuerCertFile)
 	}
-	iss := &Issuer{Chain: chain, Key: key, Anchors: anchors, pool: pool, bundlePEM: bundlePEM.Bytes()}
+	iss := &Issuer{Chain: chain, Key: key, Anchors: anchors, pool: pool, bundlePEM: bundlePEM.Bytes(), material: m}
 	for _, c := range chain {
 		iss.chainDER = append(iss.chainDER, c.Raw)
 	}

@@ -192,6 +192,17 @@ func TestServerTLSClientCertificate(t *testing.T) {
 			} else {
 				seen <- id.String()
 			}
+			if err == nil {
+				if err := AuthorizePeer(ctx, id); err != nil {
+					t.Errorf("AuthorizePeer(own ID): %v", err)
+				}
+				other := ID{TrustDomain: id.TrustDomain, Namespace: "kube-system", ServiceAccount: id.ServiceAccount}
+				if err := AuthorizePeer(ctx, other); !errors.Is(err, ErrPeerMismatch) {
+					t.Errorf("AuthorizePeer(another namespace) = %v, want ErrPeerMismatch", err)
+				}
+			} else if err := AuthorizePeer(ctx, webID); !errors.Is(err, ErrPeerMismatch) {
+				t.Errorf("AuthorizePeer without a certificate = %v, want ErrPeerMismatch", err)
+			}
 			return h(ctx, req)
 		}))
 	NewServer(ca, writeTokens(t)).Register(g)

@@ -113,3 +113,22 @@ func VerifyPeer(rawCerts [][]byte, roots *x509.CertPool, usage x509.ExtKeyUsage)
 	}
 	return IDFromCertificate(certs[0])
 }
+
+// ErrPeerMismatch: the caller's certificate names another workload than the one it asks about.
+// → codes.PermissionDenied at the caller's gRPC edge.
+var ErrPeerMismatch = errors.New("client certificate is for another workload")
+
+// AuthorizePeer checks that the client certificate of a gRPC call over ServerTLSConfig is want's: the
+// xDS server calls it with the trust domain and the NAMESPACE and SERVICE_ACCOUNT of the node a proxy
+// asks config for, so that no proxy reads another namespace's config or certificates. No certificate is
+// an error too.
+func AuthorizePeer(ctx context.Context, want ID) error {
+	got, err := PeerID(ctx)
+	if err != nil {
+		return fmt.Errorf("%w: %v", ErrPeerMismatch, err)
+	}
+	if got != want {
+		return fmt.Errorf("%w: the certificate is %s, the node claims %s", ErrPeerMismatch, got, want)
+	}
+	return nil
+}

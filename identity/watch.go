@@ -44,10 +44,6 @@ func WatchDir(ctx context.Context, ca *CA, dir string, resync time.Duration, log
 	}
 	tick := time.NewTicker(resync)
 	defer tick.Stop()
-	var last Material
-	if iss := ca.Issuer(); iss != nil {
-		last, _ = LoadDir(dir)
-	}
 	// Editors and kubelet write several files in a row: wait for a quiet 100 ms before reloading.
 	const settle = 100 * time.Millisecond
 	debounce := time.NewTimer(time.Hour)
@@ -58,17 +54,18 @@ func WatchDir(ctx context.Context, ca *CA, dir string, resync time.Duration, log
 			log.Warn("CA directory unreadable; keeping the current issuer", "dir", dir, "err", err)
 			return
 		}
-		if bytes.Equal(m.Bundle, last.Bundle) && bytes.Equal(m.IssuerCert, last.IssuerCert) && bytes.Equal(m.IssuerKey, last.IssuerKey) {
+		if cur := ca.Issuer(); cur != nil && bytes.Equal(m.Bundle, cur.material.Bundle) && bytes.Equal(m.IssuerCert, cur.material.IssuerCert) && bytes.Equal(m.IssuerKey, cur.material.IssuerKey) {
 			return
 		}
 		if err := ca.Load(m); err != nil {
 			log.Warn("new CA material rejected; keeping the current issuer", "dir", dir, "err", err)
 			return
 		}
-		last = m
 		iss := ca.Issuer()
 		log.Info("issuer loaded", "dir", dir, "issuer", iss.Certificate().Subject.CommonName, "not_after", iss.Certificate().NotAfter, "anchors", len(iss.Anchors))
 	}
+	// Changes made before the watch began are seen here.
+	reload()
 	for {
 		select {
 		case <-ctx.Done():

@@ -21,6 +21,12 @@ import (
 	"github.com/weftmesh/weft/identity"
 )
 
+// The data plane's Identity interface (dataplane/identity.go), which *Client must satisfy exactly.
+var _ interface {
+	Certificate() (*tls.Certificate, error)
+	TrustBundle() *x509.CertPool
+} = (*Client)(nil)
+
 var (
 	webID = identity.ID{TrustDomain: "cluster.local", Namespace: "default", ServiceAccount: "web"}
 	dbID  = identity.ID{TrustDomain: "cluster.local", Namespace: "default", ServiceAccount: "db"}
