@@ -265,6 +265,18 @@ func TestRetriesAgainstFailingBackend(t *testing.T) {
 	if h := b.hits.Load(); h != 3 {
 		t.Fatalf("backend saw %d requests, want 3 (2 failures + 1 success)", h)
 	}
+	// A request body is replayed on retry.
+	b.hits.Store(0)
+	b.fails.Store(1)
+	r, err := clientFor(svc).Post("http://"+svc.authority()+"/", "text/plain", strings.NewReader(strings.Repeat("x", 1024)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, _ := io.ReadAll(r.Body)
+	r.Body.Close()
+	if r.StatusCode != 200 || string(got) != "flaky got 1024 bytes" || b.hits.Load() != 2 {
+		t.Fatalf("POST retried: %d %q hits=%d", r.StatusCode, got, b.hits.Load())
+	}
 	// More failures than retries: the client sees the backend's last 503 (not a proxy error).
 	b.hits.Store(0)
 	b.fails.Store(10)
