@@ -3,6 +3,7 @@ package proxy
 import (
 	"net/http"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -11,6 +12,9 @@ import (
 // Metrics are the proxy's golden metrics, labelled as Linkerd's: direction, authority, target
 // cluster, tls, client_id and server_id.
 type Metrics struct {
+	// series caches the resolved children per label set, so that the request path neither hashes the
+	// labels nor takes the vectors' locks once a series exists.
+	series    sync.Map // seriesKey → *httpSeries
 	requests  *prometheus.CounterVec
 	responses *prometheus.CounterVec
 	latency   *prometheus.HistogramVec
@@ -73,20 +77,72 @@ func (m *Metrics) observeHTTP(p *Proxy, rs *reqState, code int, h http.Header, s
 			client = p.ownID()
 		}
 	}
-	base := [...]string{rs.info.direction, rs.authority, clusterName(rs), boolLabel(tls), client, server}
-	m.requests.WithLabelValues(base[:]...).Inc()
+	authority := rs.authority
+	if rs.cluster == nil {
+		authority = "" // unrouted: the client chose this name; keep it out of the label space
+	}
+	key := seriesKey{rs.info.direction, authority, clusterName(rs), tls, client, server}
+	v, ok := m.series.Load(key)
+	if !ok {
+		v, _ = m.series.LoadOrStore(key, m.newSeries(key))
+	}
+	hs := v.(*httpSeries)
+	hs.requests.Inc()
 	if code == 0 {
 		code = http.StatusBadGateway
 	}
+	failure := code >= 500
+	if !failure {
+		if g := grpcStatus(h); g != "" && g != "0" {
+			failure = true
+		}
+	}
+	rk := respKey{code, failure}
+	r, ok := hs.responses.Load(rk)
+	if !ok {
+		r, _ = hs.responses.LoadOrStore(rk, m.newRespSeries(key, rk))
+	}
+	rsr := r.(*respSeries)
+	rsr.total.Inc()
+	rsr.latency.Observe(float64(time.Since(start).Microseconds()) / 1000)
+}
+
+type seriesKey struct {
+	direction, authority, cluster string
+	tls                           bool
+	client, server                string
+}
+
+type respKey struct {
+	code    int
+	failure bool
+}
+
+type httpSeries struct {
+	requests  prometheus.Counter
+	responses sync.Map // respKey → *respSeries
+}
+
+type respSeries struct {
+	total   prometheus.Counter
+	latency prometheus.Observer
+}
+
+func (k seriesKey) labels() []string {
+	return []string{k.direction, k.authority, k.cluster, boolLabel(k.tls), k.client, k.server}
+}
+
+func (m *Metrics) newSeries(k seriesKey) *httpSeries {
+	return &httpSeries{requests: m.requests.WithLabelValues(k.labels()...)}
+}
+
+func (m *Metrics) newRespSeries(k seriesKey, r respKey) *respSeries {
 	class := "success"
-	if code >= 500 {
-		class = "failure"
-	} else if g := grpcStatus(h); g != "" && g != "0" {
+	if r.failure {
 		class = "failure"
 	}
-	lv := append(base[:], strconv.Itoa(code), class)
-	m.responses.WithLabelValues(lv...).Inc()
-	m.latency.WithLabelValues(lv...).Observe(float64(time.Since(start).Microseconds()) / 1000)
+	lv := append(k.labels(), strconv.Itoa(r.code), class)
+	return &respSeries{total: m.responses.WithLabelValues(lv...), latency: m.latency.WithLabelValues(lv...)}
 }
 
 func grpcStatus(h http.Header) string {
