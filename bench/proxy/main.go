@@ -40,12 +40,14 @@ type options struct {
 	grpcDur               time.Duration
 	grpcInflight          int
 	tcpDur                time.Duration
-	keep                  bool // keep the temp dir (configs, certificates, proxy logs)
+	keep                  bool            // keep the temp dir (configs, certificates, proxy logs)
+	only                  map[string]bool // measure only these paths (nil: all)
 	progress              io.Writer
 }
 
 func main() {
 	var o options
+	paths := flag.String("paths", "B0,B1,B2,H1,H2", "the paths to measure (B0 is the baseline of every ratio)")
 	rates := flag.String("rates", "200,1000,2000", "open-loop request rates (requests/s), comma-separated")
 	flag.StringVar(&o.weftBin, "weft-proxy", "bin/weft-proxy", "the weft-proxy binary (make build)")
 	flag.StringVar(&o.haproxy, "haproxy", "haproxy", "the HAProxy binary (Debian package haproxy; make apt)")
@@ -63,6 +65,10 @@ func main() {
 	o.progress = os.Stderr
 	if err := o.parseRates(*rates); err != nil {
 		fail(err)
+	}
+	o.only = map[string]bool{}
+	for _, p := range strings.Split(*paths, ",") {
+		o.only[strings.ToUpper(strings.TrimSpace(p))] = true
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -111,8 +117,10 @@ func lookBin(name string) string {
 // procStats is the RSS and CPU of a path's proxies.
 type procStats struct {
 	names      []string
-	rssIdleKB  []int64
+	rssIdleKB  []int64 // VmRSS
+	anonIdleKB []int64 // RssAnon
 	rssLoadKB  []int64 // highest sample during the top-rate phase
+	anonLoadKB []int64
 	cpuPer1k   float64 // CPU seconds of all the path's proxies per 1000 requests at the top rate
 	cpuErr     error
 	haveSample bool
@@ -185,6 +193,10 @@ func run(ctx context.Context, o options) (*results, error) {
 	defer func() { res.load[1] = loadavg() }()
 	var live []*path
 	for _, p := range t.paths {
+		if o.only != nil && !o.only[p.key] {
+			res.fail(p.key, "path", errors.New("not selected (-paths)"))
+			continue
+		}
 		if p.err != nil {
 			res.fail(p.key, "path", p.err)
 			logf("%s %s does not work: %v", p.key, p.name, p.err)
@@ -196,12 +208,13 @@ func run(ctx context.Context, o options) (*results, error) {
 		live = append(live, p)
 		ps := &procStats{}
 		for _, pr := range p.procs {
-			rss, err := pr.rssKB()
+			rss, anon, err := pr.mem()
 			if err != nil {
 				return nil, fmt.Errorf("%s: %w", pr.name, err)
 			}
 			ps.names = append(ps.names, pr.name)
 			ps.rssIdleKB = append(ps.rssIdleKB, rss)
+			ps.anonIdleKB = append(ps.anonIdleKB, anon)
 		}
 		res.procs[p.key] = ps
 	}
@@ -224,7 +237,7 @@ func run(ctx context.Context, o options) (*results, error) {
 			client.CloseIdleConnections()
 			if sample != nil {
 				ps := res.procs[p.key]
-				ps.rssLoadKB, ps.cpuPer1k, ps.cpuErr = sample.finish(st.completedInPhase)
+				ps.rssLoadKB, ps.anonLoadKB, ps.cpuPer1k, ps.cpuErr = sample.finish(st.completedInPhase)
 				ps.haveSample = true
 			}
 			if res.open[p.key] == nil {
@@ -281,12 +294,13 @@ type sampler struct {
 	cpu0    float64
 	cpuErr  error
 	maxRSS  []int64
+	maxAnon []int64
 	stop    chan struct{}
 	stopped chan struct{}
 }
 
 func startSampler(procs []*proc) *sampler {
-	s := &sampler{procs: procs, maxRSS: make([]int64, len(procs)), stop: make(chan struct{}), stopped: make(chan struct{})}
+	s := &sampler{procs: procs, maxRSS: make([]int64, len(procs)), maxAnon: make([]int64, len(procs)), stop: make(chan struct{}), stopped: make(chan struct{})}
 	s.cpu0, s.cpuErr = totalCPU(procs)
 	go func() {
 		defer close(s.stopped)
@@ -294,8 +308,9 @@ func startSampler(procs []*proc) *sampler {
 		defer tick.Stop()
 		for {
 			for i, p := range procs {
-				if rss, err := p.rssKB(); err == nil && rss > s.maxRSS[i] {
-					s.maxRSS[i] = rss
+				if rss, anon, err := p.mem(); err == nil {
+					s.maxRSS[i] = max(s.maxRSS[i], rss)
+					s.maxAnon[i] = max(s.maxAnon[i], anon)
 				}
 			}
 			select {
@@ -308,17 +323,19 @@ func startSampler(procs []*proc) *sampler {
 	return s
 }
 
-func (s *sampler) finish(requests int) ([]int64, float64, error) {
+// finish stops sampling: the highest VmRSS and RssAnon of each process, and the CPU seconds of all of
+// them per 1000 requests.
+func (s *sampler) finish(requests int) (rss, anon []int64, cpuPer1k float64, err error) {
 	close(s.stop)
 	<-s.stopped
 	cpu1, err := totalCPU(s.procs)
 	if err = errors.Join(s.cpuErr, err); err != nil {
-		return s.maxRSS, 0, err
+		return s.maxRSS, s.maxAnon, 0, err
 	}
 	if requests == 0 {
-		return s.maxRSS, 0, errors.New("no requests")
+		return s.maxRSS, s.maxAnon, 0, errors.New("no requests")
 	}
-	return s.maxRSS, (cpu1 - s.cpu0) / (float64(requests) / 1000), nil
+	return s.maxRSS, s.maxAnon, (cpu1 - s.cpu0) / (float64(requests) / 1000), nil
 }
 
 func loadavg() string {

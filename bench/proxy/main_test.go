@@ -57,12 +57,12 @@ func TestSmoke(t *testing.T) {
 			continue
 		}
 		ps := res.procs[k]
-		if ps == nil || len(ps.rssIdleKB) == 0 || len(ps.rssLoadKB) != len(ps.rssIdleKB) || ps.cpuErr != nil {
+		if ps == nil || len(ps.rssIdleKB) == 0 || len(ps.rssLoadKB) != len(ps.rssIdleKB) || len(ps.anonLoadKB) != len(ps.rssIdleKB) || ps.cpuErr != nil {
 			t.Errorf("%s proxies not measured: %+v", k, ps)
 			continue
 		}
 		for i := range ps.rssIdleKB {
-			if ps.rssIdleKB[i] <= 0 || ps.rssLoadKB[i] <= 0 {
+			if ps.rssIdleKB[i] <= 0 || ps.rssLoadKB[i] <= 0 || ps.anonIdleKB[i] <= 0 || ps.anonIdleKB[i] > ps.rssIdleKB[i] {
 				t.Errorf("%s %s: RSS idle %d kB, loaded %d kB", k, ps.names[i], ps.rssIdleKB[i], ps.rssLoadKB[i])
 			}
 		}

@@ -76,21 +76,26 @@ func (p *proc) stop() {
 	}
 }
 
-// rssKB is VmRSS from /proc/<pid>/status.
-func (p *proc) rssKB() (int64, error) {
+// mem is VmRSS and its anonymous part (RssAnon: heap, stacks; the rest is mostly the binary's pages)
+// from /proc/<pid>/status, in kB.
+func (p *proc) mem() (rss, anon int64, err error) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", p.pid()))
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if rest, ok := strings.CutPrefix(line, "VmRSS:"); ok {
-			f := strings.Fields(rest)
-			if len(f) > 0 {
-				return strconv.ParseInt(f[0], 10, 64)
+	field := func(name string) (int64, error) {
+		for _, line := range strings.Split(string(b), "\n") {
+			if rest, ok := strings.CutPrefix(line, name+":"); ok {
+				if f := strings.Fields(rest); len(f) > 0 {
+					return strconv.ParseInt(f[0], 10, 64)
+				}
 			}
 		}
+		return 0, fmt.Errorf("no %s in /proc/%d/status", name, p.pid())
 	}
-	return 0, errors.New("no VmRSS in /proc status")
+	rss, err1 := field("VmRSS")
+	anon, err2 := field("RssAnon")
+	return rss, anon, errors.Join(err1, err2)
 }
 
 // clockTicks is USER_HZ, 100 on every Linux architecture Go supports.

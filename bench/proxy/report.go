@@ -147,6 +147,15 @@ func (r *results) report(w io.Writer) {
 			})
 		}
 	}
+	for _, rate := range o.rates {
+		rw.row(fmt.Sprintf("generator send lag p99 @%d rps", rate), func(k string) string {
+			st, ok := r.openStat(k, rate)
+			if !ok {
+				return rw.na(k, "open")
+			}
+			return ms(st.sendLagP99)
+		})
+	}
 	base := r.wrk["B0"].rps
 	rw.row("max rps (wrk)", func(k string) string {
 		v, ok := r.wrk[k]
@@ -203,7 +212,7 @@ func (r *results) report(w io.Writer) {
 		}
 		return s
 	})
-	rss := func(pick func(*procStats) []int64) func(string) string {
+	rss := func(pick func(*procStats) ([]int64, []int64)) func(string) string {
 		return func(k string) string {
 			if k == "B0" {
 				return "—"
@@ -212,19 +221,19 @@ func (r *results) report(w io.Writer) {
 			if ps == nil {
 				return rw.na(k, "path")
 			}
-			v := pick(ps)
+			v, anon := pick(ps)
 			if len(v) == 0 {
 				return "not sampled"
 			}
 			var parts []string
-			for _, x := range v {
-				parts = append(parts, mb(x))
+			for i, x := range v {
+				parts = append(parts, fmt.Sprintf("%s (anon %s)", mb(x), mb(anon[i])))
 			}
 			return strings.Join(parts, " + ")
 		}
 	}
-	rw.row("RSS idle (client + server)", rss(func(p *procStats) []int64 { return p.rssIdleKB }))
-	rw.row(fmt.Sprintf("RSS at %d rps", top), rss(func(p *procStats) []int64 { return p.rssLoadKB }))
+	rw.row("RSS idle (client + server)", rss(func(p *procStats) ([]int64, []int64) { return p.rssIdleKB, p.anonIdleKB }))
+	rw.row(fmt.Sprintf("highest RSS at %d rps", top), rss(func(p *procStats) ([]int64, []int64) { return p.rssLoadKB, p.anonLoadKB }))
 	rw.row(fmt.Sprintf("CPU s / 1000 req at %d rps", top), func(k string) string {
 		if k == "B0" {
 			return "—"
@@ -250,6 +259,9 @@ func (r *results) report(w io.Writer) {
 			fmt.Fprintf(w, "[%d] %s  \n", i+1, n)
 		}
 	}
+	fmt.Fprintf(w, "\nGenerator send lag: how late the load generator itself sent, against its schedule (it is part of every latency above, "+
+		"as it should be without coordinated omission; a large lag means the machine was short of CPU). RSS is VmRSS; anon is RssAnon "+
+		"(heap and stacks), the rest is mostly the pages of the binary. CPU counts user+system time of all the path's proxies.\n")
 	fmt.Fprintf(w, "\nHAProxy's mTLS checks the peer's chain against the CA but not its SPIFFE URI SAN (it has no URI SAN matcher); weft-proxy checks both.\n")
 }
 
