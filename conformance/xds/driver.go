@@ -1,6 +1,9 @@
 package xds
 
-import "context"
+import (
+	"context"
+	"errors"
+)
 
 // Service is the part of a Kubernetes Service (with its EndpointSlice) that the suite changes: a name, one
 // port, and the IPs of its ready endpoints. Checks that need the configuration to change drive the control
@@ -29,6 +32,10 @@ type Driver interface {
 	// Restart stops the control plane and starts it again on the same address with the same input.
 	Restart(ctx context.Context) error
 }
+
+// ErrNotSupported is returned (wrapped) by a Driver method the driver cannot do, such as Restart for a
+// server the suite did not start. The check that needs it is reported as SKIP.
+var ErrNotSupported = errors.New("not supported by this driver")
 
 // GoroutineCounter is optionally implemented by a Driver whose control plane can report its goroutine
 // count (in-process: runtime.NumGoroutine; a process: go_goroutines from its metrics). With it, the

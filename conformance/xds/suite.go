@@ -173,6 +173,8 @@ func Run(ctx context.Context, cfg Config) ([]Result, error) {
 				r.Status = Pass
 			case errors.As(err, &skip):
 				r.Status, r.Detail = Skip, skip.reason
+			case errors.Is(err, ErrNotSupported):
+				r.Status, r.Detail = Skip, err.Error()
 			default:
 				r.Status, r.Detail = Fail, err.Error()
 			}

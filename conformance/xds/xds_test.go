@@ -16,6 +16,7 @@ import (
 var (
 	xdsAddr = flag.String("xds-addr", "", "run the suite against the xDS server at HOST:PORT (read-only checks) instead of the in-process servers")
 	nodeID  = flag.String("xds-node-id", "", "node id to present with -xds-addr (default: the suite's default node)")
+	timeout = flag.Duration("xds-timeout", 4*time.Second, "how long to wait for an expected response")
 	quiet   = flag.Duration("xds-quiet", 300*time.Millisecond, "how long a stream must stay silent for \"nothing sent\"")
 )
 
@@ -40,7 +41,7 @@ func TestExternal(t *testing.T) {
 	if *xdsAddr == "" {
 		t.Skip("no -xds-addr given; the in-process servers are tested by the other tests")
 	}
-	cfg := xdsconf.Config{Target: *xdsAddr, Quiet: *quiet, Out: testWriter{t}}
+	cfg := xdsconf.Config{Target: *xdsAddr, Quiet: *quiet, Timeout: *timeout, Out: testWriter{t}}
 	if *nodeID != "" {
 		cfg.Node = xdsconf.DefaultNode()
 		cfg.Node.Id = *nodeID
@@ -89,7 +90,7 @@ func TestGoControlPlane(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer srv.Close()
-	results, err := xdsconf.Run(context.Background(), xdsconf.Config{Target: srv.Addr(), Driver: srv, Quiet: *quiet, Out: testWriter{t}, Match: match()})
+	results, err := xdsconf.Run(context.Background(), xdsconf.Config{Target: srv.Addr(), Driver: srv, Quiet: *quiet, Timeout: *timeout, Out: testWriter{t}, Match: match()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -105,17 +106,21 @@ func TestReadOnlySubset(t *testing.T) {
 	}
 	defer srv.Close()
 	needsDriver := map[string]bool{}
-	withDriver, err := xdsconf.Run(context.Background(), xdsconf.Config{Target: srv.Addr(), Driver: srv, Quiet: *quiet,
+	none, err := xdsconf.Run(context.Background(), xdsconf.Config{Target: srv.Addr(), Driver: srv, Quiet: *quiet, Timeout: *timeout,
 		Match: func(id string) bool { return false }})
-	if err != nil || len(withDriver) != 0 {
-		t.Fatalf("Match excluding everything ran %d checks (err %v)", len(withDriver), err)
+	if err != nil || len(none) != 0 {
+		t.Fatalf("Match excluding everything ran %d checks (err %v)", len(none), err)
 	}
-	results, err := xdsconf.Run(context.Background(), xdsconf.Config{Target: srv.Addr(), Quiet: *quiet})
+	// The driver checks are skipped without running; of the read-only ones, run two (the rest run in
+	// TestGoControlPlane).
+	readOnly := map[string]bool{"first-response-ads-sotw": true, "sotw-nack-no-resend": true}
+	results, err := xdsconf.Run(context.Background(), xdsconf.Config{Target: srv.Addr(), Quiet: *quiet, Timeout: *timeout,
+		Match: func(id string) bool { return readOnly[id] || driverChecks[id] }})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(results) != len(xdsconf.Checks()) {
-		t.Fatalf("%d results, want one per check (%d)", len(results), len(xdsconf.Checks()))
+	if len(results) != len(readOnly)+len(driverChecks) {
+		t.Fatalf("%d results, want %d", len(results), len(readOnly)+len(driverChecks))
 	}
 	for _, r := range results {
 		if r.Status == xdsconf.Skip {
@@ -125,20 +130,34 @@ func TestReadOnlySubset(t *testing.T) {
 			}
 		}
 	}
-	for _, id := range []string{"sotw-missing-sent-when-created", "ordering-cds-eds-lds-rds", "restart-new-versions", "many-streams"} {
+	for id := range driverChecks {
 		if !needsDriver[id] {
 			t.Errorf("%s was not skipped without a driver", id)
 		}
 	}
+	for id := range readOnly {
+		if needsDriver[id] {
+			t.Errorf("%s was skipped without a driver; it needs none", id)
+		}
+	}
 	assertExpected(t, results, goControlPlaneExpected)
+}
+
+// driverChecks are the checks that need a Driver.
+var driverChecks = map[string]bool{
+	"sotw-nack-then-change": true, "sotw-missing-sent-when-created": true, "delta-missing-sent-when-created": true,
+	"delta-removal-reported": true, "sotw-full-state-cds-lds": true, "ordering-cds-eds-lds-rds": true,
+	"no-push-on-resync": true, "no-push-unrelated-change": true, "many-streams": true, "restart-new-versions": true,
 }
 
 // assertExpected checks each result against the expected FAILs; SKIP is accepted only without a driver.
 func assertExpected(t *testing.T, results []xdsconf.Result, expectedFail map[string]string) {
 	t.Helper()
 	seen := map[string]bool{}
+	for _, c := range xdsconf.Checks() {
+		seen[c.ID] = true
+	}
 	for _, r := range results {
-		seen[r.ID] = true
 		_, wantFail := expectedFail[r.ID]
 		switch {
 		case r.Status == xdsconf.Skip && strings.Contains(r.Detail, "driver"):
