@@ -41,7 +41,7 @@ func (noDelta) DeltaAggregatedResources(discoveryv3.AggregatedDiscoveryService_D
 }
 
 // startCP serves ADS on addr ("127.0.0.1:0" for any port). With sotwOnly, delta ADS is Unimplemented.
-func startCP(t *testing.T, addr string, cache cachev3.SnapshotCache, sotwOnly bool) *testCP {
+func startCP(t *testing.T, addr string, cache cachev3.SnapshotCache, sotwOnly bool, opts ...grpc.ServerOption) *testCP {
 	t.Helper()
 	if cache == nil {
 		cache = cachev3.NewSnapshotCache(true, cachev3.IDHash{}, nil)
@@ -83,7 +83,7 @@ func startCP(t *testing.T, addr string, cache cachev3.SnapshotCache, sotwOnly bo
 		t.Fatalf("listen: %v", err)
 	}
 	cp.addr = lis.Addr().String()
-	cp.srv = grpc.NewServer()
+	cp.srv = grpc.NewServer(opts...)
 	discoveryv3.RegisterAggregatedDiscoveryServiceServer(cp.srv, ads)
 	go func() { _ = cp.srv.Serve(lis) }()
 	t.Cleanup(func() { cp.srv.Stop(); cancel() })

@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -18,6 +20,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/spf13/cobra"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/weftmesh/weft/cmd/internal/buildinfo"
@@ -26,6 +29,8 @@ import (
 	"github.com/weftmesh/weft/dataplane/certfile"
 	"github.com/weftmesh/weft/dataplane/proxy"
 	"github.com/weftmesh/weft/dataplane/xdsclient"
+	"github.com/weftmesh/weft/identity"
+	"github.com/weftmesh/weft/identity/workload"
 )
 
 type runOptions struct {
@@ -33,6 +38,9 @@ type runOptions struct {
 	adminAddr, httpProxyAddr, outboundAddr, inboundAddr string
 	certDir, logLevel                                   string
 	drainTimeout                                        time.Duration
+	// identity from the control plane (Certify on :15012)
+	identityAddr, tokenFile, trustBundleFile, trustDomain string
+	xdsTLS                                                bool
 }
 
 func envOr(name, def string) string {
@@ -64,7 +72,12 @@ func newRunCmd() *cobra.Command {
 	f.StringVar(&o.httpProxyAddr, "http-proxy-addr", "", "explicit HTTP proxy address (off when empty; 127.0.0.1:4140 by convention)")
 	f.StringVar(&o.outboundAddr, "outbound-addr", "0.0.0.0:15001", "transparent outbound listener address (off when empty)")
 	f.StringVar(&o.inboundAddr, "inbound-addr", "0.0.0.0:15006", "inbound listener address (off when empty)")
-	f.StringVar(&o.certDir, "cert-dir", "", "directory with cert.pem, key.pem and ca.pem for mTLS (reloaded on change); plaintext only when empty")
+	f.StringVar(&o.certDir, "cert-dir", "", "directory with cert.pem, key.pem and ca.pem for mTLS (reloaded on change); plaintext only when neither this nor --identity-addr is set")
+	f.StringVar(&o.identityAddr, "identity-addr", envOr("IDENTITY_ADDR", ""), "weft-control's Certify service host:port (15012) to get and renew the workload certificate (env IDENTITY_ADDR)")
+	f.StringVar(&o.tokenFile, "token-file", "/var/run/secrets/weft/token", "projected ServiceAccount token for --identity-addr")
+	f.StringVar(&o.trustBundleFile, "trust-bundle-file", "/var/run/secrets/weft/ca.crt", "trust anchors (PEM) for --identity-addr")
+	f.StringVar(&o.trustDomain, "trust-domain", envOr("TRUST_DOMAIN", "cluster.local"), "SPIFFE trust domain (env TRUST_DOMAIN)")
+	f.BoolVar(&o.xdsTLS, "xds-tls", envOr("XDS_TLS", "") == "true", "talk xDS over mTLS with the workload certificate (control plane port 15012; env XDS_TLS=true)")
 	f.StringVar(&o.logLevel, "log-level", envOr("WEFT_PROXY_LOG_LEVEL", "info"), "log level: debug, info, warn or error")
 	f.DurationVar(&o.drainTimeout, "drain-timeout", 10*time.Second, "how long in-flight requests may take to finish on SIGTERM")
 	return cmd
@@ -87,7 +100,64 @@ func (o runOptions) validate() error {
 	if _, _, err := net.SplitHostPort(o.xdsAddr); err != nil {
 		return fmt.Errorf("--xds-addr %q: want host:port", o.xdsAddr)
 	}
+	if o.certDir != "" && o.identityAddr != "" {
+		return errors.New("--cert-dir and --identity-addr both give a certificate: choose one")
+	}
+	if o.xdsTLS && o.certDir == "" && o.identityAddr == "" {
+		return errors.New("--xds-tls needs a workload certificate: set --identity-addr or --cert-dir")
+	}
 	return nil
+}
+
+// identitySource returns the workload identity the flags ask for (nil: plaintext only) and, for the
+// control plane's Certify client, the function that keeps it renewed.
+func identitySource(o runOptions, log *slog.Logger) (dataplane.Identity, func(context.Context) error, error) {
+	switch {
+	case o.certDir != "":
+		src, err := certfile.Load(o.certDir, log)
+		if err != nil {
+			return nil, nil, err
+		}
+		return src, src.Watch, nil
+	case o.identityAddr != "":
+		id, err := identity.NewID(o.trustDomain, o.namespace, o.serviceAccount)
+		if err != nil {
+			return nil, nil, fmt.Errorf("workload identity from --trust-domain, --namespace and --service-account: %w", err)
+		}
+		c, err := workload.New(workload.Config{Addr: o.identityAddr, Identity: id, TokenFile: o.tokenFile, TrustBundleFile: o.trustBundleFile, Logger: log})
+		if err != nil {
+			return nil, nil, err
+		}
+		return c, c.Run, nil
+	}
+	return nil, nil, nil
+}
+
+// xdsCredentials is plaintext, or mTLS with the workload certificate: the server's chain is checked
+// against the current trust bundle and its name against the host of --xds-addr.
+func xdsCredentials(o runOptions, id dataplane.Identity) grpc.DialOption {
+	if !o.xdsTLS || id == nil {
+		return grpc.WithTransportCredentials(insecure.NewCredentials())
+	}
+	host, _, _ := net.SplitHostPort(o.xdsAddr)
+	return grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{
+		MinVersion:         tls.VersionTLS13,
+		InsecureSkipVerify: true, // verified below against the bundle of the moment (it rotates)
+		GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+			return id.Certificate()
+		},
+		VerifyConnection: func(cs tls.ConnectionState) error {
+			if len(cs.PeerCertificates) == 0 {
+				return errors.New("control plane sent no certificate")
+			}
+			inter := x509.NewCertPool()
+			for _, c := range cs.PeerCertificates[1:] {
+				inter.AddCert(c)
+			}
+			_, err := cs.PeerCertificates[0].Verify(x509.VerifyOptions{Roots: id.TrustBundle(), Intermediates: inter, DNSName: host})
+			return err
+		},
+	}))
 }
 
 func parseLevel(s string) (slog.Level, error) {
@@ -120,25 +190,25 @@ func run(ctx context.Context, o runOptions) error {
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 	slog.SetDefault(log)
 
-	var id dataplane.Identity
-	if o.certDir != "" {
-		src, err := certfile.Load(o.certDir, log)
-		if err != nil {
-			return err
-		}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	id, keep, err := identitySource(o, log)
+	if err != nil {
+		return err
+	}
+	if keep != nil {
 		go func() {
-			if err := src.Watch(ctx); err != nil {
-				log.Warn("certificate files are not watched; changes need a restart", "err", err)
+			if err := keep(ctx); err != nil && ctx.Err() == nil {
+				log.Warn("the workload certificate is no longer renewed or reloaded", "err", err)
 			}
 		}()
-		id = src
 	}
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	p := proxy.New(proxy.Options{Identity: id, Registerer: reg, Logger: log})
 
-	cc, err := grpc.NewClient(o.xdsAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	cc, err := grpc.NewClient(o.xdsAddr, xdsCredentials(o, id))
 	if err != nil {
 		return fmt.Errorf("--xds-addr %s: %w", o.xdsAddr, err)
 	}
@@ -176,8 +246,6 @@ func run(ctx context.Context, o runOptions) error {
 		return err
 	}
 
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
 	errc := make(chan error, 4)
 	serve := func(name string, f func(net.Listener) error, l net.Listener) {
 		if l == nil {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -10,11 +11,15 @@ import (
 	"net/netip"
 	"net/url"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 
+	"github.com/weftmesh/weft/dataplane/testpki"
 	fx "github.com/weftmesh/weft/dataplane/xdsfixture"
 )
 
@@ -149,5 +154,63 @@ func TestRunFlagErrors(t *testing.T) {
 	err = run(context.Background(), runOptions{xdsAddr: "127.0.0.1:1", podName: "a", namespace: "b", logLevel: "info", certDir: t.TempDir()})
 	if err == nil || !strings.Contains(err.Error(), "cert.pem") {
 		t.Fatalf("empty cert dir: %v", err)
+	}
+}
+
+func TestRunIdentityFlagErrors(t *testing.T) {
+	base := runOptions{xdsAddr: "127.0.0.1:1", podName: "a", namespace: "b", logLevel: "info"}
+	o := base
+	o.certDir, o.identityAddr = t.TempDir(), "127.0.0.1:15012"
+	if err := run(context.Background(), o); err == nil || !strings.Contains(err.Error(), "choose one") {
+		t.Fatalf("both identities: %v", err)
+	}
+	o = base
+	o.xdsTLS = true
+	if err := run(context.Background(), o); err == nil || !strings.Contains(err.Error(), "--xds-tls needs a workload certificate") {
+		t.Fatalf("xds-tls without identity: %v", err)
+	}
+	o = base
+	o.identityAddr, o.trustDomain, o.serviceAccount = "127.0.0.1:15012", "cluster.local", "Not_A_Valid_Name"
+	if err := run(context.Background(), o); err == nil || !strings.Contains(err.Error(), "--service-account") {
+		t.Fatalf("bad service account: %v", err)
+	}
+}
+
+// TestRunXDSOverMTLS: with --cert-dir and --xds-tls the proxy talks xDS over mTLS, checking the control
+// plane's certificate against the trust bundle and presenting its own.
+func TestRunXDSOverMTLS(t *testing.T) {
+	ca := testpki.NewCA("mesh")
+	dir := t.TempDir()
+	if err := testpki.WriteDir(dir, ca.Issue("spiffe://cluster.local/ns/shop/sa/web"), ca); err != nil {
+		t.Fatal(err)
+	}
+	serverCert := ca.IssueServer("127.0.0.1")
+	var clientID atomic.Value
+	creds := credentials.NewTLS(&tls.Config{
+		MinVersion: tls.VersionTLS13, Certificates: []tls.Certificate{serverCert.TLS},
+		ClientAuth: tls.RequireAndVerifyClientCert, ClientCAs: ca.Pool(),
+		VerifyConnection: func(cs tls.ConnectionState) error {
+			clientID.Store(cs.PeerCertificates[0].URIs[0].String())
+			return nil
+		},
+	})
+	cp := startCP(t, "127.0.0.1:0", nil, false, grpc.Creds(creds))
+	const fqdn = "web.shop.svc.cluster.local"
+	cl := fx.ClusterName(80, fqdn)
+	cp.set(t, "web-1.shop", "v1",
+		fx.EDSCluster(cl, clusterv3.Cluster_LEAST_REQUEST), fx.CLA(cl),
+		fx.Listener("outbound", netip.MustParseAddrPort("0.0.0.0:15001"), nil, fx.Chain{Name: "web", IP: "10.0.0.1", Port: 80, Cluster: cl}),
+	)
+	o := runOptions{
+		xdsAddr: cp.addr, podName: "web-1", namespace: "shop", serviceAccount: "web", certDir: dir, xdsTLS: true,
+		adminAddr: freeAddr(t), outboundAddr: freeAddr(t), inboundAddr: freeAddr(t), logLevel: "error", drainTimeout: time.Second,
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- run(ctx, o) }()
+	defer func() { cancel(); <-done }()
+	waitFor(t, "/ready over mTLS xDS", func() bool { code, _, _ := httpGet("http://" + o.adminAddr + "/ready"); return code == 200 })
+	if id, _ := clientID.Load().(string); id != "spiffe://cluster.local/ns/shop/sa/web" {
+		t.Fatalf("control plane saw client %q", id)
 	}
 }

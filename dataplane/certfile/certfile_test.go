@@ -10,7 +10,7 @@ import (
 
 	"github.com/weftmesh/weft/dataplane"
 	"github.com/weftmesh/weft/dataplane/certfile"
-	"github.com/weftmesh/weft/dataplane/internal/testpki"
+	"github.com/weftmesh/weft/dataplane/testpki"
 )
 
 var _ dataplane.Identity = (*certfile.Source)(nil)

@@ -23,7 +23,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/weftmesh/weft/dataplane/config"
-	"github.com/weftmesh/weft/dataplane/internal/testpki"
+	"github.com/weftmesh/weft/dataplane/testpki"
 	"github.com/weftmesh/weft/dataplane/xdsclient"
 	fx "github.com/weftmesh/weft/dataplane/xdsfixture"
 )

@@ -13,7 +13,7 @@ import (
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 
-	"github.com/weftmesh/weft/dataplane/internal/testpki"
+	"github.com/weftmesh/weft/dataplane/testpki"
 	fx "github.com/weftmesh/weft/dataplane/xdsfixture"
 )
 

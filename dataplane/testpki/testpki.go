@@ -10,6 +10,7 @@ import (
 	"crypto/x509/pkix"
 	"encoding/pem"
 	"math/big"
+	"net"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -57,17 +58,31 @@ type Leaf struct {
 }
 
 // Issue makes a leaf whose only URI SAN is spiffeID.
-func (ca *CA) Issue(spiffeID string) *Leaf {
+func (ca *CA) Issue(spiffeID string) *Leaf { return ca.issue(spiffeID, nil) }
+
+// IssueServer makes a serving certificate for IP addresses (a control plane on loopback).
+func (ca *CA) IssueServer(ips ...string) *Leaf { return ca.issue("", ips) }
+
+func (ca *CA) issue(spiffeID string, ips []string) *Leaf {
 	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	u, err := url.Parse(spiffeID)
-	if err != nil {
-		panic(err)
+	var uris []*url.URL
+	if spiffeID != "" {
+		u, err := url.Parse(spiffeID)
+		if err != nil {
+			panic(err)
+		}
+		uris = append(uris, u)
+	}
+	var ipAddrs []net.IP
+	for _, ip := range ips {
+		ipAddrs = append(ipAddrs, net.ParseIP(ip))
 	}
 	tmpl := &x509.Certificate{
 		SerialNumber: big.NewInt(time.Now().UnixNano()),
 		NotBefore:    time.Now().Add(-time.Hour),
 		NotAfter:     time.Now().Add(24 * time.Hour),
-		URIs:         []*url.URL{u},
+		URIs:         uris,
+		IPAddresses:  ipAddrs,
 		KeyUsage:     x509.KeyUsageDigitalSignature,
 		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
 	}
