@@ -49,8 +49,11 @@ type Config struct {
 	// every renewal, since kubelet rotates it.
 	TokenFile string
 	// TrustBundleFile holds the trust anchors (PEM): they verify the CA's serving certificate and, via
-	// TrustBundle, the peers. It is read again at every renewal (anchor rotation).
+	// TrustBundle, the peers. It is read again at every renewal and every BundleRefresh, so that a new
+	// anchor (a ConfigMap update during an anchor rotation) is trusted long before the next renewal.
 	TrustBundleFile string
+	// BundleRefresh is how often TrustBundleFile is re-read between renewals (default 1m).
+	BundleRefresh time.Duration
 	// MinBackoff and MaxBackoff bound the waits between failed attempts (defaults 1s and 30s).
 	MinBackoff, MaxBackoff time.Duration
 	// Timeout bounds one Certify call (default 10s).
@@ -101,6 +104,9 @@ func New(cfg Config) (*Client, error) {
 	}
 	if cfg.Timeout <= 0 {
 		cfg.Timeout = 10 * time.Second
+	}
+	if cfg.BundleRefresh <= 0 {
+		cfg.BundleRefresh = time.Minute
 	}
 	c := &Client{cfg: cfg, log: cfg.Logger, ready: make(chan struct{})}
 	if c.log == nil {
@@ -198,12 +204,29 @@ func (c *Client) Run(ctx context.Context) error {
 		} else {
 			c.log.Info("workload certificate issued", "identity", c.cfg.Identity.String(), "not_after", notAfter, "renew_in", wait.Round(time.Millisecond))
 		}
-		t := time.NewTimer(wait)
+		if !c.sleep(ctx, wait) {
+			return nil
+		}
+	}
+}
+
+// sleep waits for d, re-reading the trust bundle every BundleRefresh meanwhile. It reports false when
+// ctx ended.
+func (c *Client) sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	refresh := time.NewTicker(c.cfg.BundleRefresh)
+	defer refresh.Stop()
+	for {
 		select {
 		case <-ctx.Done():
-			t.Stop()
-			return nil
+			return false
 		case <-t.C:
+			return true
+		case <-refresh.C:
+			if err := c.loadTrustBundle(); err != nil {
+				c.log.Warn("keeping the previous trust bundle", "err", err)
+			}
 		}
 	}
 }
