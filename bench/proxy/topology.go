@@ -38,6 +38,7 @@ type topology struct {
 	xds      *xdsServer
 	be       *backends
 	paths    []*path
+	mu       sync.Mutex // guards procs while the paths start
 	procs    []*proc
 	certs    map[string]string // role → cert dir
 	progress func(string)
@@ -73,20 +74,23 @@ func (t *topology) build(ctx context.Context) error {
 	h2 := &path{key: "H2", name: "HAProxy 2 hops mTLS"}
 	t.paths = []*path{b0, b1, b2, h1, h2}
 
+	// The four proxied paths come up side by side.
+	var wg sync.WaitGroup
 	if t.weftBin == "" {
 		b1.err = fmt.Errorf("weft-proxy binary not found (run make build)")
 		b2.err = b1.err
 	} else {
-		b1.err = t.weftB1(ctx, b1)
-		b2.err = t.weftB2(ctx, b2)
+		wg.Go(func() { b1.err = t.weftB1(ctx, b1) })
+		wg.Go(func() { b2.err = t.weftB2(ctx, b2) })
 	}
 	if t.haproxy == "" {
 		h1.err = fmt.Errorf("haproxy not installed (make apt)")
 		h2.err = h1.err
 	} else {
-		h1.err = t.haproxyH1(ctx, h1)
-		h2.err = t.haproxyH2(ctx, h2)
+		wg.Go(func() { h1.err = t.haproxyH1(ctx, h1) })
+		wg.Go(func() { h2.err = t.haproxyH2(ctx, h2) })
 	}
+	wg.Wait()
 	for _, p := range []*path{b1, b2, h1, h2} {
 		if p.err != nil {
 			p.tcpErr = p.err
@@ -113,7 +117,9 @@ func (t *topology) weft(ctx context.Context, name, podIP, sa, outbound, inbound,
 	if err != nil {
 		return nil, err
 	}
+	t.mu.Lock()
 	t.procs = append(t.procs, p)
+	t.mu.Unlock()
 	if err := p.waitReady(ctx, "/ready", httpOK("http://"+admin+"/ready")); err != nil {
 		return nil, err
 	}
@@ -254,7 +260,9 @@ func (t *topology) startHAProxy(ctx context.Context, name string, sections []str
 	if err != nil {
 		return nil, err
 	}
+	t.mu.Lock()
 	t.procs = append(t.procs, p)
+	t.mu.Unlock()
 	if err := p.waitReady(ctx, "its listeners", dialable(binds...)); err != nil {
 		return nil, err
 	}
