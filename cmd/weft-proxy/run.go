@@ -41,6 +41,9 @@ type runOptions struct {
 	// identity from the control plane (Certify on :15012)
 	identityAddr, tokenFile, trustBundleFile, trustDomain string
 	xdsTLS                                                bool
+	// local mode (weft demo): inbound ports bound on the pod IP, the app on another loopback address
+	inboundBindPodIP bool
+	appIP            string
 }
 
 func envOr(name, def string) string {
@@ -78,6 +81,8 @@ func newRunCmd() *cobra.Command {
 	f.StringVar(&o.trustBundleFile, "trust-bundle-file", "/var/run/secrets/weft/ca.crt", "trust anchors (PEM) for --identity-addr")
 	f.StringVar(&o.trustDomain, "trust-domain", envOr("TRUST_DOMAIN", "cluster.local"), "SPIFFE trust domain (env TRUST_DOMAIN)")
 	f.BoolVar(&o.xdsTLS, "xds-tls", envOr("XDS_TLS", "") == "true", "talk xDS over mTLS with the workload certificate (control plane port 15012; env XDS_TLS=true)")
+	f.BoolVar(&o.inboundBindPodIP, "inbound-bind-pod-ip", false, "local mode, no iptables: bind <pod-ip>:<port> for each port of the inbound listener and serve it as if redirected")
+	f.StringVar(&o.appIP, "app-ip", "", "local mode: the address the application listens on, in place of 127.0.0.1 in the inbound clusters")
 	f.StringVar(&o.logLevel, "log-level", envOr("WEFT_PROXY_LOG_LEVEL", "info"), "log level: debug, info, warn or error")
 	f.DurationVar(&o.drainTimeout, "drain-timeout", 10*time.Second, "how long in-flight requests may take to finish on SIGTERM")
 	return cmd
@@ -214,7 +219,16 @@ func run(ctx context.Context, o runOptions) error {
 	}
 	defer cc.Close()
 	node := xdsclient.Node{PodName: o.podName, Namespace: o.namespace, PodIP: o.podIP, ServiceAccount: o.serviceAccount, Version: buildinfo.Version}
-	xc := xdsclient.New(xdsclient.Options{Node: node, Conn: cc, OnUpdate: p.Update, Logger: log})
+	onUpdate := p.Update
+	if o.inboundBindPodIP || o.appIP != "" {
+		lm, err := proxy.NewLocalMode(p, o.podIP, o.inboundBindPodIP, o.appIP, log)
+		if err != nil {
+			return err
+		}
+		defer lm.Close()
+		onUpdate = lm.Update
+	}
+	xc := xdsclient.New(xdsclient.Options{Node: node, Conn: cc, OnUpdate: onUpdate, Logger: log})
 
 	var listeners []net.Listener
 	defer func() {
