@@ -17,6 +17,7 @@ import (
 	"github.com/spf13/cobra"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/keepalive"
+	"k8s.io/client-go/kubernetes"
 
 	"github.com/weftmesh/weft/cmd/internal/buildinfo"
 	"github.com/weftmesh/weft/discovery"
@@ -42,6 +43,7 @@ type config struct {
 	debounce      time.Duration
 	debounceMax   time.Duration
 	logLevel      string
+	identity      identityConfig
 }
 
 func newRootCmd() *cobra.Command {
@@ -69,6 +71,9 @@ func newRootCmd() *cobra.Command {
 	f.DurationVar(&c.debounce, "debounce", 100*time.Millisecond, "quiet time after a Kubernetes change before a new configuration is built")
 	f.DurationVar(&c.debounceMax, "debounce-max", time.Second, "longest a stream of Kubernetes changes may delay a new configuration")
 	f.StringVar(&c.logLevel, "log-level", "info", "debug, info, warn or error")
+	f.StringVar(&c.identity.addr, "identity-addr", ":15012", "address of the mTLS port: the Certify service and xDS for proxies with workload certificates (needs --identity-dir)")
+	f.StringVar(&c.identity.dir, "identity-dir", "", "CA directory (what weft identity bootstrap writes): turns the identity CA on (issuer reloaded on change)")
+	f.StringVar(&c.identity.tokens, "identity-tokens", "", "local mode: file of token,namespace,serviceaccount lines that stands in for TokenReview")
 	root.SetVersionTemplate(buildinfo.String("weft-control") + "\n")
 	return root
 }
@@ -96,6 +101,7 @@ func run(ctx context.Context, c config) error {
 	}
 
 	var src discovery.Source
+	var kubeClient kubernetes.Interface
 	if c.discoveryFile != "" {
 		// Load once up front so a bad file is reported before anything listens.
 		if _, err := discovery.LoadFile(c.discoveryFile); err != nil {
@@ -112,6 +118,7 @@ func run(ctx context.Context, c config) error {
 			return fmt.Errorf("%w (check --kubeconfig, or use --discovery-file for local mode)", err)
 		}
 		src = &kube.Source{Client: client, Logger: log, Quiet: c.debounce, Max: c.debounceMax}
+		kubeClient = client
 	}
 
 	xdsLis, err := listen("--xds-addr", c.xdsAddr)
@@ -124,6 +131,22 @@ func run(ctx context.Context, c config) error {
 		return err
 	}
 
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var ident *identityPlane
+	if c.identity.dir != "" {
+		if c.trustBundle != "" {
+			xdsLis.Close()
+			adminLis.Close()
+			return errors.New("--trust-bundle and --identity-dir both give the trust bundle: choose one")
+		}
+		if ident, err = startIdentity(ctx, c.identity, c.trustDomain, kubeClient, srv, log); err != nil {
+			xdsLis.Close()
+			adminLis.Close()
+			return err
+		}
+	}
+
 	g := grpc.NewServer(
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
 		grpc.MaxConcurrentStreams(1<<20),
@@ -131,10 +154,12 @@ func run(ctx context.Context, c config) error {
 	srv.Register(g)
 	httpSrv := &http.Server{Handler: srv.AdminHandler(), ReadHeaderTimeout: 10 * time.Second}
 
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	errc := make(chan error, 3)
+	errc := make(chan error, 4)
 	go func() { errc <- g.Serve(xdsLis) }()
+	if ident != nil {
+		go func() { errc <- ident.g.Serve(ident.lis) }()
+		log.Info("identity CA serving", "addr", ident.lis.Addr().String(), "trust_domain", c.trustDomain)
+	}
 	go func() {
 		if err := httpSrv.Serve(adminLis); !errors.Is(err, http.ErrServerClosed) {
 			errc <- err
@@ -153,11 +178,20 @@ func run(ctx context.Context, c config) error {
 	defer done()
 	_ = httpSrv.Shutdown(shutdown)
 	stopped := make(chan struct{})
-	go func() { g.GracefulStop(); close(stopped) }()
+	go func() {
+		g.GracefulStop()
+		if ident != nil {
+			ident.g.GracefulStop()
+		}
+		close(stopped)
+	}()
 	select {
 	case <-stopped:
 	case <-shutdown.Done():
 		g.Stop()
+		if ident != nil {
+			ident.g.Stop()
+		}
 	}
 	return runErr
 }
