@@ -42,6 +42,11 @@ func (noDelta) DeltaAggregatedResources(discoveryv3.AggregatedDiscoveryService_D
 
 // startCP serves ADS on addr ("127.0.0.1:0" for any port). With sotwOnly, delta ADS is Unimplemented.
 func startCP(t *testing.T, addr string, cache cachev3.SnapshotCache, sotwOnly bool, opts ...grpc.ServerOption) *testCP {
+	return startCPOn(t, nil, addr, cache, sotwOnly, opts...)
+}
+
+// startCPOn serves on an open listener (preLis) when given, else on addr.
+func startCPOn(t *testing.T, preLis net.Listener, addr string, cache cachev3.SnapshotCache, sotwOnly bool, opts ...grpc.ServerOption) *testCP {
 	t.Helper()
 	if cache == nil {
 		cache = cachev3.NewSnapshotCache(true, cachev3.IDHash{}, nil)
@@ -77,8 +82,11 @@ func startCP(t *testing.T, addr string, cache cachev3.SnapshotCache, sotwOnly bo
 	if sotwOnly {
 		ads = noDelta{ads.(serverv3.Server)}
 	}
-	lis, err := net.Listen("tcp", addr)
-	if err != nil {
+	var lis net.Listener
+	var err error
+	if preLis != nil {
+		lis = preLis
+	} else if lis, err = net.Listen("tcp", addr); err != nil {
 		cancel()
 		t.Fatalf("listen: %v", err)
 	}
