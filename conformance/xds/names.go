@@ -266,3 +266,37 @@ func (e *env) need2(ctx context.Context) (typeURL string, a, b string, err error
 }
 
 func list(names []string) string { return "[" + strings.Join(names, " ") + "]" }
+
+// settle follows wildcard CDS and LDS until the server has sent nothing for two quiet periods.
+func (e *env) settle(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, 3*e.cfg.Timeout)
+	defer cancel()
+	s, err := e.openSotW(ctx, viaADS, "")
+	if err != nil {
+		return err
+	}
+	defer s.close()
+	for _, t := range []string{cds, lds} {
+		if err := s.subscribe(t); err != nil {
+			return err
+		}
+		if _, err := s.recvAck(ctx, t); err != nil {
+			return err
+		}
+	}
+	for silent := 0; silent < 2; {
+		r, err := s.quiet(ctx)
+		if err != nil {
+			return err
+		}
+		if r == nil {
+			silent++
+			continue
+		}
+		silent = 0
+		if err := s.ack(r); err != nil {
+			return err
+		}
+	}
+	return nil
+}

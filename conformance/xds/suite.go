@@ -153,6 +153,12 @@ func Run(ctx context.Context, cfg Config) ([]Result, error) {
 	defer conn.Close()
 
 	e := &env{cfg: cfg, conn: conn, dialOpts: opts}
+	if cfg.Driver != nil {
+		// The driver may just have written the server's input: let the server settle first.
+		if err := e.settle(ctx); err != nil {
+			return nil, fmt.Errorf("waiting for %s to serve a stable configuration: %w", cfg.Target, err)
+		}
+	}
 	var results []Result
 	for _, c := range allChecks() {
 		if cfg.Match != nil && !cfg.Match(c.id) {

@@ -4,12 +4,16 @@
 package localmode
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"fmt"
+	"net/http"
 	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
+	"strings"
 	"sync"
 
 	xdsconf "github.com/weftmesh/weft/conformance/xds"
@@ -166,4 +170,38 @@ ports: [{name: http, port: %[5]d}]
 		fmt.Fprintf(&b, "- {addresses: [%s], conditions: {ready: true}}\n", ip)
 	}
 	return b.Bytes()
+}
+
+// MetricsGoroutines counts a process's goroutines from the go_goroutines gauge of its Prometheus
+// metrics at url (weft-control: http://127.0.0.1:15014/metrics).
+func MetricsGoroutines(url string) func(ctx context.Context) (int, error) {
+	return func(ctx context.Context) (int, error) {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+		if err != nil {
+			return 0, err
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			return 0, fmt.Errorf("reading metrics: %w", err)
+		}
+		defer resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return 0, fmt.Errorf("reading metrics from %s: %s", url, resp.Status)
+		}
+		sc := bufio.NewScanner(resp.Body)
+		sc.Buffer(make([]byte, 64*1024), 1024*1024)
+		for sc.Scan() {
+			if v, ok := strings.CutPrefix(sc.Text(), "go_goroutines "); ok {
+				f, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
+				if err != nil {
+					return 0, fmt.Errorf("go_goroutines %q: %w", v, err)
+				}
+				return int(f), nil
+			}
+		}
+		if err := sc.Err(); err != nil {
+			return 0, fmt.Errorf("reading metrics: %w", err)
+		}
+		return 0, fmt.Errorf("%s has no go_goroutines gauge", url)
+	}
 }
