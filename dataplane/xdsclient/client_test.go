@@ -184,3 +184,33 @@ func TestReconnectKeepsConfigAndResyncs(t *testing.T) {
 		return len(e) == 1 && e[0] == "127.0.0.9:9000"
 	})
 }
+
+// TestRemovalsFollowTheServer: a cluster and a route configuration that leave the server's config
+// leave the snapshot, with their endpoints, in both protocols.
+func TestRemovalsFollowTheServer(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		sotwOnly bool
+	}{{"delta", false}, {"sotw", true}} {
+		t.Run(tc.name, func(t *testing.T) {
+			cp := startCP(t, "127.0.0.1:0", nil, tc.sotwOnly)
+			other := fx.ClusterName(9090, "other.shop.svc.cluster.local")
+			full := append(resources("127.0.0.5:9000"),
+				fx.EDSCluster(other, clusterv3.Cluster_ROUND_ROBIN), fx.CLA(other, netip.MustParseAddrPort("127.0.0.6:9090")))
+			cp.set(t, testNode.ID(), "v1", full...)
+			c := runClient(t, dial(t, cp.addr), false)
+			waitFor(t, "both clusters with endpoints", func() bool {
+				s := c.Snapshot()
+				return s.Complete && s.Clusters[other] != nil && s.Endpoints[other] != nil
+			})
+			cp.set(t, testNode.ID(), "v2", resources("127.0.0.5:9000")...)
+			waitFor(t, "the cluster and its endpoints gone", func() bool {
+				s := c.Snapshot()
+				return s.Clusters[other] == nil && s.Endpoints[other] == nil && s.Complete
+			})
+			if s := c.Snapshot(); s.Clusters[fx.ClusterName(8080, echo)] == nil || len(endpointsOf(s)) != 1 {
+				t.Fatalf("the remaining cluster was disturbed: %+v", s.Clusters)
+			}
+		})
+	}
+}
