@@ -28,6 +28,7 @@ func newRootCmd() *cobra.Command {
 	root.SetVersionTemplate(buildinfo.String("weft") + "\n")
 	root.AddCommand(newVersionCmd())
 	root.AddCommand(newIdentityCmd())
+	root.AddCommand(newDemoCmd())
 	return root
 }
 
