@@ -28,8 +28,7 @@ type latencyStats struct {
 	p50, p99, p999   time.Duration
 	errors           int
 	firstErr         string
-	achievedRPS      float64
-	sendLagP99       time.Duration // how late the generator itself sent (diagnostic)
+	wakeLagP99       time.Duration // how late the generator woke for requests it was on time for (diagnostic)
 	completedInPhase int
 }
 
@@ -41,62 +40,73 @@ func percentile(sorted []time.Duration, q float64) time.Duration {
 	return sorted[max(0, min(i, len(sorted)-1))]
 }
 
-func newHTTPClient() *http.Client {
-	t := &http.Transport{
-		MaxIdleConns:        4096,
-		MaxIdleConnsPerHost: 4096,
-		IdleConnTimeout:     time.Minute,
-		DisableCompression:  true,
-		Protocols:           new(http.Protocols),
+// openConns is one keep-alive HTTP/1.1 connection per client, as wrk2 and fortio do.
+func openConns(n int) []*http.Client {
+	cs := make([]*http.Client, n)
+	for i := range cs {
+		t := &http.Transport{
+			MaxConnsPerHost:     1,
+			MaxIdleConnsPerHost: 1,
+			IdleConnTimeout:     time.Minute,
+			DisableCompression:  true,
+			Protocols:           new(http.Protocols),
+		}
+		t.Protocols.SetHTTP1(true)
+		cs[i] = &http.Client{Transport: t, Timeout: 10 * time.Second}
 	}
-	t.Protocols.SetHTTP1(true)
-	return &http.Client{Transport: t, Timeout: 10 * time.Second}
+	return cs
 }
 
-// openLoop sends GET http://addr/ at a constant rate for d, each request in its own goroutine, and
-// measures each latency from the request's INTENDED send time: a slow response delays no later send,
-// and a late send counts against the path (no coordinated omission).
-func openLoop(ctx context.Context, client *http.Client, addr string, rate int, d time.Duration) latencyStats {
+func closeConns(cs []*http.Client) {
+	for _, c := range cs {
+		c.CloseIdleConnections()
+	}
+}
+
+// errBehind is a request the generator could not even send: its connection was still busy with
+// earlier requests 10 s after the phase ended.
+var errBehind = errors.New("not sent: the path fell more than 10s behind the schedule")
+
+// openLoop sends GET http://addr/ at a constant total rate for d over a fixed set of connections
+// (request i goes on connection i mod len(conns), at start + i/rate), and measures each latency from
+// the request's INTENDED send time, as wrk2 does: when a path falls behind, the requests that wait for
+// their connection count that wait (no coordinated omission), and every scheduled request ends either
+// with a latency or as a failure.
+func openLoop(ctx context.Context, conns []*http.Client, addr string, rate int, d time.Duration) latencyStats {
 	n := int(float64(rate) * d.Seconds())
 	interval := time.Second / time.Duration(rate)
 	lat := make([]time.Duration, n)
-	lag := make([]time.Duration, n)
+	wake := make([]time.Duration, n)
 	errs := make([]error, n)
 	url := "http://" + addr + "/"
+	start := time.Now().Add(5 * time.Millisecond)
+	giveUp := start.Add(d + 10*time.Second)
 	var wg sync.WaitGroup
-	start := time.Now()
-	for i := 0; i < n && ctx.Err() == nil; i++ {
-		intended := start.Add(time.Duration(i) * interval)
-		if w := time.Until(intended); w > 0 {
-			time.Sleep(w)
-		}
-		wg.Add(1)
-		go func(i int, intended time.Time) {
-			defer wg.Done()
-			lag[i] = time.Since(intended)
-			req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-			resp, err := client.Do(req)
-			if err == nil {
-				var nb int64
-				nb, err = io.Copy(io.Discard, resp.Body)
-				resp.Body.Close()
-				switch {
-				case err != nil:
-				case resp.StatusCode != http.StatusOK:
-					err = fmt.Errorf("status %d (%s)", resp.StatusCode, resp.Header.Get("Weft-Error"))
-				case nb != respSize:
-					err = fmt.Errorf("body of %d bytes, want %d", nb, respSize)
+	for w, client := range conns {
+		wg.Go(func() {
+			for i := w; i < n; i += len(conns) {
+				intended := start.Add(time.Duration(i) * interval)
+				wake[i] = -1
+				if wait := time.Until(intended); wait > 0 {
+					time.Sleep(wait)
+					wake[i] = time.Since(intended)
 				}
+				if ctx.Err() != nil || time.Now().After(giveUp) {
+					errs[i] = errBehind
+					continue
+				}
+				errs[i] = get(ctx, client, url)
+				lat[i] = time.Since(intended)
 			}
-			lat[i] = time.Since(intended)
-			errs[i] = err
-		}(i, intended)
+		})
 	}
 	wg.Wait()
-	elapsed := time.Since(start)
 	st := latencyStats{}
-	ok := lat[:0:0]
+	var ok, wakes []time.Duration
 	for i, l := range lat {
+		if wake[i] >= 0 {
+			wakes = append(wakes, wake[i])
+		}
 		if errs[i] != nil {
 			if st.errors == 0 {
 				st.firstErr = errs[i].Error()
@@ -104,18 +114,34 @@ func openLoop(ctx context.Context, client *http.Client, addr string, rate int, d
 			st.errors++
 			continue
 		}
-		if l > 0 {
-			ok = append(ok, l)
-		}
+		ok = append(ok, l)
 	}
 	slices.Sort(ok)
-	slices.Sort(lag)
+	slices.Sort(wakes)
 	st.n = len(ok)
 	st.p50, st.p99, st.p999 = percentile(ok, 0.50), percentile(ok, 0.99), percentile(ok, 0.999)
-	st.sendLagP99 = percentile(lag, 0.99)
-	st.achievedRPS = float64(len(ok)) / elapsed.Seconds()
-	st.completedInPhase = len(ok) + st.errors
+	st.wakeLagP99 = percentile(wakes, 0.99)
+	st.completedInPhase = n
 	return st
+}
+
+func get(ctx context.Context, client *http.Client, url string) error {
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	resp, err := client.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	nb, err := io.Copy(io.Discard, resp.Body)
+	switch {
+	case err != nil:
+		return err
+	case resp.StatusCode != http.StatusOK:
+		return fmt.Errorf("status %d (%s)", resp.StatusCode, resp.Header.Get("Weft-Error"))
+	case nb != respSize:
+		return fmt.Errorf("body of %d bytes, want %d", nb, respSize)
+	}
+	return nil
 }
 
 // wrkResult is wrk's closed-loop maximum.

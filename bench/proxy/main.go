@@ -35,6 +35,7 @@ type options struct {
 	weftBin, haproxy, wrk string
 	rates                 []int
 	open, warm            time.Duration
+	openConns             int
 	closed                time.Duration
 	wrkThreads, wrkConns  int
 	grpcDur               time.Duration
@@ -53,6 +54,7 @@ func main() {
 	flag.StringVar(&o.haproxy, "haproxy", "haproxy", "the HAProxy binary (Debian package haproxy; make apt)")
 	flag.StringVar(&o.wrk, "wrk", "wrk", "the wrk binary (Debian package wrk; make apt)")
 	flag.DurationVar(&o.open, "open", 8*time.Second, "duration of each open-loop phase")
+	flag.IntVar(&o.openConns, "open-conns", 32, "connections of the open-loop generator (the rate is spread over them)")
 	flag.DurationVar(&o.warm, "warm", time.Second, "warm-up before each open-loop phase (not measured)")
 	flag.DurationVar(&o.closed, "closed", 5*time.Second, "duration of each wrk phase")
 	flag.IntVar(&o.wrkThreads, "wrk-threads", 2, "wrk threads")
@@ -227,14 +229,14 @@ func run(ctx context.Context, o options) (*results, error) {
 				return nil, ctx.Err()
 			}
 			logf("open loop %d rps: %s %s", rate, p.key, p.name)
-			client := newHTTPClient()
-			openLoop(ctx, client, p.http, rate, o.warm)
+			conns := openConns(o.openConns)
+			openLoop(ctx, conns, p.http, rate, o.warm)
 			var sample *sampler
 			if rate == top {
 				sample = startSampler(p.procs)
 			}
-			st := openLoop(ctx, client, p.http, rate, o.open)
-			client.CloseIdleConnections()
+			st := openLoop(ctx, conns, p.http, rate, o.open)
+			closeConns(conns)
 			if sample != nil {
 				ps := res.procs[p.key]
 				ps.rssLoadKB, ps.anonLoadKB, ps.cpuPer1k, ps.cpuErr = sample.finish(st.completedInPhase)

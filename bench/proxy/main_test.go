@@ -28,7 +28,7 @@ func TestSmoke(t *testing.T) {
 	var progress bytes.Buffer
 	res, err := run(ctx, options{
 		weftBin: bin, haproxy: haproxy, wrk: wrk,
-		rates: []int{100}, open: 200 * time.Millisecond, warm: 100 * time.Millisecond,
+		rates: []int{100}, openConns: 4, open: 200 * time.Millisecond, warm: 100 * time.Millisecond,
 		closed: time.Second, wrkThreads: 1, wrkConns: 4,
 		grpcDur: 200 * time.Millisecond, grpcInflight: 2, tcpDur: 200 * time.Millisecond,
 		progress: &progress,

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -32,6 +33,7 @@ func startProc(name, logDir string, args ...string) (*proc, error) {
 	}
 	cmd := exec.Command(args[0], args[1:]...)
 	cmd.Stdout, cmd.Stderr = f, f
+	cmd.Env = cleanEnv()
 	// The proxies die with the bench, even when it is killed.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
@@ -41,6 +43,22 @@ func startProc(name, logDir string, args ...string) (*proc, error) {
 	p := &proc{name: name, cmd: cmd, log: logPath, done: make(chan struct{})}
 	go func() { _ = cmd.Wait(); f.Close(); close(p.done) }()
 	return p, nil
+}
+
+// proxyEnv lists the environment variables weft-proxy reads as flag defaults: the bench passes every
+// setting as a flag, so the caller's environment must not change them.
+var proxyEnv = []string{"XDS_ADDR", "XDS_TLS", "POD_NAME", "POD_NAMESPACE", "POD_IP", "SERVICE_ACCOUNT",
+	"IDENTITY_ADDR", "TRUST_DOMAIN", "WEFT_PROXY_LOG_LEVEL"}
+
+func cleanEnv() []string {
+	var env []string
+	for _, kv := range os.Environ() {
+		name, _, _ := strings.Cut(kv, "=")
+		if !slices.Contains(proxyEnv, name) {
+			env = append(env, kv)
+		}
+	}
+	return env
 }
 
 func (p *proc) pid() int { return p.cmd.Process.Pid }

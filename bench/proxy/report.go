@@ -112,11 +112,11 @@ func (r *results) report(w io.Writer) {
 	fmt.Fprintf(w, "## weft-proxy beside direct and HAProxy\n\n")
 	fmt.Fprintf(w, "One run on loopback, %s, %d CPUs (GOMAXPROCS %d), %s. B0 direct; B1 one weft-proxy hop; "+
 		"B2 client sidecar → mTLS HTTP/2 → server sidecar; H1/H2 the same through HAProxy. HTTP/1.1 GET, 1 KB responses. "+
-		"Open loop: %v per rate after %v warm-up, latency from the intended send time. Closed loop: wrk -t%d -c%d for %v. "+
+		"Open loop: %v per rate after %v warm-up, over %d keep-alive connections, latency from the intended send time. Closed loop: wrk -t%d -c%d for %v. "+
 		"gRPC unary 1 KB echo, %d in flight, %v. TCP bulk: one connection, %v. "+
 		"Load average before/after: %s / %s (the machine is shared: compare columns, not runs).\n\n",
 		r.when.Format("2006-01-02 15:04 UTC"), runtime.NumCPU(), runtime.GOMAXPROCS(0), orNA(r.hap, "HAProxy not run"),
-		o.open, o.warm, o.wrkThreads, o.wrkConns, o.closed, o.grpcInflight, o.grpcDur, o.tcpDur, r.load[0], r.load[1])
+		o.open, o.warm, o.openConns, o.wrkThreads, o.wrkConns, o.closed, o.grpcInflight, o.grpcDur, o.tcpDur, r.load[0], r.load[1])
 
 	fmt.Fprintf(w, "### Against direct\n\n")
 	fmt.Fprintf(w, "| | B0 direct | B1 weft | H1 HAProxy | B2 weft mTLS | H2 HAProxy mTLS |\n|---|---|---|---|---|---|\n")
@@ -148,12 +148,12 @@ func (r *results) report(w io.Writer) {
 		}
 	}
 	for _, rate := range o.rates {
-		rw.row(fmt.Sprintf("generator send lag p99 @%d rps", rate), func(k string) string {
+		rw.row(fmt.Sprintf("generator wake-up lag p99 @%d rps", rate), func(k string) string {
 			st, ok := r.openStat(k, rate)
 			if !ok {
 				return rw.na(k, "open")
 			}
-			return ms(st.sendLagP99)
+			return ms(st.wakeLagP99)
 		})
 	}
 	base := r.wrk["B0"].rps
@@ -259,8 +259,8 @@ func (r *results) report(w io.Writer) {
 			fmt.Fprintf(w, "[%d] %s  \n", i+1, n)
 		}
 	}
-	fmt.Fprintf(w, "\nGenerator send lag: how late the load generator itself sent, against its schedule (it is part of every latency above, "+
-		"as it should be without coordinated omission; a large lag means the machine was short of CPU). RSS is VmRSS; anon is RssAnon "+
+	fmt.Fprintf(w, "\nGenerator wake-up lag: how late the load generator woke for the requests it was on time for; it is part of the "+
+		"latencies above, so a large lag means the machine, not the path, was short of CPU. RSS is VmRSS; anon is RssAnon "+
 		"(heap and stacks), the rest is mostly the pages of the binary. CPU counts user+system time of all the path's proxies.\n")
 	fmt.Fprintf(w, "\nHAProxy's mTLS checks the peer's chain against the CA but not its SPIFFE URI SAN (it has no URI SAN matcher); weft-proxy checks both.\n")
 }
