@@ -55,6 +55,8 @@ func allChecks() []check {
 			title: "wildcard: SotW CDS empty after names unsubscribes, is not a wildcard"},
 		{id: "delta-wildcard-forms", section: secHints, run: checkDeltaWildcard,
 			title: "wildcard: delta CDS with no names, and with \"*\", gets every cluster"},
+		{id: "delta-wildcard-unsubscribe-name", section: secDeltaUnsub, run: checkDeltaWildcardUnsubscribe,
+			title: "delta: unsubscribing a name also covered by \"*\" gets it resent or removed"},
 		{id: "delta-reconnect-initial-versions", section: secIncremental, run: checkDeltaReconnect,
 			title: "delta: reconnect with initial_resource_versions resends only what changed"},
 		{id: "no-duplicate-names", section: secDuplicate, run: checkNoDuplicates,
@@ -887,6 +889,38 @@ func checkDeltaWildcard(ctx context.Context, e *env) error {
 		if err != nil {
 			return fmt.Errorf("delta CDS subscribe %s: %w", list(form), err)
 		}
+	}
+	return nil
+}
+
+func checkDeltaWildcardUnsubscribe(ctx context.Context, e *env) error {
+	all, err := allClusters(ctx, e)
+	if err != nil {
+		return err
+	}
+	s, err := e.openDelta(ctx, viaADS, "")
+	if err != nil {
+		return err
+	}
+	defer s.close()
+	if err := s.subscribe(cds, "", []string{"*", all[0]}, nil); err != nil {
+		return err
+	}
+	if err := deltaCollect(ctx, s, cds, all); err != nil {
+		return err
+	}
+	if err := drainQuietDelta(ctx, s); err != nil {
+		return err
+	}
+	if err := s.subscribe(cds, "", nil, []string{all[0]}); err != nil {
+		return err
+	}
+	r, err := s.recv(ctx, cds)
+	if err != nil {
+		return fmt.Errorf("subscribed to \"*\" and %s, then unsubscribed from %s: %w", all[0], all[0], err)
+	}
+	if !contains(deltaNames(r), all[0]) && !contains(r.RemovedResources, all[0]) {
+		return fmt.Errorf("subscribed to \"*\" and %s, then unsubscribed from %s: %s", all[0], all[0], unexpectedDelta(r))
 	}
 	return nil
 }

@@ -4,6 +4,10 @@
 //
 // Run it with Run (the CLI `weft conformance` and this package's test do). With only an address it runs
 // the read-only checks; a Driver lets it change the server's configuration and run the rest.
+//
+// Checks that something is NOT sent wait Config.Quiet for silence: that is the one wait of the suite
+// that is a fixed time, because absence has no event to wait for. Set XDS_CONFORMANCE_DEBUG=1 to print
+// every response received on stderr.
 package xds
 
 import (
