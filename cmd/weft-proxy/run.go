@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -27,6 +28,7 @@ import (
 	"github.com/weftmesh/weft/dataplane"
 	"github.com/weftmesh/weft/dataplane/admin"
 	"github.com/weftmesh/weft/dataplane/certfile"
+	"github.com/weftmesh/weft/dataplane/config"
 	"github.com/weftmesh/weft/dataplane/proxy"
 	"github.com/weftmesh/weft/dataplane/xdsclient"
 	"github.com/weftmesh/weft/identity"
@@ -138,6 +140,33 @@ func identitySource(o runOptions, log *slog.Logger) (dataplane.Identity, func(co
 	return nil, nil, nil
 }
 
+// trustBundleSetter is an identity whose trust bundle the control plane may update (SDS ROOTCA): the
+// identity client's *workload.Client. Files from --cert-dir stay authoritative.
+type trustBundleSetter interface {
+	SetTrustBundle(pem []byte) error
+}
+
+// withTrustBundle installs each new configuration with update and hands a changed ROOTCA to the
+// identity.
+func withTrustBundle(update func(*config.Snapshot), id dataplane.Identity, log *slog.Logger) func(*config.Snapshot) {
+	setter, _ := id.(trustBundleSetter)
+	var last []byte
+	return func(s *config.Snapshot) {
+		update(s)
+		if setter == nil {
+			return
+		}
+		if sec := s.Secrets[config.TrustBundleSecret]; sec != nil && !bytes.Equal(sec.TrustedCA, last) {
+			if err := setter.SetTrustBundle(sec.TrustedCA); err != nil {
+				log.Warn("ROOTCA from the control plane not used", "err", err)
+				return
+			}
+			last = sec.TrustedCA
+			log.Info("trust bundle updated from SDS ROOTCA")
+		}
+	}
+}
+
 // xdsCredentials is plaintext, or mTLS with the workload certificate: the server's chain is checked
 // against the current trust bundle and its name against the host of --xds-addr.
 func xdsCredentials(o runOptions, id dataplane.Identity) grpc.DialOption {
@@ -228,7 +257,7 @@ func run(ctx context.Context, o runOptions) error {
 		defer lm.Close()
 		onUpdate = lm.Update
 	}
-	xc := xdsclient.New(xdsclient.Options{Node: node, Conn: cc, OnUpdate: onUpdate, Logger: log})
+	xc := xdsclient.New(xdsclient.Options{Node: node, Conn: cc, OnUpdate: withTrustBundle(onUpdate, id, log), Logger: log})
 
 	var listeners []net.Listener
 	defer func() {

@@ -10,6 +10,7 @@ const (
 	RouteType    = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
 	ClusterType  = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 	EndpointType = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
+	SecretType   = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
 )
 
 // Snapshot is one complete, immutable configuration: every accepted resource of every type. It is
@@ -19,6 +20,7 @@ type Snapshot struct {
 	Routes    map[string]*RouteConfig
 	Clusters  map[string]*Cluster
 	Endpoints map[string]*ClusterLoadAssignment
+	Secrets   map[string]*Secret // SDS: ROOTCA, when the control plane serves it
 	// Raw holds the accepted resources as received, per type URL and name, for /config_dump.
 	Raw map[string]map[string]RawResource
 	// Versions holds the last accepted version per type URL.

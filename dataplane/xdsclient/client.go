@@ -96,6 +96,7 @@ func New(opts Options) *Client {
 		Routes:    map[string]*config.RouteConfig{},
 		Clusters:  map[string]*config.Cluster{},
 		Endpoints: map[string]*config.ClusterLoadAssignment{},
+		Secrets:   map[string]*config.Secret{},
 		Raw:       map[string]map[string]config.RawResource{},
 		Versions:  map[string]string{},
 	})

@@ -8,11 +8,14 @@ import (
 	"time"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/weftmesh/weft/dataplane/config"
+	"github.com/weftmesh/weft/dataplane/testpki"
 	fx "github.com/weftmesh/weft/dataplane/xdsfixture"
 )
 
@@ -212,5 +215,30 @@ func TestRemovalsFollowTheServer(t *testing.T) {
 				t.Fatalf("the remaining cluster was disturbed: %+v", s.Clusters)
 			}
 		})
+	}
+}
+
+// TestTrustBundleFromSDS: the ROOTCA secret arrives in the snapshot; a secret that is not a trust
+// bundle is NACKed.
+func TestTrustBundleFromSDS(t *testing.T) {
+	ca := testpki.NewCA("mesh")
+	cp := startCP(t, "127.0.0.1:0", nil, false)
+	rootca := &tlsv3.Secret{Name: "ROOTCA", Type: &tlsv3.Secret_ValidationContext{ValidationContext: &tlsv3.CertificateValidationContext{
+		TrustedCa: &corev3.DataSource{Specifier: &corev3.DataSource_InlineBytes{InlineBytes: ca.PEM}}}}}
+	cp.set(t, testNode.ID(), "v1", append(resources("127.0.0.5:9000"), rootca)...)
+	c := runClient(t, dial(t, cp.addr), false)
+	waitFor(t, "ROOTCA", func() bool {
+		s := c.Snapshot().Secrets["ROOTCA"]
+		return s != nil && string(s.TrustedCA) == string(ca.PEM)
+	})
+	bad := &tlsv3.Secret{Name: "ROOTCA", Type: &tlsv3.Secret_ValidationContext{ValidationContext: &tlsv3.CertificateValidationContext{
+		TrustedCa: &corev3.DataSource{Specifier: &corev3.DataSource_InlineBytes{InlineBytes: []byte("not pem")}}}}}
+	cp.set(t, testNode.ID(), "v2", append(resources("127.0.0.5:9000"), bad)...)
+	waitFor(t, "NACK of the bad secret", func() bool {
+		n := cp.nackList()
+		return len(n) > 0 && strings.Contains(n[len(n)-1], `secret "ROOTCA": trusted_ca holds no PEM certificate`)
+	})
+	if s := c.Snapshot().Secrets["ROOTCA"]; s == nil || string(s.TrustedCA) != string(ca.PEM) {
+		t.Fatal("the good ROOTCA was replaced")
 	}
 }

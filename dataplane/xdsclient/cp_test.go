@@ -11,6 +11,7 @@ import (
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
@@ -113,6 +114,8 @@ func (cp *testCP) set(t *testing.T, node, version string, msgs ...proto.Message)
 			typ = resource.ListenerType
 		case *routev3.RouteConfiguration:
 			typ = resource.RouteType
+		case *tlsv3.Secret:
+			typ = resource.SecretType
 		default:
 			t.Fatalf("unexpected %T", m)
 		}

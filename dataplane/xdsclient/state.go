@@ -9,13 +9,14 @@ import (
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/weftmesh/weft/dataplane/config"
 )
 
 // subscription order: clusters before endpoints, listeners before routes (as the server sends them).
-var typeOrder = []string{config.ClusterType, config.EndpointType, config.ListenerType, config.RouteType}
+var typeOrder = []string{config.ClusterType, config.EndpointType, config.ListenerType, config.RouteType, config.SecretType}
 
 // wildcard reports whether a type is subscribed to as a whole.
 func wildcard(typeURL string) bool {
@@ -42,7 +43,7 @@ func newState() *state {
 		resources:  map[string]map[string]entry{},
 		versions:   map[string]string{},
 		received:   map[string]bool{},
-		subscribed: map[string]map[string]bool{config.EndpointType: {}, config.RouteType: {}},
+		subscribed: map[string]map[string]bool{config.EndpointType: {}, config.RouteType: {}, config.SecretType: {config.TrustBundleSecret: true}},
 	}
 	for _, t := range typeOrder {
 		st.resources[t] = map[string]entry{}
@@ -76,6 +77,13 @@ func decode(typeURL string, a *anypb.Any) (string, any, error) {
 			return "", nil, fmt.Errorf("cluster: %w", err)
 		}
 		v, err := config.DecodeCluster(&m)
+		return m.GetName(), v, err
+	case config.SecretType:
+		var m tlsv3.Secret
+		if err := a.UnmarshalTo(&m); err != nil {
+			return "", nil, fmt.Errorf("secret: %w", err)
+		}
+		v, err := config.DecodeSecret(&m)
 		return m.GetName(), v, err
 	case config.EndpointType:
 		var m endpointv3.ClusterLoadAssignment
@@ -164,6 +172,7 @@ func (st *state) snapshot() *config.Snapshot {
 		Routes:    map[string]*config.RouteConfig{},
 		Clusters:  map[string]*config.Cluster{},
 		Endpoints: map[string]*config.ClusterLoadAssignment{},
+		Secrets:   map[string]*config.Secret{},
 		Raw:       map[string]map[string]config.RawResource{},
 		Versions:  maps.Clone(st.versions),
 		Complete:  st.complete(),
@@ -181,6 +190,8 @@ func (st *state) snapshot() *config.Snapshot {
 				s.Clusters[n] = v
 			case *config.ClusterLoadAssignment:
 				s.Endpoints[n] = v
+			case *config.Secret:
+				s.Secrets[n] = v
 			}
 		}
 		s.Raw[t] = raw
