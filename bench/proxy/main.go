@@ -43,6 +43,7 @@ type options struct {
 	tcpDur                time.Duration
 	keep                  bool            // keep the temp dir (configs, certificates, proxy logs)
 	only                  map[string]bool // measure only these paths (nil: all)
+	wrkOnly               map[string]bool // run wrk only on these paths (nil: all; the smoke test saves time)
 	progress              io.Writer
 }
 
@@ -254,6 +255,10 @@ func run(ctx context.Context, o options) (*results, error) {
 
 	wrk := lookBin(o.wrk)
 	for _, p := range live {
+		if o.wrkOnly != nil && !o.wrkOnly[p.key] {
+			res.fail(p.key, "wrk", errors.New("not selected"))
+			continue
+		}
 		if wrk == "" {
 			res.fail(p.key, "wrk", errors.New("wrk not installed (make apt)"))
 			continue
