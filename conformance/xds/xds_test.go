@@ -11,10 +11,12 @@ import (
 
 	xdsconf "github.com/weftmesh/weft/conformance/xds"
 	"github.com/weftmesh/weft/conformance/xds/gcpserver"
+	"github.com/weftmesh/weft/conformance/xds/localmode"
 )
 
 var (
 	xdsAddr = flag.String("xds-addr", "", "run the suite against the xDS server at HOST:PORT (read-only checks) instead of the in-process servers")
+	drive   = flag.String("xds-drive-discovery-file", "", "with -xds-addr: weft-control's --discovery-file, REWRITTEN to run the checks that change the configuration")
 	nodeID  = flag.String("xds-node-id", "", "node id to present with -xds-addr (default: the suite's default node)")
 	timeout = flag.Duration("xds-timeout", 4*time.Second, "how long to wait for an expected response")
 	quiet   = flag.Duration("xds-quiet", 300*time.Millisecond, "how long a stream must stay silent for \"nothing sent\"")
@@ -36,7 +38,8 @@ var fixture = []xdsconf.Service{
 	{Namespace: "default", Name: "grpc", Port: 9090, Endpoints: []string{"127.0.0.31"}},
 }
 
-// TestExternal runs the read-only checks against a server given by address; every check must pass.
+// TestExternal runs the checks against a server given by address (the read-only ones, or all but the
+// restart with -xds-drive-discovery-file); every check that runs must pass.
 func TestExternal(t *testing.T) {
 	if *xdsAddr == "" {
 		t.Skip("no -xds-addr given; the in-process servers are tested by the other tests")
@@ -45,6 +48,13 @@ func TestExternal(t *testing.T) {
 	if *nodeID != "" {
 		cfg.Node = xdsconf.DefaultNode()
 		cfg.Node.Id = *nodeID
+	}
+	if *drive != "" {
+		d, err := localmode.New(*drive, fixture)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg.Driver = d
 	}
 	results, err := xdsconf.Run(context.Background(), cfg)
 	if err != nil {
