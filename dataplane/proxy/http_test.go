@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -285,4 +286,43 @@ func TestRetriesAgainstFailingBackend(t *testing.T) {
 		t.Fatalf("exhausted retries: %d weft-error=%q hits=%d", resp.StatusCode, resp.Header.Get("Weft-Error"), b.hits.Load())
 	}
 	b.fails.Store(0)
+}
+
+// TestPerTryTimeoutRetries: a first attempt that hangs is abandoned after the per-try timeout and the
+// retry answers, within the route timeout.
+func TestPerTryTimeoutRetries(t *testing.T) {
+	var n atomic.Int64
+	l := listen(t, "127.0.0.1:0")
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if n.Add(1) == 1 {
+			<-r.Context().Done() // the first attempt hangs until the proxy gives up on it
+			return
+		}
+		io.WriteString(w, "second try")
+	})}
+	go func() { _ = srv.Serve(l) }()
+	t.Cleanup(func() { srv.Close() })
+	svc := newService(t, echoFQDN, "127.0.0.47", netip.MustParseAddrPort(l.Addr().String()))
+	svc.route = fx.Route{Timeout: 10 * time.Second, RetryOn: "5xx", NumRetries: 2, PerTryTimeout: 200 * time.Millisecond}
+	mesh(t, svc)
+	resp, body := get(t, clientFor(svc), "http://"+svc.authority()+"/")
+	if resp.StatusCode != 200 || body != "second try" || n.Load() != 2 {
+		t.Fatalf("got %d %q after %d attempts", resp.StatusCode, body, n.Load())
+	}
+	// Every attempt hangs: 504 naming the per-try timeout.
+	svc2 := newService(t, "hang.shop.svc.cluster.local", "127.0.0.48", startHanging(t))
+	svc2.route = fx.Route{Timeout: 10 * time.Second, RetryOn: "5xx", NumRetries: 1, PerTryTimeout: 100 * time.Millisecond}
+	mesh(t, svc2)
+	resp, _ = get(t, clientFor(svc2), "http://"+svc2.authority()+"/")
+	if resp.StatusCode != 504 || resp.Header.Get("Weft-Error") != "upstream timeout after 100ms (per try)" {
+		t.Fatalf("all attempts time out: %d %q", resp.StatusCode, resp.Header.Get("Weft-Error"))
+	}
+}
+
+func startHanging(t testing.TB) netip.AddrPort {
+	l := listen(t, "127.0.0.1:0")
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { <-r.Context().Done() })}
+	go func() { _ = srv.Serve(l) }()
+	t.Cleanup(func() { srv.Close() })
+	return netip.MustParseAddrPort(l.Addr().String())
 }

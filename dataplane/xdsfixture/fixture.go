@@ -198,8 +198,9 @@ type Route struct {
 	Cluster string
 	Timeout time.Duration
 	// Retry: retry_on conditions and count.
-	RetryOn    string
-	NumRetries uint32
+	RetryOn       string
+	NumRetries    uint32
+	PerTryTimeout time.Duration
 }
 
 // RouteConfig builds a RouteConfiguration with one virtual host per entry of vhosts (domains → routes).
@@ -218,6 +219,9 @@ func RouteConfig(name string, vhosts ...VirtualHost) *routev3.RouteConfiguration
 			}
 			if r.RetryOn != "" {
 				ra.RetryPolicy = &routev3.RetryPolicy{RetryOn: r.RetryOn, NumRetries: wrapperspb.UInt32(r.NumRetries)}
+				if r.PerTryTimeout > 0 {
+					ra.RetryPolicy.PerTryTimeout = durationpb.New(r.PerTryTimeout)
+				}
 			}
 			v.Routes = append(v.Routes, &routev3.Route{
 				Match:  &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: p}},
