@@ -141,6 +141,10 @@ type results struct {
 	procs map[string]*procStats
 	hap   string    // HAProxy version line
 	load  [2]string // /proc/loadavg before and after
+	// mtlsIn and mtlsOut are B2's evidence, from the sidecars' /metrics: 200 responses over mTLS with
+	// the peer's SPIFFE identity, on the server's inbound and the client's outbound side.
+	mtlsIn, mtlsOut float64
+	mtlsErr         error
 }
 
 func (r *results) fail(key, what string, err error) { r.errs[key+"/"+what] = err }
@@ -253,6 +257,9 @@ func run(ctx context.Context, o options) (*results, error) {
 		}
 	}
 
+	if b2 := t.paths[2]; b2.err == nil && (o.only == nil || o.only["B2"]) {
+		res.mtlsIn, res.mtlsOut, res.mtlsErr = mtlsEvidence(b2.procs[0], b2.procs[1])
+	}
 	wrk := lookBin(o.wrk)
 	for _, p := range live {
 		if o.wrkOnly != nil && !o.wrkOnly[p.key] {

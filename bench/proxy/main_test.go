@@ -69,6 +69,11 @@ func TestSmoke(t *testing.T) {
 			}
 		}
 	}
+	// B2 really is two sidecars with mTLS between them: each saw the other's SPIFFE identity.
+	if res.mtlsErr != nil || res.mtlsIn < 10 || res.mtlsOut < 10 {
+		t.Errorf("B2 mTLS evidence: server sidecar %v responses from %s, client sidecar %v from %s (%v)",
+			res.mtlsIn, clientSPIFF, res.mtlsOut, serverSPIFF, res.mtlsErr)
+	}
 	var out bytes.Buffer
 	res.report(&out)
 	report := out.String()

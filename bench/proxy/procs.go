@@ -15,14 +15,18 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
 )
 
 // proc is one proxy process of the bench (weft-proxy or haproxy), measured through /proc.
 type proc struct {
-	name string
-	cmd  *exec.Cmd
-	log  string // its stderr+stdout file
-	done chan struct{}
+	name  string
+	cmd   *exec.Cmd
+	log   string // its stderr+stdout file
+	admin string // weft-proxy's admin address
+	done  chan struct{}
 }
 
 func startProc(name, logDir string, args ...string) (*proc, error) {
@@ -196,4 +200,42 @@ func freeAddr(ip string) (string, error) {
 	}
 	defer l.Close()
 	return l.Addr().String(), nil
+}
+
+// mtlsEvidence reads from the sidecars' /metrics how many 200 responses went over mTLS with the
+// expected peer identities: inbound at the server, outbound at the client.
+func mtlsEvidence(client, server *proc) (in, out float64, err error) {
+	in, err1 := metricSum(server.admin, "response_total", map[string]string{"direction": "inbound", "tls": "true", "client_id": clientSPIFF, "status_code": "200"})
+	out, err2 := metricSum(client.admin, "response_total", map[string]string{"direction": "outbound", "tls": "true", "server_id": serverSPIFF, "status_code": "200"})
+	return in, out, errors.Join(err1, err2)
+}
+
+// metricSum adds the samples of a counter on a weft-proxy's /metrics whose labels include want.
+func metricSum(admin, name string, want map[string]string) (float64, error) {
+	c := &http.Client{Timeout: 5 * time.Second}
+	resp, err := c.Get("http://" + admin + "/metrics")
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	p := expfmt.NewTextParser(model.UTF8Validation)
+	mfs, err := p.TextToMetricFamilies(resp.Body)
+	if err != nil {
+		return 0, fmt.Errorf("metrics of %s: %w", admin, err)
+	}
+	var sum float64
+next:
+	for _, m := range mfs[name].GetMetric() {
+		got := map[string]string{}
+		for _, l := range m.GetLabel() {
+			got[l.GetName()] = l.GetValue()
+		}
+		for k, v := range want {
+			if got[k] != v {
+				continue next
+			}
+		}
+		sum += m.GetCounter().GetValue()
+	}
+	return sum, nil
 }

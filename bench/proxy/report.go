@@ -262,6 +262,12 @@ func (r *results) report(w io.Writer) {
 	fmt.Fprintf(w, "\nGenerator wake-up lag: how late the load generator woke for the requests it was on time for; it is part of the "+
 		"latencies above, so a large lag means the machine, not the path, was short of CPU. RSS is VmRSS; anon is RssAnon "+
 		"(heap and stacks), the rest is mostly the pages of the binary. CPU counts user+system time of all the path's proxies.\n")
+	if r.mtlsErr == nil && r.mtlsIn > 0 {
+		fmt.Fprintf(w, "\nB2 is mutual TLS end to end: the server sidecar counted %.0f responses to %s and the client sidecar %.0f from %s (their /metrics).\n",
+			r.mtlsIn, clientSPIFF, r.mtlsOut, serverSPIFF)
+	} else if r.mtlsErr != nil {
+		fmt.Fprintf(w, "\nB2's mTLS could not be confirmed from the sidecars' /metrics: %v\n", r.mtlsErr)
+	}
 	fmt.Fprintf(w, "\nHAProxy's mTLS checks the peer's chain against the CA but not its SPIFFE URI SAN (it has no URI SAN matcher); weft-proxy checks both.\n")
 }
 

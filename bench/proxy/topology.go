@@ -117,6 +117,7 @@ func (t *topology) weft(ctx context.Context, name, podIP, sa, outbound, inbound,
 	if err != nil {
 		return nil, err
 	}
+	p.admin = admin
 	t.mu.Lock()
 	t.procs = append(t.procs, p)
 	t.mu.Unlock()
