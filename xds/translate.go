@@ -131,9 +131,12 @@ type InboundPort struct {
 }
 
 // InboundPorts lists the ports the inbound listener of proxy p serves: its pod's container ports.
-// A proxy whose pod is unknown gets none.
+// The pod is found by namespace and name, else by POD_IP; a proxy whose pod is unknown gets none.
 func InboundPorts(s *discovery.State, p Proxy) []InboundPort {
 	pod, ok := s.Pod(p.Namespace, p.PodName)
+	if !ok && p.IP != "" {
+		pod, ok = s.PodByIP(p.IP)
+	}
 	if !ok {
 		return nil
 	}

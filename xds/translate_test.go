@@ -342,6 +342,15 @@ func TestSidecar(t *testing.T) {
 	}
 }
 
+func TestInboundPortsByIPWhenNameUnknown(t *testing.T) {
+	s := load(t, "mesh.yaml")
+	got := InboundPorts(s, Proxy{IP: "10.1.0.2", Kind: KindEnvoy})
+	want := []InboundPort{{8080, ProtocolHTTP}, {9000, ProtocolGRPC}}
+	if d := cmp.Diff(want, got); d != "" {
+		t.Errorf("InboundPorts by IP (-want +got):\n%s", d)
+	}
+}
+
 func TestEndpointsReadyOnlyWithWeightedZones(t *testing.T) {
 	r := Translate(load(t, "mesh.yaml"), stranger, Options{})
 	var web *endpoint.ClusterLoadAssignment
