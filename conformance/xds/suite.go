@@ -157,6 +157,14 @@ func Run(ctx context.Context, cfg Config) ([]Result, error) {
 	defer conn.Close()
 
 	e := &env{cfg: cfg, conn: conn, dialOpts: opts}
+	// One wildcard CDS and LDS exchange first, so an unreachable or unready server is one clear error
+	// rather than every check waiting out its deadline.
+	pctx, cancel := context.WithTimeout(ctx, cfg.Timeout)
+	_, err = e.discover(pctx)
+	cancel()
+	if err != nil {
+		return nil, fmt.Errorf("%s does not answer xDS (wildcard CDS and LDS over ADS) within %v: %w; check the address and that the server is up", cfg.Target, cfg.Timeout, err)
+	}
 	if cfg.Driver != nil {
 		// The driver may just have written the server's input: let the server settle first.
 		if err := e.settle(ctx); err != nil {
