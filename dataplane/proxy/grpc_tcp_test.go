@@ -189,3 +189,33 @@ func TestOpaqueTCP(t *testing.T) {
 		t.Fatalf("banner: %q %v", buf[:n], err)
 	}
 }
+
+// TestGRPCClientsGetProxyErrorsAsGRPCStatus: a gRPC client sees a proxy-made failure as a gRPC status
+// carrying the weft-error reason.
+func TestGRPCClientsGetProxyErrorsAsGRPCStatus(t *testing.T) {
+	svc := newService(t, "grpc-empty.shop.svc.cluster.local", "127.0.0.49")
+	_, sc := mesh(t, svc)
+	cc, err := grpc.NewClient("passthrough:///"+svc.authority(), grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "tcp", svc.lis.Addr().String())
+		}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	var hdr metadata.MD // a trailers-only response: its metadata arrives as trailers
+	_, err = testpb.NewTestServiceClient(cc).UnaryCall(ctx, &testpb.SimpleRequest{}, grpc.Trailer(&hdr))
+	want := "cluster " + svc.cluster() + " has no ready endpoints"
+	if status.Code(err) != codes.Unavailable || status.Convert(err).Message() != want {
+		t.Fatalf("got %v, want UNAVAILABLE %q", err, want)
+	}
+	if got := hdr.Get("weft-error"); len(got) != 1 || got[0] != want {
+		t.Errorf("weft-error header = %v", got)
+	}
+	if v := metricValue(t, sc.reg, "response_total", map[string]string{"target_cluster": svc.cluster(), "classification": "failure"}); v != 1 {
+		t.Errorf("response_total{failure} = %v", v)
+	}
+}

@@ -12,6 +12,7 @@ import (
 	"net/http/httputil"
 	"slices"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -49,13 +50,42 @@ type proxyErr struct {
 
 func (e *proxyErr) Error() string { return e.msg }
 
-func writeWeftError(w http.ResponseWriter, status int, msg string) {
+// writeWeftError answers with a proxy-made failure. A gRPC client gets it as gRPC does (HTTP 200,
+// trailers-only, grpc-status UNAVAILABLE or DEADLINE_EXCEEDED, grpc-message), so its status says
+// what happened instead of "unexpected HTTP status"; weft-error is set either way.
+func writeWeftError(w http.ResponseWriter, r *http.Request, status int, msg string) {
 	h := w.Header()
+	if r != nil && strings.HasPrefix(r.Header.Get("Content-Type"), "application/grpc") {
+		code := "14" // UNAVAILABLE
+		if status == http.StatusGatewayTimeout {
+			code = "4" // DEADLINE_EXCEEDED
+		}
+		h.Set("Weft-Error", msg)
+		h.Set("Content-Type", "application/grpc")
+		h.Set("Grpc-Status", code)
+		h.Set("Grpc-Message", grpcMessage(msg))
+		w.WriteHeader(http.StatusOK)
+		return
+	}
 	h.Set("Weft-Error", msg)
 	h.Set("Content-Type", "text/plain; charset=utf-8")
 	h.Set("Content-Length", strconv.Itoa(len(msg)+1))
 	w.WriteHeader(status)
 	_, _ = io.WriteString(w, msg+"\n")
+}
+
+// grpcMessage percent-encodes a grpc-message value (the gRPC HTTP/2 spec).
+func grpcMessage(s string) string {
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c < 0x20 || c > 0x7e || c == '%' {
+			fmt.Fprintf(&b, "%%%02X", c)
+			continue
+		}
+		b.WriteByte(c)
+	}
+	return b.String()
 }
 
 // routeTableFor returns the route table a request on this connection uses.
@@ -90,7 +120,7 @@ func (p *Proxy) serveHTTP(w http.ResponseWriter, r *http.Request, info *connInfo
 		vh = table.match(authority)
 	}
 	if vh == nil {
-		writeWeftError(sw, http.StatusServiceUnavailable, "no route for authority "+authority)
+		writeWeftError(sw, r, http.StatusServiceUnavailable, "no route for authority "+authority)
 		return
 	}
 	path := r.URL.Path
@@ -99,7 +129,7 @@ func (p *Proxy) serveHTTP(w http.ResponseWriter, r *http.Request, info *connInfo
 	}
 	route := matchRoute(vh, path)
 	if route == nil {
-		writeWeftError(sw, http.StatusServiceUnavailable, "no route for authority "+authority+" and path "+r.URL.Path)
+		writeWeftError(sw, r, http.StatusServiceUnavailable, "no route for authority "+authority+" and path "+r.URL.Path)
 		return
 	}
 	name := route.Cluster
@@ -115,7 +145,7 @@ func (p *Proxy) serveHTTP(w http.ResponseWriter, r *http.Request, info *connInfo
 	}
 	cl := rt.clusters[name]
 	if cl == nil {
-		writeWeftError(sw, http.StatusServiceUnavailable, "cluster "+name+" is unknown")
+		writeWeftError(sw, r, http.StatusServiceUnavailable, "cluster "+name+" is unknown")
 		return
 	}
 	rs.route, rs.cluster, rs.retry, rs.timeout = route, cl, route.Retry, route.Timeout
@@ -127,7 +157,7 @@ func (p *Proxy) serveHTTP(w http.ResponseWriter, r *http.Request, info *connInfo
 				rs.target = net.JoinHostPort(authority, "80")
 			}
 		case !info.redirected && info.dst == info.local:
-			writeWeftError(sw, http.StatusBadGateway, "passthrough to "+info.dst.String()+" would loop back to the proxy")
+			writeWeftError(sw, r, http.StatusBadGateway, "passthrough to "+info.dst.String()+" would loop back to the proxy")
 			return
 		default:
 			rs.target = info.dst.String()
@@ -171,10 +201,10 @@ func (p *Proxy) rewrite(pr *httputil.ProxyRequest) {
 func (p *Proxy) proxyError(w http.ResponseWriter, r *http.Request, err error) {
 	var pe *proxyErr
 	if errors.As(err, &pe) {
-		writeWeftError(w, pe.status, pe.msg)
+		writeWeftError(w, r, pe.status, pe.msg)
 		return
 	}
-	writeWeftError(w, http.StatusBadGateway, "upstream error: "+err.Error())
+	writeWeftError(w, r, http.StatusBadGateway, "upstream error: "+err.Error())
 }
 
 // statusWriter remembers the status code; Unwrap keeps Flush and Hijack reachable.

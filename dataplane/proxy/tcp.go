@@ -162,7 +162,7 @@ func (p *Proxy) connect(w http.ResponseWriter, r *http.Request, rs *reqState) {
 		if pe == nil {
 			pe = &proxyErr{http.StatusBadGateway, err.Error()}
 		}
-		writeWeftError(w, pe.status, pe.msg)
+		writeWeftError(w, r, pe.status, pe.msg)
 		return
 	}
 	rs.upTLS = upTLS
@@ -170,7 +170,7 @@ func (p *Proxy) connect(w http.ResponseWriter, r *http.Request, rs *reqState) {
 	down, brw, err := http.NewResponseController(w).Hijack()
 	if err != nil {
 		up.Close()
-		writeWeftError(w, http.StatusBadGateway, "CONNECT needs HTTP/1.1")
+		writeWeftError(w, r, http.StatusBadGateway, "CONNECT needs HTTP/1.1")
 		return
 	}
 	if _, err := io.WriteString(down, "HTTP/1.1 200 Connection established\r\n\r\n"); err != nil {
