@@ -47,7 +47,7 @@ three in bin/).`,
 		},
 	}
 	f := cmd.Flags()
-	f.DurationVar(&o.Duration, "duration", 0, "stop after this long (0: until Ctrl-C)")
+	f.DurationVar(&o.Duration, "duration", 0, "stop this long after the mesh is ready (0: until Ctrl-C)")
 	f.DurationVar(&o.Interval, "interval", 2*time.Second, "refresh the table this often")
 	f.BoolVar(&plain, "plain", false, "print each table below the last instead of redrawing (the default when stdout is not a terminal)")
 	f.IntVar(&block, "block", 0, "loopback block: the demo uses 127.<block>.0.0/16")

@@ -17,7 +17,7 @@ import (
 
 // Options configure Run.
 type Options struct {
-	// Duration stops the demo after this long; 0 runs until ctx ends (Ctrl-C).
+	// Duration stops the demo this long after the mesh is ready; 0 runs until ctx ends (Ctrl-C).
 	Duration time.Duration
 	// Interval between two refreshes of the table.
 	Interval time.Duration
@@ -92,11 +92,6 @@ func Run(ctx context.Context, o Options) (res *Result, err error) {
 		}
 	}()
 
-	if o.Duration > 0 {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, o.Duration)
-		defer cancel()
-	}
 	fmt.Fprintf(o.Log, "weft demo: files in %s\n", dir)
 	if err := writeFiles(dir, layout); err != nil {
 		return res, err
@@ -114,6 +109,11 @@ func Run(ctx context.Context, o Options) (res *Result, err error) {
 		o.Started(sup.pids(), dir)
 	}
 	fmt.Fprintf(o.Log, "weft demo: mesh ready; traffic at %d requests/s (Ctrl-C stops everything)\n", o.RPS)
+	if o.Duration > 0 { // counted from here: a slow start does not eat the traffic's time
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, o.Duration)
+		defer cancel()
+	}
 
 	genCtx, stopGen := context.WithCancel(ctx)
 	genDone := make(chan struct{})
