@@ -246,6 +246,41 @@ func WriteMarkdown(w io.Writer, results []Result) error {
 	return err
 }
 
+// WriteComparison writes one Markdown table with a result column per server (names[i] heads runs[i]);
+// runs must come from the same checks in the same order. A FAIL cell carries the reason given in
+// reasons[i][id], when there is one.
+func WriteComparison(w io.Writer, names []string, runs [][]Result, reasons []map[string]string) error {
+	if len(names) != len(runs) || len(reasons) != len(runs) {
+		return errors.New("WriteComparison: names, runs and reasons differ in length")
+	}
+	var b strings.Builder
+	b.WriteString("| check | section of the xDS protocol |")
+	for _, n := range names {
+		fmt.Fprintf(&b, " %s |", n)
+	}
+	b.WriteString("\n|---|---|" + strings.Repeat("---|", len(names)) + "\n")
+	if len(runs) == 0 {
+		_, err := io.WriteString(w, b.String())
+		return err
+	}
+	for i, r := range runs[0] {
+		fmt.Fprintf(&b, "| %s | %s |", r.Title, r.Section)
+		for j, run := range runs {
+			if i >= len(run) || run[i].ID != r.ID {
+				return fmt.Errorf("WriteComparison: run %s does not have check %s at row %d", names[j], r.ID, i)
+			}
+			cell := string(run[i].Status)
+			if why := reasons[j][r.ID]; why != "" && run[i].Status == Fail {
+				cell += ": " + why
+			}
+			fmt.Fprintf(&b, " %s |", strings.ReplaceAll(cell, "|", `\|`))
+		}
+		b.WriteString("\n")
+	}
+	_, err := io.WriteString(w, b.String())
+	return err
+}
+
 // Summary counts results by status: "27 passed, 3 failed, 2 skipped".
 func Summary(results []Result) string {
 	var p, f, s int

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"flag"
+	"fmt"
 	"os"
 	"strings"
 	"testing"
@@ -184,6 +185,28 @@ func assertExpected(t *testing.T, results []xdsconf.Result, expectedFail map[str
 	}
 }
 
+// finished holds the results of the full runs, for the comparison table TestMain writes.
+var finished = map[string][]xdsconf.Result{}
+
+func TestMain(m *testing.M) {
+	flag.Parse()
+	code := m.Run()
+	if dir := os.Getenv("XDS_CONFORMANCE_TABLES"); dir != "" && finished["go-control-plane"] != nil && finished["weft-control"] != nil {
+		var b bytes.Buffer
+		err := xdsconf.WriteComparison(&b, []string{"go-control-plane v0.14.0", "weft-control"},
+			[][]xdsconf.Result{finished["go-control-plane"], finished["weft-control"]},
+			[]map[string]string{goControlPlaneExpected, weftExpected})
+		if err == nil {
+			err = os.WriteFile(dir+"/comparison.md", b.Bytes(), 0o644)
+		}
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "writing the comparison table:", err)
+			code = 1
+		}
+	}
+	os.Exit(code)
+}
+
 // writeTable writes the Markdown table to $XDS_CONFORMANCE_TABLES/<name>.md when that is set (for README).
 func writeTable(t *testing.T, name string, results []xdsconf.Result) {
 	dir := os.Getenv("XDS_CONFORMANCE_TABLES")
@@ -196,6 +219,9 @@ func writeTable(t *testing.T, name string, results []xdsconf.Result) {
 	}
 	if err := os.WriteFile(dir+"/"+name+".md", b.Bytes(), 0o644); err != nil {
 		t.Fatal(err)
+	}
+	if *only == "" {
+		finished[name] = results
 	}
 }
 
