@@ -29,6 +29,7 @@ func newRootCmd() *cobra.Command {
 	root.AddCommand(newVersionCmd())
 	root.AddCommand(newIdentityCmd())
 	root.AddCommand(newDemoCmd())
+	root.AddCommand(newConformanceCmd())
 	return root
 }
 
