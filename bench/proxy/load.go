@@ -24,12 +24,14 @@ import (
 
 // latencyStats are percentiles of a set of latencies.
 type latencyStats struct {
-	n                int
-	p50, p99, p999   time.Duration
-	errors           int
-	firstErr         string
-	wakeLagP99       time.Duration // how late the generator woke for requests it was on time for (diagnostic)
-	completedInPhase int
+	n              int
+	p50, p99, p999 time.Duration
+	errors         int
+	firstErr       string
+	// How late the generator woke for the requests it was on time for: its own jitter, a floor under
+	// what the run can resolve.
+	wakeLagP50, wakeLagP99 time.Duration
+	completedInPhase       int
 }
 
 func percentile(sorted []time.Duration, q float64) time.Duration {
@@ -120,7 +122,7 @@ func openLoop(ctx context.Context, conns []*http.Client, addr string, rate int, 
 	slices.Sort(wakes)
 	st.n = len(ok)
 	st.p50, st.p99, st.p999 = percentile(ok, 0.50), percentile(ok, 0.99), percentile(ok, 0.999)
-	st.wakeLagP99 = percentile(wakes, 0.99)
+	st.wakeLagP50, st.wakeLagP99 = percentile(wakes, 0.5), percentile(wakes, 0.99)
 	st.completedInPhase = n
 	return st
 }
