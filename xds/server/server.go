@@ -274,10 +274,10 @@ func asksForAPIListeners(names []string) bool {
 func (s *Server) listenerGroup(p xds.Proxy) *typedCache {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	ports := xds.InboundPorts(s.state, p)
+	ports := xds.InboundPorts(s.state, p, s.opts.Translate)
 	var key strings.Builder
 	for _, ip := range ports {
-		fmt.Fprintf(&key, "%d/%s,", ip.Port, ip.Protocol)
+		fmt.Fprintf(&key, "%d/%s/%t,", ip.Port, ip.Protocol, ip.Permissive)
 	}
 	g, ok := s.groups[key.String()]
 	if !ok {
@@ -300,6 +300,13 @@ func (r router) CreateWatch(req *cache.Request, sub cache.Subscription, ch chan 
 	c, err := r.s.cacheFor(req.GetTypeUrl(), req.GetNode(), req.GetResourceNames())
 	if err != nil {
 		return nil, err
+	}
+	if req.GetErrorDetail() != nil && !strings.HasPrefix(req.GetVersionInfo(), r.s.prefix) {
+		// A NACK of the first response carries no version (or another server's); the LinearCache
+		// would take that for a client with nothing and resend the rejected version at once, in a
+		// loop. Give it one of ours, so it compares against what the stream was sent.
+		req = proto.Clone(req).(*cache.Request)
+		req.VersionInfo = r.s.prefix + "nacked"
 	}
 	return c.CreateWatch(req, sub, ch)
 }

@@ -642,3 +642,42 @@ func TestSlowClientDoesNotBlockOthers(t *testing.T) {
 		fast.ack(r, []string{cn})
 	}
 }
+
+// TestNackOfFirstResponseIsNotResent: the first response's NACK carries no version; the rejected
+// configuration must not come back, only a later change.
+func TestNackOfFirstResponseIsNotResent(t *testing.T) {
+	h := start(t, stateOf(t, serviceYAML("a", 80, 8080, "10.0.0.1")))
+	c := h.ads(t, node("p.default", "envoy"))
+	ca := clusterName("a", 80)
+	c.send(xds.ClusterType, nil, "", "", "")
+	cds := c.recv()
+	c.send(xds.ClusterType, nil, "", cds.GetNonce(), "bad cluster")
+	c.send(xds.EndpointType, []string{ca}, "", "", "")
+	if r := c.recv(); r.GetTypeUrl() != xds.EndpointType {
+		t.Fatalf("after a NACK of the first CDS response got %s %v, want the EDS answer (no CDS resend)", r.GetTypeUrl(), resourceNames(t, r))
+	}
+	h.srv.Update(stateOf(t, serviceYAML("a", 80, 8080, "10.0.0.1")+serviceYAML("b", 80, 8080, "10.0.1.1")))
+	if r := c.recv(); r.GetTypeUrl() != xds.ClusterType || len(r.GetResources()) != 3 {
+		t.Fatalf("after a cluster change got %s %v", r.GetTypeUrl(), resourceNames(t, r))
+	}
+}
+
+// TestStaleNonceAfterAckIgnored: a stale request that arrives after the client ACKed the newer
+// response is still ignored.
+func TestStaleNonceAfterAckIgnored(t *testing.T) {
+	h := start(t, stateOf(t, serviceYAML("a", 80, 8080, "10.0.0.1")+serviceYAML("b", 80, 8080, "10.0.1.1")))
+	ca, cb := clusterName("a", 80), clusterName("b", 80)
+	c := h.ads(t, node("p.default", "envoy"))
+	c.send(xds.EndpointType, []string{ca}, "", "", "")
+	r1 := c.recv()
+	c.ack(r1, []string{ca})
+	c.send(xds.EndpointType, []string{ca, cb}, r1.GetVersionInfo(), r1.GetNonce(), "")
+	r2 := c.recv()
+	c.ack(r2, []string{ca, cb})
+	// Stale (r1's nonce), dropping b: must be ignored, so b stays subscribed.
+	c.send(xds.EndpointType, []string{ca}, r1.GetVersionInfo(), r1.GetNonce(), "")
+	h.srv.Update(stateOf(t, serviceYAML("a", 80, 8080, "10.0.0.1")+serviceYAML("b", 80, 8080, "10.0.1.2")))
+	if got := resourceNames(t, c.recv()); !slices.Equal(got, []string{cb}) {
+		t.Fatalf("after a stale request dropping b, a change of b got %v; want b", got)
+	}
+}
