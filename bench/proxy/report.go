@@ -148,12 +148,12 @@ func (r *results) report(w io.Writer) {
 		}
 	}
 	for _, rate := range o.rates {
-		rw.row(fmt.Sprintf("generator wake-up lag p99 @%d rps", rate), func(k string) string {
+		rw.row(fmt.Sprintf("generator wake-up lag p50 / p99 @%d rps", rate), func(k string) string {
 			st, ok := r.openStat(k, rate)
 			if !ok {
 				return rw.na(k, "open")
 			}
-			return ms(st.wakeLagP99)
+			return ms(st.wakeLagP50) + " / " + ms(st.wakeLagP99)
 		})
 	}
 	base := r.wrk["B0"].rps
@@ -388,8 +388,9 @@ func (rw *reportWriter) targets() {
 	if rate != targetRate {
 		rateNote = fmt.Sprintf(" (measured at %d rps)", rate)
 	}
-	// A latency target is only judged when the generator's own wake-up jitter, at the same percentile,
-	// on the direct path and on B2, stayed within the target: otherwise the run cannot resolve it.
+	// A latency target is judged only when the generator's own wake-up lag (at the same percentile) was
+	// about the same during the direct and the B2 phases: a steady oversleep of the generator cancels in
+	// "added over direct", a difference between the phases does not and is the run's resolution.
 	latencyTarget := func(name string, limit time.Duration, pick, lag func(latencyStats) time.Duration) {
 		target := fmt.Sprintf("B2 adds ≤ %.2f ms %s at %d rps%s", float64(limit)/1e6, name, targetRate, rateNote)
 		d, ok := r.added("B2", rate, pick)
@@ -399,11 +400,11 @@ func (rw *reportWriter) targets() {
 		}
 		b0, _ := r.openStat("B0", rate)
 		b2, _ := r.openStat("B2", rate)
-		if j := max(lag(b0), lag(b2)); j > limit {
+		if j := (lag(b2) - lag(b0)).Abs(); j > limit {
 			if d > limit+j {
-				fmt.Fprintf(w, "| %s | %s | **no** (even less the generator's own %s wake-up lag of %s) |\n", target, addedMS(d), name, ms(j))
+				fmt.Fprintf(w, "| %s | %s | **no** (even allowing for the generator's %s wake-up lag differing by %s between the phases) |\n", target, addedMS(d), name, ms(j))
 			} else {
-				fmt.Fprintf(w, "| %s | %s | inconclusive: the generator's own %s wake-up lag was %s |\n", target, addedMS(d), name, ms(j))
+				fmt.Fprintf(w, "| %s | %s | inconclusive: the generator's own %s wake-up lag differed by %s between the direct and B2 phases |\n", target, addedMS(d), name, ms(j))
 			}
 			return
 		}
