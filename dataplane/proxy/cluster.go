@@ -2,8 +2,10 @@ package proxy
 
 import (
 	"context"
+	"errors"
 	"net"
 	"net/http"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -19,7 +21,7 @@ type clusterState struct {
 	rr          atomic.Uint64
 	active      atomic.Int64 // requests in flight
 	retries     atomic.Int64 // retries in flight
-	connections atomic.Int64 // open TCP connections (tcp_proxy)
+	connections atomic.Int64 // open upstream connections (HTTP pools and tcp_proxy)
 	ejected     atomic.Int32 // hosts currently ejected
 
 	h1, h2c *http.Transport
@@ -30,8 +32,12 @@ type clusterState struct {
 func newClusterState(p *Proxy, name string) *clusterState {
 	st := &clusterState{name: name}
 	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
+		if err := st.acquireConn(); err != nil {
+			return nil, err
+		}
 		d := net.Dialer{Timeout: st.cfg.Load().ConnectTimeout, KeepAlive: 30 * time.Second}
-		return d.DialContext(ctx, network, addr)
+		c, err := d.DialContext(ctx, network, addr)
+		return st.countedConn(c, err)
 	}
 	base := func() *http.Transport {
 		return &http.Transport{
@@ -52,7 +58,7 @@ func newClusterState(p *Proxy, name string) *clusterState {
 	if p.identity != nil {
 		tlsDial := func(alpn []string) func(ctx context.Context, network, addr string) (net.Conn, error) {
 			return func(ctx context.Context, network, addr string) (net.Conn, error) {
-				return p.dialTLS(ctx, st, addr, alpn)
+				return p.dialTLS(ctx, st, addr, alpn, true)
 			}
 		}
 		st.tlsH2 = base()
@@ -65,6 +71,40 @@ func newClusterState(p *Proxy, name string) *clusterState {
 		st.tlsH1.Protocols.SetHTTP1(true)
 	}
 	return st
+}
+
+// errCircuitOpen is returned for a connection over the cluster's max_connections.
+var errCircuitOpen = errors.New("circuit open")
+
+// acquireConn takes one of the cluster's max_connections (Envoy's default: 1024). Over the limit the
+// request fails fast with "circuit open" (Envoy would queue it as pending).
+func (st *clusterState) acquireConn() error {
+	if st.connections.Add(1) > limit(st.cfg.Load().Breakers.MaxConnections, 1024) {
+		st.connections.Add(-1)
+		return errCircuitOpen
+	}
+	return nil
+}
+
+// countedConn gives the slot back when the connection closes (or was never opened).
+func (st *clusterState) countedConn(c net.Conn, err error) (net.Conn, error) {
+	if err != nil {
+		st.connections.Add(-1)
+		return nil, err
+	}
+	return &slotConn{Conn: c, release: func() { st.connections.Add(-1) }}, nil
+}
+
+// slotConn releases its connection slot once, on the first Close.
+type slotConn struct {
+	net.Conn
+	release func()
+	once    sync.Once
+}
+
+func (c *slotConn) Close() error {
+	c.once.Do(c.release)
+	return c.Conn.Close()
 }
 
 func (st *clusterState) close() {

@@ -390,6 +390,9 @@ func retriable(r *config.RetryPolicy, resp *http.Response, err error) bool {
 		return false
 	}
 	if err != nil {
+		if errors.Is(err, errCircuitOpen) {
+			return false // overflow is not retried, as in Envoy
+		}
 		if isDialError(err) {
 			return r.On&(config.RetryConnectFailure|config.Retry5xx|config.RetryGatewayError|config.RetryReset) != 0
 		}
@@ -420,6 +423,8 @@ func isDialError(err error) bool {
 
 func (p *Proxy) roundTripError(ctx context.Context, rs *reqState, addr string, err error) error {
 	switch {
+	case errors.Is(err, errCircuitOpen):
+		return &proxyErr{http.StatusServiceUnavailable, "circuit open for " + rs.cluster.cfg.Name}
 	case errors.Is(ctx.Err(), context.DeadlineExceeded) && rs.timeout > 0:
 		return &proxyErr{http.StatusGatewayTimeout, fmt.Sprintf("upstream timeout after %s", rs.timeout)}
 	case errors.Is(err, syscall.ECONNREFUSED):

@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"strings"
 	"testing"
 	"time"
 
@@ -132,5 +133,19 @@ func TestLocalModeInbound(t *testing.T) {
 	if conn, err := net.DialTimeout("tcp", netip.AddrPortFrom(podIP, port).String(), time.Second); err == nil {
 		conn.Close()
 		t.Fatalf("%s still accepts connections after its port left the config", netip.AddrPortFrom(podIP, port))
+	}
+}
+
+func TestNewLocalModeFlagMistakes(t *testing.T) {
+	p := proxy.New(proxy.Options{})
+	if _, err := proxy.NewLocalMode(p, "", true, "", nil); err == nil || !strings.Contains(err.Error(), "--pod-ip") {
+		t.Errorf("--inbound-bind-pod-ip without a pod IP: %v, want an error naming --pod-ip", err)
+	}
+	if _, err := proxy.NewLocalMode(p, "127.0.0.2", true, "localhost", nil); err == nil || !strings.Contains(err.Error(), "--app-ip") {
+		t.Errorf("--app-ip localhost: %v, want an error naming --app-ip", err)
+	}
+	m, err := proxy.NewLocalMode(p, "127.0.0.2", true, "127.1.0.2", nil)
+	if err != nil || m.PodIP != netip.MustParseAddr("127.0.0.2") || m.AppIP != netip.MustParseAddr("127.1.0.2") {
+		t.Errorf("NewLocalMode = %+v, %v", m, err)
 	}
 }

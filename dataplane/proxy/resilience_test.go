@@ -133,6 +133,48 @@ func TestCircuitBreakerMaxRequests(t *testing.T) {
 	})
 }
 
+func TestCircuitBreakerMaxConnections(t *testing.T) {
+	release := make(chan struct{})
+	entered := make(chan struct{}, 4)
+	l := listen(t, "127.0.0.1:0")
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		entered <- struct{}{}
+		<-release
+		io.WriteString(w, "done")
+	})}
+	go func() { _ = srv.Serve(l) }()
+	t.Cleanup(func() { srv.Close() })
+	svc := newService(t, echoFQDN, "127.0.0.39", netip.MustParseAddrPort(l.Addr().String()))
+	msgs := withCluster(resources(svc), svc.cluster(), func(c *clusterv3.Cluster) { fx.WithBreakers(c, 1, 0, 0) })
+	meshWith(t, msgs, svc)
+	c := clientFor(svc)
+	first := make(chan int, 1)
+	go func() {
+		resp, err := c.Get("http://" + svc.authority() + "/")
+		if err != nil {
+			first <- 0
+			return
+		}
+		resp.Body.Close()
+		first <- resp.StatusCode
+	}()
+	<-entered
+	// The one upstream HTTP/1.1 connection is busy: a second request needs a second connection.
+	resp, _ := get(t, c, "http://"+svc.authority()+"/")
+	if want := "circuit open for " + svc.cluster(); resp.StatusCode != 503 || resp.Header.Get("Weft-Error") != want {
+		t.Fatalf("second request: %d %q", resp.StatusCode, resp.Header.Get("Weft-Error"))
+	}
+	close(release)
+	if code := <-first; code != 200 {
+		t.Fatalf("first request: %d", code)
+	}
+	// The connection is free again (once the pool has it back): it is reused.
+	waitFor(t, "the connection reused", func() bool {
+		resp, body := get(t, c, "http://"+svc.authority()+"/")
+		return resp.StatusCode == 200 && body == "done"
+	})
+}
+
 func TestLocalityWeights(t *testing.T) {
 	a := startBackend(t, "zone-a", "127.0.0.1:0")
 	b := startBackend(t, "zone-b", "127.0.0.1:0")

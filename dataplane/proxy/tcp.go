@@ -27,7 +27,7 @@ func (p *Proxy) dialCluster(ctx context.Context, cl *clusterRT, target string, k
 			var err error
 			useTLS := cl.cfg.TLS != nil && p.identity != nil
 			if useTLS {
-				c, err = p.dialTLS(ctx, cl.state, addr, alpn)
+				c, err = p.dialTLS(ctx, cl.state, addr, alpn, false)
 			} else {
 				d := net.Dialer{Timeout: cl.cfg.ConnectTimeout}
 				c, err = d.DialContext(ctx, "tcp", addr)
@@ -48,7 +48,7 @@ func (p *Proxy) dialCluster(ctx context.Context, cl *clusterRT, target string, k
 		lastErr = err
 		break
 	}
-	return nil, addr, false, p.roundTripError(ctx, &reqState{}, addr, lastErr)
+	return nil, addr, false, p.roundTripError(ctx, &reqState{cluster: cl}, addr, lastErr)
 }
 
 // proxyTCP forwards an opaque TCP connection to a cluster.

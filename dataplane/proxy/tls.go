@@ -97,10 +97,20 @@ func matchString(m config.StringMatcher, s string) bool {
 // dialTLS opens an mTLS connection to an endpoint of a cluster: TLS 1.3, our workload certificate,
 // the server's chain checked against the trust bundle and its SPIFFE id against the cluster's SAN
 // matchers (or, with none, the trust domain of our own id).
-func (p *Proxy) dialTLS(ctx context.Context, st *clusterState, addr string, alpn []string) (net.Conn, error) {
+// With counted, the connection takes one of the cluster's max_connections (the TCP connection under
+// the TLS one carries the slot, so that the HTTP/2 transport still sees a *tls.Conn).
+func (p *Proxy) dialTLS(ctx context.Context, st *clusterState, addr string, alpn []string, counted bool) (net.Conn, error) {
 	cfg := st.cfg.Load()
+	if counted {
+		if err := st.acquireConn(); err != nil {
+			return nil, err
+		}
+	}
 	d := net.Dialer{Timeout: cfg.ConnectTimeout}
 	raw, err := d.DialContext(ctx, "tcp", addr)
+	if counted {
+		raw, err = st.countedConn(raw, err)
+	}
 	if err != nil {
 		return nil, err
 	}
