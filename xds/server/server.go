@@ -380,3 +380,26 @@ func (s *Server) FollowTrustBundle(ctx context.Context, changed func() <-chan st
 		}
 	}
 }
+
+// exists reports whether the resource typeURL/name is served to the client with this node.
+func (s *Server) exists(typeURL string, node *core.Node, name string) bool {
+	p := xds.ProxyFromNode(node)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	switch typeURL {
+	case xds.ClusterType:
+		if p.Kind == xds.KindGRPC {
+			return s.grpcCDS.current[name] != nil
+		}
+		return s.clusters.current[name] != nil
+	case xds.EndpointType:
+		return s.endpoints.current[name] != nil
+	case xds.RouteType:
+		return s.routes.current[name] != nil
+	case xds.SecretType:
+		return s.secrets.current[name] != nil
+	case xds.ListenerType:
+		return s.apiLDS.current[name] != nil || name == xds.InboundListenerName || name == xds.OutboundListenerName
+	}
+	return true // not ours to judge
+}

@@ -681,3 +681,29 @@ func TestStaleNonceAfterAckIgnored(t *testing.T) {
 		t.Fatalf("after a stale request dropping b, a change of b got %v; want b", got)
 	}
 }
+
+func TestDeltaSubscribeAgainAndMissing(t *testing.T) {
+	h := start(t, stateOf(t, serviceYAML("a", 80, 8080, "10.0.0.1")))
+	ca := clusterName("a", 80)
+	c := h.delta(t, node("d.default", "envoy"))
+	c.send(xds.EndpointType, []string{ca}, nil, "")
+	r := c.recv()
+	c.send(xds.EndpointType, nil, nil, r.GetNonce())
+	// Subscribing again to a held name resends it.
+	c.send(xds.EndpointType, []string{ca}, nil, "")
+	if r := c.recv(); !slices.Equal(deltaNames(r), []string{ca}) {
+		t.Fatalf("subscribe again: got %v removed %v", deltaNames(r), r.GetRemovedResources())
+	}
+	// A name that does not exist is reported removed; it is sent once it exists.
+	missing := clusterName("later", 80)
+	c.send(xds.EndpointType, []string{missing}, nil, "")
+	r = c.recv()
+	if !slices.Equal(r.GetRemovedResources(), []string{missing}) {
+		t.Fatalf("subscribing to a missing name: removed %v, resources %v", r.GetRemovedResources(), deltaNames(r))
+	}
+	c.send(xds.EndpointType, nil, nil, r.GetNonce())
+	h.srv.Update(stateOf(t, serviceYAML("a", 80, 8080, "10.0.0.1")+serviceYAML("later", 80, 8080, "10.0.5.1")))
+	if r := c.recv(); !slices.Equal(deltaNames(r), []string{missing}) {
+		t.Fatalf("once it exists: got %v", deltaNames(r))
+	}
+}
