@@ -32,6 +32,7 @@ type reqState struct {
 	hashKey   uint64
 	serverID  string
 	upTLS     bool
+	start     time.Time
 	origH1    bool // the request was HTTP/1.1 before the client's proxy upgraded it to HTTP/2
 }
 
@@ -74,6 +75,22 @@ func writeWeftError(w http.ResponseWriter, r *http.Request, status int, msg stri
 	_, _ = io.WriteString(w, msg+"\n")
 }
 
+// grpcTimeout parses a grpc-timeout header ("100m", "5S", ...).
+func grpcTimeout(v string) (time.Duration, bool) {
+	if len(v) < 2 {
+		return 0, false
+	}
+	n, err := strconv.ParseInt(v[:len(v)-1], 10, 64)
+	if err != nil || n < 0 {
+		return 0, false
+	}
+	unit := map[byte]time.Duration{'H': time.Hour, 'M': time.Minute, 'S': time.Second, 'm': time.Millisecond, 'u': time.Microsecond, 'n': time.Nanosecond}[v[len(v)-1]]
+	if unit == 0 {
+		return 0, false
+	}
+	return time.Duration(n) * unit, true
+}
+
 // grpcMessage percent-encodes a grpc-message value (the gRPC HTTP/2 spec).
 func grpcMessage(s string) string {
 	var b strings.Builder
@@ -106,7 +123,7 @@ func (p *Proxy) serveHTTP(w http.ResponseWriter, r *http.Request, info *connInfo
 	start := time.Now()
 	rt := p.rt.Load()
 	authority := r.Host
-	rs := &reqState{info: info, authority: authority}
+	rs := &reqState{info: info, authority: authority, start: start}
 	sw := &statusWriter{ResponseWriter: w}
 	defer func() { p.metrics.observeHTTP(p, rs, sw.code, sw.Header(), start) }()
 
@@ -199,6 +216,13 @@ func (p *Proxy) rewrite(pr *httputil.ProxyRequest) {
 
 // proxyError turns a round-trip failure into a response with weft-error.
 func (p *Proxy) proxyError(w http.ResponseWriter, r *http.Request, err error) {
+	if rs, _ := r.Context().Value(reqKey).(*reqState); rs != nil {
+		if d, ok := grpcTimeout(r.Header.Get("Grpc-Timeout")); ok && time.Since(rs.start) >= d {
+			// The client's own gRPC deadline passed (the server reset the stream for it): say so.
+			writeWeftError(w, r, http.StatusGatewayTimeout, "gRPC deadline of "+d.String()+" exceeded")
+			return
+		}
+	}
 	var pe *proxyErr
 	if errors.As(err, &pe) {
 		writeWeftError(w, r, pe.status, pe.msg)
