@@ -33,7 +33,7 @@ type sidecar struct {
 func startSidecar(t testing.TB, cpAddr string, node xdsclient.Node, id dataplane.Identity) *sidecar {
 	t.Helper()
 	reg := prometheus.NewRegistry()
-	p := proxy.New(proxy.Options{Identity: id, Registerer: reg, DetectTimeout: 300 * time.Millisecond})
+	p := proxy.New(proxy.Options{Identity: id, Registerer: reg, DetectTimeout: time.Second})
 	cc, err := grpc.NewClient(cpAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)

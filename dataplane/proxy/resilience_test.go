@@ -61,7 +61,7 @@ func TestOutlierEjectionAndReturn(t *testing.T) {
 	bad.fails.Store(1 << 30)
 	svc := newService(t, echoFQDN, "127.0.0.40", good1.addr, good2.addr, bad.addr)
 	svc.lb = clusterv3.Cluster_ROUND_ROBIN
-	msgs := withCluster(resources(svc), svc.cluster(), func(c *clusterv3.Cluster) { fx.WithOutlier(c, 3, 500*time.Millisecond, 50) })
+	msgs := withCluster(resources(svc), svc.cluster(), func(c *clusterv3.Cluster) { fx.WithOutlier(c, 3, 2*time.Second, 50) })
 	sc := meshWith(t, msgs, svc)
 	c := clientFor(svc)
 	waitFor(t, "the failing endpoint ejected", func() bool {
