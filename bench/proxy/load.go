@@ -31,7 +31,7 @@ type latencyStats struct {
 	// How late the generator woke for the requests it was on time for: its own jitter, a floor under
 	// what the run can resolve.
 	wakeLagP50, wakeLagP99 time.Duration
-	completedInPhase       int
+	sent                   int // requests that left the generator (CPU per request divides by these)
 }
 
 func percentile(sorted []time.Duration, q float64) time.Duration {
@@ -123,7 +123,12 @@ func openLoop(ctx context.Context, conns []*http.Client, addr string, rate int, 
 	st.n = len(ok)
 	st.p50, st.p99, st.p999 = percentile(ok, 0.50), percentile(ok, 0.99), percentile(ok, 0.999)
 	st.wakeLagP50, st.wakeLagP99 = percentile(wakes, 0.5), percentile(wakes, 0.99)
-	st.completedInPhase = n
+	st.sent = n
+	for _, e := range errs {
+		if e == errBehind {
+			st.sent--
+		}
+	}
 	return st
 }
 

@@ -244,7 +244,7 @@ func run(ctx context.Context, o options) (*results, error) {
 			closeConns(conns)
 			if sample != nil {
 				ps := res.procs[p.key]
-				ps.rssLoadKB, ps.anonLoadKB, ps.cpuPer1k, ps.cpuErr = sample.finish(st.completedInPhase)
+				ps.rssLoadKB, ps.anonLoadKB, ps.cpuPer1k, ps.cpuErr = sample.finish(st.sent)
 				ps.haveSample = true
 			}
 			if res.open[p.key] == nil {
