@@ -111,6 +111,17 @@ func passthroughCluster() *cluster.Cluster {
 	}
 }
 
+// blackholeCluster is a static cluster with no endpoints.
+func blackholeCluster() *cluster.Cluster {
+	return &cluster.Cluster{
+		Name:                 BlackholeCluster,
+		ClusterDiscoveryType: &cluster.Cluster_Type{Type: cluster.Cluster_STATIC},
+		ConnectTimeout:       durationpb.New(connectTimeoutSeconds * 1e9),
+		LbPolicy:             cluster.Cluster_ROUND_ROBIN,
+		LoadAssignment:       &endpoint.ClusterLoadAssignment{ClusterName: BlackholeCluster},
+	}
+}
+
 // inboundCluster is `inbound|<port>||`: the application on localhost.
 func inboundCluster(port int32) *cluster.Cluster {
 	name := InboundClusterName(port)

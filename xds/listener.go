@@ -73,8 +73,9 @@ func outboundListener(s *discovery.State, o Options) *listener.Listener {
 
 // InboundListener is `inbound` on 0.0.0.0:15006 for a proxy whose pod serves ports: per port, a
 // chain for mutual TLS (the peer's certificate checked against ROOTCA, ours from SDS `default`) and
-// a plaintext chain for clients outside the mesh, both forwarding to `inbound|<port>||`; anything
-// else passes through.
+// a plaintext chain: on permissive ports for clients outside the mesh, both forwarding to
+// `inbound|<port>||`; on strict ports to the blackhole, which closes the connection. Anything else
+// passes through.
 func InboundListener(ports []InboundPort) *listener.Listener {
 	l := &listener.Listener{
 		Name:             InboundListenerName,
@@ -96,19 +97,22 @@ func InboundListener(ports []InboundPort) *listener.Listener {
 			return []*listener.Filter{tcpProxy(cluster)}
 		}
 		port := wrapperspb.UInt32(uint32(p.Port))
-		l.FilterChains = append(l.FilterChains,
-			&listener.FilterChain{
-				Name:             cluster + "mtls",
-				FilterChainMatch: &listener.FilterChainMatch{DestinationPort: port, TransportProtocol: "tls"},
-				Filters:          filters(),
-				TransportSocket:  downstreamMTLS(),
-			},
-			&listener.FilterChain{
-				Name:             cluster + "plaintext",
-				FilterChainMatch: &listener.FilterChainMatch{DestinationPort: port, TransportProtocol: "raw_buffer"},
-				Filters:          filters(),
-			},
-		)
+		l.FilterChains = append(l.FilterChains, &listener.FilterChain{
+			Name:             cluster + "mtls",
+			FilterChainMatch: &listener.FilterChainMatch{DestinationPort: port, TransportProtocol: "tls"},
+			Filters:          filters(),
+			TransportSocket:  downstreamMTLS(),
+		})
+		plaintext := &listener.FilterChain{
+			Name:             cluster + "plaintext",
+			FilterChainMatch: &listener.FilterChainMatch{DestinationPort: port, TransportProtocol: "raw_buffer"},
+			Filters:          filters(),
+		}
+		if !p.Permissive {
+			plaintext.Name = cluster + "plaintext-refused"
+			plaintext.Filters = []*listener.Filter{tcpProxy(BlackholeCluster)}
+		}
+		l.FilterChains = append(l.FilterChains, plaintext)
 	}
 	return l
 }

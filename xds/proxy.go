@@ -25,6 +25,9 @@ const (
 	OutboundListenerName = "outbound"
 	InboundListenerName  = "inbound"
 	PassthroughCluster   = "passthrough"
+	// BlackholeCluster has no endpoints: a connection sent there is closed. Strict inbound ports send
+	// plaintext there, so that it cannot fall through to the passthrough chain and reach the app.
+	BlackholeCluster = "blackhole"
 	// CertificateSecret is the workload's own certificate and key, served from inside the pod.
 	CertificateSecret = "default"
 	// TrustBundleSecret is the mesh's trust bundle.
@@ -90,7 +93,16 @@ type Options struct {
 	TrustDomain string
 	// ClusterDomain is the DNS suffix of Services; "cluster.local" when empty.
 	ClusterDomain string
+	// Strict is set when the control plane runs the identity CA: inbound then requires mutual TLS
+	// from a workload of the trust domain, except on pods (or in namespaces) annotated
+	// config.weft.io/inbound-policy: permissive, which also accept plaintext. Without identity every
+	// inbound port accepts plaintext (there is nothing to verify a client with).
+	Strict bool
 }
+
+// InboundPolicyAnnotation chooses, on a pod or its namespace (the pod's wins), whether inbound
+// accepts plaintext besides mutual TLS: "strict" (the default with identity on) or "permissive".
+const InboundPolicyAnnotation = "config.weft.io/inbound-policy"
 
 func (o Options) trustDomain() string {
 	if o.TrustDomain == "" {

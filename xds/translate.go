@@ -50,7 +50,7 @@ func BuildMesh(s *discovery.State, o Options) *Mesh {
 		if !pod.HasProxy {
 			continue
 		}
-		for _, ip := range podInboundPorts(s, pod) {
+		for _, ip := range podInboundPorts(s, pod, o) {
 			if _, ok := inboundPorts[ip.Port]; !ok || ip.Protocol.IsHTTP() {
 				inboundPorts[ip.Port] = ip.Protocol
 			}
@@ -67,7 +67,7 @@ func BuildMesh(s *discovery.State, o Options) *Mesh {
 			m.APIListeners = append(m.APIListeners, apiListener(svc, sp, o))
 		}
 	}
-	m.Clusters = append(m.Clusters, passthroughCluster())
+	m.Clusters = append(m.Clusters, passthroughCluster(), blackholeCluster())
 	for port := range inboundPorts {
 		m.Clusters = append(m.Clusters, inboundCluster(port))
 		m.Routes = append(m.Routes, inboundRoute(port))
@@ -103,7 +103,7 @@ func (m *Mesh) For(s *discovery.State, p Proxy, o Options) Resources {
 		}
 		return r
 	}
-	ports := InboundPorts(s, p)
+	ports := InboundPorts(s, p, o)
 	own := map[string]bool{}
 	for _, ip := range ports {
 		own[InboundClusterName(ip.Port)] = true
@@ -128,11 +128,13 @@ func (m *Mesh) For(s *discovery.State, p Proxy, o Options) Resources {
 type InboundPort struct {
 	Port     int32
 	Protocol Protocol
+	// Permissive: plaintext is accepted besides mutual TLS (see Options.Strict).
+	Permissive bool
 }
 
 // InboundPorts lists the ports the inbound listener of proxy p serves: its pod's container ports.
 // The pod is found by namespace and name, else by POD_IP; a proxy whose pod is unknown gets none.
-func InboundPorts(s *discovery.State, p Proxy) []InboundPort {
+func InboundPorts(s *discovery.State, p Proxy, o Options) []InboundPort {
 	pod, ok := s.Pod(p.Namespace, p.PodName)
 	if !ok && p.IP != "" {
 		pod, ok = s.PodByIP(p.IP)
@@ -140,19 +142,29 @@ func InboundPorts(s *discovery.State, p Proxy) []InboundPort {
 	if !ok {
 		return nil
 	}
-	return podInboundPorts(s, pod)
+	return podInboundPorts(s, pod, o)
 }
 
-func podInboundPorts(s *discovery.State, pod discovery.Pod) []InboundPort {
+func podInboundPorts(s *discovery.State, pod discovery.Pod, o Options) []InboundPort {
+	permissive := !o.Strict || inboundPolicy(s, pod) == "permissive"
 	var out []InboundPort
 	for _, cp := range pod.Ports {
 		if cp.Protocol != "TCP" {
 			continue
 		}
-		out = append(out, InboundPort{Port: cp.Port, Protocol: inboundProtocol(s, pod, cp.Port)})
+		out = append(out, InboundPort{Port: cp.Port, Protocol: inboundProtocol(s, pod, cp.Port), Permissive: permissive})
 	}
 	slices.SortFunc(out, func(a, b InboundPort) int { return cmp.Compare(a.Port, b.Port) })
 	return slices.CompactFunc(out, func(a, b InboundPort) bool { return a.Port == b.Port })
+}
+
+// inboundPolicy is the pod's config.weft.io/inbound-policy annotation, else its namespace's.
+func inboundPolicy(s *discovery.State, pod discovery.Pod) string {
+	if v, ok := pod.Annotations[InboundPolicyAnnotation]; ok {
+		return v
+	}
+	ns, _ := s.Namespace(pod.Namespace)
+	return ns.Annotations[InboundPolicyAnnotation]
 }
 
 // inboundProtocol is the protocol of a Service port whose endpoint is this pod's port; TCP if none.

@@ -16,6 +16,7 @@ import (
 	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	route "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	hcm "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	tcpproxy "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
 	tls "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	"github.com/google/go-cmp/cmp"
 	"google.golang.org/protobuf/encoding/protojson"
@@ -273,6 +274,7 @@ func TestSidecar(t *testing.T) {
 		t.Errorf("listeners (-want +got):\n%s", d)
 	}
 	wantClusters := []string{
+		"blackhole",
 		"inbound|8080||", "inbound|9000||",
 		"outbound|5432||db.shop.svc.cluster.local",
 		"outbound|6379||cache.shop.svc.cluster.local",
@@ -344,11 +346,84 @@ func TestSidecar(t *testing.T) {
 
 func TestInboundPortsByIPWhenNameUnknown(t *testing.T) {
 	s := load(t, "mesh.yaml")
-	got := InboundPorts(s, Proxy{IP: "10.1.0.2", Kind: KindEnvoy})
-	want := []InboundPort{{8080, ProtocolHTTP}, {9000, ProtocolGRPC}}
+	got := InboundPorts(s, Proxy{IP: "10.1.0.2", Kind: KindEnvoy}, Options{})
+	want := []InboundPort{{8080, ProtocolHTTP, true}, {9000, ProtocolGRPC, true}}
 	if d := cmp.Diff(want, got); d != "" {
 		t.Errorf("InboundPorts by IP (-want +got):\n%s", d)
 	}
+}
+
+// TestStrictInbound: with identity on, inbound ports accept only mutual TLS (no plaintext chain), unless
+// the pod or its namespace says config.weft.io/inbound-policy: permissive; the pod's word wins.
+func TestStrictInbound(t *testing.T) {
+	proxy := Proxy{IP: "10.1.0.2", Kind: KindEnvoy}
+	chains := func(s *discovery.State, o Options) []string {
+		var out []string
+		for _, l := range Translate(s, proxy, o).Listeners {
+			if l.GetName() != InboundListenerName {
+				continue
+			}
+			for _, fc := range l.GetFilterChains() {
+				out = append(out, fmt.Sprintf("%d/%s/%s", fc.GetFilterChainMatch().GetDestinationPort().GetValue(), fc.GetFilterChainMatch().GetTransportProtocol(), forwardsTo(t, fc)))
+			}
+		}
+		return out
+	}
+	strictChains := []string{"8080/tls/rds:inbound|8080", "8080/raw_buffer/blackhole", "9000/tls/rds:inbound|9000", "9000/raw_buffer/blackhole"}
+	permissiveChains := []string{"8080/tls/rds:inbound|8080", "8080/raw_buffer/rds:inbound|8080", "9000/tls/rds:inbound|9000", "9000/raw_buffer/rds:inbound|9000"}
+	annotate := func(s *discovery.State, nsPolicy, podPolicy string) *discovery.State {
+		for i := range s.Namespaces {
+			if s.Namespaces[i].Name == "shop" && nsPolicy != "" {
+				s.Namespaces[i].Annotations = map[string]string{InboundPolicyAnnotation: nsPolicy}
+			}
+		}
+		for i := range s.Pods {
+			if s.Pods[i].IP == "10.1.0.2" && podPolicy != "" {
+				s.Pods[i].Annotations = map[string]string{InboundPolicyAnnotation: podPolicy}
+			}
+		}
+		return s
+	}
+	for _, tc := range []struct {
+		name          string
+		strict        bool
+		nsPol, podPol string
+		want          []string
+	}{
+		{"identity off: plaintext accepted", false, "", "", permissiveChains},
+		{"identity on: strict by default", true, "", "", strictChains},
+		{"namespace permissive", true, "permissive", "", permissiveChains},
+		{"pod strict in a permissive namespace", true, "permissive", "strict", strictChains},
+		{"pod permissive", true, "", "permissive", permissiveChains},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := annotate(load(t, "mesh.yaml"), tc.nsPol, tc.podPol)
+			if d := cmp.Diff(tc.want, chains(s, Options{Strict: tc.strict})); d != "" {
+				t.Errorf("inbound chains (-want +got):\n%s", d)
+			}
+		})
+	}
+}
+
+// forwardsTo is the cluster a filter chain sends its connections or requests to.
+func forwardsTo(t *testing.T, fc *listener.FilterChain) string {
+	t.Helper()
+	f := fc.GetFilters()[0]
+	switch cfg := f.GetTypedConfig(); {
+	case cfg.MessageIs(&tcpproxy.TcpProxy{}):
+		var tp tcpproxy.TcpProxy
+		if err := cfg.UnmarshalTo(&tp); err != nil {
+			t.Fatal(err)
+		}
+		return tp.GetCluster()
+	case cfg.MessageIs(&hcm.HttpConnectionManager{}):
+		var h hcm.HttpConnectionManager
+		if err := cfg.UnmarshalTo(&h); err != nil {
+			t.Fatal(err)
+		}
+		return "rds:" + h.GetRds().GetRouteConfigName()
+	}
+	return f.GetName()
 }
 
 func TestEndpointsReadyOnlyWithWeightedZones(t *testing.T) {

@@ -89,7 +89,8 @@ func run(ctx context.Context, c config) error {
 		return fmt.Errorf("--debounce %v / --debounce-max %v: want 0 < debounce <= debounce-max", c.debounce, c.debounceMax)
 	}
 
-	srv := server.New(server.Options{Logger: log, Translate: xds.Options{TrustDomain: c.trustDomain}})
+	// With the identity CA on, inbound is strict (mutual TLS only) unless a workload opts out.
+	srv := server.New(server.Options{Logger: log, Translate: xds.Options{TrustDomain: c.trustDomain, Strict: c.identity.dir != ""}})
 	if c.trustBundle != "" {
 		pem, err := os.ReadFile(c.trustBundle)
 		if err != nil {

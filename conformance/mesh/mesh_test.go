@@ -33,6 +33,7 @@ import (
 	"github.com/weftmesh/weft/conformance/netns"
 	"github.com/weftmesh/weft/conformance/prereq"
 	"github.com/weftmesh/weft/identity"
+	"github.com/weftmesh/weft/xds"
 )
 
 func TestMain(m *testing.M) { os.Exit(kubeenv.Main(m)) }
@@ -49,11 +50,9 @@ const (
 // TestMeshEndToEnd runs the whole mesh once and checks, in order, what a user would: calls to the
 // Service's ClusterIP (HTTP and opaque TCP) reach every endpoint over mTLS, with the client's SPIFFE
 // identity seen by the server side; skipped inbound and outbound ports bypass the sidecars; a caller
-// without a sidecar gets no identity; every certificate is an Event; an endpoint taken out of the
+// without a sidecar is refused by a strict pod (the default with identity on) and served without identity
+// by a pod annotated permissive; every certificate is an Event; an endpoint taken out of the
 // EndpointSlice stops getting traffic, and gets it again when put back.
-//
-// Not checked yet: that a caller without a sidecar is refused under strict mode. The control plane has no
-// strict mode: xds.InboundListener always adds a plaintext chain next to the mTLS one.
 func TestMeshEndToEnd(t *testing.T) {
 	prereq.Root(t) // before the apiserver starts for nothing
 	t0 := time.Now()
@@ -106,9 +105,9 @@ func TestMeshEndToEnd(t *testing.T) {
 	}
 	clusterIP := svc.Spec.ClusterIP
 	t.Logf("Service %s has ClusterIP %s", fqdn, clusterIP)
-	k.createPod(client, "client", nil, nil)
-	k.createPod(serverA, "server", map[string]string{"app": svcName}, []int32{appPort, tcpAppPort})
-	k.createPod(serverB, "server", map[string]string{"app": svcName}, []int32{appPort, tcpAppPort})
+	k.createPod(client, "client", nil, nil, nil)
+	k.createPod(serverA, "server", map[string]string{"app": svcName}, nil, []int32{appPort, tcpAppPort})
+	k.createPod(serverB, "server", map[string]string{"app": svcName}, map[string]string{xds.InboundPolicyAnnotation: "permissive"}, []int32{appPort, tcpAppPort})
 	k.setEndpoints(serverA, serverB)
 
 	// weft-control in the bridge namespace (every pod reaches 10.44.0.1), watching the apiserver through
@@ -309,20 +308,27 @@ func TestMeshEndToEnd(t *testing.T) {
 		}
 	})
 
-	t.Run("a caller without a sidecar is served in plaintext with no identity (permissive default)", func(t *testing.T) {
-		// The inbound listener keeps a plaintext chain for clients outside the mesh (there is no strict
-		// mode yet); what must hold is that such a caller is never taken for a mesh identity.
-		before := metrics(t, serverA).sum("response_total", map[string]string{"direction": "inbound", "tls": "false", "client_id": ""})
-		body, err := get(plain, "http://"+serverA.Addr(appPort)+"/")
+	t.Run("strict mode refuses a caller without a sidecar", func(t *testing.T) {
+		// Identity is on, so server-a's inbound is strict: plaintext on a meshed port never reaches the app.
+		if body, err := get(plain, "http://"+serverA.Addr(appPort)+"/"); err == nil {
+			t.Errorf("plain → %s (strict) answered %q, want the connection refused", serverA.Addr(appPort), body)
+		}
+	})
+
+	t.Run("a permissive pod serves a caller without a sidecar, with no identity", func(t *testing.T) {
+		// server-b is annotated config.weft.io/inbound-policy: permissive; such a caller is served but
+		// never taken for a mesh identity.
+		before := metrics(t, serverB).sum("response_total", map[string]string{"direction": "inbound", "tls": "false", "client_id": ""})
+		body, err := get(plain, "http://"+serverB.Addr(appPort)+"/")
 		if err != nil {
-			t.Fatalf("plain → %s: %v", serverA.Addr(appPort), err)
+			t.Fatalf("plain → %s: %v", serverB.Addr(appPort), err)
 		}
-		if want := serverA.Name + " 127.0.0.1"; body != want {
-			t.Errorf("plain → %s answered %q, want %q (through the sidecar)", serverA.Addr(appPort), body, want)
+		if want := serverB.Name + " 127.0.0.1"; body != want {
+			t.Errorf("plain → %s answered %q, want %q (through the sidecar)", serverB.Addr(appPort), body, want)
 		}
-		m := metrics(t, serverA)
+		m := metrics(t, serverB)
 		if after := m.sum("response_total", map[string]string{"direction": "inbound", "tls": "false", "client_id": ""}); after != before+1 {
-			t.Errorf("server-a's sidecar counted %v → %v plaintext inbound responses without identity, want one more; its series:\n%s", before, after, m.lines("response_total"))
+			t.Errorf("server-b's sidecar counted %v → %v plaintext inbound responses without identity, want one more; its series:\n%s", before, after, m.lines("response_total"))
 		}
 	})
 
@@ -398,7 +404,7 @@ func mustCreate(t *testing.T, create func() error) {
 
 // createPod writes a Pod with an app container (ports) and a weft-proxy container, then its status
 // with the namespace's IP, as a kubelet would.
-func (k kube) createPod(p *netns.Pod, sa string, labels map[string]string, ports []int32) {
+func (k kube) createPod(p *netns.Pod, sa string, labels, annotations map[string]string, ports []int32) {
 	t, ctx, kc, ns := k.t, k.ctx, k.client, k.ns
 	t.Helper()
 	app := corev1.Container{Name: "app", Image: "app"}
@@ -406,7 +412,7 @@ func (k kube) createPod(p *netns.Pod, sa string, labels map[string]string, ports
 		app.Ports = append(app.Ports, corev1.ContainerPort{ContainerPort: port, Protocol: corev1.ProtocolTCP})
 	}
 	pod, err := kc.CoreV1().Pods(ns).Create(ctx, &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Name: p.Name, Labels: labels},
+		ObjectMeta: metav1.ObjectMeta{Name: p.Name, Labels: labels, Annotations: annotations},
 		Spec: corev1.PodSpec{
 			ServiceAccountName: sa,
 			Containers:         []corev1.Container{app, {Name: "weft-proxy", Image: "weft-proxy"}},

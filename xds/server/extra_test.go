@@ -46,6 +46,11 @@ func TestTrustBundleFollowsTheCA(t *testing.T) {
 	}
 	first, second := selfSignedPEM(t), selfSignedPEM(t)
 	current := first
+	// Served before any stream asks: FollowTrustBundle's first SetTrustBundle runs after bundle()
+	// returns, so waiting on bundleCh alone would race the request below.
+	if err := h.srv.SetTrustBundle(first); err != nil {
+		t.Fatal(err)
+	}
 	changed := make(chan struct{})
 	bundleCh := make(chan []byte, 1)
 	ctx, cancel := context.WithCancel(context.Background())

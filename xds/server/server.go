@@ -274,10 +274,10 @@ func asksForAPIListeners(names []string) bool {
 func (s *Server) listenerGroup(p xds.Proxy) *typedCache {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	ports := xds.InboundPorts(s.state, p)
+	ports := xds.InboundPorts(s.state, p, s.opts.Translate)
 	var key strings.Builder
 	for _, ip := range ports {
-		fmt.Fprintf(&key, "%d/%s,", ip.Port, ip.Protocol)
+		fmt.Fprintf(&key, "%d/%s/%t,", ip.Port, ip.Protocol, ip.Permissive)
 	}
 	g, ok := s.groups[key.String()]
 	if !ok {

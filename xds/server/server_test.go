@@ -657,7 +657,7 @@ func TestNackOfFirstResponseIsNotResent(t *testing.T) {
 		t.Fatalf("after a NACK of the first CDS response got %s %v, want the EDS answer (no CDS resend)", r.GetTypeUrl(), resourceNames(t, r))
 	}
 	h.srv.Update(stateOf(t, serviceYAML("a", 80, 8080, "10.0.0.1")+serviceYAML("b", 80, 8080, "10.0.1.1")))
-	if r := c.recv(); r.GetTypeUrl() != xds.ClusterType || len(r.GetResources()) != 3 {
+	if r := c.recv(); r.GetTypeUrl() != xds.ClusterType || len(r.GetResources()) != 4 { // a, b, passthrough, blackhole
 		t.Fatalf("after a cluster change got %s %v", r.GetTypeUrl(), resourceNames(t, r))
 	}
 }
