@@ -58,6 +58,7 @@ type Env struct {
 	ServiceAccountIssuer string
 
 	etcd, apiserver *exec.Cmd
+	apiserverExited <-chan struct{} // closed when the current apiserver process has exited
 	apiserverBin    string
 	apiserverArgs   []string
 	apiserverLog    string
@@ -200,7 +201,7 @@ func start(etcdBin, apiserverBin string) (_ *Env, err error) {
 		"--log-level=warn",
 	)
 	env.etcd.Env = append(os.Environ(), "ETCD_UNSUPPORTED_ARCH="+runtime.GOARCH)
-	if err := startLogged(env.etcd, filepath.Join(dir, "etcd.log")); err != nil {
+	if _, err := startLogged(env.etcd, filepath.Join(dir, "etcd.log")); err != nil {
 		return nil, fmt.Errorf("starting etcd: %w", err)
 	}
 	if err := waitTCP("127.0.0.1:"+strconv.Itoa(clientPort), 30*time.Second); err != nil {
@@ -253,9 +254,11 @@ func start(etcdBin, apiserverBin string) (_ *Env, err error) {
 
 func (e *Env) startAPIServer() error {
 	e.apiserver = exec.Command(e.apiserverBin, e.apiserverArgs...)
-	if err := startLogged(e.apiserver, e.apiserverLog); err != nil {
+	exited, err := startLogged(e.apiserver, e.apiserverLog)
+	if err != nil {
 		return fmt.Errorf("starting kube-apiserver: %w", err)
 	}
+	e.apiserverExited = exited
 	if err := e.waitReady(90 * time.Second); err != nil {
 		return fmt.Errorf("kube-apiserver did not become ready: %w\n%s", err, tail(e.apiserverLog))
 	}
@@ -280,8 +283,10 @@ func (e *Env) waitReady(timeout time.Duration) error {
 	deadline := time.Now().Add(timeout)
 	var last error
 	for time.Now().Before(deadline) {
-		if e.apiserver.ProcessState != nil {
+		select {
+		case <-e.apiserverExited:
 			return errors.New("kube-apiserver exited")
+		default:
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		body, err := client.Discovery().RESTClient().Get().AbsPath("/readyz").DoRaw(ctx)
@@ -303,23 +308,26 @@ func (e *Env) stop() {
 	}
 }
 
-func startLogged(cmd *exec.Cmd, logPath string) error {
+// startLogged starts cmd with its output in logPath; the channel closes when the process has exited.
+func startLogged(cmd *exec.Cmd, logPath string) (<-chan struct{}, error) {
 	logFile, err := os.Create(logPath)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	cmd.Stdout, cmd.Stderr = logFile, logFile
 	// Its own process group, killed with the test binary if that dies without cleaning up.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		logFile.Close()
-		return err
+		return nil, err
 	}
+	exited := make(chan struct{})
 	go func() {
 		_ = cmd.Wait()
 		logFile.Close()
+		close(exited)
 	}()
-	return nil
+	return exited, nil
 }
 
 func stopProcess(cmd *exec.Cmd) {
