@@ -37,6 +37,7 @@ unit: build
 
 lint: tools
 	@out=$$(gofmt -l $$(git ls-files '*.go') 2>&1); if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
+	@go mod tidy -diff >/dev/null || { echo "go.mod/go.sum are not tidy: run go mod tidy and commit"; exit 1; }
 	go vet ./...
 	staticcheck ./...
 	buf lint
