@@ -36,6 +36,9 @@ func outboundCluster(s *discovery.State, svc discovery.Service, sp discovery.Ser
 	if forGRPC {
 		return c
 	}
+	// Sidecars balance by least request with power of two choices (Envoy's default choice count).
+	// Proxyless gRPC keeps round robin, which every grpc-go version honours.
+	c.LbPolicy = cluster.Cluster_LEAST_REQUEST
 	if PortProtocol(sp.AppProtocol, sp.Name).IsHTTP2() {
 		c.TypedExtensionProtocolOptions = map[string]*anypb.Any{
 			httpProtocolOptionsName: mustAny(&httpopts.HttpProtocolOptions{

@@ -315,6 +315,9 @@ func TestSidecar(t *testing.T) {
 	if d := cmp.Diff([]string{"spiffe://example.org/ns/shop/sa/web", "spiffe://example.org/ns/shop/sa/web-canary"}, sans); d != "" {
 		t.Errorf("SAN matchers (-want +got):\n%s", d)
 	}
+	if got := byName["outbound|5432||db.shop.svc.cluster.local"].GetLbPolicy(); got != cluster.Cluster_LEAST_REQUEST {
+		t.Errorf("sidecar cluster lb_policy = %v, want LEAST_REQUEST (P2C, the proxy's default)", got)
+	}
 	// db runs no proxy: plaintext.
 	if byName["outbound|5432||db.shop.svc.cluster.local"].GetTransportSocket() != nil {
 		t.Error("db cluster has a transport socket, but its endpoints run no proxy")
