@@ -27,9 +27,10 @@ import (
 
 // identityConfig is the identity part of weft-control's flags. Identity is on when --identity-dir is set.
 type identityConfig struct {
-	addr   string // --identity-addr: Certify and xDS over mTLS
-	dir    string // --identity-dir: what `weft identity bootstrap` wrote
-	tokens string // --identity-tokens: local mode's stand-in for TokenReview
+	addr   string        // --identity-addr: Certify and xDS over mTLS
+	dir    string        // --identity-dir: what `weft identity bootstrap` wrote
+	tokens string        // --identity-tokens: local mode's stand-in for TokenReview
+	leaf   time.Duration // --identity-leaf-lifetime: lifetime of issued workload certificates
 }
 
 // identityPlane is the running CA: the Certify service and xDS over mTLS on one port.
@@ -43,7 +44,10 @@ type identityPlane struct {
 // mTLS port. In Kubernetes mode tokens are checked with TokenReview and each issued certificate is recorded
 // as an Event; in local mode the tokens file stands in.
 func startIdentity(ctx context.Context, c identityConfig, trustDomain string, kube kubernetes.Interface, xdsSrv *server.Server, log *slog.Logger) (*identityPlane, error) {
-	ca, err := identity.NewCA(trustDomain)
+	if c.leaf <= 0 {
+		return nil, fmt.Errorf("--identity-leaf-lifetime %v: want a positive duration such as 24h or 10s", c.leaf)
+	}
+	ca, err := identity.NewCA(trustDomain, identity.WithLifetime(c.leaf))
 	if err != nil {
 		return nil, fmt.Errorf("--trust-domain: %w", err)
 	}

@@ -81,7 +81,7 @@ func TestIdentityPort(t *testing.T) {
 	}
 	c := baseConfig(t)
 	c.discoveryFile = "../../deploy/examples/echo.yaml"
-	c.identity = identityConfig{addr: freeAddr(t), dir: caDir, tokens: tokens}
+	c.identity = identityConfig{addr: freeAddr(t), dir: caDir, tokens: tokens, leaf: 2 * time.Hour}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- run(ctx, c) }()
@@ -108,6 +108,11 @@ func TestIdentityPort(t *testing.T) {
 	case <-client.Ready():
 	case <-time.After(20 * time.Second):
 		t.Fatalf("no certificate from Certify: %+v", client.Status())
+	}
+	if cert, err := client.Certificate(); err != nil {
+		t.Fatal(err)
+	} else if life := time.Until(cert.Leaf.NotAfter); life > 2*time.Hour || life < 2*time.Hour-time.Minute {
+		t.Errorf("leaf expires in %v, want about --identity-leaf-lifetime 2h", life)
 	}
 
 	dial := func(withCert bool) *grpc.ClientConn {
@@ -199,5 +204,20 @@ func waitReady(t *testing.T, url string) {
 			t.Fatalf("%s never answered 200 (last error %v)", url, err)
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestLeafLifetimeMustBePositive: a zero or negative --identity-leaf-lifetime is one clear line.
+func TestLeafLifetimeMustBePositive(t *testing.T) {
+	dir := t.TempDir()
+	if err := identity.Bootstrap(dir, identity.BootstrapOptions{TrustDomain: "cluster.local"}); err != nil {
+		t.Fatal(err)
+	}
+	c := baseConfig(t)
+	c.discoveryFile = "../../deploy/examples/echo.yaml"
+	c.identity = identityConfig{addr: freeAddr(t), dir: dir, tokens: filepath.Join(dir, "tokens"), leaf: -time.Second}
+	err := run(context.Background(), c)
+	if err == nil || !strings.Contains(err.Error(), "--identity-leaf-lifetime -1s: want a positive duration") {
+		t.Fatalf("error = %v, want a clear --identity-leaf-lifetime message", err)
 	}
 }

@@ -74,6 +74,7 @@ func newRootCmd() *cobra.Command {
 	f.StringVar(&c.identity.addr, "identity-addr", ":15012", "address of the mTLS port: the Certify service and xDS for proxies with workload certificates (needs --identity-dir)")
 	f.StringVar(&c.identity.dir, "identity-dir", "", "CA directory (what weft identity bootstrap writes): turns the identity CA on (issuer reloaded on change)")
 	f.StringVar(&c.identity.tokens, "identity-tokens", "", "local mode: file of token,namespace,serviceaccount lines that stands in for TokenReview")
+	f.DurationVar(&c.identity.leaf, "identity-leaf-lifetime", 24*time.Hour, "lifetime of the workload certificates the CA issues (proxies renew at about 70% of it)")
 	root.SetVersionTemplate(buildinfo.String("weft-control") + "\n")
 	return root
 }
