@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strings"
 	"sync"
 	"syscall"
@@ -30,6 +31,7 @@ import (
 	"github.com/weftmesh/weft/dataplane/certfile"
 	"github.com/weftmesh/weft/dataplane/config"
 	"github.com/weftmesh/weft/dataplane/proxy"
+	"github.com/weftmesh/weft/dataplane/sds"
 	"github.com/weftmesh/weft/dataplane/xdsclient"
 	"github.com/weftmesh/weft/identity"
 	"github.com/weftmesh/weft/identity/workload"
@@ -46,6 +48,8 @@ type runOptions struct {
 	// local mode (weft demo): inbound ports bound on the pod IP, the app on another loopback address
 	inboundBindPodIP bool
 	appIP            string
+	// SDS for an Envoy in the same pod (off when empty)
+	sdsSocket string
 }
 
 func envOr(name, def string) string {
@@ -85,6 +89,7 @@ func newRunCmd() *cobra.Command {
 	f.BoolVar(&o.xdsTLS, "xds-tls", envOr("XDS_TLS", "") == "true", "talk xDS over mTLS with the workload certificate (control plane port 15012; env XDS_TLS=true)")
 	f.BoolVar(&o.inboundBindPodIP, "inbound-bind-pod-ip", false, "local mode, no iptables: bind <pod-ip>:<port> for each port of the inbound listener and serve it as if redirected")
 	f.StringVar(&o.appIP, "app-ip", "", "local mode: the address the application listens on, in place of 127.0.0.1 in the inbound clusters")
+	f.StringVar(&o.sdsSocket, "sds-socket", envOr("SDS_SOCKET", ""), "serve the workload certificate (default) and trust bundle (ROOTCA) over SDS on this Unix socket, mode 0660, for an Envoy in the pod (off when empty; env SDS_SOCKET)")
 	f.StringVar(&o.logLevel, "log-level", envOr("WEFT_PROXY_LOG_LEVEL", "info"), "log level: debug, info, warn or error")
 	f.DurationVar(&o.drainTimeout, "drain-timeout", 10*time.Second, "how long in-flight requests may take to finish on SIGTERM")
 	return cmd
@@ -112,6 +117,9 @@ func (o runOptions) validate() error {
 	}
 	if o.xdsTLS && o.certDir == "" && o.identityAddr == "" {
 		return errors.New("--xds-tls needs a workload certificate: set --identity-addr or --cert-dir")
+	}
+	if o.sdsSocket != "" && o.certDir == "" && o.identityAddr == "" {
+		return errors.New("--sds-socket serves the workload certificate: set --identity-addr or --cert-dir too")
 	}
 	return nil
 }
@@ -238,6 +246,14 @@ func run(ctx context.Context, o runOptions) error {
 		}()
 	}
 
+	sdsBundle, err := startSDS(o, id, log)
+	if err != nil {
+		return err
+	}
+	if sdsBundle != nil {
+		defer sdsBundle.close()
+	}
+
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	p := proxy.New(proxy.Options{Identity: id, Registerer: reg, Logger: log})
@@ -256,6 +272,9 @@ func run(ctx context.Context, o runOptions) error {
 		}
 		defer lm.Close()
 		onUpdate = lm.Update
+	}
+	if sdsBundle != nil && o.identityAddr != "" {
+		onUpdate = sdsBundle.fromXDS(onUpdate)
 	}
 	xc := xdsclient.New(xdsclient.Options{Node: node, Conn: cc, OnUpdate: withTrustBundle(onUpdate, id, log), Logger: log})
 
@@ -342,4 +361,40 @@ func run(ctx context.Context, o runOptions) error {
 	cancel()
 	<-xdsDone
 	return runErr
+}
+
+// sdsServing is the SDS server of --sds-socket and the trust bundle it serves as ROOTCA.
+type sdsServing struct {
+	srv    *sds.Server
+	bundle *sds.Bundle
+}
+
+// startSDS serves SDS on --sds-socket when it is set (nil otherwise). ROOTCA is ca.pem of --cert-dir,
+// or, with --identity-addr, the control plane's ROOTCA once received and --trust-bundle-file before.
+func startSDS(o runOptions, id dataplane.Identity, log *slog.Logger) (*sdsServing, error) {
+	if o.sdsSocket == "" || id == nil {
+		return nil, nil
+	}
+	file := o.trustBundleFile
+	if o.certDir != "" {
+		file = filepath.Join(o.certDir, certfile.CAFile)
+	}
+	b := &sds.Bundle{Fallback: sds.FileBundle(file)}
+	srv, err := sds.Listen(sds.Options{Path: o.sdsSocket, Identity: id, Bundle: b.PEM, Logger: log})
+	if err != nil {
+		return nil, err
+	}
+	return &sdsServing{srv: srv, bundle: b}, nil
+}
+
+func (s *sdsServing) close() { _ = s.srv.Close() }
+
+// fromXDS installs each configuration with update and keeps a valid ROOTCA from the control plane for SDS.
+func (s *sdsServing) fromXDS(update func(*config.Snapshot)) func(*config.Snapshot) {
+	return func(snap *config.Snapshot) {
+		update(snap)
+		if sec := snap.Secrets[config.TrustBundleSecret]; sec != nil && x509.NewCertPool().AppendCertsFromPEM(sec.TrustedCA) {
+			s.bundle.Set(sec.TrustedCA)
+		}
+	}
 }
