@@ -127,6 +127,9 @@ func secrets(t *testing.T, r *discoveryv3.DiscoveryResponse) map[string]*tlsv3.S
 		if err := a.UnmarshalTo(&s); err != nil {
 			t.Fatalf("resource %s: %v", a.TypeUrl, err)
 		}
+		if err := s.ValidateAll(); err != nil { // the rules Envoy applies to the proto
+			t.Fatalf("secret %s is not valid for Envoy: %v", s.Name, err)
+		}
 		out[s.Name] = &s
 	}
 	return out
