@@ -112,9 +112,8 @@ func TestFullConfigAndNode(t *testing.T) {
 			if st := c.Status(); st.Protocol != wantProto {
 				t.Fatalf("protocol = %q, want %q", st.Protocol, wantProto)
 			}
-			cp.mu.Lock()
-			n := cp.nodes[len(cp.nodes)-1]
-			cp.mu.Unlock()
+			nodes := cp.Nodes()
+			n := nodes[len(nodes)-1]
 			md := n.GetMetadata().GetFields()
 			if n.GetId() != "web-1.shop" || md["NAMESPACE"].GetStringValue() != "shop" || md["POD_NAME"].GetStringValue() != "web-1" ||
 				md["SERVICE_ACCOUNT"].GetStringValue() != "web" || md["POD_IP"].GetStringValue() != "127.0.0.2" || md["CLIENT_KIND"].GetStringValue() != "weft" {
