@@ -93,27 +93,55 @@ func startBackends() (*backends, error) {
 	return b, nil
 }
 
+// echoMagic opens a connection the sink echoes instead of draining (the new-connections phase): the
+// sink writes back everything such a connection sends, the magic included.
+var echoMagic = []byte("weft-bench-echo\n")
+
 func (b *backends) drain(c net.Conn) {
 	defer c.Close()
-	buf := make([]byte, 256<<10)
 	var r bulkResult
-	for {
-		n, err := c.Read(buf)
+	head := make([]byte, len(echoMagic))
+	n, err := io.ReadFull(c, head)
+	if n > 0 {
+		r.first, r.last, r.bytes = time.Now(), time.Now(), int64(n)
+	}
+	if err == nil && bytes.Equal(head, echoMagic) {
+		echoBack(c, head)
+		return
+	}
+	buf := make([]byte, 256<<10)
+	for err == nil {
+		n, err = c.Read(buf)
 		if n > 0 {
-			now := time.Now()
-			if r.bytes == 0 {
-				r.first = now
-			}
 			r.bytes += int64(n)
-			r.last = now
-		}
-		if err != nil {
-			break
+			r.last = time.Now()
+			if r.first.IsZero() {
+				r.first = r.last
+			}
 		}
 	}
 	select {
 	case b.bulk <- r:
 	default:
+	}
+}
+
+// echoBack writes back head and then whatever arrives, until the peer closes.
+func echoBack(c net.Conn, head []byte) {
+	if _, err := c.Write(head); err != nil {
+		return
+	}
+	buf := make([]byte, 1024)
+	for {
+		n, err := c.Read(buf)
+		if n > 0 {
+			if _, werr := c.Write(buf[:n]); werr != nil {
+				return
+			}
+		}
+		if err != nil {
+			return
+		}
 	}
 }
 

@@ -293,3 +293,82 @@ func tcpBulk(ctx context.Context, addr string, d time.Duration, results <-chan b
 		return 0, ctx.Err()
 	}
 }
+
+// connResult is the new-connections phase: each worker in a closed loop opens a new TCP connection,
+// writes a small message, reads its echo and closes.
+type connResult struct {
+	perSec   float64 // completed connections per second
+	n        int     // completed connections
+	errors   int
+	firstErr string
+	p50, p99 time.Duration // of one whole connection: connect, write, echo, close
+}
+
+// connMsgSize is the message each connection sends (echoMagic first, so the sink echoes it).
+const connMsgSize = 64
+
+// newConns runs workers closed-loop connection openers against addr for d.
+func newConns(ctx context.Context, addr string, workers int, d time.Duration) connResult {
+	msg := bytes.Repeat([]byte("c"), connMsgSize)
+	copy(msg, echoMagic)
+	var (
+		mu       sync.Mutex
+		all      []time.Duration
+		errCount int
+		firstErr string
+	)
+	start := time.Now()
+	end := start.Add(d)
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Go(func() {
+			var mine []time.Duration
+			var errs int
+			var first string
+			got := make([]byte, connMsgSize)
+			for time.Now().Before(end) && ctx.Err() == nil {
+				t0 := time.Now()
+				if err := oneConn(addr, msg, got); err != nil {
+					if errs == 0 {
+						first = err.Error()
+					}
+					errs++
+					continue
+				}
+				mine = append(mine, time.Since(t0))
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			all = append(all, mine...)
+			if errs > 0 && errCount == 0 {
+				firstErr = first
+			}
+			errCount += errs
+		})
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	slices.Sort(all)
+	return connResult{perSec: float64(len(all)) / elapsed.Seconds(), n: len(all), errors: errCount, firstErr: firstErr,
+		p50: percentile(all, 0.5), p99: percentile(all, 0.99)}
+}
+
+// oneConn is one new connection: connect, write msg, read the same bytes back, close.
+func oneConn(addr string, msg, got []byte) error {
+	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := c.Write(msg); err != nil {
+		return fmt.Errorf("write: %w", err)
+	}
+	if _, err := io.ReadFull(c, got); err != nil {
+		return fmt.Errorf("reading the echo: %w", err)
+	}
+	if !bytes.Equal(got, msg) {
+		return errors.New("the echo differs from the message")
+	}
+	return nil
+}

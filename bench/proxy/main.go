@@ -9,7 +9,8 @@
 // Measured: open-loop HTTP/1.1 GETs of 1 KB at constant rates, latency from the intended send time
 // (p50/p99/p999 added over direct); closed-loop maximum (wrk); gRPC unary (closed loop); TCP bulk;
 // RSS of each proxy idle and under load (/proc/<pid>/status VmRSS); CPU seconds per 1000 requests
-// (/proc/<pid>/stat).
+// (/proc/<pid>/stat); new TCP connections per second through the TCP path (connect, echo 64 bytes,
+// close, closed loop), which on B2/H2 is a new mTLS connection between the two proxies each time.
 //
 //	go run ./bench/proxy [-weft-proxy bin/weft-proxy] [-rates 200,1000,2000] [-open 8s] ...
 package main
@@ -41,6 +42,8 @@ type options struct {
 	grpcDur               time.Duration
 	grpcInflight          int
 	tcpDur                time.Duration
+	connDur               time.Duration // the new-connections phase
+	connWorkers           int
 	keep                  bool            // keep the temp dir (configs, certificates, proxy logs)
 	only                  map[string]bool // measure only these paths (nil: all)
 	wrkOnly               map[string]bool // run wrk only on these paths (nil: all; the smoke test saves time)
@@ -63,6 +66,8 @@ func main() {
 	flag.DurationVar(&o.grpcDur, "grpc", 3*time.Second, "duration of each gRPC phase")
 	flag.IntVar(&o.grpcInflight, "grpc-inflight", 16, "concurrent gRPC calls")
 	flag.DurationVar(&o.tcpDur, "tcp", 3*time.Second, "duration of each TCP bulk phase")
+	flag.DurationVar(&o.connDur, "conns", 3*time.Second, "duration of each new-connections phase")
+	flag.IntVar(&o.connWorkers, "conn-workers", 16, "concurrent workers of the new-connections phase (each opens, echoes, closes, repeats)")
 	flag.BoolVar(&o.keep, "keep", false, "keep the working directory (configs, certificates, proxy logs)")
 	flag.Parse()
 	o.progress = os.Stderr
@@ -137,7 +142,8 @@ type results struct {
 	wrk   map[string]wrkResult
 	grpc  map[string]grpcResult
 	tcp   map[string]float64
-	errs  map[string]error // "<path>/<measurement>" → why it has no number
+	conns map[string]connResult // new connections per second over the TCP path
+	errs  map[string]error      // "<path>/<measurement>" → why it has no number
 	procs map[string]*procStats
 	hap   string    // HAProxy version line
 	load  [2]string // /proc/loadavg before and after
@@ -189,7 +195,7 @@ func run(ctx context.Context, o options) (*results, error) {
 		return nil, err
 	}
 	res := &results{opts: o, when: time.Now().UTC(), paths: t.paths, open: map[string]map[int]latencyStats{},
-		wrk: map[string]wrkResult{}, grpc: map[string]grpcResult{}, tcp: map[string]float64{},
+		wrk: map[string]wrkResult{}, grpc: map[string]grpcResult{}, tcp: map[string]float64{}, conns: map[string]connResult{},
 		errs: map[string]error{}, procs: map[string]*procStats{}}
 	if t.haproxy != "" {
 		if out, err := exec.Command(t.haproxy, "-v").Output(); err == nil {
@@ -298,6 +304,17 @@ func run(ctx context.Context, o options) (*results, error) {
 			continue
 		}
 		res.tcp[p.key] = g
+	}
+	for _, p := range live {
+		if p.tcpErr != nil {
+			continue
+		}
+		logf("new connections (%d workers): %s %s", o.connWorkers, p.key, p.name)
+		c := newConns(ctx, p.tcp, o.connWorkers, o.connDur)
+		if c.errors > 0 {
+			logf("  %d of %d connections failed, first: %s", c.errors, c.errors+c.n, c.firstErr)
+		}
+		res.conns[p.key] = c
 	}
 	return res, nil
 }

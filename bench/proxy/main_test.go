@@ -31,6 +31,7 @@ func TestSmoke(t *testing.T) {
 		rates: []int{100}, openConns: 4, open: 200 * time.Millisecond, warm: 100 * time.Millisecond,
 		closed: time.Second, wrkThreads: 1, wrkConns: 4, wrkOnly: map[string]bool{"B0": true, "B2": true},
 		grpcDur: 200 * time.Millisecond, grpcInflight: 2, tcpDur: 200 * time.Millisecond,
+		connDur: time.Second, connWorkers: 4,
 		progress: &progress,
 	})
 	if err != nil {
@@ -55,6 +56,9 @@ func TestSmoke(t *testing.T) {
 		if res.tcp[k] <= 0 {
 			t.Errorf("%s TCP bulk: %v Gbit/s", k, res.tcp[k])
 		}
+		if c := res.conns[k]; c.n == 0 || c.errors != 0 {
+			t.Errorf("%s new connections: %d echoed, %d failed (%s)", k, c.n, c.errors, c.firstErr)
+		}
 		if k == "B0" {
 			continue
 		}
@@ -77,7 +81,8 @@ func TestSmoke(t *testing.T) {
 	var out bytes.Buffer
 	res.report(&out)
 	report := out.String()
-	for _, want := range []string{"### Against direct", "| max rps (wrk) |", "| TCP bulk Gbit/s |", "### weft-proxy against HAProxy", "### Targets (issue 4)", "| B1 max rps ≥ 60% of direct |"} {
+	for _, want := range []string{"### Against direct", "| max rps (wrk) |", "| TCP bulk Gbit/s |", "### weft-proxy against HAProxy", "### Targets (issue 4)", "| B1 max rps ≥ 60% of direct |",
+		"| new TCP connections/s (4 workers) |", "| B2 new mTLS connections ≥ 600/s (issue 5) |"} {
 		if !strings.Contains(report, want) {
 			t.Errorf("report lacks %q:\n%s", want, report)
 		}

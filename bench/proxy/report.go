@@ -16,6 +16,17 @@ const (
 	targetRSSIdleMB = 12.0
 	targetRSSLoadMB = 20.0
 	targetRate      = 1000
+	targetConnsPerS = 600 // issue 5: new mTLS connections per second between two proxies
+)
+
+// Whether the mTLS hop between the two proxies resumes TLS sessions, from their code and configs (the
+// bench does not change either).
+const (
+	weftResumption = "not resumed: weft-proxy's upstream tls.Config (dataplane/proxy/tls.go, dialTLS) is built per dial " +
+		"without a ClientSessionCache, so each new connection is a full TLS 1.3 handshake with certificates both ways; " +
+		"its TCP path (dataplane/proxy/tcp.go, proxyTCP) does not pool upstreams: one new upstream connection per client connection"
+	hapResumption = "HAProxy's client side reuses the TLS session of its last connection to a server by default (the bench's " +
+		"server lines have no no-ssl-reuse) and its server side accepts resumption"
 )
 
 // columns are the paths in the order of the tables: each weft path beside its HAProxy twin.
@@ -114,9 +125,10 @@ func (r *results) report(w io.Writer) {
 		"B2 client sidecar → mTLS HTTP/2 → server sidecar; H1/H2 the same through HAProxy. HTTP/1.1 GET, 1 KB responses. "+
 		"Open loop: %v per rate after %v warm-up, over %d keep-alive connections, latency from the intended send time. Closed loop: wrk -t%d -c%d for %v. "+
 		"gRPC unary 1 KB echo, %d in flight, %v. TCP bulk: one connection, %v. "+
+		"New connections: %d workers for %v, each connection through the TCP path: connect, 64-byte echo, close. "+
 		"Load average before/after: %s / %s (the machine is shared: compare columns, not runs).\n\n",
 		r.when.Format("2006-01-02 15:04 UTC"), runtime.NumCPU(), runtime.GOMAXPROCS(0), orNA(r.hap, "HAProxy not run"),
-		o.open, o.warm, o.openConns, o.wrkThreads, o.wrkConns, o.closed, o.grpcInflight, o.grpcDur, o.tcpDur, r.load[0], r.load[1])
+		o.open, o.warm, o.openConns, o.wrkThreads, o.wrkConns, o.closed, o.grpcInflight, o.grpcDur, o.tcpDur, o.connWorkers, o.connDur, r.load[0], r.load[1])
 
 	fmt.Fprintf(w, "### Against direct\n\n")
 	fmt.Fprintf(w, "| | B0 direct | B1 weft | H1 HAProxy | B2 weft mTLS | H2 HAProxy mTLS |\n|---|---|---|---|---|---|\n")
@@ -212,6 +224,27 @@ func (r *results) report(w io.Writer) {
 		}
 		return s
 	})
+	rw.row(fmt.Sprintf("new TCP connections/s (%d workers)", o.connWorkers), func(k string) string {
+		c, ok := r.conns[k]
+		if !ok {
+			return rw.na(k, "tcp")
+		}
+		s := fmt.Sprintf("%.0f", c.perSec)
+		if k != "B0" {
+			s += pct(c.perSec, r.conns["B0"].perSec)
+		}
+		if c.errors > 0 {
+			s += fmt.Sprintf(" (%d failed %s)", c.errors, rw.note(fmt.Sprintf("%s new connections: %d of %d failed, first: %s", k, c.errors, c.errors+c.n, c.firstErr)))
+		}
+		return s
+	})
+	rw.row("one connection p50 / p99", func(k string) string {
+		c, ok := r.conns[k]
+		if !ok || c.n == 0 {
+			return rw.na(k, "tcp")
+		}
+		return ms(c.p50) + " / " + ms(c.p99)
+	})
 	rss := func(pick func(*procStats) ([]int64, []int64)) func(string) string {
 		return func(k string) string {
 			if k == "B0" {
@@ -268,6 +301,7 @@ func (r *results) report(w io.Writer) {
 	} else if r.mtlsErr != nil {
 		fmt.Fprintf(w, "\nB2's mTLS could not be confirmed from the sidecars' /metrics: %v\n", r.mtlsErr)
 	}
+	fmt.Fprintf(w, "\nNew connections: on B2 each client connection makes the client sidecar open a new upstream mTLS connection to the server sidecar; TLS sessions %s. On H2, %s.\n", weftResumption, hapResumption)
 	fmt.Fprintf(w, "\nHAProxy's mTLS checks the peer's chain against the CA but not its SPIFFE URI SAN (it has no URI SAN matcher); weft-proxy checks both.\n")
 }
 
@@ -323,6 +357,14 @@ func (rw *reportWriter) versusHAProxy() {
 			return "—"
 		}
 		return ratio(x.rps, y.rps)
+	})
+	line("new TCP connections/s", func(a, b string) string {
+		x, ok1 := r.conns[a]
+		y, ok2 := r.conns[b]
+		if !ok1 || !ok2 {
+			return "—"
+		}
+		return ratio(x.perSec, y.perSec)
 	})
 	line("TCP bulk Gbit/s", func(a, b string) string {
 		x, ok1 := r.tcp[a]
@@ -445,6 +487,13 @@ func (rw *reportWriter) targets() {
 		line(target, measured, float64(worst)/1024 <= limitMB, have)
 	}
 	rssLine(fmt.Sprintf("RSS ≤ %.0f MB idle, each weft-proxy", targetRSSIdleMB), targetRSSIdleMB, func(p *procStats) []int64 { return p.rssIdleKB })
+	// Issue 5's target: new mTLS connections per second between two proxies, with session resumption.
+	c, okc := r.conns["B2"]
+	measured := ""
+	if okc {
+		measured = fmt.Sprintf("%.0f/s, %d failed; TLS session resumption between the sidecars: no %s", c.perSec, c.errors, rw.note("B2: "+weftResumption))
+	}
+	line(fmt.Sprintf("B2 new mTLS connections ≥ %d/s (issue 5)", targetConnsPerS), measured, okc && c.perSec >= targetConnsPerS && c.errors == 0, okc)
 	rssLine(fmt.Sprintf("RSS ≤ %.0f MB at 2000 rps, each weft-proxy%s", targetRSSLoadMB, cond(top != 2000, fmt.Sprintf(" (measured at %d rps)", top))), targetRSSLoadMB,
 		func(p *procStats) []int64 { return p.rssLoadKB })
 }
