@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/csv"
 	"errors"
 	"fmt"
 	"io"
@@ -302,6 +303,45 @@ type connResult struct {
 	errors   int
 	firstErr string
 	p50, p99 time.Duration // of one whole connection: connect, write, echo, close
+	// On H2, the server HAProxy's count of TLS sessions resumed and fully handshaken during the phase.
+	resumed, full  int64
+	resumeMeasured bool
+	resumeErr      error
+}
+
+// hapTLSSessions reads from an HAProxy's CSV stats the sessions of backends tcp_resumed (resumed TLS
+// sessions) and tcp_up (full handshakes): their stot column.
+func hapTLSSessions(url string) (resumed, full int64, err error) {
+	c := &http.Client{Timeout: 5 * time.Second}
+	resp, err := c.Get(url)
+	if err != nil {
+		return 0, 0, fmt.Errorf("HAProxy stats: %w", err)
+	}
+	defer resp.Body.Close()
+	rows, err := csv.NewReader(resp.Body).ReadAll()
+	if err != nil {
+		return 0, 0, fmt.Errorf("HAProxy stats: %w", err)
+	}
+	var seen int
+	for _, r := range rows {
+		if len(r) < 8 || r[1] != "BACKEND" {
+			continue
+		}
+		n, perr := strconv.ParseInt(r[7], 10, 64) // stot
+		if perr != nil {
+			continue
+		}
+		switch r[0] {
+		case "tcp_resumed":
+			resumed, seen = n, seen+1
+		case "tcp_up":
+			full, seen = n, seen+1
+		}
+	}
+	if seen != 2 {
+		return 0, 0, errors.New("HAProxy stats lack backends tcp_resumed and tcp_up")
+	}
+	return resumed, full, nil
 }
 
 // connMsgSize is the message each connection sends (echoMagic first, so the sink echoes it).

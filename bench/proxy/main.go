@@ -310,7 +310,16 @@ func run(ctx context.Context, o options) (*results, error) {
 			continue
 		}
 		logf("new connections (%d workers): %s %s", o.connWorkers, p.key, p.name)
+		var r0, f0 int64
+		var serr error
+		if p.hapStats != "" {
+			r0, f0, serr = hapTLSSessions(p.hapStats)
+		}
 		c := newConns(ctx, p.tcp, o.connWorkers, o.connDur)
+		if p.hapStats != "" {
+			r1, f1, err := hapTLSSessions(p.hapStats)
+			c.resumed, c.full, c.resumeErr, c.resumeMeasured = r1-r0, f1-f0, errors.Join(serr, err), true
+		}
 		if c.errors > 0 {
 			logf("  %d of %d connections failed, first: %s", c.errors, c.errors+c.n, c.firstErr)
 		}

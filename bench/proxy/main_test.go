@@ -59,6 +59,9 @@ func TestSmoke(t *testing.T) {
 		if c := res.conns[k]; c.n == 0 || c.errors != 0 {
 			t.Errorf("%s new connections: %d echoed, %d failed (%s)", k, c.n, c.errors, c.firstErr)
 		}
+		if c := res.conns[k]; k == "H2" && (!c.resumeMeasured || c.resumeErr != nil || c.resumed+c.full < int64(c.n)) {
+			t.Errorf("H2 TLS sessions not counted: %d resumed + %d full for %d connections (%v)", c.resumed, c.full, c.n, c.resumeErr)
+		}
 		if k == "B0" {
 			continue
 		}
@@ -82,7 +85,8 @@ func TestSmoke(t *testing.T) {
 	res.report(&out)
 	report := out.String()
 	for _, want := range []string{"### Against direct", "| max rps (wrk) |", "| TCP bulk Gbit/s |", "### weft-proxy against HAProxy", "### Targets (issue 4)", "| B1 max rps ≥ 60% of direct |",
-		"| new TCP connections/s (4 workers) |", "| B2 new mTLS connections ≥ 600/s (issue 5) |"} {
+		"| new TCP connections/s (4 workers) |", "| B2 new mTLS connections ≥ 600/s (issue 5) |",
+		"| TLS sessions resumed between the proxies |"} {
 		if !strings.Contains(report, want) {
 			t.Errorf("report lacks %q:\n%s", want, report)
 		}

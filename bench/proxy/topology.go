@@ -22,6 +22,9 @@ type path struct {
 	procs     []*proc // the proxies carrying this path's HTTP and gRPC (measured)
 	err       error   // the path could not be set up
 	tcpErr    error   // the TCP variant could not be set up
+	// hapStats is the CSV stats URL of H2's server HAProxy, whose TCP frontend sends resumed TLS
+	// sessions to backend tcp_resumed and full handshakes to tcp_up (so their session counts tell).
+	hapStats string
 }
 
 const (
@@ -295,9 +298,14 @@ func httpFrontend(name, bind, bindOpts, app, grpcApp, upOpts string) string {
 	return s
 }
 
-func tcpFrontend(name, bind, bindOpts, upstream, upOpts string) string {
-	return fmt.Sprintf("frontend %s\n    mode tcp\n    bind %s%s\n    default_backend %s_up\nbackend %s_up\n    mode tcp\n    server s1 %s%s\n",
-		name, bind, bindOpts, name, name, upstream, upOpts)
+// tcpFrontend is a TCP frontend and its backend; rules are extra frontend lines (use_backend …).
+func tcpFrontend(name, bind, bindOpts, upstream, upOpts string, rules ...string) string {
+	s := fmt.Sprintf("frontend %s\n    mode tcp\n    bind %s%s\n", name, bind, bindOpts)
+	for _, r := range rules {
+		s += "    " + r + "\n"
+	}
+	return s + fmt.Sprintf("    default_backend %s_up\nbackend %s_up\n    mode tcp\n    server s1 %s%s\n",
+		name, name, upstream, upOpts)
 }
 
 func (t *topology) haproxyH1(ctx context.Context, p *path) error {
@@ -329,10 +337,17 @@ func (t *topology) haproxyH2(ctx context.Context, p *path) error {
 	if err != nil {
 		return err
 	}
+	stats, err := freeAddr("127.0.0.1")
+	if err != nil {
+		return err
+	}
+	p.hapStats = "http://" + stats + "/stats;csv"
 	server, err := t.startHAProxy(ctx, "haproxy-2-server", []string{
 		httpFrontend("http", srvHTTP, t.tlsOpts("server", "h2,http/1.1"), t.be.http.String(), t.be.grpc.String(), ""),
-		tcpFrontend("tcp", srvTCP, t.tlsOpts("server", ""), t.be.sink.String(), ""),
-	}, []string{srvHTTP, srvTCP})
+		tcpFrontend("tcp", srvTCP, t.tlsOpts("server", ""), t.be.sink.String(), "", "use_backend tcp_resumed if { ssl_fc_is_resumed }"),
+		fmt.Sprintf("backend tcp_resumed\n    mode tcp\n    server s1 %s\n", t.be.sink),
+		fmt.Sprintf("listen stats\n    mode http\n    bind %s\n    stats enable\n    stats uri /stats\n", stats),
+	}, []string{srvHTTP, srvTCP, stats})
 	if err != nil {
 		return err
 	}
