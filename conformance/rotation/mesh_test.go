@@ -441,13 +441,13 @@ func (m *mesh) certified() (int, error) {
 	return 0, sc.Err()
 }
 
-// serverCert dials the server pod's inbound port, as a client proxy would, and returns the serial of the
-// workload certificate server-0's proxy presents, after checking its chain against the trust bundle and
+// serverCert dials the server pod's inbound port, as a client proxy would, and returns the workload
+// certificate server-0's proxy presents, after checking its chain against the trust bundle and
 // its SPIFFE ID. The test holds no workload certificate, so the server refuses the connection right after
 // the handshake (strict inbound); the certificate it presented is what this observes.
-func (m *mesh) serverCert() (string, error) {
+func (m *mesh) serverCert() (*x509.Certificate, error) {
 	want := fmt.Sprintf("spiffe://%s/ns/%s/sa/server", trustDomain, namespace)
-	var serial string
+	var seen *x509.Certificate
 	conf := &tls.Config{
 		MinVersion:         tls.VersionTLS13,
 		NextProtos:         []string{"http/1.1"},
@@ -467,7 +467,7 @@ func (m *mesh) serverCert() (string, error) {
 			if len(leaf.URIs) != 1 || leaf.URIs[0].String() != want {
 				return fmt.Errorf("server certificate names %v, want %s", leaf.URIs, want)
 			}
-			serial = leaf.SerialNumber.Text(16)
+			seen = leaf
 			return nil
 		},
 	}
@@ -476,14 +476,17 @@ func (m *mesh) serverCert() (string, error) {
 	if conn != nil {
 		conn.Close()
 	}
-	if serial != "" {
-		return serial, nil // the server may refuse our certificate-less side after showing its own
+	if seen != nil {
+		return seen, nil // the server may refuse our certificate-less side after showing its own
 	}
 	if err == nil {
 		err = errors.New("no server certificate seen")
 	}
-	return "", err
+	return nil, err
 }
+
+// serial is a certificate's serial number in hex.
+func serial(c *x509.Certificate) string { return c.SerialNumber.Text(16) }
 
 // trafficClient is an app of the client pod: plain HTTP through its proxy's http_proxy.
 type trafficClient struct {
