@@ -176,6 +176,7 @@ func (p *Proxy) handleConn(c net.Conn, name string) {
 			return
 		}
 		info.tls = true
+		p.metrics.observeHandshake("inbound", tc.ConnectionState().DidResume)
 		if pc := tc.ConnectionState().PeerCertificates; len(pc) > 0 {
 			info.peerID = spiffeID(pc[0])
 		}

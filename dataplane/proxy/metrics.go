@@ -22,6 +22,8 @@ type Metrics struct {
 	tcpCloses *prometheus.CounterVec
 	tcpRead   *prometheus.CounterVec
 	tcpWrite  *prometheus.CounterVec
+	// handshakes counts mTLS handshakes between proxies by direction and whether the session resumed.
+	handshakes *prometheus.CounterVec
 }
 
 var (
@@ -41,9 +43,15 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		tcpCloses: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "tcp_close_total", Help: "TCP connections closed."}, tcpLabels),
 		tcpRead:   prometheus.NewCounterVec(prometheus.CounterOpts{Name: "tcp_read_bytes_total", Help: "Bytes read from the downstream peer."}, tcpLabels),
 		tcpWrite:  prometheus.NewCounterVec(prometheus.CounterOpts{Name: "tcp_write_bytes_total", Help: "Bytes written to the downstream peer."}, tcpLabels),
+		handshakes: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "tls_handshake_total", Help: "mTLS handshakes between proxies, by whether the TLS session was resumed."},
+			[]string{"direction", "resumed"}),
 	}
-	reg.MustRegister(m.requests, m.responses, m.latency, m.tcpOpens, m.tcpCloses, m.tcpRead, m.tcpWrite)
+	reg.MustRegister(m.requests, m.responses, m.latency, m.tcpOpens, m.tcpCloses, m.tcpRead, m.tcpWrite, m.handshakes)
 	return m
+}
+
+func (m *Metrics) observeHandshake(direction string, resumed bool) {
+	m.handshakes.WithLabelValues(direction, boolLabel(resumed)).Inc()
 }
 
 func boolLabel(b bool) string {

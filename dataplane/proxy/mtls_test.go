@@ -308,4 +308,27 @@ func TestGRPCAndTCPOverMTLS(t *testing.T) {
 	waitFor(t, "tcp metrics", func() bool { return metricValue(t, client.reg, "tcp_close_total", labels) == 1 })
 	in := map[string]string{"direction": "inbound", "tls": "true", "client_id": clientID, "server_id": echoID}
 	waitFor(t, "inbound tcp metrics", func() bool { return metricValue(t, server.reg, "tcp_close_total", in) == 1 })
+
+	// Each new TCP connection makes a new mTLS connection between the sidecars; after the first, the TLS
+	// session is resumed (cheaper: no certificate exchange), and the server still sees the client's identity.
+	for i := range 3 {
+		conn, err := net.Dial("tcp", tc.lis.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		msg := []byte("again " + strconv.Itoa(i))
+		go func() { _, _ = conn.Write(msg); _ = conn.(*net.TCPConn).CloseWrite() }()
+		got, err := io.ReadAll(conn)
+		conn.Close()
+		if err != nil || string(got) != string(msg) {
+			t.Fatalf("tcp over mTLS, connection %d: %q, %v", i, got, err)
+		}
+	}
+	waitFor(t, "inbound tcp metrics after 4 connections", func() bool { return metricValue(t, server.reg, "tcp_close_total", in) == 4 })
+	if n := metricValue(t, client.reg, "tls_handshake_total", map[string]string{"direction": "outbound", "resumed": "true"}); n < 3 {
+		t.Errorf("client sidecar resumed %v TLS sessions over 3 new TCP connections, want 3", n)
+	}
+	if n := metricValue(t, server.reg, "tls_handshake_total", map[string]string{"direction": "inbound", "resumed": "true"}); n < 3 {
+		t.Errorf("server sidecar resumed %v TLS sessions, want 3", n)
+	}
 }

@@ -57,6 +57,7 @@ type Proxy struct {
 	tunnelWG sync.WaitGroup
 
 	outbound, inbound *connServer
+	sessions          tlsSessions
 }
 
 // New returns a proxy with an empty configuration.

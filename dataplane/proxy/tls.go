@@ -126,6 +126,7 @@ func (p *Proxy) dialTLS(ctx context.Context, st *clusterState, addr string, alpn
 		MinVersion:         tls.VersionTLS13,
 		NextProtos:         alpn,
 		ServerName:         sni,
+		ClientSessionCache: p.sessionCache(),
 		InsecureSkipVerify: true, // the chain and SPIFFE id are verified in VerifyConnection
 		GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
 			return p.identity.Certificate()
@@ -154,7 +155,17 @@ func (p *Proxy) dialTLS(ctx context.Context, st *clusterState, addr string, alpn
 		raw.Close()
 		return nil, fmt.Errorf("mTLS handshake with %s: %w", addr, err)
 	}
+	p.metrics.observeHandshake("outbound", tc.ConnectionState().DidResume)
 	return tc, nil
+}
+
+// sessionCache is the client session cache of our current certificate (nil without one: no resumption).
+func (p *Proxy) sessionCache() tls.ClientSessionCache {
+	cert, err := p.identity.Certificate()
+	if err != nil || cert == nil {
+		return nil
+	}
+	return p.sessions.epoch(cert).cache
 }
 
 // serverTLS is the config for terminating mTLS on an inbound chain: a client certificate of our trust
@@ -168,7 +179,7 @@ func (p *Proxy) serverTLS(alpn []string) *tls.Config {
 			protos = append(protos, a)
 		}
 	}
-	return &tls.Config{
+	conf := &tls.Config{
 		MinVersion: tls.VersionTLS13,
 		NextProtos: protos,
 		ClientAuth: tls.RequireAnyClientCert,
@@ -186,4 +197,9 @@ func (p *Proxy) serverTLS(alpn []string) *tls.Config {
 			return nil
 		},
 	}
+	// Tickets sealed with keys of our current certificate's epoch (see tlsSessions).
+	if cert, err := p.identity.Certificate(); err == nil && cert != nil {
+		conf.SetSessionTicketKeys(p.sessions.epoch(cert).keys)
+	}
+	return conf
 }
