@@ -309,6 +309,16 @@ type connResult struct {
 	resumeErr      error
 }
 
+// weftTLSSessions reads a weft-proxy's inbound mTLS handshakes, resumed and full, from its /metrics.
+func weftTLSSessions(admin string) (resumed, full int64, err error) {
+	r, err := metricSum(admin, "tls_handshake_total", map[string]string{"direction": "inbound", "resumed": "true"})
+	if err != nil {
+		return 0, 0, err
+	}
+	f, err := metricSum(admin, "tls_handshake_total", map[string]string{"direction": "inbound", "resumed": "false"})
+	return int64(r), int64(f), err
+}
+
 // hapTLSSessions reads from an HAProxy's CSV stats the sessions of backends tcp_resumed (resumed TLS
 // sessions) and tcp_up (full handshakes): their stot column.
 func hapTLSSessions(url string) (resumed, full int64, err error) {

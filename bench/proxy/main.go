@@ -315,9 +315,16 @@ func run(ctx context.Context, o options) (*results, error) {
 		if p.hapStats != "" {
 			r0, f0, serr = hapTLSSessions(p.hapStats)
 		}
+		if p.weftTCPServerAdmin != "" {
+			r0, f0, serr = weftTLSSessions(p.weftTCPServerAdmin)
+		}
 		c := newConns(ctx, p.tcp, o.connWorkers, o.connDur)
-		if p.hapStats != "" {
+		switch {
+		case p.hapStats != "":
 			r1, f1, err := hapTLSSessions(p.hapStats)
+			c.resumed, c.full, c.resumeErr, c.resumeMeasured = r1-r0, f1-f0, errors.Join(serr, err), true
+		case p.weftTCPServerAdmin != "":
+			r1, f1, err := weftTLSSessions(p.weftTCPServerAdmin)
 			c.resumed, c.full, c.resumeErr, c.resumeMeasured = r1-r0, f1-f0, errors.Join(serr, err), true
 		}
 		if c.errors > 0 {

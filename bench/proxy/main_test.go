@@ -59,8 +59,8 @@ func TestSmoke(t *testing.T) {
 		if c := res.conns[k]; c.n == 0 || c.errors != 0 {
 			t.Errorf("%s new connections: %d echoed, %d failed (%s)", k, c.n, c.errors, c.firstErr)
 		}
-		if c := res.conns[k]; k == "H2" && (!c.resumeMeasured || c.resumeErr != nil || c.resumed+c.full < int64(c.n)) {
-			t.Errorf("H2 TLS sessions not counted: %d resumed + %d full for %d connections (%v)", c.resumed, c.full, c.n, c.resumeErr)
+		if c := res.conns[k]; (k == "H2" || k == "B2") && (!c.resumeMeasured || c.resumeErr != nil || c.resumed+c.full < int64(c.n)) {
+			t.Errorf("%s TLS sessions not counted: %d resumed + %d full for %d connections (%v)", k, c.resumed, c.full, c.n, c.resumeErr)
 		}
 		if k == "B0" {
 			continue

@@ -25,6 +25,9 @@ type path struct {
 	// hapStats is the CSV stats URL of H2's server HAProxy, whose TCP frontend sends resumed TLS
 	// sessions to backend tcp_resumed and full handshakes to tcp_up (so their session counts tell).
 	hapStats string
+	// weftTCPServerAdmin is the admin address of B2's TCP server sidecar, whose tls_handshake_total
+	// counts resumed and full mTLS handshakes.
+	weftTCPServerAdmin string
 }
 
 const (
@@ -229,9 +232,11 @@ func (t *topology) weftB2(ctx context.Context, p *path) error {
 			listener("inbound", chain{name: cl, dst: in, cluster: cl, mtls: true})); err != nil {
 			return err
 		}
-		if _, err := t.weft(ctx, "b2-tcp-server", "127.0.0.24", "server", "", inbound, t.certs["server"]); err != nil {
+		srv, err := t.weft(ctx, "b2-tcp-server", "127.0.0.24", "server", "", inbound, t.certs["server"])
+		if err != nil {
 			return err
 		}
+		p.weftTCPServerAdmin = srv.admin
 		if p.tcp, err = freeAddr("127.0.0.23"); err != nil {
 			return err
 		}
