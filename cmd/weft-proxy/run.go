@@ -339,7 +339,19 @@ func run(ctx context.Context, o runOptions) error {
 		}()
 	}
 	xdsDone := make(chan struct{})
-	go func() { defer close(xdsDone); _ = xc.Run(ctx) }()
+	go func() {
+		defer close(xdsDone)
+		// Over mTLS the xDS stream needs our certificate: wait for the first one rather than fail and
+		// back off (which delayed start-up by seconds).
+		if r, ok := id.(interface{ Ready() <-chan struct{} }); ok && o.xdsTLS {
+			select {
+			case <-r.Ready():
+			case <-ctx.Done():
+				return
+			}
+		}
+		_ = xc.Run(ctx)
+	}()
 	log.Info("weft-proxy started", "version", buildinfo.Version, "node", node.ID(), "xds", o.xdsAddr,
 		"outbound", o.outboundAddr, "inbound", o.inboundAddr, "http_proxy", o.httpProxyAddr, "admin", o.adminAddr, "mtls", id != nil)
 

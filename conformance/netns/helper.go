@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"context"
 	"fmt"
-	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -106,22 +105,15 @@ func helperBinary() (string, error) {
 	return selfPath, selfErr
 }
 
+// copyExecutable copies src to dst through a `cp` child process. Writing the copy from this process
+// would hold a writable descriptor on it that a concurrent fork (another test starting a process)
+// inherits until its exec, and executing the copy meanwhile fails with ETXTBSY ("text file busy").
 func copyExecutable(src, dst string) error {
-	in, err := os.Open(src)
-	if err != nil {
-		return err
-	}
-	defer in.Close()
 	tmp := dst + ".tmp"
-	out, err := os.OpenFile(tmp, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o755)
-	if err != nil {
-		return err
+	if out, err := exec.Command("cp", src, tmp).CombinedOutput(); err != nil {
+		return fmt.Errorf("copying %s: %w: %s", src, err, out)
 	}
-	if _, err := io.Copy(out, in); err != nil {
-		out.Close()
-		return err
-	}
-	if err := out.Close(); err != nil {
+	if err := os.Chmod(tmp, 0o755); err != nil {
 		return err
 	}
 	return os.Rename(tmp, dst)

@@ -167,7 +167,9 @@ func generate(ctx context.Context, l Layout, rps int) {
 		go func() {
 			defer wg.Done()
 			defer func() { <-sem }()
-			req, _ := http.NewRequestWithContext(ctx, http.MethodGet, target, nil)
+			// Not cancelled with ctx: stopping the generator lets requests in flight finish (within the
+			// client's timeout), so the last figures count no request the demo itself aborted.
+			req, _ := http.NewRequestWithContext(context.WithoutCancel(ctx), http.MethodGet, target, nil)
 			resp, err := client.Do(req)
 			if err != nil {
 				return

@@ -120,7 +120,8 @@ func Run(ctx context.Context, o Options) (res *Result, err error) {
 	go func() { defer close(genDone); generate(genCtx, layout, o.RPS) }()
 	defer func() { stopGen(); <-genDone }()
 
-	rows, err := watch(ctx, sup, o, layout)
+	drain := func() { stopGen(); <-genDone }
+	rows, err := watch(ctx, sup, o, layout, drain)
 	res.Rows = rows
 	return res, err
 }
@@ -230,8 +231,9 @@ func startMesh(ctx context.Context, sup *supervisor, o Options, l Layout, dir st
 	return nil
 }
 
-// watch scrapes the proxies every interval and prints the table until ctx ends; it returns the totals.
-func watch(ctx context.Context, sup *supervisor, o Options, l Layout) ([]Row, error) {
+// watch scrapes the proxies every interval and prints the table until ctx ends; it returns the totals,
+// scraped after drain has stopped the traffic and let the requests in flight finish.
+func watch(ctx context.Context, sup *supervisor, o Options, l Layout, drain func()) ([]Row, error) {
 	client := &http.Client{Timeout: 3 * time.Second}
 	start := time.Now()
 	first := map[string]Counts{}
@@ -268,7 +270,8 @@ func watch(ctx context.Context, sup *supervisor, o Options, l Layout) ([]Row, er
 	for {
 		select {
 		case <-ctx.Done():
-			// A last scrape for the totals (the proxies still run).
+			// A last scrape for the totals (the proxies still run), once no request is in flight.
+			drain()
 			sctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 			_ = scrapeAll(sctx)
 			cancel()
