@@ -24,6 +24,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/weftmesh/weft/conformance/prebuilt"
 	"github.com/weftmesh/weft/identity"
 )
 
@@ -45,7 +46,7 @@ var binaries = sync.OnceValues(func() (bins [2]string, err error) {
 		return bins, err
 	}
 	control, proxy := filepath.Join(root, "bin", "weft-control"), filepath.Join(root, "bin", "weft-proxy")
-	if fresh(root, control, proxy) {
+	if prebuilt.Fresh(root, control, proxy) {
 		return [2]string{control, proxy}, nil
 	}
 	dir, err := os.MkdirTemp("", "weft-rotation-bin-")
@@ -70,40 +71,6 @@ func TestMain(m *testing.M) {
 		os.RemoveAll(buildDir)
 	}
 	os.Exit(code)
-}
-
-// fresh reports whether every binary is newer than every non-test Go file, go.mod and go.sum under root.
-func fresh(root string, bins ...string) bool {
-	var oldest time.Time
-	for _, b := range bins {
-		st, err := os.Stat(b)
-		if err != nil {
-			return false
-		}
-		if oldest.IsZero() || st.ModTime().Before(oldest) {
-			oldest = st.ModTime()
-		}
-	}
-	stale := errors.New("stale")
-	err := filepath.WalkDir(root, func(path string, d os.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		name := d.Name()
-		if d.IsDir() {
-			if path != root && (strings.HasPrefix(name, ".") || name == "bin" || name == "testdata") {
-				return filepath.SkipDir
-			}
-			return nil
-		}
-		if (strings.HasSuffix(name, ".go") && !strings.HasSuffix(name, "_test.go")) || name == "go.mod" || name == "go.sum" {
-			if info, err := d.Info(); err != nil || !info.ModTime().Before(oldest) {
-				return stale
-			}
-		}
-		return nil
-	})
-	return err == nil
 }
 
 // proc is one real process of the mesh: its own process group, its output in a log file.

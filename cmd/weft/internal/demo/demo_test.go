@@ -13,6 +13,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/weftmesh/weft/conformance/prebuilt"
 )
 
 // syncBuffer is the demo's output, read by the test while the demo writes it.
@@ -43,7 +45,7 @@ func buildBinaries(t *testing.T) (control, proxy string) {
 		t.Fatal(err)
 	}
 	control, proxy = filepath.Join(root, "bin", "weft-control"), filepath.Join(root, "bin", "weft-proxy")
-	if fresh(root, control, proxy) {
+	if prebuilt.Fresh(root, control, proxy) {
 		t.Logf("using %s and %s (newer than every source)", control, proxy)
 		return control, proxy
 	}
@@ -53,40 +55,6 @@ func buildBinaries(t *testing.T) (control, proxy string) {
 		t.Fatalf("building the binaries: %v\n%s", err, out)
 	}
 	return filepath.Join(dir, "weft-control"), filepath.Join(dir, "weft-proxy")
-}
-
-// fresh reports whether every binary is newer than every non-test Go file, go.mod and go.sum under root.
-func fresh(root string, bins ...string) bool {
-	var oldest time.Time
-	for _, b := range bins {
-		st, err := os.Stat(b)
-		if err != nil {
-			return false
-		}
-		if oldest.IsZero() || st.ModTime().Before(oldest) {
-			oldest = st.ModTime()
-		}
-	}
-	stale := errors.New("stale")
-	err := filepath.WalkDir(root, func(path string, d os.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		name := d.Name()
-		if d.IsDir() {
-			if path != root && (strings.HasPrefix(name, ".") || name == "bin" || name == "testdata") {
-				return filepath.SkipDir
-			}
-			return nil
-		}
-		if (strings.HasSuffix(name, ".go") && !strings.HasSuffix(name, "_test.go")) || name == "go.mod" || name == "go.sum" {
-			if info, err := d.Info(); err != nil || !info.ModTime().Before(oldest) {
-				return stale
-			}
-		}
-		return nil
-	})
-	return err == nil
 }
 
 // TestDemo runs the whole demo until each service has had traffic and books has failed some, stops
