@@ -11,6 +11,8 @@ import (
 	"sync"
 
 	"google.golang.org/protobuf/proto"
+
+	fx "github.com/weftmesh/weft/dataplane/xdsfixture"
 )
 
 // path is one way from the load generator to the backends.
@@ -144,9 +146,9 @@ func outboundHTTP(listen netip.AddrPort, httpEP, grpcEP netip.AddrPort, serverID
 	grpcCl := outboundClusterName(listen.Port(), fqdn("grpc"))
 	route := strconv.Itoa(int(listen.Port()))
 	return []proto.Message{
-		passthrough(),
-		edsCluster(httpCl, serverID), cla(httpCl, httpEP),
-		edsCluster(grpcCl, serverID), cla(grpcCl, grpcEP),
+		fx.Passthrough(),
+		edsCluster(httpCl, serverID), fx.CLA(httpCl, httpEP),
+		edsCluster(grpcCl, serverID), fx.CLA(grpcCl, grpcEP),
 		routeConfig(route, prefixRoute{grpcPrefix, grpcCl}, prefixRoute{"/", httpCl}),
 		listener("outbound", chain{name: fqdn("echo"), dst: listen, route: route}),
 	}
@@ -155,8 +157,8 @@ func outboundHTTP(listen netip.AddrPort, httpEP, grpcEP netip.AddrPort, serverID
 func outboundTCP(listen, ep netip.AddrPort, serverID string) []proto.Message {
 	cl := outboundClusterName(listen.Port(), fqdn("sink"))
 	return []proto.Message{
-		passthrough(),
-		edsCluster(cl, serverID), cla(cl, ep),
+		fx.Passthrough(),
+		edsCluster(cl, serverID), fx.CLA(cl, ep),
 		listener("outbound", chain{name: fqdn("sink"), dst: listen, cluster: cl}),
 	}
 }
@@ -199,7 +201,7 @@ func (t *topology) weftB2(ctx context.Context, p *path) error {
 	httpCl, grpcCl := inboundClusterName(t.be.http.Port()), inboundClusterName(t.be.grpc.Port())
 	route := "inbound|" + strconv.Itoa(int(in.Port()))
 	err = t.xds.set(ctx, "b2-server."+namespace,
-		staticCluster(httpCl, t.be.http), staticCluster(grpcCl, t.be.grpc),
+		fx.StaticCluster(httpCl, t.be.http), fx.StaticCluster(grpcCl, t.be.grpc),
 		routeConfig(route, prefixRoute{grpcPrefix, grpcCl}, prefixRoute{"/", httpCl}),
 		listener("inbound", chain{name: httpCl, dst: in, route: route, mtls: true}))
 	if err != nil {
@@ -228,7 +230,7 @@ func (t *topology) weftB2(ctx context.Context, p *path) error {
 		}
 		in := addrPort(inbound)
 		cl := inboundClusterName(t.be.sink.Port())
-		if err := t.xds.set(ctx, "b2-tcp-server."+namespace, staticCluster(cl, t.be.sink),
+		if err := t.xds.set(ctx, "b2-tcp-server."+namespace, fx.StaticCluster(cl, t.be.sink),
 			listener("inbound", chain{name: cl, dst: in, cluster: cl, mtls: true})); err != nil {
 			return err
 		}

@@ -6,7 +6,6 @@ import (
 	"net"
 	"net/netip"
 	"strconv"
-	"time"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -25,9 +24,9 @@ import (
 	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/protobuf/proto"
-	"google.golang.org/protobuf/types/known/anypb"
-	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	fx "github.com/weftmesh/weft/dataplane/xdsfixture"
 )
 
 // The bench's control plane is go-control-plane's snapshot cache behind its ADS server: each proxy
@@ -83,14 +82,6 @@ func (s *xdsServer) set(ctx context.Context, node string, msgs ...proto.Message)
 	return s.cache.SetSnapshot(ctx, node, snap)
 }
 
-func mustAny(m proto.Message) *anypb.Any {
-	a, err := anypb.New(m)
-	if err != nil {
-		panic(err)
-	}
-	return a
-}
-
 func adsSource() *corev3.ConfigSource {
 	return &corev3.ConfigSource{ResourceApiVersion: corev3.ApiVersion_V3,
 		ConfigSourceSpecifier: &corev3.ConfigSource_Ads{Ads: &corev3.AggregatedConfigSource{}}}
@@ -110,13 +101,7 @@ func inboundClusterName(port uint16) string { return "inbound|" + strconv.Itoa(i
 // edsCluster is an outbound EDS cluster; with spiffeID it is meshed (mTLS, HTTP/2 between proxies,
 // server identity checked against the URI SAN).
 func edsCluster(name, spiffeID string) *clusterv3.Cluster {
-	c := &clusterv3.Cluster{
-		Name:                 name,
-		ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_EDS},
-		EdsClusterConfig:     &clusterv3.Cluster_EdsClusterConfig{EdsConfig: adsSource()},
-		ConnectTimeout:       durationpb.New(2 * time.Second),
-		LbPolicy:             clusterv3.Cluster_LEAST_REQUEST,
-	}
+	c := fx.EDSCluster(name, clusterv3.Cluster_LEAST_REQUEST)
 	if spiffeID == "" {
 		return c
 	}
@@ -132,38 +117,8 @@ func edsCluster(name, spiffeID string) *clusterv3.Cluster {
 		}},
 	}}
 	c.TransportSocket = &corev3.TransportSocket{Name: "envoy.transport_sockets.tls",
-		ConfigType: &corev3.TransportSocket_TypedConfig{TypedConfig: mustAny(utc)}}
+		ConfigType: &corev3.TransportSocket_TypedConfig{TypedConfig: fx.Any(utc)}}
 	return c
-}
-
-// staticCluster is an inbound cluster to the app on localhost.
-func staticCluster(name string, addr netip.AddrPort) *clusterv3.Cluster {
-	return &clusterv3.Cluster{
-		Name:                 name,
-		ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_STATIC},
-		ConnectTimeout:       durationpb.New(2 * time.Second),
-		LoadAssignment:       cla(name, addr),
-	}
-}
-
-func passthrough() *clusterv3.Cluster {
-	return &clusterv3.Cluster{
-		Name:                 "passthrough",
-		ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_ORIGINAL_DST},
-		ConnectTimeout:       durationpb.New(2 * time.Second),
-		LbPolicy:             clusterv3.Cluster_CLUSTER_PROVIDED,
-	}
-}
-
-func cla(name string, addrs ...netip.AddrPort) *endpointv3.ClusterLoadAssignment {
-	le := &endpointv3.LocalityLbEndpoints{Locality: &corev3.Locality{}}
-	for _, a := range addrs {
-		le.LbEndpoints = append(le.LbEndpoints, &endpointv3.LbEndpoint{
-			HostIdentifier: &endpointv3.LbEndpoint_Endpoint{Endpoint: &endpointv3.Endpoint{Address: sockAddr(a)}},
-			HealthStatus:   corev3.HealthStatus_HEALTHY,
-		})
-	}
-	return &endpointv3.ClusterLoadAssignment{ClusterName: name, Endpoints: []*endpointv3.LocalityLbEndpoints{le}}
 }
 
 // chain is one filter chain: matched on destination address, then either HTTP (route by RDS name) or
@@ -187,14 +142,14 @@ func (c chain) build() *listenerv3.FilterChain {
 			StatPrefix:     c.name,
 			RouteSpecifier: &hcmv3.HttpConnectionManager_Rds{Rds: &hcmv3.Rds{ConfigSource: adsSource(), RouteConfigName: c.route}},
 			HttpFilters: []*hcmv3.HttpFilter{{Name: "envoy.filters.http.router",
-				ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: mustAny(&routerv3.Router{})}}},
+				ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: fx.Any(&routerv3.Router{})}}},
 		}
 		fc.Filters = []*listenerv3.Filter{{Name: "envoy.filters.network.http_connection_manager",
-			ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: mustAny(hcm)}}}
+			ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: fx.Any(hcm)}}}
 	} else {
 		tp := &tcpproxyv3.TcpProxy{StatPrefix: c.name, ClusterSpecifier: &tcpproxyv3.TcpProxy_Cluster{Cluster: c.cluster}}
 		fc.Filters = []*listenerv3.Filter{{Name: "envoy.filters.network.tcp_proxy",
-			ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: mustAny(tp)}}}
+			ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: fx.Any(tp)}}}
 	}
 	if c.mtls {
 		dtc := &tlsv3.DownstreamTlsContext{
@@ -207,7 +162,7 @@ func (c chain) build() *listenerv3.FilterChain {
 			},
 		}
 		fc.TransportSocket = &corev3.TransportSocket{Name: "envoy.transport_sockets.tls",
-			ConfigType: &corev3.TransportSocket_TypedConfig{TypedConfig: mustAny(dtc)}}
+			ConfigType: &corev3.TransportSocket_TypedConfig{TypedConfig: fx.Any(dtc)}}
 	}
 	return fc
 }
