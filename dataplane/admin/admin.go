@@ -1,5 +1,6 @@
 // Package admin is weft-proxy's admin server (--admin-addr, 15000 by convention): /ready, /live,
-// /metrics, /config_dump (Envoy's JSON format, with versions), /clusters and POST /shutdown.
+// /metrics, /config_dump (Envoy's JSON format, with versions), /clusters and POST /shutdown; and, in a
+// binary built with -tags weftpprof only, Go's profiler under /debug/pprof/ (see pprof.go).
 package admin
 
 import (
@@ -79,8 +80,14 @@ func Handler(o Options) http.Handler {
 		o.Shutdown()
 		_, _ = w.Write([]byte("draining\n"))
 	})
+	for _, register := range extraHandlers {
+		register(mux)
+	}
 	return mux
 }
+
+// extraHandlers are endpoints that only some builds have (the profiler of pprof.go).
+var extraHandlers []func(*http.ServeMux)
 
 func writeJSON(w http.ResponseWriter, v any) {
 	w.Header().Set("Content-Type", "application/json")
