@@ -19,6 +19,8 @@ APT_PACKAGES := etcd-server iptables nftables iproute2 haproxy wrk ca-certificat
 GO_TEST_FLAGS ?= -count=1 -timeout=30m
 
 BINARIES := weft-control weft-proxy weft
+# weft-proxy's slim Envoy mirrors: a buf workspace of its own (its Go code is generated beside it).
+XDSPROTO := dataplane/internal/xdsproto
 
 .PHONY: all build test lint unit proto proto-check deps apt tools apiserver demo bench bench-control bench-proxy bench-identity clean
 
@@ -40,16 +42,19 @@ lint: tools
 	go vet ./...
 	staticcheck ./...
 	buf lint
+	cd $(XDSPROTO) && buf lint
 	$(MAKE) --no-print-directory proto-check
 
-## proto: regenerate the Go code of proto/ with buf and the pinned plugins.
+## proto: regenerate the Go code of proto/ and of weft-proxy's slim Envoy mirrors with buf and the pinned plugins.
 proto: tools
 	buf generate
+	cd $(XDSPROTO) && buf generate
 
 # proto-check fails when the committed generated code differs from what `make proto` would write.
 proto-check:
 	@tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
 	buf generate --template buf.gen.yaml -o "$$tmp"; \
+	(cd $(XDSPROTO) && buf generate -o "$$tmp/$(XDSPROTO)"); \
 	stale=0; for f in $$(cd "$$tmp" && find . -name '*.go'); do \
 	  if ! cmp -s "$$tmp/$$f" "$$f"; then echo "stale generated code: $$f (run make proto and commit)"; stale=1; fi; \
 	done; exit $$stale

@@ -50,6 +50,11 @@ var depRules = []depRule{
 		why:    "the sidecar binary runs in every pod: it carries the data plane and the identity client, never the Kubernetes client or the control plane",
 	},
 	{
+		covers: []string{module + "/cmd/weft-proxy"},
+		banned: []string{"github.com/envoyproxy/", "github.com/cncf/xds"},
+		why:    "weft-proxy reads xDS with the slim, wire-compatible messages of dataplane/internal/xdsproto: go-control-plane's generated Envoy API would add megabytes of resident memory to every pod",
+	},
+	{
 		covers: []string{module + "/identity"},
 		banned: []string{module + "/xds", module + "/discovery", module + "/dataplane", module + "/deploy"},
 		why:    "identity is a leaf: the CA and the certificate client are used by both planes and must depend on neither",

@@ -6,15 +6,13 @@ import (
 	"regexp"
 	"time"
 
-	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
-	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
-	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
-	httpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
-	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
+	"google.golang.org/protobuf/proto"
+
+	xp "github.com/weftmesh/weft/dataplane/internal/xdsproto"
 )
 
-// DecodeCluster validates and decodes a Cluster resource.
-func DecodeCluster(c *clusterv3.Cluster) (*Cluster, error) {
+// decodeClusterResource validates and decodes a Cluster resource.
+func decodeClusterResource(c *xp.Cluster) (*Cluster, error) {
 	if c.GetName() == "" {
 		return nil, errors.New("cluster has no name")
 	}
@@ -25,7 +23,7 @@ func DecodeCluster(c *clusterv3.Cluster) (*Cluster, error) {
 	return out, nil
 }
 
-func decodeCluster(c *clusterv3.Cluster) (*Cluster, error) {
+func decodeCluster(c *xp.Cluster) (*Cluster, error) {
 	out := &Cluster{Name: c.GetName(), ConnectTimeout: 5 * time.Second}
 	if c.GetConnectTimeout() != nil {
 		out.ConnectTimeout = c.GetConnectTimeout().AsDuration()
@@ -37,7 +35,7 @@ func decodeCluster(c *clusterv3.Cluster) (*Cluster, error) {
 		return nil, fmt.Errorf("custom cluster_type %q is not supported", c.GetClusterType().GetName())
 	}
 	switch c.GetType() {
-	case clusterv3.Cluster_EDS:
+	case xp.Cluster_EDS:
 		out.Kind = ClusterEDS
 		eds := c.GetEdsClusterConfig()
 		if src := eds.GetEdsConfig(); src != nil && src.GetAds() == nil && src.GetSelf() == nil {
@@ -47,18 +45,18 @@ func decodeCluster(c *clusterv3.Cluster) (*Cluster, error) {
 		if out.EDSServiceName == "" {
 			out.EDSServiceName = c.GetName()
 		}
-	case clusterv3.Cluster_STATIC:
+	case xp.Cluster_STATIC:
 		out.Kind = ClusterStatic
-		cla, err := DecodeLoadAssignment(c.GetLoadAssignment())
+		cla, err := decodeLoadAssignment(c.GetLoadAssignment())
 		if err != nil {
 			return nil, fmt.Errorf("load_assignment: %w", err)
 		}
 		out.Static = cla
-	case clusterv3.Cluster_ORIGINAL_DST:
+	case xp.Cluster_ORIGINAL_DST:
 		out.Kind = ClusterOriginalDst
-		if c.GetLbPolicy() != clusterv3.Cluster_CLUSTER_PROVIDED {
+		if c.GetLbPolicy() != xp.Cluster_CLUSTER_PROVIDED {
 			// Envoy insists on CLUSTER_PROVIDED; accept the default too.
-			if c.GetLbPolicy() != clusterv3.Cluster_ROUND_ROBIN {
+			if c.GetLbPolicy() != xp.Cluster_ROUND_ROBIN {
 				return nil, errors.New("ORIGINAL_DST needs lb_policy CLUSTER_PROVIDED")
 			}
 		}
@@ -67,13 +65,13 @@ func decodeCluster(c *clusterv3.Cluster) (*Cluster, error) {
 	}
 	if out.Kind != ClusterOriginalDst {
 		switch c.GetLbPolicy() {
-		case clusterv3.Cluster_LEAST_REQUEST:
+		case xp.Cluster_LEAST_REQUEST:
 			out.LB = LBLeastRequest
-		case clusterv3.Cluster_ROUND_ROBIN:
+		case xp.Cluster_ROUND_ROBIN:
 			out.LB = LBRoundRobin
-		case clusterv3.Cluster_RING_HASH:
+		case xp.Cluster_RING_HASH:
 			out.LB = LBRingHash
-		case clusterv3.Cluster_RANDOM:
+		case xp.Cluster_RANDOM:
 			out.LB = LBRandom
 		default:
 			return nil, fmt.Errorf("lb_policy %s is not supported", c.GetLbPolicy())
@@ -83,7 +81,7 @@ func decodeCluster(c *clusterv3.Cluster) (*Cluster, error) {
 		}
 	}
 	for _, t := range c.GetCircuitBreakers().GetThresholds() {
-		if t.GetPriority() != corev3.RoutingPriority_DEFAULT {
+		if t.GetPriority() != xp.RoutingPriority_DEFAULT {
 			continue
 		}
 		out.Breakers = CircuitBreakers{
@@ -138,8 +136,8 @@ func decodeCluster(c *clusterv3.Cluster) (*Cluster, error) {
 		if opts.GetTypeUrl() != httpOptsTypeURL {
 			return nil, fmt.Errorf("typed_extension_protocol_options[%s]: unexpected type %q", httpOptsExtName, opts.GetTypeUrl())
 		}
-		var hpo httpv3.HttpProtocolOptions
-		if err := opts.UnmarshalTo(&hpo); err != nil {
+		var hpo xp.HttpProtocolOptions
+		if err := proto.Unmarshal(opts.GetValue(), &hpo); err != nil {
 			return nil, fmt.Errorf("http protocol options: %w", err)
 		}
 		if e := hpo.GetExplicitHttpConfig(); e != nil && e.GetHttp2ProtocolOptions() != nil {
@@ -150,8 +148,8 @@ func decodeCluster(c *clusterv3.Cluster) (*Cluster, error) {
 		if ts.GetTypedConfig().GetTypeUrl() != upTLSTypeURL {
 			return nil, fmt.Errorf("transport_socket %q: only UpstreamTlsContext is supported", ts.GetTypedConfig().GetTypeUrl())
 		}
-		var utc tlsv3.UpstreamTlsContext
-		if err := ts.GetTypedConfig().UnmarshalTo(&utc); err != nil {
+		var utc xp.UpstreamTlsContext
+		if err := proto.Unmarshal(ts.GetTypedConfig().GetValue(), &utc); err != nil {
 			return nil, fmt.Errorf("transport_socket: %w", err)
 		}
 		t, err := decodeUpstreamTLS(&utc)
@@ -166,18 +164,18 @@ func decodeCluster(c *clusterv3.Cluster) (*Cluster, error) {
 	return out, nil
 }
 
-func decodeUpstreamTLS(u *tlsv3.UpstreamTlsContext) (*UpstreamTLS, error) {
+func decodeUpstreamTLS(u *xp.UpstreamTlsContext) (*UpstreamTLS, error) {
 	ct := u.GetCommonTlsContext()
 	cert, val, err := sdsNames(ct)
 	if err != nil {
 		return nil, err
 	}
 	out := &UpstreamTLS{CertSecret: cert, ValidationSecret: val, SNI: u.GetSni(), ALPN: ct.GetAlpnProtocols()}
-	var sans []*matcherv3.StringMatcher
-	if cvc, ok := ct.GetValidationContextType().(*tlsv3.CommonTlsContext_CombinedValidationContext); ok {
+	var sans []*xp.StringMatcher
+	if cvc, ok := ct.GetValidationContextType().(*xp.CommonTlsContext_CombinedValidationContext); ok {
 		dvc := cvc.CombinedValidationContext.GetDefaultValidationContext()
 		for _, m := range dvc.GetMatchTypedSubjectAltNames() {
-			if m.GetSanType() != tlsv3.SubjectAltNameMatcher_URI {
+			if m.GetSanType() != xp.SubjectAltNameMatcher_URI {
 				return nil, fmt.Errorf("SAN matcher of type %s is not supported (only URI)", m.GetSanType())
 			}
 			sans = append(sans, m.GetMatcher())
@@ -193,18 +191,18 @@ func decodeUpstreamTLS(u *tlsv3.UpstreamTlsContext) (*UpstreamTLS, error) {
 	return out, nil
 }
 
-func decodeStringMatcher(m *matcherv3.StringMatcher) (StringMatcher, error) {
+func decodeStringMatcher(m *xp.StringMatcher) (StringMatcher, error) {
 	out := StringMatcher{IgnoreCase: m.GetIgnoreCase()}
 	switch p := m.GetMatchPattern().(type) {
-	case *matcherv3.StringMatcher_Exact:
+	case *xp.StringMatcher_Exact:
 		out.Exact = p.Exact
-	case *matcherv3.StringMatcher_Prefix:
+	case *xp.StringMatcher_Prefix:
 		out.Prefix = p.Prefix
-	case *matcherv3.StringMatcher_Suffix:
+	case *xp.StringMatcher_Suffix:
 		out.Suffix = p.Suffix
-	case *matcherv3.StringMatcher_Contains:
+	case *xp.StringMatcher_Contains:
 		out.Contains = p.Contains
-	case *matcherv3.StringMatcher_SafeRegex:
+	case *xp.StringMatcher_SafeRegex:
 		re, err := regexp.Compile("^(?:" + p.SafeRegex.GetRegex() + ")$")
 		if err != nil {
 			return out, err

@@ -11,6 +11,8 @@ import (
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/go-cmp/cmp/cmpopts"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
@@ -158,5 +160,29 @@ func TestDecodeListener(t *testing.T) {
 	l.FilterChains[1].Filters[0].ConfigType = nil
 	if _, err := config.DecodeListener(l); err == nil || !strings.Contains(err.Error(), `listener "outbound": filter_chains[1] "db": filter "envoy.filters.network.tcp_proxy": unsupported network filter type ""`) {
 		t.Fatalf("error = %v", err)
+	}
+}
+
+// TestJSONResolver renders an accepted listener as /config_dump does: the fields weft-proxy reads,
+// nested typed configs included, with Envoy's type URLs.
+func TestJSONResolver(t *testing.T) {
+	l := fx.Listener("outbound", netip.MustParseAddrPort("0.0.0.0:15001"), nil, fx.Chain{Name: "web", IP: "10.96.0.10", Port: 80, Route: "80", MTLS: true})
+	a, err := anypb.New(l)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := config.Decode(config.ListenerType, a); err != nil {
+		t.Fatal(err)
+	}
+	b, err := protojson.MarshalOptions{UseProtoNames: true, Resolver: config.JSONResolver}.Marshal(a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range []string{`"@type":"type.googleapis.com/envoy.config.listener.v3.Listener"`, `"name":"outbound"`,
+		`"@type":"type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"`, `"route_config_name":"80"`,
+		`"@type":"type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext"`, `"require_client_certificate":true`} {
+		if !strings.Contains(strings.ReplaceAll(string(b), " ", ""), s) {
+			t.Errorf("JSON lacks %s:\n%s", s, b)
+		}
 	}
 }

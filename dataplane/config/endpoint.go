@@ -4,12 +4,11 @@ import (
 	"errors"
 	"fmt"
 
-	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
-	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	xp "github.com/weftmesh/weft/dataplane/internal/xdsproto"
 )
 
-// DecodeLoadAssignment validates and decodes a ClusterLoadAssignment.
-func DecodeLoadAssignment(cla *endpointv3.ClusterLoadAssignment) (*ClusterLoadAssignment, error) {
+// decodeLoadAssignment validates and decodes a ClusterLoadAssignment.
+func decodeLoadAssignment(cla *xp.ClusterLoadAssignment) (*ClusterLoadAssignment, error) {
 	if cla == nil {
 		return nil, errors.New("missing load assignment")
 	}
@@ -45,17 +44,17 @@ func DecodeLoadAssignment(cla *endpointv3.ClusterLoadAssignment) (*ClusterLoadAs
 	return out, nil
 }
 
-func health(h corev3.HealthStatus) Health {
+func health(h xp.HealthStatus) Health {
 	switch h {
-	case corev3.HealthStatus_HEALTHY:
+	case xp.HealthStatus_HEALTHY:
 		return HealthHealthy
-	case corev3.HealthStatus_UNHEALTHY:
+	case xp.HealthStatus_UNHEALTHY:
 		return HealthUnhealthy
-	case corev3.HealthStatus_DRAINING:
+	case xp.HealthStatus_DRAINING:
 		return HealthDraining
-	case corev3.HealthStatus_TIMEOUT:
+	case xp.HealthStatus_TIMEOUT:
 		return HealthTimeout
-	case corev3.HealthStatus_DEGRADED:
+	case xp.HealthStatus_DEGRADED:
 		return HealthDegraded
 	default:
 		return HealthUnknown

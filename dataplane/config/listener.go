@@ -5,12 +5,10 @@ import (
 	"fmt"
 	"net/netip"
 
-	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
-	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
-	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
-	tcpproxyv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
-	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
+
+	xp "github.com/weftmesh/weft/dataplane/internal/xdsproto"
 )
 
 const (
@@ -26,8 +24,8 @@ const (
 	origDstFilterURL = "type.googleapis.com/envoy.extensions.filters.listener.original_dst.v3.OriginalDst"
 )
 
-// DecodeListener validates and decodes a Listener resource.
-func DecodeListener(l *listenerv3.Listener) (*Listener, error) {
+// decodeListenerResource validates and decodes a Listener resource.
+func decodeListenerResource(l *xp.Listener) (*Listener, error) {
 	if l.GetName() == "" {
 		return nil, errors.New("listener has no name")
 	}
@@ -73,7 +71,7 @@ func DecodeListener(l *listenerv3.Listener) (*Listener, error) {
 	return out, nil
 }
 
-func socketAddr(sa *corev3.SocketAddress) (netip.AddrPort, error) {
+func socketAddr(sa *xp.SocketAddress) (netip.AddrPort, error) {
 	addr, err := netip.ParseAddr(sa.GetAddress())
 	if err != nil {
 		return netip.AddrPort{}, fmt.Errorf("%q is not an IP address (hostnames are not supported)", sa.GetAddress())
@@ -85,7 +83,7 @@ func socketAddr(sa *corev3.SocketAddress) (netip.AddrPort, error) {
 	return netip.AddrPortFrom(addr.Unmap(), uint16(port)), nil
 }
 
-func decodeChain(fc *listenerv3.FilterChain) (*FilterChain, error) {
+func decodeChain(fc *xp.FilterChain) (*FilterChain, error) {
 	out := &FilterChain{Name: fc.GetName()}
 	if m := fc.GetFilterChainMatch(); m != nil {
 		for _, r := range m.GetPrefixRanges() {
@@ -124,8 +122,8 @@ func decodeChain(fc *listenerv3.FilterChain) (*FilterChain, error) {
 		if ts.GetTypedConfig().GetTypeUrl() != downTLSTypeURL {
 			return nil, fmt.Errorf("transport_socket %q: only DownstreamTlsContext is supported", ts.GetTypedConfig().GetTypeUrl())
 		}
-		var dtc tlsv3.DownstreamTlsContext
-		if err := ts.GetTypedConfig().UnmarshalTo(&dtc); err != nil {
+		var dtc xp.DownstreamTlsContext
+		if err := proto.Unmarshal(ts.GetTypedConfig().GetValue(), &dtc); err != nil {
 			return nil, fmt.Errorf("transport_socket: %w", err)
 		}
 		t, err := decodeDownstreamTLS(&dtc)
@@ -156,8 +154,8 @@ func decodeChain(fc *listenerv3.FilterChain) (*FilterChain, error) {
 			if !last {
 				return nil, errors.New("tcp_proxy must be the last filter")
 			}
-			var tp tcpproxyv3.TcpProxy
-			if err := tc.UnmarshalTo(&tp); err != nil {
+			var tp xp.TcpProxy
+			if err := proto.Unmarshal(tc.GetValue(), &tp); err != nil {
 				return nil, fmt.Errorf("filter %q: %w", f.GetName(), err)
 			}
 			if tp.GetCluster() == "" {
@@ -175,8 +173,8 @@ func decodeChain(fc *listenerv3.FilterChain) (*FilterChain, error) {
 }
 
 func decodeHCM(a *anypb.Any) (*HTTPConnectionManager, error) {
-	var h hcmv3.HttpConnectionManager
-	if err := a.UnmarshalTo(&h); err != nil {
+	var h xp.HttpConnectionManager
+	if err := proto.Unmarshal(a.GetValue(), &h); err != nil {
 		return nil, err
 	}
 	for _, hf := range h.GetHttpFilters() {
@@ -186,13 +184,13 @@ func decodeHCM(a *anypb.Any) (*HTTPConnectionManager, error) {
 	}
 	out := &HTTPConnectionManager{}
 	switch rs := h.GetRouteSpecifier().(type) {
-	case *hcmv3.HttpConnectionManager_Rds:
+	case *xp.HttpConnectionManager_Rds:
 		if rs.Rds.GetRouteConfigName() == "" {
 			return nil, errors.New("rds without route_config_name")
 		}
 		out.RouteConfigName = rs.Rds.GetRouteConfigName()
-	case *hcmv3.HttpConnectionManager_RouteConfig:
-		rc, err := DecodeRouteConfig(rs.RouteConfig)
+	case *xp.HttpConnectionManager_RouteConfig:
+		rc, err := decodeRouteConfig(rs.RouteConfig)
 		if err != nil {
 			return nil, err
 		}
@@ -203,7 +201,7 @@ func decodeHCM(a *anypb.Any) (*HTTPConnectionManager, error) {
 	return out, nil
 }
 
-func decodeDownstreamTLS(d *tlsv3.DownstreamTlsContext) (*DownstreamTLS, error) {
+func decodeDownstreamTLS(d *xp.DownstreamTlsContext) (*DownstreamTLS, error) {
 	out := &DownstreamTLS{RequireClientCert: d.GetRequireClientCertificate().GetValue()}
 	ct := d.GetCommonTlsContext()
 	cert, val, err := sdsNames(ct)
@@ -215,7 +213,7 @@ func decodeDownstreamTLS(d *tlsv3.DownstreamTlsContext) (*DownstreamTLS, error) 
 }
 
 // sdsNames returns the SDS secret names of a CommonTlsContext; we only take certificates from SDS.
-func sdsNames(ct *tlsv3.CommonTlsContext) (cert, validation string, err error) {
+func sdsNames(ct *xp.CommonTlsContext) (cert, validation string, err error) {
 	if len(ct.GetTlsCertificates()) > 0 {
 		return "", "", errors.New("inline tls_certificates are not supported (use SDS)")
 	}
@@ -225,9 +223,9 @@ func sdsNames(ct *tlsv3.CommonTlsContext) (cert, validation string, err error) {
 	}
 	cert = sds[0].GetName()
 	switch v := ct.GetValidationContextType().(type) {
-	case *tlsv3.CommonTlsContext_ValidationContextSdsSecretConfig:
+	case *xp.CommonTlsContext_ValidationContextSdsSecretConfig:
 		validation = v.ValidationContextSdsSecretConfig.GetName()
-	case *tlsv3.CommonTlsContext_CombinedValidationContext:
+	case *xp.CommonTlsContext_CombinedValidationContext:
 		validation = v.CombinedValidationContext.GetValidationContextSdsSecretConfig().GetName()
 	case nil:
 	default:

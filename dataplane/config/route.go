@@ -6,11 +6,11 @@ import (
 	"regexp"
 	"strings"
 
-	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	xp "github.com/weftmesh/weft/dataplane/internal/xdsproto"
 )
 
-// DecodeRouteConfig validates and decodes a RouteConfiguration.
-func DecodeRouteConfig(rc *routev3.RouteConfiguration) (*RouteConfig, error) {
+// decodeRouteConfig validates and decodes a RouteConfiguration.
+func decodeRouteConfig(rc *xp.RouteConfiguration) (*RouteConfig, error) {
 	if rc.GetName() == "" {
 		return nil, errors.New("route configuration has no name")
 	}
@@ -25,7 +25,7 @@ func DecodeRouteConfig(rc *routev3.RouteConfiguration) (*RouteConfig, error) {
 	return out, nil
 }
 
-func decodeVirtualHost(vh *routev3.VirtualHost) (*VirtualHost, error) {
+func decodeVirtualHost(vh *xp.VirtualHost) (*VirtualHost, error) {
 	if len(vh.GetDomains()) == 0 {
 		return nil, errors.New("no domains")
 	}
@@ -53,7 +53,7 @@ func decodeVirtualHost(vh *routev3.VirtualHost) (*VirtualHost, error) {
 	return out, nil
 }
 
-func decodeRoute(r *routev3.Route) (*Route, error) {
+func decodeRoute(r *xp.Route) (*Route, error) {
 	out := &Route{Name: r.GetName()}
 	m := r.GetMatch()
 	if len(m.GetHeaders()) > 0 || len(m.GetQueryParameters()) > 0 {
@@ -63,11 +63,11 @@ func decodeRoute(r *routev3.Route) (*Route, error) {
 		return nil, errors.New("case-insensitive path matching is not supported")
 	}
 	switch ps := m.GetPathSpecifier().(type) {
-	case *routev3.RouteMatch_Prefix:
+	case *xp.RouteMatch_Prefix:
 		out.Kind, out.Prefix = PathPrefix, ps.Prefix
-	case *routev3.RouteMatch_Path:
+	case *xp.RouteMatch_Path:
 		out.Kind, out.Path = PathExact, ps.Path
-	case *routev3.RouteMatch_SafeRegex:
+	case *xp.RouteMatch_SafeRegex:
 		re, err := regexp.Compile("^(?:" + ps.SafeRegex.GetRegex() + ")$")
 		if err != nil {
 			return nil, fmt.Errorf("safe_regex: %w", err)
@@ -81,12 +81,12 @@ func decodeRoute(r *routev3.Route) (*Route, error) {
 		return nil, errors.New("only route actions are supported (no redirect or direct_response)")
 	}
 	switch cs := ra.GetClusterSpecifier().(type) {
-	case *routev3.RouteAction_Cluster:
+	case *xp.RouteAction_Cluster:
 		if cs.Cluster == "" {
 			return nil, errors.New("empty cluster")
 		}
 		out.Cluster = cs.Cluster
-	case *routev3.RouteAction_WeightedClusters:
+	case *xp.RouteAction_WeightedClusters:
 		for _, wc := range cs.WeightedClusters.GetClusters() {
 			if wc.GetName() == "" {
 				return nil, errors.New("weighted cluster without a name")
@@ -133,7 +133,7 @@ var retryConditions = map[string]RetryOn{
 	"internal":               RetryGRPCInternal,
 }
 
-func decodeRetry(rp *routev3.RetryPolicy) (*RetryPolicy, error) {
+func decodeRetry(rp *xp.RetryPolicy) (*RetryPolicy, error) {
 	out := &RetryPolicy{NumRetries: 1}
 	for _, c := range strings.Split(rp.GetRetryOn(), ",") {
 		c = strings.TrimSpace(c)

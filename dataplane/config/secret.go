@@ -5,7 +5,7 @@ import (
 	"errors"
 	"fmt"
 
-	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
+	xp "github.com/weftmesh/weft/dataplane/internal/xdsproto"
 )
 
 // TrustBundleSecret is the SDS secret holding the mesh's trust anchors (DESIGN.md).
@@ -18,8 +18,8 @@ type Secret struct {
 	TrustedCA []byte // PEM
 }
 
-// DecodeSecret validates and decodes a Secret.
-func DecodeSecret(s *tlsv3.Secret) (*Secret, error) {
+// decodeSecret validates and decodes a Secret.
+func decodeSecret(s *xp.Secret) (*Secret, error) {
 	if s.GetName() == "" {
 		return nil, errors.New("secret has no name")
 	}

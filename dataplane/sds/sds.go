@@ -4,10 +4,10 @@
 //   - `default`: a TlsCertificate with the workload certificate chain and its private key (inline PEM);
 //   - `ROOTCA`: a CertificateValidationContext whose trusted_ca is the trust bundle (inline PEM).
 //
-// The service is the generated SecretDiscoveryService of go-control-plane, implemented directly (the
-// data plane does not use go-control-plane's cache or server): StreamSecrets (state of the world) and
-// FetchSecrets; DeltaSecrets answers Unimplemented, and Envoy falls back to state of the world when
-// its sds_config says api_type GRPC.
+// The service is Envoy's SecretDiscoveryService, registered by hand with the slim, wire-compatible
+// messages of dataplane/internal/xdsproto (go-control-plane's generated API would link all of Envoy's
+// API into the sidecar): StreamSecrets (state of the world) and FetchSecrets; DeltaSecrets answers
+// Unimplemented, and Envoy falls back to state of the world when its sds_config says api_type GRPC.
 //
 // Socket: a stale socket file left by a previous run is removed at start (a live one, that answers a
 // connect, is an error: another proxy serves it); the socket is made mode 0660, so that an Envoy
@@ -42,14 +42,13 @@ import (
 	"sync"
 	"time"
 
-	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
-	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
-	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
-	secretv3 "github.com/envoyproxy/go-control-plane/envoy/service/secret/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
+
+	xp "github.com/weftmesh/weft/dataplane/internal/xdsproto"
 )
 
 // Secret names (DESIGN.md).
@@ -83,8 +82,6 @@ type Options struct {
 
 // Server is an SDS server on a Unix socket.
 type Server struct {
-	secretv3.UnimplementedSecretDiscoveryServiceServer
-
 	o      Options
 	log    *slog.Logger
 	lis    net.Listener
@@ -155,7 +152,7 @@ func Listen(o Options) (*Server, error) {
 	s.lis = lis
 	s.refresh()
 	s.grpc = grpc.NewServer()
-	secretv3.RegisterSecretDiscoveryServiceServer(s.grpc, s)
+	s.grpc.RegisterService(&secretService, s)
 	ctx, cancel := context.WithCancel(context.Background())
 	s.cancel = cancel
 	go func() {
@@ -283,11 +280,13 @@ func maps(a, b map[string]string) bool {
 	return true
 }
 
-func (st *state) add(sec *tlsv3.Secret) error {
-	a, err := anypb.New(sec)
+func (st *state) add(sec *xp.Secret) error {
+	b, err := proto.MarshalOptions{Deterministic: true}.Marshal(sec)
 	if err != nil {
 		return fmt.Errorf("encoding secret %s: %w", sec.Name, err)
 	}
+	// The type URL is Envoy's: the slim message has a name of its own.
+	a := &anypb.Any{TypeUrl: SecretTypeURL, Value: b}
 	sum := sha256.Sum256(a.Value)
 	st.res[sec.Name] = a
 	st.digest[sec.Name] = hex.EncodeToString(sum[:])
@@ -301,7 +300,7 @@ func (s *Server) current() (*state, <-chan struct{}) {
 }
 
 // certificateSecret is `default`: the chain and the key (PKCS#8) as inline PEM.
-func certificateSecret(cert *tls.Certificate) (*tlsv3.Secret, error) {
+func certificateSecret(cert *tls.Certificate) (*xp.Secret, error) {
 	var chain []byte
 	for _, der := range cert.Certificate {
 		chain = append(chain, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})...)
@@ -311,9 +310,9 @@ func certificateSecret(cert *tls.Certificate) (*tlsv3.Secret, error) {
 		return nil, fmt.Errorf("encoding the private key: %w", err)
 	}
 	key := pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER})
-	return &tlsv3.Secret{
+	return &xp.Secret{
 		Name: CertificateName,
-		Type: &tlsv3.Secret_TlsCertificate{TlsCertificate: &tlsv3.TlsCertificate{
+		Type: &xp.Secret_TlsCertificate{TlsCertificate: &xp.TlsCertificate{
 			CertificateChain: inline(chain),
 			PrivateKey:       inline(key),
 		}},
@@ -321,17 +320,17 @@ func certificateSecret(cert *tls.Certificate) (*tlsv3.Secret, error) {
 }
 
 // bundleSecret is `ROOTCA`: the trust anchors as inline PEM.
-func bundleSecret(bundle []byte) *tlsv3.Secret {
-	return &tlsv3.Secret{
+func bundleSecret(bundle []byte) *xp.Secret {
+	return &xp.Secret{
 		Name: TrustBundleName,
-		Type: &tlsv3.Secret_ValidationContext{ValidationContext: &tlsv3.CertificateValidationContext{
+		Type: &xp.Secret_ValidationContext{ValidationContext: &xp.CertificateValidationContext{
 			TrustedCa: inline(bundle),
 		}},
 	}
 }
 
-func inline(b []byte) *corev3.DataSource {
-	return &corev3.DataSource{Specifier: &corev3.DataSource_InlineBytes{InlineBytes: b}}
+func inline(b []byte) *xp.DataSource {
+	return &xp.DataSource{Specifier: &xp.DataSource_InlineBytes{InlineBytes: b}}
 }
 
 // wanted is the names a request asks for; none means every secret (what a debugging client without
@@ -362,9 +361,9 @@ func (st *state) pick(names []string) ([]*anypb.Any, map[string]string) {
 // request whose names change what it would send, and every change of a requested secret; an ACK or
 // NACK of the latest response is not answered (after a NACK the same content is not sent again), and
 // a request carrying an older nonce is ignored, as the xDS protocol says.
-func (s *Server) StreamSecrets(stream grpc.BidiStreamingServer[discoveryv3.DiscoveryRequest, discoveryv3.DiscoveryResponse]) error {
+func (s *Server) StreamSecrets(stream grpc.BidiStreamingServer[xp.DiscoveryRequest, xp.DiscoveryResponse]) error {
 	ctx := stream.Context()
-	reqs := make(chan *discoveryv3.DiscoveryRequest)
+	reqs := make(chan *xp.DiscoveryRequest)
 	recvErr := make(chan error, 1)
 	go func() {
 		for {
@@ -397,7 +396,7 @@ func (s *Server) StreamSecrets(stream grpc.BidiStreamingServer[discoveryv3.Disco
 		}
 		nonceCount++
 		lastNonce = strconv.Itoa(nonceCount)
-		if err := stream.Send(&discoveryv3.DiscoveryResponse{VersionInfo: st.version, Resources: res, TypeUrl: SecretTypeURL, Nonce: lastNonce}); err != nil {
+		if err := stream.Send(&xp.DiscoveryResponse{VersionInfo: st.version, Resources: res, TypeUrl: SecretTypeURL, Nonce: lastNonce}); err != nil {
 			return err
 		}
 		sent = dig
@@ -449,7 +448,7 @@ func ignoreEOF(err error) error {
 
 // FetchSecrets is SDS over a unary call: the requested secrets of the moment, NotFound when none
 // exists.
-func (s *Server) FetchSecrets(_ context.Context, req *discoveryv3.DiscoveryRequest) (*discoveryv3.DiscoveryResponse, error) {
+func (s *Server) FetchSecrets(_ context.Context, req *xp.DiscoveryRequest) (*xp.DiscoveryResponse, error) {
 	if req.GetTypeUrl() != "" && req.GetTypeUrl() != SecretTypeURL {
 		return nil, status.Errorf(codes.InvalidArgument, "this SDS server serves only %s, not %s", SecretTypeURL, req.GetTypeUrl())
 	}
@@ -458,7 +457,7 @@ func (s *Server) FetchSecrets(_ context.Context, req *discoveryv3.DiscoveryReque
 	if len(res) == 0 {
 		return nil, status.Errorf(codes.NotFound, "no secret %v here (this server has %q and %q, the certificate once the proxy has one)", req.GetResourceNames(), CertificateName, TrustBundleName)
 	}
-	return &discoveryv3.DiscoveryResponse{VersionInfo: st.version, Resources: res, TypeUrl: SecretTypeURL}, nil
+	return &xp.DiscoveryResponse{VersionInfo: st.version, Resources: res, TypeUrl: SecretTypeURL}, nil
 }
 
 // Bundle is a trust bundle source for Options.Bundle: the PEM last handed to Set (the control plane's
@@ -494,4 +493,40 @@ func (b *Bundle) PEM() ([]byte, error) {
 // FileBundle reads the trust bundle from a PEM file at each call.
 func FileBundle(path string) func() ([]byte, error) {
 	return func() ([]byte, error) { return os.ReadFile(path) }
+}
+
+// secretService is Envoy's envoy.service.secret.v3.SecretDiscoveryService with the slim messages.
+// DeltaSecrets is not registered: gRPC answers it Unimplemented.
+var secretService = grpc.ServiceDesc{
+	ServiceName: "envoy.service.secret.v3.SecretDiscoveryService",
+	HandlerType: (*secretServer)(nil),
+	Methods: []grpc.MethodDesc{{
+		MethodName: "FetchSecrets",
+		Handler: func(srv any, ctx context.Context, dec func(any) error, interceptor grpc.UnaryServerInterceptor) (any, error) {
+			req := new(xp.DiscoveryRequest)
+			if err := dec(req); err != nil {
+				return nil, err
+			}
+			if interceptor == nil {
+				return srv.(secretServer).FetchSecrets(ctx, req)
+			}
+			info := &grpc.UnaryServerInfo{Server: srv, FullMethod: "/envoy.service.secret.v3.SecretDiscoveryService/FetchSecrets"}
+			return interceptor(ctx, req, info, func(ctx context.Context, req any) (any, error) {
+				return srv.(secretServer).FetchSecrets(ctx, req.(*xp.DiscoveryRequest))
+			})
+		},
+	}},
+	Streams: []grpc.StreamDesc{{
+		StreamName: "StreamSecrets",
+		Handler: func(srv any, stream grpc.ServerStream) error {
+			return srv.(secretServer).StreamSecrets(&grpc.GenericServerStream[xp.DiscoveryRequest, xp.DiscoveryResponse]{ServerStream: stream})
+		},
+		ServerStreams: true,
+		ClientStreams: true,
+	}},
+}
+
+type secretServer interface {
+	StreamSecrets(grpc.BidiStreamingServer[xp.DiscoveryRequest, xp.DiscoveryResponse]) error
+	FetchSecrets(context.Context, *xp.DiscoveryRequest) (*xp.DiscoveryResponse, error)
 }

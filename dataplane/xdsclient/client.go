@@ -17,11 +17,11 @@ import (
 	"sync/atomic"
 	"time"
 
-	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/weftmesh/weft/dataplane/config"
+	xp "github.com/weftmesh/weft/dataplane/internal/xdsproto"
 )
 
 // Node identifies the proxy to the control plane.
@@ -33,7 +33,7 @@ type Node struct {
 // ID is the node id of DESIGN.md: <pod>.<namespace>.
 func (n Node) ID() string { return n.PodName + "." + n.Namespace }
 
-func (n Node) proto() *corev3.Node {
+func (n Node) proto() *xp.Node {
 	md, _ := structpb.NewStruct(map[string]any{
 		"NAMESPACE":       n.Namespace,
 		"POD_NAME":        n.PodName,
@@ -41,12 +41,12 @@ func (n Node) proto() *corev3.Node {
 		"POD_IP":          n.PodIP,
 		"CLIENT_KIND":     "weft",
 	})
-	return &corev3.Node{
+	return &xp.Node{
 		Id:                   n.ID(),
 		Cluster:              n.Namespace,
 		Metadata:             md,
 		UserAgentName:        "weft-proxy",
-		UserAgentVersionType: &corev3.Node_UserAgentVersion{UserAgentVersion: n.Version},
+		UserAgentVersionType: &xp.Node_UserAgentVersion{UserAgentVersion: n.Version},
 	}
 }
 

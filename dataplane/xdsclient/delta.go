@@ -6,9 +6,9 @@ import (
 	"maps"
 	"slices"
 
-	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
-	"google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc/codes"
+
+	xp "github.com/weftmesh/weft/dataplane/internal/xdsproto"
 	grpcstatus "google.golang.org/grpc/status"
 )
 
@@ -16,13 +16,13 @@ import (
 func (c *Client) runDelta(ctx context.Context, st *state) (bool, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	stream, err := discoveryv3.NewAggregatedDiscoveryServiceClient(c.opts.Conn).DeltaAggregatedResources(ctx)
+	stream, err := openDelta(ctx, c.opts.Conn)
 	if err != nil {
 		return false, fmt.Errorf("open delta ADS stream: %w", err)
 	}
 	node := c.opts.Node.proto()
 	for _, t := range typeOrder {
-		req := &discoveryv3.DeltaDiscoveryRequest{TypeUrl: t, InitialResourceVersions: map[string]string{}}
+		req := &xp.DeltaDiscoveryRequest{TypeUrl: t, InitialResourceVersions: map[string]string{}}
 		for n, e := range st.resources[t] {
 			req.InitialResourceVersions[n] = e.version
 		}
@@ -56,11 +56,11 @@ func (c *Client) runDelta(ctx context.Context, st *state) (bool, error) {
 	}
 }
 
-func (c *Client) handleDelta(stream discoveryv3.AggregatedDiscoveryService_DeltaAggregatedResourcesClient, st *state, resp *discoveryv3.DeltaDiscoveryResponse) error {
+func (c *Client) handleDelta(stream deltaStream, st *state, resp *xp.DeltaDiscoveryResponse) error {
 	t := resp.GetTypeUrl()
 	if _, known := st.resources[t]; !known {
-		return c.sendDelta(stream, &discoveryv3.DeltaDiscoveryRequest{TypeUrl: t, ResponseNonce: resp.GetNonce(),
-			ErrorDetail: &status.Status{Code: int32(codes.InvalidArgument), Message: fmt.Sprintf("weft-proxy does not subscribe to %q", t)}})
+		return c.sendDelta(stream, &xp.DeltaDiscoveryRequest{TypeUrl: t, ResponseNonce: resp.GetNonce(),
+			ErrorDetail: &xp.Status{Code: int32(codes.InvalidArgument), Message: fmt.Sprintf("weft-proxy does not subscribe to %q", t)}})
 	}
 	var errs []error
 	decoded := map[string]entry{}
@@ -79,8 +79,8 @@ func (c *Client) handleDelta(stream discoveryv3.AggregatedDiscoveryService_Delta
 		detail := nackError(errs)
 		c.log.Warn("NACK: keeping the last good config", "type", t, "nonce", resp.GetNonce(), "error", detail)
 		c.countAck(detail)
-		return c.sendDelta(stream, &discoveryv3.DeltaDiscoveryRequest{TypeUrl: t, ResponseNonce: resp.GetNonce(),
-			ErrorDetail: &status.Status{Code: int32(codes.InvalidArgument), Message: detail}})
+		return c.sendDelta(stream, &xp.DeltaDiscoveryRequest{TypeUrl: t, ResponseNonce: resp.GetNonce(),
+			ErrorDetail: &xp.Status{Code: int32(codes.InvalidArgument), Message: detail}})
 	}
 	for _, n := range slices.Sorted(maps.Keys(decoded)) {
 		if !wildcard(t) && !st.subscribed[t][n] {
@@ -97,13 +97,13 @@ func (c *Client) handleDelta(stream discoveryv3.AggregatedDiscoveryService_Delta
 	}
 	st.received[t] = true
 	c.countAck("")
-	if err := c.sendDelta(stream, &discoveryv3.DeltaDiscoveryRequest{TypeUrl: t, ResponseNonce: resp.GetNonce()}); err != nil {
+	if err := c.sendDelta(stream, &xp.DeltaDiscoveryRequest{TypeUrl: t, ResponseNonce: resp.GetNonce()}); err != nil {
 		return err
 	}
 	if dep := dependent(t); dep != "" {
 		added, removed := st.resubscribe(dep)
 		if len(added)+len(removed) > 0 {
-			if err := c.sendDelta(stream, &discoveryv3.DeltaDiscoveryRequest{TypeUrl: dep, ResourceNamesSubscribe: added, ResourceNamesUnsubscribe: removed}); err != nil {
+			if err := c.sendDelta(stream, &xp.DeltaDiscoveryRequest{TypeUrl: dep, ResourceNamesSubscribe: added, ResourceNamesUnsubscribe: removed}); err != nil {
 				return err
 			}
 		}
@@ -113,7 +113,7 @@ func (c *Client) handleDelta(stream discoveryv3.AggregatedDiscoveryService_Delta
 	return nil
 }
 
-func (c *Client) sendDelta(stream discoveryv3.AggregatedDiscoveryService_DeltaAggregatedResourcesClient, req *discoveryv3.DeltaDiscoveryRequest) error {
+func (c *Client) sendDelta(stream deltaStream, req *xp.DeltaDiscoveryRequest) error {
 	if err := stream.Send(req); err != nil {
 		return fmt.Errorf("send delta request: %w", err)
 	}

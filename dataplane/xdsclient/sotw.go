@@ -5,22 +5,22 @@ import (
 	"fmt"
 	"maps"
 
-	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
-	"google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc/codes"
+
+	xp "github.com/weftmesh/weft/dataplane/internal/xdsproto"
 )
 
 // runSotW runs one state-of-the-world ADS stream.
 func (c *Client) runSotW(ctx context.Context, st *state) (bool, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	stream, err := discoveryv3.NewAggregatedDiscoveryServiceClient(c.opts.Conn).StreamAggregatedResources(ctx)
+	stream, err := openSotW(ctx, c.opts.Conn)
 	if err != nil {
 		return false, fmt.Errorf("open ADS stream: %w", err)
 	}
 	node := c.opts.Node.proto()
 	nonces := map[string]string{}
-	send := func(req *discoveryv3.DiscoveryRequest) error {
+	send := func(req *xp.DiscoveryRequest) error {
 		req.Node = node
 		if err := stream.Send(req); err != nil {
 			return fmt.Errorf("send request: %w", err)
@@ -28,7 +28,7 @@ func (c *Client) runSotW(ctx context.Context, st *state) (bool, error) {
 		return nil
 	}
 	for _, t := range typeOrder {
-		req := &discoveryv3.DiscoveryRequest{TypeUrl: t, VersionInfo: st.versions[t]}
+		req := &xp.DiscoveryRequest{TypeUrl: t, VersionInfo: st.versions[t]}
 		if !wildcard(t) {
 			req.ResourceNames = st.names(t)
 			if len(req.ResourceNames) == 0 {
@@ -50,8 +50,8 @@ func (c *Client) runSotW(ctx context.Context, st *state) (bool, error) {
 		t := resp.GetTypeUrl()
 		nonces[t] = resp.GetNonce()
 		if _, known := st.resources[t]; !known {
-			if err := send(&discoveryv3.DiscoveryRequest{TypeUrl: t, ResponseNonce: resp.GetNonce(),
-				ErrorDetail: &status.Status{Code: int32(codes.InvalidArgument), Message: fmt.Sprintf("weft-proxy does not subscribe to %q", t)}}); err != nil {
+			if err := send(&xp.DiscoveryRequest{TypeUrl: t, ResponseNonce: resp.GetNonce(),
+				ErrorDetail: &xp.Status{Code: int32(codes.InvalidArgument), Message: fmt.Sprintf("weft-proxy does not subscribe to %q", t)}}); err != nil {
 				return got, err
 			}
 			continue
@@ -76,8 +76,8 @@ func (c *Client) runSotW(ctx context.Context, st *state) (bool, error) {
 			detail := nackError(errs)
 			c.log.Warn("NACK: keeping the last good config", "type", t, "version", resp.GetVersionInfo(), "error", detail)
 			c.countAck(detail)
-			if err := send(&discoveryv3.DiscoveryRequest{TypeUrl: t, VersionInfo: st.versions[t], ResponseNonce: resp.GetNonce(), ResourceNames: names(),
-				ErrorDetail: &status.Status{Code: int32(codes.InvalidArgument), Message: detail}}); err != nil {
+			if err := send(&xp.DiscoveryRequest{TypeUrl: t, VersionInfo: st.versions[t], ResponseNonce: resp.GetNonce(), ResourceNames: names(),
+				ErrorDetail: &xp.Status{Code: int32(codes.InvalidArgument), Message: detail}}); err != nil {
 				return got, err
 			}
 			continue
@@ -94,7 +94,7 @@ func (c *Client) runSotW(ctx context.Context, st *state) (bool, error) {
 		st.versions[t] = resp.GetVersionInfo()
 		st.received[t] = true
 		c.countAck("")
-		if err := send(&discoveryv3.DiscoveryRequest{TypeUrl: t, VersionInfo: st.versions[t], ResponseNonce: resp.GetNonce(), ResourceNames: names()}); err != nil {
+		if err := send(&xp.DiscoveryRequest{TypeUrl: t, VersionInfo: st.versions[t], ResponseNonce: resp.GetNonce(), ResourceNames: names()}); err != nil {
 			return got, err
 		}
 		if dep := dependent(t); dep != "" {
@@ -102,7 +102,7 @@ func (c *Client) runSotW(ctx context.Context, st *state) (bool, error) {
 			st.resubscribe(dep)
 			// An empty name list would mean "everything" in SotW: send only real subscriptions.
 			if !maps.Equal(before, st.subscribed[dep]) && len(st.subscribed[dep]) > 0 {
-				if err := send(&discoveryv3.DiscoveryRequest{TypeUrl: dep, VersionInfo: st.versions[dep], ResponseNonce: nonces[dep], ResourceNames: st.names(dep)}); err != nil {
+				if err := send(&xp.DiscoveryRequest{TypeUrl: dep, VersionInfo: st.versions[dep], ResponseNonce: nonces[dep], ResourceNames: st.names(dep)}); err != nil {
 					return got, err
 				}
 			}

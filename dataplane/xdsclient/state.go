@@ -1,15 +1,9 @@
 package xdsclient
 
 import (
-	"fmt"
 	"maps"
 	"slices"
 
-	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
-	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
-	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
-	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
-	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/weftmesh/weft/dataplane/config"
@@ -53,50 +47,7 @@ func newState() *state {
 
 // decode validates one resource of a type; the returned name is the resource's own name.
 func decode(typeURL string, a *anypb.Any) (string, any, error) {
-	if a.GetTypeUrl() != typeURL {
-		return "", nil, fmt.Errorf("resource of type %q in a %q response", a.GetTypeUrl(), typeURL)
-	}
-	switch typeURL {
-	case config.ListenerType:
-		var m listenerv3.Listener
-		if err := a.UnmarshalTo(&m); err != nil {
-			return "", nil, fmt.Errorf("listener: %w", err)
-		}
-		v, err := config.DecodeListener(&m)
-		return m.GetName(), v, err
-	case config.RouteType:
-		var m routev3.RouteConfiguration
-		if err := a.UnmarshalTo(&m); err != nil {
-			return "", nil, fmt.Errorf("route configuration: %w", err)
-		}
-		v, err := config.DecodeRouteConfig(&m)
-		return m.GetName(), v, err
-	case config.ClusterType:
-		var m clusterv3.Cluster
-		if err := a.UnmarshalTo(&m); err != nil {
-			return "", nil, fmt.Errorf("cluster: %w", err)
-		}
-		v, err := config.DecodeCluster(&m)
-		return m.GetName(), v, err
-	case config.SecretType:
-		var m tlsv3.Secret
-		if err := a.UnmarshalTo(&m); err != nil {
-			return "", nil, fmt.Errorf("secret: %w", err)
-		}
-		v, err := config.DecodeSecret(&m)
-		return m.GetName(), v, err
-	case config.EndpointType:
-		var m endpointv3.ClusterLoadAssignment
-		if err := a.UnmarshalTo(&m); err != nil {
-			return "", nil, fmt.Errorf("cluster load assignment: %w", err)
-		}
-		if m.GetClusterName() == "" {
-			return "", nil, fmt.Errorf("cluster load assignment has no cluster_name")
-		}
-		v, err := config.DecodeLoadAssignment(&m)
-		return m.GetClusterName(), v, err
-	}
-	return "", nil, fmt.Errorf("unexpected type %q", typeURL)
+	return config.Decode(typeURL, a)
 }
 
 // wanted returns the names of the non-wildcard resources the accepted listeners and clusters refer to.

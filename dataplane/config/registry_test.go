@@ -1,7 +1,7 @@
-package config
+package config_test
 
-// The extension types weft-control nests in its resources, registered so that /config_dump can render
-// them and tests can read them as JSON.
+// The extension types weft-control nests in its resources, registered so that the tests can read
+// weft-control's golden files (JSON) into go-control-plane's messages.
 import (
 	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
 	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/http_inspector/v3"
