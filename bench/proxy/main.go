@@ -45,6 +45,7 @@ type options struct {
 	connDur               time.Duration // the new-connections phase
 	connWorkers           int
 	keep                  bool            // keep the temp dir (configs, certificates, proxy logs)
+	cpuProfile            string          // write CPU profiles of the weft-proxies here (needs a -tags weftpprof build)
 	only                  map[string]bool // measure only these paths (nil: all)
 	wrkOnly               map[string]bool // run wrk only on these paths (nil: all; the smoke test saves time)
 	progress              io.Writer
@@ -69,6 +70,7 @@ func main() {
 	flag.DurationVar(&o.connDur, "conns", 3*time.Second, "duration of each new-connections phase")
 	flag.IntVar(&o.connWorkers, "conn-workers", 16, "concurrent workers of the new-connections phase (each opens, echoes, closes, repeats)")
 	flag.BoolVar(&o.keep, "keep", false, "keep the working directory (configs, certificates, proxy logs)")
+	flag.StringVar(&o.cpuProfile, "cpuprofile", "", "write CPU profiles of the weft-proxies during the top-rate open-loop and the wrk phases to this directory (needs a weft-proxy built with -tags weftpprof)")
 	flag.Parse()
 	o.progress = os.Stderr
 	if err := o.parseRates(*rates); err != nil {
@@ -202,6 +204,32 @@ func run(ctx context.Context, o options) (*results, error) {
 			res.hap, _, _ = strings.Cut(string(out), "\n")
 		}
 	}
+	if o.cpuProfile != "" {
+		if err := os.MkdirAll(o.cpuProfile, 0o755); err != nil {
+			return nil, err
+		}
+		for _, p := range t.paths {
+			for _, pr := range p.procs {
+				if pr.admin == "" || (o.only != nil && !o.only[p.key]) {
+					continue
+				}
+				if err := checkPprof(pr); err != nil {
+					return nil, err
+				}
+			}
+		}
+	}
+	profile := func(phase string, p *path, d time.Duration) *profiler {
+		if o.cpuProfile == "" {
+			return nil
+		}
+		return startProfiles(o.cpuProfile, phase, p.procs, d)
+	}
+	profiled := func(pr *profiler) {
+		for _, err := range pr.wait() {
+			logf("profile: %v", err)
+		}
+	}
 	res.load[0] = loadavg()
 	defer func() { res.load[1] = loadavg() }()
 	var live []*path
@@ -243,11 +271,14 @@ func run(ctx context.Context, o options) (*results, error) {
 			conns := openConns(o.openConns)
 			openLoop(ctx, conns, p.http, rate, o.warm)
 			var sample *sampler
+			var prof *profiler
 			if rate == top {
 				sample = startSampler(p.procs)
+				prof = profile("open"+strconv.Itoa(rate), p, o.open)
 			}
 			st := openLoop(ctx, conns, p.http, rate, o.open)
 			closeConns(conns)
+			profiled(prof)
 			if sample != nil {
 				ps := res.procs[p.key]
 				ps.rssLoadKB, ps.anonLoadKB, ps.cpuPer1k, ps.cpuErr = sample.finish(st.sent)
@@ -277,7 +308,9 @@ func run(ctx context.Context, o options) (*results, error) {
 			continue
 		}
 		logf("closed loop (wrk -c%d): %s %s", o.wrkConns, p.key, p.name)
+		prof := profile("wrk", p, o.closed)
 		w, err := runWrk(ctx, wrk, p.http, o.wrkThreads, o.wrkConns, o.closed)
+		profiled(prof)
 		if err != nil {
 			res.fail(p.key, "wrk", err)
 			continue
