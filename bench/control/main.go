@@ -60,6 +60,9 @@ type result struct {
 	p50, p99, maxLat float64
 	bytesPerChange   float64
 	rssPerProxy      float64 // bytes
+	// CPU seconds used by the server and by the client process during the initial sync, and per
+	// change (rounds averaged): tells whether the server or the simulated proxies are the bottleneck.
+	syncCPU, changeCPU [2]float64
 }
 
 type child struct {
@@ -133,6 +136,26 @@ func rssBytes(pid int) float64 {
 	return 0
 }
 
+// cpuSeconds is the user+system CPU time process pid has used so far.
+func cpuSeconds(pid int) float64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	// Fields after the command name (which may hold spaces) start after the last ')'.
+	i := strings.LastIndexByte(string(b), ')')
+	if i < 0 {
+		return 0
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 13 {
+		return 0
+	}
+	utime, _ := strconv.ParseFloat(f[11], 64)
+	stime, _ := strconv.ParseFloat(f[12], 64)
+	return (utime + stime) / 100 // USER_HZ is 100 on Linux
+}
+
 func scenario(kind string, n, rounds, services, endpoints, big int) (result, error) {
 	var r result
 	srv, err := spawn("-role=server-"+kind, "-services", strconv.Itoa(services), "-endpoints", strconv.Itoa(endpoints), "-big-size", strconv.Itoa(big))
@@ -160,6 +183,11 @@ func scenario(kind string, n, rounds, services, endpoints, big int) (result, err
 		return r, err
 	}
 	defer cl.stop()
+	cpu := func() [2]float64 { return [2]float64{cpuSeconds(srv.cmd.Process.Pid), cpuSeconds(cl.cmd.Process.Pid)} }
+	sub := func(a, b [2]float64, div float64) [2]float64 {
+		return [2]float64{(a[0] - b[0]) / div, (a[1] - b[1]) / div}
+	}
+	cpu0 := cpu()
 	if err := cl.say("sync"); err != nil {
 		return r, err
 	}
@@ -169,12 +197,14 @@ func scenario(kind string, n, rounds, services, endpoints, big int) (result, err
 	}
 	secs, _ := strconv.ParseFloat(f[1], 64)
 	r.sync = time.Duration(secs * float64(time.Second))
+	r.syncCPU = sub(cpu(), cpu0, 1)
 	if err := gc(); err != nil {
 		return r, err
 	}
 	r.rssPerProxy = (rssBytes(srv.cmd.Process.Pid) - rssBefore) / float64(n)
 
 	var t0s []string
+	cpu0 = cpu()
 	for round := 1; round <= rounds; round++ {
 		if err := srv.say("change %d", round); err != nil {
 			return r, err
@@ -191,6 +221,7 @@ func scenario(kind string, n, rounds, services, endpoints, big int) (result, err
 			return r, err
 		}
 	}
+	r.changeCPU = sub(cpu(), cpu0, float64(rounds))
 	if err := cl.say("stats %s", strings.Join(t0s, ",")); err != nil {
 		return r, err
 	}
@@ -225,6 +256,7 @@ func orchestrate(ns string, rounds, services, endpoints, big, bigN int) error {
 	if big > 0 {
 		scs = append(scs, sc{fmt.Sprintf("%d-endpoint Service, %d proxies", big, bigN), bigN, big})
 	}
+	var cpuNotes []string
 	for _, s := range scs {
 		var res [2]result
 		for i, kind := range []string{"weft", "baseline"} {
@@ -233,11 +265,20 @@ func orchestrate(ns string, rounds, services, endpoints, big, bigN int) error {
 				return fmt.Errorf("%s, %s: %w", s.name, kind, err)
 			}
 			res[i] = r
+			cpuNotes = append(cpuNotes, fmt.Sprintf("| %s | %s | %.2f s | %.2f s | %.1f ms | %.1f ms |", s.name, kind, r.syncCPU[0], r.syncCPU[1], r.changeCPU[0]*1000, r.changeCPU[1]*1000))
 			fmt.Printf("| %s | %s | %s | %s | %s | %s | %s |\n", s.name, kind, r.sync.Round(time.Millisecond), ms(r.p50), ms(r.p99), kb(r.bytesPerChange), mb(r.rssPerProxy))
 		}
 		w, b := res[0], res[1]
 		fmt.Printf("| %s | **baseline ÷ weft** | %.1f× | %.1f× | %.1f× | %.1f× | %.1f× |\n", s.name,
 			ratio(b.sync.Seconds(), w.sync.Seconds()), ratio(b.p50, w.p50), ratio(b.p99, w.p99), ratio(b.bytesPerChange, w.bytesPerChange), ratio(b.rssPerProxy, w.rssPerProxy))
+	}
+	fmt.Println()
+	fmt.Println("CPU time (user+system) of each process; per change: averaged over the rounds, including the ACKs.")
+	fmt.Println()
+	fmt.Println("| scenario | server | sync: server CPU | sync: clients CPU | change: server CPU | change: clients CPU |")
+	fmt.Println("|---|---|---|---|---|---|")
+	for _, n := range cpuNotes {
+		fmt.Println(n)
 	}
 	return nil
 }

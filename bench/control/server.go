@@ -72,7 +72,11 @@ func runServer(kind string, services, endpoints, big int) error {
 	if err != nil {
 		return err
 	}
-	g := grpc.NewServer(grpc.MaxConcurrentStreams(1 << 20))
+	opts := []grpc.ServerOption{grpc.MaxConcurrentStreams(1 << 20)}
+	if kind == "weft" {
+		opts = append(opts, server.GRPCServerOptions()...) // as weft-control makes its server
+	}
+	g := grpc.NewServer(opts...)
 	var apply func(round int)
 	switch kind {
 	case "weft":
@@ -119,10 +123,26 @@ func runServer(kind string, services, endpoints, big int) error {
 		}
 		defer pprof.StopCPUProfile()
 	}
+	// WEFT_BENCH_CPUPROFILE_CHANGES profiles only the change rounds (from the first change on).
+	changesProfile := ""
+	if kind == "weft" {
+		changesProfile = os.Getenv("WEFT_BENCH_CPUPROFILE_CHANGES")
+	}
 	go func() { _ = g.Serve(lis) }()
 	fmt.Printf("addr %s\n", lis.Addr())
 	in := bufio.NewScanner(os.Stdin)
 	for in.Scan() {
+		if changesProfile != "" && strings.HasPrefix(in.Text(), "change ") {
+			f, err := os.Create(changesProfile)
+			if err != nil {
+				return err
+			}
+			if err := pprof.StartCPUProfile(f); err != nil {
+				return err
+			}
+			defer pprof.StopCPUProfile()
+			changesProfile = ""
+		}
 		f := strings.Fields(in.Text())
 		if len(f) == 1 && f[0] == "gc" {
 			// Measure live memory, not garbage the collector has not reached yet.

@@ -32,7 +32,7 @@ import (
 // Register adds the xDS services (ADS, and CDS, EDS, LDS, RDS, SDS on their own), CSDS and server
 // reflection to g.
 func (s *Server) Register(g *grpc.Server) {
-	discoverypb.RegisterAggregatedDiscoveryServiceServer(g, adsWithStaleNonces{s.xds, s})
+	discoverypb.RegisterAggregatedDiscoveryServiceServer(g, &ads{gcp: s.xds, srv: s})
 	clusterservice.RegisterClusterDiscoveryServiceServer(g, s.xds)
 	endpointservice.RegisterEndpointDiscoveryServiceServer(g, s.xds)
 	listenerservice.RegisterListenerDiscoveryServiceServer(g, s.xds)

@@ -1,13 +1,15 @@
 // Package server serves the translated configuration over xDS: ADS (state-of-the-world and delta)
 // and the per-type services, CSDS, gRPC reflection and the admin HTTP endpoints.
 //
-// Caches: each resource type lives in go-control-plane LinearCaches, which keep one cached (and
-// lazily marshaled, once) copy of each resource version shared by every stream, track a version per
-// resource, and wake only the watches whose resources changed. Endpoints, routes and secrets are the
-// same for every proxy and share one cache each; clusters have two (sidecars with mTLS, proxyless
-// gRPC without SDS); listeners have one for gRPC API listeners and one per distinct set of inbound
-// ports among sidecars (pods of one workload share it). Update feeds them in the order CDS → EDS →
-// LDS → RDS, and the ADS server runs in ordered mode, so each stream receives changes in that order.
+// Caches: each resource type lives in typedCaches, which keep one copy of each resource version
+// (marshaled lazily, once) shared by every stream, a version per resource, and an immutable
+// snapshot per change. Endpoints, routes and secrets are the same for every proxy and share one
+// cache each; clusters have two (sidecars with mTLS, proxyless gRPC without SDS); listeners have one
+// for gRPC API listeners and one per distinct set of inbound ports among sidecars (pods of one
+// workload share it). Update feeds them in the order CDS → EDS → LDS → RDS, and every stream
+// pushes in that order. SotW ADS streams run our own loop over the snapshots (sotw.go); delta and
+// the per-type services run go-control-plane's stream servers over a LinearCache in each
+// typedCache, fed the same changes.
 package server
 
 import (
@@ -80,12 +82,19 @@ type Server struct {
 	metrics *metrics
 }
 
-// typedCache is a LinearCache with the resources last put in it, so Update sends only what changed.
+// typedCache is one set of resources of a type: a LinearCache (for the delta and per-type streams
+// of go-control-plane), the snapshot our SotW ADS streams read, and the resources last put in it, so
+// Update sends only what changed.
 type typedCache struct {
 	typeURL string
+	prefix  string
 	linear  *cache.LinearCache
 	current map[string]proto.Message
 	bytes   int
+
+	seq  uint64 // changes so far; the snapshot's version is prefix+seq (only set touches it)
+	snap atomic.Pointer[snapshot]
+	subs watchers
 }
 
 type listenerGroup struct {
@@ -115,16 +124,19 @@ func New(o Options) *Server {
 	s.apiLDS = s.newCache(xds.ListenerType)
 	s.secrets = s.newCache(xds.SecretType)
 	s.clients = newTracker(s)
-	s.xds = serverv3.NewServer(context.Background(), router{s}, s.clients, sotw.WithOrderedADS())
+	s.xds = serverv3.NewServer(context.Background(), router{s}, gcpCallbacks{s.clients}, sotw.WithOrderedADS())
 	return s
 }
 
 func (s *Server) newCache(typeURL string) *typedCache {
-	return &typedCache{
+	c := &typedCache{
 		typeURL: typeURL,
+		prefix:  s.prefix,
 		linear:  cache.NewLinearCache(typeURL, cache.WithVersionPrefix(s.prefix), cache.WithLogger(cacheLogger{s.log})),
 		current: map[string]proto.Message{},
 	}
+	c.snap.Store(newSnapshot(c, nil, nil, nil))
+	return c
 }
 
 // set makes the cache hold exactly want, sending only changed and deleted resources to watchers.
@@ -149,6 +161,9 @@ func (c *typedCache) set(want map[string]proto.Message) (changed int, err error)
 		return 0, nil
 	}
 	c.current = want
+	c.seq++
+	c.snap.Store(newSnapshot(c, c.snap.Load(), update, deleted))
+	c.subs.notify()
 	return len(update) + len(deleted), c.linear.UpdateResources(update, deleted)
 }
 
@@ -236,27 +251,34 @@ func (s *Server) State() *discovery.State {
 
 // cacheFor picks the cache for a request: by type, and for clusters and listeners by who asks.
 func (s *Server) cacheFor(typeURL string, node *core.Node, names []string) (*cache.LinearCache, error) {
+	c, err := s.typedCacheFor(typeURL, xds.ProxyFromNode(node), names)
+	if err != nil {
+		return nil, err
+	}
+	return c.linear, nil
+}
+
+func (s *Server) typedCacheFor(typeURL string, p xds.Proxy, names []string) (*typedCache, error) {
 	if !s.synced.Load() {
 		return nil, errNotSynced
 	}
-	p := xds.ProxyFromNode(node)
 	switch typeURL {
 	case xds.ClusterType:
 		if p.Kind == xds.KindGRPC {
-			return s.grpcCDS.linear, nil
+			return s.grpcCDS, nil
 		}
-		return s.clusters.linear, nil
+		return s.clusters, nil
 	case xds.EndpointType:
-		return s.endpoints.linear, nil
+		return s.endpoints, nil
 	case xds.RouteType:
-		return s.routes.linear, nil
+		return s.routes, nil
 	case xds.SecretType:
-		return s.secrets.linear, nil
+		return s.secrets, nil
 	case xds.ListenerType:
 		if p.Kind == xds.KindGRPC || asksForAPIListeners(names) {
-			return s.apiLDS.linear, nil
+			return s.apiLDS, nil
 		}
-		return s.listenerGroup(p).linear, nil
+		return s.listenerGroup(p), nil
 	}
 	return nil, status.Errorf(codes.InvalidArgument, "weft-control does not serve resources of type %q", typeURL)
 }

@@ -69,7 +69,7 @@ func start(t *testing.T, st *discovery.State) *harness {
 	if err != nil {
 		t.Fatal(err)
 	}
-	g := grpc.NewServer()
+	g := grpc.NewServer(GRPCServerOptions()...) // as weft-control; conformance/xds runs without them
 	srv.Register(g)
 	go func() { _ = g.Serve(lis) }()
 	t.Cleanup(g.Stop)

@@ -49,6 +49,7 @@ type typeState struct {
 	ackedVersion string
 	nack         *nackState
 	resources    map[string]*resourceState
+	lastSent     []*resourceState // the resources of the last response (nonce lastNonce)
 }
 
 type nackState struct {
@@ -131,10 +132,17 @@ func (t *tracker) ackOrNack(st *streamState, typeURL, nonce, version string, err
 		return
 	}
 	matched := false
-	for _, r := range ts.resources {
-		if r.nonce == nonce {
+	if nonce == ts.lastNonce {
+		// The usual ACK: of the last response, whose resources are at hand.
+		for _, r := range ts.lastSent {
 			r.acked, r.nacked = true, ""
-			matched = true
+		}
+	} else {
+		for _, r := range ts.resources {
+			if r.nonce == nonce {
+				r.acked, r.nacked = true, ""
+				matched = true
+			}
 		}
 	}
 	if nonce != ts.lastNonce && !matched {
@@ -167,15 +175,26 @@ func (t *tracker) OnDeltaStreamOpen(_ context.Context, id int64, _ string) error
 func (t *tracker) OnDeltaStreamClosed(id int64, _ *core.Node) { t.closed(id) }
 
 func (t *tracker) OnStreamRequest(id int64, req *discoverypb.DiscoveryRequest) error {
+	t.sotwRequest(id, req, false)
+	return nil
+}
+
+// sotwRequest records a SotW request. unchanged tells that its names are those of the stream's
+// previous request of the type (as an ACK's usually are), so the subscription needs no new look.
+func (t *tracker) sotwRequest(id int64, req *discoverypb.DiscoveryRequest, unchanged bool) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	st := t.stream(id, req.GetNode())
 	if st == nil {
-		return nil
+		return
 	}
 	ts := st.typ(req.GetTypeUrl())
 	if req.GetResponseNonce() != "" && req.GetResponseNonce() != ts.lastNonce {
-		return nil // stale nonce: the server ignores this request, and so do we
+		return // stale nonce: the server ignores this request, and so do we
+	}
+	if unchanged {
+		t.ackOrNack(st, req.GetTypeUrl(), req.GetResponseNonce(), req.GetVersionInfo(), req.GetErrorDetail().GetMessage(), req.GetErrorDetail() != nil)
+		return
 	}
 	ts.wildcard = len(req.GetResourceNames()) == 0 || slices.Contains(req.GetResourceNames(), "*")
 	if !sameNames(ts.requested, req.GetResourceNames()) { // an ACK usually repeats the names: keep the map
@@ -192,7 +211,6 @@ func (t *tracker) OnStreamRequest(id int64, req *discoverypb.DiscoveryRequest) e
 		}
 	}
 	t.ackOrNack(st, req.GetTypeUrl(), req.GetResponseNonce(), req.GetVersionInfo(), req.GetErrorDetail().GetMessage(), req.GetErrorDetail() != nil)
-	return nil
 }
 
 func (t *tracker) OnStreamResponse(_ context.Context, id int64, req *discoverypb.DiscoveryRequest, resp *discoverypb.DiscoveryResponse) {
@@ -209,9 +227,12 @@ func (t *tracker) OnStreamResponse(_ context.Context, id int64, req *discoverypb
 		clear(ts.resources) // full state: what is not in the response is gone
 	}
 	size := 0
+	ts.lastSent = ts.lastSent[:0]
 	for _, a := range resp.GetResources() {
 		size += len(a.GetValue())
-		ts.resources[resourceName(a)] = &resourceState{version: resp.GetVersionInfo(), nonce: resp.GetNonce(), config: a, sentAt: now}
+		r := &resourceState{version: resp.GetVersionInfo(), nonce: resp.GetNonce(), config: a, sentAt: now}
+		ts.resources[resourceName(a)] = r
+		ts.lastSent = append(ts.lastSent, r)
 	}
 	short := shortType(resp.GetTypeUrl())
 	t.s.metrics.pushes.WithLabelValues(short).Inc()
@@ -259,9 +280,12 @@ func (t *tracker) OnStreamDeltaResponse(id int64, req *discoverypb.DeltaDiscover
 	now := t.s.now()
 	ts.lastNonce, ts.lastVersion, ts.sentAt = resp.GetNonce(), resp.GetSystemVersionInfo(), now
 	size := 0
+	ts.lastSent = ts.lastSent[:0]
 	for _, r := range resp.GetResources() {
 		size += len(r.GetResource().GetValue())
-		ts.resources[r.GetName()] = &resourceState{version: r.GetVersion(), nonce: resp.GetNonce(), config: r.GetResource(), sentAt: now}
+		rs := &resourceState{version: r.GetVersion(), nonce: resp.GetNonce(), config: r.GetResource(), sentAt: now}
+		ts.resources[r.GetName()] = rs
+		ts.lastSent = append(ts.lastSent, rs)
 	}
 	for _, n := range resp.GetRemovedResources() {
 		delete(ts.resources, n)
@@ -269,6 +293,45 @@ func (t *tracker) OnStreamDeltaResponse(id int64, req *discoverypb.DeltaDiscover
 	short := shortType(resp.GetTypeUrl())
 	t.s.metrics.pushes.WithLabelValues(short).Inc()
 	t.s.metrics.pushedBytes.WithLabelValues(short).Add(float64(size))
+}
+
+// gcpCallbacks are the tracker as go-control-plane's stream servers see it. Their SotW (per-type)
+// and delta servers count stream ids from 1 each, as our ADS SotW server does: each range is moved
+// so that the tracker's ids stay unique.
+type gcpCallbacks struct{ t *tracker }
+
+const (
+	perTypeIDs = 1 << 40
+	deltaIDs   = 2 << 40
+)
+
+func (c gcpCallbacks) OnStreamOpen(ctx context.Context, id int64, typeURL string) error {
+	return c.t.OnStreamOpen(ctx, id+perTypeIDs, typeURL)
+}
+func (c gcpCallbacks) OnStreamClosed(id int64, n *core.Node) { c.t.OnStreamClosed(id+perTypeIDs, n) }
+func (c gcpCallbacks) OnStreamRequest(id int64, r *discoverypb.DiscoveryRequest) error {
+	return c.t.OnStreamRequest(id+perTypeIDs, r)
+}
+func (c gcpCallbacks) OnStreamResponse(ctx context.Context, id int64, req *discoverypb.DiscoveryRequest, resp *discoverypb.DiscoveryResponse) {
+	c.t.OnStreamResponse(ctx, id+perTypeIDs, req, resp)
+}
+func (c gcpCallbacks) OnDeltaStreamOpen(ctx context.Context, id int64, typeURL string) error {
+	return c.t.OnDeltaStreamOpen(ctx, id+deltaIDs, typeURL)
+}
+func (c gcpCallbacks) OnDeltaStreamClosed(id int64, n *core.Node) {
+	c.t.OnDeltaStreamClosed(id+deltaIDs, n)
+}
+func (c gcpCallbacks) OnStreamDeltaRequest(id int64, r *discoverypb.DeltaDiscoveryRequest) error {
+	return c.t.OnStreamDeltaRequest(id+deltaIDs, r)
+}
+func (c gcpCallbacks) OnStreamDeltaResponse(id int64, req *discoverypb.DeltaDiscoveryRequest, resp *discoverypb.DeltaDiscoveryResponse) {
+	c.t.OnStreamDeltaResponse(id+deltaIDs, req, resp)
+}
+func (c gcpCallbacks) OnFetchRequest(ctx context.Context, r *discoverypb.DiscoveryRequest) error {
+	return c.t.OnFetchRequest(ctx, r)
+}
+func (c gcpCallbacks) OnFetchResponse(req *discoverypb.DiscoveryRequest, resp *discoverypb.DiscoveryResponse) {
+	c.t.OnFetchResponse(req, resp)
 }
 
 func (t *tracker) OnFetchRequest(context.Context, *discoverypb.DiscoveryRequest) error { return nil }
