@@ -1,0 +1,96 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"runtime/debug"
+	"strconv"
+	"strings"
+)
+
+// Memory settings of the Go runtime. A sidecar runs in every pod, so its resident memory counts more
+// than a few percent of CPU: the GC's target heap growth defaults to 50% (Go's default is 100%), which
+// keeps weft-proxy's heap at 2000 rps about 2 MB smaller for a little more GC work; and, in a container
+// with a memory limit, the runtime gets a soft limit below it so that it collects harder rather than
+// being OOM-killed.
+
+// defaultGCPercent is --gc-percent's default.
+const defaultGCPercent = 50
+
+// cgroupMemoryMax is the cgroup v2 memory limit of the container we run in.
+const cgroupMemoryMax = "/sys/fs/cgroup/memory.max"
+
+// memorySettings are the runtime settings the flags and the environment ask for.
+type memorySettings struct {
+	gcPercent int   // debug.SetGCPercent; -1: leave the runtime's (GOGC)
+	limit     int64 // debug.SetMemoryLimit; 0: leave the runtime's (GOMEMLIMIT, or none)
+}
+
+// resolveMemory decides the settings: flags given explicitly win, then GOGC and GOMEMLIMIT in the
+// environment (which the runtime has applied already), then the defaults: --gc-percent 50 and a soft
+// limit of 90% of the cgroup's memory.max (none when unlimited). cgroupMax is the content of
+// memory.max ("" when unreadable).
+func resolveMemory(gcFlag int, gcSet bool, limitFlag string, env func(string) string, cgroupMax string) (memorySettings, error) {
+	s := memorySettings{gcPercent: -1}
+	switch {
+	case gcSet:
+		if gcFlag < 0 {
+			return s, fmt.Errorf("--gc-percent %d: want 0 or more (GOGC=off in the environment turns the GC off)", gcFlag)
+		}
+		s.gcPercent = gcFlag
+	case env("GOGC") == "":
+		s.gcPercent = defaultGCPercent
+	}
+	switch {
+	case limitFlag != "":
+		n, err := parseBytes(limitFlag)
+		if err != nil {
+			return s, fmt.Errorf("--memory-limit %q: %w", limitFlag, err)
+		}
+		s.limit = n
+	case env("GOMEMLIMIT") == "":
+		if n, err := strconv.ParseInt(strings.TrimSpace(cgroupMax), 10, 64); err == nil && n > 0 {
+			s.limit = n / 10 * 9
+		}
+	}
+	return s, nil
+}
+
+func (s memorySettings) apply() {
+	if s.gcPercent >= 0 {
+		debug.SetGCPercent(s.gcPercent)
+	}
+	if s.limit > 0 {
+		debug.SetMemoryLimit(s.limit)
+	}
+}
+
+// applyMemory resolves and applies the runtime's memory settings for run.
+func applyMemory(o runOptions) error {
+	cg, _ := os.ReadFile(cgroupMemoryMax)
+	s, err := resolveMemory(o.gcPercent, o.gcPercentSet, o.memoryLimit, os.Getenv, string(cg))
+	if err != nil {
+		return err
+	}
+	s.apply()
+	return nil
+}
+
+// parseBytes reads a size in bytes with an optional binary suffix: 67108864, 64MiB, 1GiB, 512KiB.
+func parseBytes(v string) (int64, error) {
+	mult := int64(1)
+	for _, u := range []struct {
+		suffix string
+		mult   int64
+	}{{"KiB", 1 << 10}, {"MiB", 1 << 20}, {"GiB", 1 << 30}} {
+		if n, ok := strings.CutSuffix(v, u.suffix); ok {
+			v, mult = n, u.mult
+			break
+		}
+	}
+	n, err := strconv.ParseInt(v, 10, 64)
+	if err != nil || n <= 0 {
+		return 0, fmt.Errorf("want a positive number of bytes, optionally with KiB, MiB or GiB (e.g. 64MiB)")
+	}
+	return n * mult, nil
+}
