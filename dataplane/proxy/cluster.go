@@ -24,9 +24,10 @@ type clusterState struct {
 	connections atomic.Int64 // open upstream connections (HTTP pools and tcp_proxy)
 	ejected     atomic.Int32 // hosts currently ejected
 
-	h1, h2c *http.Transport
-	tlsH2   *http.Transport // mTLS to another weft-proxy: HTTP/2 over TLS
-	tlsH1   *http.Transport // mTLS, HTTP/1.1 (upgrades)
+	h1    *h1Pool // plaintext HTTP/1.1 (requests it cannot take go to its fallback Transport)
+	h2c   *http.Transport
+	tlsH2 *http.Transport // mTLS to another weft-proxy: HTTP/2 over TLS
+	tlsH1 *http.Transport // mTLS, HTTP/1.1 (upgrades)
 }
 
 func newClusterState(p *Proxy, name string) *clusterState {
@@ -49,9 +50,10 @@ func newClusterState(p *Proxy, name string) *clusterState {
 			ExpectContinueTimeout: 0,
 		}
 	}
-	st.h1 = base()
-	st.h1.Protocols = new(http.Protocols)
-	st.h1.Protocols.SetHTTP1(true)
+	h1 := base()
+	h1.Protocols = new(http.Protocols)
+	h1.Protocols.SetHTTP1(true)
+	st.h1 = newH1Pool(dial, h1)
 	st.h2c = base()
 	st.h2c.Protocols = new(http.Protocols)
 	st.h2c.Protocols.SetUnencryptedHTTP2(true)
@@ -108,7 +110,8 @@ func (c *slotConn) Close() error {
 }
 
 func (st *clusterState) close() {
-	for _, t := range []*http.Transport{st.h1, st.h2c, st.tlsH2, st.tlsH1} {
+	st.h1.close()
+	for _, t := range []*http.Transport{st.h2c, st.tlsH2, st.tlsH1} {
 		if t != nil {
 			t.CloseIdleConnections()
 		}
