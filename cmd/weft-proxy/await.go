@@ -7,31 +7,25 @@ import (
 	"io"
 	"net/http"
 	"time"
-
-	"github.com/spf13/cobra"
 )
 
-func newAwaitCmd() *cobra.Command {
+func newAwaitCmd() *command {
 	var (
 		admin    string
 		timeout  time.Duration
 		interval time.Duration
 	)
-	cmd := &cobra.Command{
-		Use:   "await",
-		Short: "Block until the local proxy is ready (a postStart hook), or fail after --timeout",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := awaitReady(cmd.Context(), admin, timeout, interval); err != nil {
-				return err
-			}
-			fmt.Fprintf(cmd.OutOrStdout(), "proxy at %s is ready\n", admin)
-			return nil
-		},
+	cmd := newCommand("await", "Block until the local proxy is ready (a postStart hook), or fail after --timeout", "")
+	cmd.run = func(ctx context.Context, stdout io.Writer) error {
+		if err := awaitReady(ctx, admin, timeout, interval); err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "proxy at %s is ready\n", admin)
+		return nil
 	}
-	cmd.Flags().StringVar(&admin, "admin-addr", "127.0.0.1:15000", "the proxy's admin address (host:port); /ready is polled there")
-	cmd.Flags().DurationVar(&timeout, "timeout", 2*time.Minute, "give up after this long")
-	cmd.Flags().DurationVar(&interval, "interval", 200*time.Millisecond, "time between two polls")
+	cmd.flags.StringVar(&admin, "admin-addr", "127.0.0.1:15000", "the proxy's admin address (host:port); /ready is polled there")
+	cmd.flags.DurationVar(&timeout, "timeout", 2*time.Minute, "give up after this long")
+	cmd.flags.DurationVar(&interval, "interval", 200*time.Millisecond, "time between two polls")
 	return cmd
 }
 

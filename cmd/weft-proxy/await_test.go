@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -12,12 +13,8 @@ import (
 // runProxyCmd runs weft-proxy with args as a user would, returning stdout and the error main prints.
 func runProxyCmd(t *testing.T, args ...string) (string, error) {
 	t.Helper()
-	root := newRootCmd()
 	var out bytes.Buffer
-	root.SetOut(&out)
-	root.SetErr(&out)
-	root.SetArgs(args)
-	err := root.Execute()
+	err := execute(context.Background(), args, &out)
 	return out.String(), err
 }
 

@@ -1,11 +1,11 @@
 package main
 
 import (
+	"context"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
-
-	"github.com/spf13/cobra"
 
 	"github.com/weftmesh/weft/dataplane/iptables"
 )
@@ -36,54 +36,50 @@ func (f initFlags) options() (iptables.Options, error) {
 	return o, nil
 }
 
-func newInitCmd() *cobra.Command {
+func newInitCmd() *command {
 	var f initFlags
-	cmd := &cobra.Command{
-		Use:   "init",
-		Short: "Program the pod's iptables so its TCP goes through the proxy (run as an init container)",
-		Long: `Program the nat table of the pod's network namespace: inbound TCP goes to the inbound port and
+	cmd := newCommand("init", "Program the pod's iptables so its TCP goes through the proxy (run as an init container)",
+		`Program the nat table of the pod's network namespace: inbound TCP goes to the inbound port and
 outbound TCP to the outbound port, except the proxy's own uid, loopback, the admin port, and the
-skipped ports and subnets. Running it again changes nothing. Needs NET_ADMIN and NET_RAW.`,
-		Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			opts, err := f.options()
-			if err != nil {
-				return err
-			}
-			mode, err := iptables.ParseMode(f.mode)
-			if err != nil {
-				return fmt.Errorf("--iptables-mode: %w", err)
-			}
-			rs, err := iptables.Rules(opts)
-			if err != nil {
-				return err
-			}
-			if f.dryRun {
-				_, err := fmt.Fprint(cmd.OutOrStdout(), rs.Restore())
-				return err
-			}
-			log := slog.New(slog.NewTextHandler(os.Stderr, nil))
-			a := &iptables.Applier{Mode: mode, Log: log}
-			res, err := a.Apply(cmd.Context(), rs)
-			if err != nil {
-				return err
-			}
-			if res.Changed {
-				fmt.Fprintf(cmd.OutOrStdout(), "iptables programmed (%s backend)\n", res.Backend.Mode)
-			} else {
-				fmt.Fprintf(cmd.OutOrStdout(), "iptables already programmed (%s backend); nothing changed\n", res.Backend.Mode)
-			}
-			return nil
-		},
+skipped ports and subnets. Running it again changes nothing. Needs NET_ADMIN and NET_RAW.`)
+	cmd.run = func(ctx context.Context, stdout io.Writer) error {
+		opts, err := f.options()
+		if err != nil {
+			return err
+		}
+		mode, err := iptables.ParseMode(f.mode)
+		if err != nil {
+			return fmt.Errorf("--iptables-mode: %w", err)
+		}
+		rs, err := iptables.Rules(opts)
+		if err != nil {
+			return err
+		}
+		if f.dryRun {
+			_, err := fmt.Fprint(stdout, rs.Restore())
+			return err
+		}
+		log := slog.New(slog.NewTextHandler(os.Stderr, nil))
+		a := &iptables.Applier{Mode: mode, Log: log}
+		res, err := a.Apply(ctx, rs)
+		if err != nil {
+			return err
+		}
+		if res.Changed {
+			fmt.Fprintf(stdout, "iptables programmed (%s backend)\n", res.Backend.Mode)
+		} else {
+			fmt.Fprintf(stdout, "iptables already programmed (%s backend); nothing changed\n", res.Backend.Mode)
+		}
+		return nil
 	}
-	fl := cmd.Flags()
+	fl := cmd.flags
 	fl.StringVar(&f.skipInbound, "skip-inbound-ports", "", `inbound ports that bypass the proxy, as config.weft.io/skip-inbound-ports ("22,8000-8100")`)
 	fl.StringVar(&f.skipOutbound, "skip-outbound-ports", "", `outbound ports that bypass the proxy, as config.weft.io/skip-outbound-ports ("5432,3306")`)
 	fl.StringVar(&f.skipSubnets, "skip-subnets", "", `IPv4 CIDRs whose traffic bypasses the proxy, as config.weft.io/skip-subnets ("10.0.0.0/8,169.254.169.254/32")`)
-	fl.Uint32Var(&f.proxyUID, "proxy-uid", iptables.DefaultProxyUID, "uid the proxy runs as; its traffic is never intercepted")
-	fl.Uint16Var(&f.inboundPort, "inbound-port", iptables.DefaultInboundPort, "proxy port receiving intercepted inbound TCP")
-	fl.Uint16Var(&f.outboundPort, "outbound-port", iptables.DefaultOutboundPort, "proxy port receiving intercepted outbound TCP")
-	fl.Uint16Var(&f.adminPort, "admin-port", iptables.DefaultAdminPort, "proxy admin port, never intercepted inbound")
+	uintVar(fl, &f.proxyUID, "proxy-uid", iptables.DefaultProxyUID, "uid the proxy runs as; its traffic is never intercepted")
+	uintVar(fl, &f.inboundPort, "inbound-port", iptables.DefaultInboundPort, "proxy port receiving intercepted inbound TCP")
+	uintVar(fl, &f.outboundPort, "outbound-port", iptables.DefaultOutboundPort, "proxy port receiving intercepted outbound TCP")
+	uintVar(fl, &f.adminPort, "admin-port", iptables.DefaultAdminPort, "proxy admin port, never intercepted inbound")
 	fl.BoolVar(&f.dryRun, "dry-run", false, "print the iptables-restore input for the nat table and change nothing")
 	fl.StringVar(&f.mode, "iptables-mode", string(iptables.ModeAuto), "iptables backend: auto, nft or legacy")
 	return cmd

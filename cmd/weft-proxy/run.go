@@ -7,6 +7,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -20,7 +21,6 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/spf13/cobra"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
@@ -63,20 +63,16 @@ func envOr(name, def string) string {
 	return def
 }
 
-func newRunCmd() *cobra.Command {
+func newRunCmd() *command {
 	var o runOptions
-	cmd := &cobra.Command{
-		Use:   "run",
-		Short: "Run the sidecar proxy (the default command)",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			o.gcPercentSet = cmd.Flags().Changed("gc-percent")
-			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGTERM, syscall.SIGINT)
-			defer stop()
-			return run(ctx, o)
-		},
+	cmd := newCommand("run", "Run the sidecar proxy (the default command)", "")
+	cmd.run = func(ctx context.Context, _ io.Writer) error {
+		o.gcPercentSet = isSet(cmd.flags, "gc-percent")
+		ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
+		defer stop()
+		return run(ctx, o)
 	}
-	f := cmd.Flags()
+	f := cmd.flags
 	f.StringVar(&o.xdsAddr, "xds-addr", envOr("XDS_ADDR", ""), "control plane xDS address host:port (env XDS_ADDR)")
 	f.StringVar(&o.podName, "pod-name", envOr("POD_NAME", ""), "this pod's name (env POD_NAME)")
 	f.StringVar(&o.namespace, "namespace", envOr("POD_NAMESPACE", ""), "this pod's namespace (env POD_NAMESPACE)")

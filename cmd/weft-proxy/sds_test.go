@@ -6,6 +6,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -35,13 +36,12 @@ func TestRunServesSDSOnAUnixSocket(t *testing.T) {
 	}
 	sock := filepath.Join(t.TempDir(), "sds.sock")
 
-	cmd := newRootCmd()
-	cmd.SetArgs([]string{"--xds-addr", freeAddr(t), "--pod-name", "web-1", "--namespace", "shop", "--service-account", "web",
+	args := []string{"--xds-addr", freeAddr(t), "--pod-name", "web-1", "--namespace", "shop", "--service-account", "web",
 		"--cert-dir", dir, "--sds-socket", sock, "--admin-addr", freeAddr(t), "--outbound-addr", "", "--inbound-addr", "",
-		"--log-level", "error", "--drain-timeout", "1s"})
+		"--log-level", "error", "--drain-timeout", "1s"}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- cmd.ExecuteContext(ctx) }()
+	go func() { done <- execute(ctx, args, io.Discard) }()
 	stopped := false
 	stop := func() {
 		if !stopped {
