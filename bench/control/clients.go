@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -14,10 +15,10 @@ import (
 
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpoint "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
-	discoverypb "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/structpb"
 )
 
@@ -37,64 +38,59 @@ type simClient struct {
 }
 
 func (c *simClient) run(ctx context.Context, conn *grpc.ClientConn, bytes *atomic.Int64) error {
-	stream, err := discoverypb.NewAggregatedDiscoveryServiceClient(conn).StreamAggregatedResources(ctx)
+	stream, err := conn.NewStream(ctx, &adsStreamDesc, adsMethod, grpc.ForceCodecV2(wireCodec{}))
 	if err != nil {
 		return err
 	}
 	md, _ := structpb.NewStruct(map[string]any{"CLIENT_KIND": "envoy"})
-	node := &core.Node{Id: fmt.Sprintf("p-%d.bench", c.id), Metadata: md}
-	if err := stream.Send(&discoverypb.DiscoveryRequest{Node: node, TypeUrl: clusterType}); err != nil {
+	node, err := proto.Marshal(&core.Node{Id: fmt.Sprintf("p-%d.bench", c.id), Metadata: md})
+	if err != nil {
+		return err
+	}
+	if err := stream.SendMsg(newRequest(node, clusterType, "", "", nil)); err != nil {
 		return err
 	}
 	var edsNames []string
+	var edsNamesWire []byte
 	have := map[string]bool{}
+	resp := &response{marked: c.marked}
 	for {
-		resp, err := stream.Recv()
-		if err != nil {
+		if err := stream.RecvMsg(resp); err != nil {
 			if ctx.Err() != nil {
 				return nil
 			}
 			return err
 		}
-		n := 0
-		for _, a := range resp.GetResources() {
-			n += len(a.GetValue())
-		}
-		bytes.Add(int64(n))
-		switch resp.GetTypeUrl() {
+		bytes.Add(int64(resp.bytes))
+		switch resp.typeURL {
 		case clusterType:
-			if err := stream.Send(&discoverypb.DiscoveryRequest{TypeUrl: clusterType, VersionInfo: resp.GetVersionInfo(), ResponseNonce: resp.GetNonce()}); err != nil {
+			if err := stream.SendMsg(newRequest(nil, clusterType, resp.version, resp.nonce, nil)); err != nil {
 				return err
 			}
 			if edsNames == nil {
-				for _, a := range resp.GetResources() {
-					if name := field1(a.GetValue()); strings.HasPrefix(name, "outbound|") {
+				for _, name := range resp.names {
+					if strings.HasPrefix(name, "outbound|") {
 						edsNames = append(edsNames, name)
 					}
 				}
 				slices.Sort(edsNames)
-				if err := stream.Send(&discoverypb.DiscoveryRequest{TypeUrl: endpointType, ResourceNames: edsNames}); err != nil {
+				edsNamesWire = encodeNames(edsNames)
+				if err := stream.SendMsg(newRequest(nil, endpointType, "", "", edsNamesWire)); err != nil {
 					return err
 				}
 			}
 		case endpointType:
-			round := -1
-			for _, a := range resp.GetResources() {
-				name := field1(a.GetValue())
-				have[name] = true
-				if name == c.marked {
-					var cla endpoint.ClusterLoadAssignment
-					if err := a.UnmarshalTo(&cla); err == nil {
-						round = markerRound(&cla)
-					}
+			if !c.synced.Load() {
+				for _, name := range resp.names {
+					have[name] = true
 				}
 			}
-			if err := stream.Send(&discoverypb.DiscoveryRequest{TypeUrl: endpointType, ResourceNames: edsNames, VersionInfo: resp.GetVersionInfo(), ResponseNonce: resp.GetNonce()}); err != nil {
+			if err := stream.SendMsg(newRequest(nil, endpointType, resp.version, resp.nonce, edsNamesWire)); err != nil {
 				return err
 			}
 			now := time.Now().UnixNano()
-			if round >= 0 && round < maxRounds {
-				c.arrived[round].CompareAndSwap(0, now)
+			if resp.round >= 0 && resp.round < maxRounds {
+				c.arrived[resp.round].CompareAndSwap(0, now)
 			}
 			if !c.synced.Load() && len(have) >= len(edsNames) {
 				c.synced.Store(true)
@@ -147,6 +143,16 @@ func field1(b []byte) string {
 func runClients(addr string, n int, marked string) error {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
+	if path := os.Getenv("WEFT_BENCH_CLIENT_CPUPROFILE_FILE"); path != "" {
+		f, err := os.Create(path)
+		if err != nil {
+			return err
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
+	}
 	perConn := 50
 	var conns []*grpc.ClientConn
 	for i := 0; i < n; i += perConn {

@@ -178,6 +178,10 @@ func scenario(kind string, n, rounds, services, endpoints, big int) (result, err
 		return r, err
 	}
 	rssBefore := rssBytes(srv.cmd.Process.Pid)
+	if p := os.Getenv("WEFT_BENCH_CLIENT_CPUPROFILE"); p != "" {
+		// The clients of each server get their own profile: <path>.weft, <path>.baseline.
+		os.Setenv("WEFT_BENCH_CLIENT_CPUPROFILE_FILE", p+"."+kind)
+	}
 	cl, err := spawn("-role=clients", "-addr", f[1], "-clients", strconv.Itoa(n), "-big-size", strconv.Itoa(big))
 	if err != nil {
 		return r, err

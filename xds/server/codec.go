@@ -1,25 +1,30 @@
 package server
 
 import (
-	"sync"
+	"bytes"
 	"unicode/utf8"
 
 	discoverypb "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/encoding"
 	protoenc "google.golang.org/grpc/encoding/proto"
 	"google.golang.org/grpc/mem"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
+
+	"github.com/weftmesh/weft/xds"
 )
 
 // GRPCServerOptions are the options the gRPC server that carries this Server's services should be
 // made with: a codec that writes the pre-encoded SotW responses (encoded once per version and
 // resource set, shared by every stream) as they are, instead of encoding each one again per stream,
-// and that decodes requests without a pooled copy. Every other message is (de)coded as by gRPC's
-// own proto codec. Without these options everything still works, only slower.
+// and that hands SotW ADS requests to their stream undecoded (see decodeRequest). Every other
+// message is (de)coded as by gRPC's own proto codec. Without these options everything still works,
+// only slower.
 func GRPCServerOptions() []grpc.ServerOption {
-	return []grpc.ServerOption{grpc.ForceServerCodecV2(codec{proto: encoding.GetCodecV2(protoenc.Name), names: &interned{m: map[string]string{}}})}
+	return []grpc.ServerOption{grpc.ForceServerCodecV2(codec{encoding.GetCodecV2(protoenc.Name)})}
 }
 
 // preEncoded is a DiscoveryResponse whose bytes are already known: wire holds every field but the
@@ -31,10 +36,7 @@ type preEncoded struct {
 	nonce []byte
 }
 
-type codec struct {
-	proto encoding.CodecV2
-	names *interned
-}
+type codec struct{ proto encoding.CodecV2 }
 
 func (codec) Name() string { return protoenc.Name }
 
@@ -52,89 +54,111 @@ func (c codec) Unmarshal(data mem.BufferSlice, v any) error {
 	if !ok || len(data) != 1 {
 		return c.proto.Unmarshal(data, v)
 	}
-	// One buffer (the usual case): decode it in place; the decoded message copies what it keeps.
-	b := data[0].ReadOnlyData()
-	if req, ok := m.(*discoverypb.DiscoveryRequest); ok && c.names.decodeACK(b, req) {
+	if r, ok := v.(*rawRequest); ok {
+		// Kept as it came (no copy: a reference to gRPC's buffers, released once decoded): the
+		// stream decodes it, knowing its last request (see decodeRequest).
+		data.Ref()
+		r.data = data
 		return nil
 	}
-	return proto.Unmarshal(b, m)
+	// One buffer (the usual case): decode it in place; the decoded message copies what it keeps.
+	return proto.Unmarshal(data[0].ReadOnlyData(), m)
 }
 
-// interned holds one copy of each resource name and type URL seen in requests, so the requests
-// of thousands of streams, each repeating the same hundreds of names in every ACK, share them
-// instead of allocating each name again. It stops growing at maxInterned names (a client sending
-// made-up names cannot make it grow without bound); names past that are allocated as usual.
-type interned struct {
-	mu sync.RWMutex
-	m  map[string]string
+// rawRequest receives a DiscoveryRequest on a SotW ADS stream. With our codec, raw holds its bytes;
+// with gRPC's own, the embedded message is decoded as usual.
+type rawRequest struct {
+	*discoverypb.DiscoveryRequest
+	data mem.BufferSlice
 }
 
-const maxInterned = 1 << 17
+// knownTypes are the type URLs a request usually names, so decoding one allocates nothing.
+var knownTypes = []string{xds.ClusterType, xds.EndpointType, xds.ListenerType, xds.RouteType, xds.SecretType}
 
-func (in *interned) get(b []byte) (string, bool) {
-	in.mu.RLock()
-	s, ok := in.m[string(b)] // no allocation: the compiler looks up without converting
-	in.mu.RUnlock()
-	if ok {
-		return s, true
-	}
-	if !utf8.Valid(b) {
-		return "", false
-	}
-	s = string(b)
-	in.mu.Lock()
-	if len(in.m) < maxInterned {
-		in.m[s] = s
-	}
-	in.mu.Unlock()
-	return s, true
-}
+var errBadRequest = status.Error(codes.InvalidArgument, "malformed DiscoveryRequest")
 
-// decodeACK decodes req from b when it holds only the fields of an ACK or a subscription change
-// (version, resource names, type URL, nonce), as most requests do; anything else (a node, an
-// error detail, another field) is left to the full decoder, as is anything malformed.
-func (in *interned) decodeACK(b []byte, req *discoverypb.DiscoveryRequest) bool {
-	var version, typeURL, nonce string
-	var names []string
-	for len(b) > 0 {
-		num, typ, n := protowire.ConsumeTag(b)
+// decodeRequest decodes a request of a stream. When it holds only the fields of an ACK or a
+// subscription (version, resource names, type URL, nonce) and its names are byte for byte those of
+// the stream's last request of that type (as an ACK's are), it reuses that request's names instead
+// of decoding hundreds of strings again; anything else is decoded in full.
+func (as *adsStream) decodeRequest(r *rawRequest) (*discoverypb.DiscoveryRequest, error) {
+	if r.data == nil {
+		return r.DiscoveryRequest, nil
+	}
+	defer r.data.Free()
+	var b []byte
+	if len(r.data) == 1 {
+		b = r.data[0].ReadOnlyData()
+	} else {
+		b = r.data.Materialize()
+	}
+	var version, typeURL, nonce []byte
+	spanStart, spanEnd := -1, -1 // the resource_names fields, when they are contiguous
+	fast := true
+	for off := 0; off < len(b) && fast; {
+		num, typ, n := protowire.ConsumeTag(b[off:])
 		if n < 0 || typ != protowire.BytesType {
-			return false
+			fast = false
+			break
 		}
-		b = b[n:]
-		v, n := protowire.ConsumeBytes(b)
-		if n < 0 {
-			return false
+		v, m := protowire.ConsumeBytes(b[off+n:])
+		if m < 0 {
+			return nil, errBadRequest
 		}
-		b = b[n:]
 		switch num {
-		case 1, 5:
-			if !utf8.Valid(v) {
-				return false
+		case 1:
+			version = v
+		case 3:
+			if spanStart < 0 {
+				spanStart = off
+			} else if spanEnd != off {
+				fast = false // names interleaved with other fields
 			}
-			if num == 1 {
-				version = string(v)
-			} else {
-				nonce = string(v)
-			}
-		case 3, 4:
-			s, ok := in.get(v)
-			if !ok {
-				return false
-			}
-			if num == 3 {
-				if names == nil {
-					names = make([]string, 0, 16)
-				}
-				names = append(names, s)
-			} else {
-				typeURL = s
-			}
+			spanEnd = off + n + m
+		case 4:
+			typeURL = v
+		case 5:
+			nonce = v
 		default:
-			return false
+			fast = false
+		}
+		off += n + m
+	}
+	if !fast || !utf8.Valid(version) || !utf8.Valid(typeURL) || !utf8.Valid(nonce) {
+		req := &discoverypb.DiscoveryRequest{}
+		if err := proto.Unmarshal(b, req); err != nil {
+			return nil, status.Errorf(codes.InvalidArgument, "malformed DiscoveryRequest: %v", err)
+		}
+		return req, nil
+	}
+	req := &discoverypb.DiscoveryRequest{VersionInfo: string(version), ResponseNonce: string(nonce)}
+	req.TypeUrl = string(typeURL)
+	for _, k := range knownTypes {
+		if k == req.TypeUrl {
+			req.TypeUrl = k
 		}
 	}
-	proto.Reset(req)
-	req.VersionInfo, req.ResourceNames, req.TypeUrl, req.ResponseNonce = version, names, typeURL, nonce
-	return true
+	if spanStart < 0 {
+		return req, nil
+	}
+	span := b[spanStart:spanEnd]
+	if t := as.typ(req.TypeUrl); t != nil && t.rawNames != nil && bytes.Equal(t.rawNames, span) {
+		req.ResourceNames = t.rawNamesDecoded
+		return req, nil
+	}
+	names := make([]string, 0, 16)
+	for off := 0; off < len(span); {
+		_, _, n := protowire.ConsumeTag(span[off:])
+		v, m := protowire.ConsumeBytes(span[off+n:])
+		if !utf8.Valid(v) {
+			return nil, errBadRequest
+		}
+		names = append(names, string(v))
+		off += n + m
+	}
+	req.ResourceNames = names
+	if t := as.typ(req.TypeUrl); t != nil { // (a first request of a type is not kept: its ACK will be)
+		t.rawNames, t.rawNamesDecoded = bytes.Clone(span), names
+	}
+	return req, nil
 }

@@ -13,45 +13,66 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/testing/protocmp"
 	"google.golang.org/protobuf/types/known/anypb"
+
+	"github.com/weftmesh/weft/xds"
 )
 
-func testCodec() codec {
-	return codec{proto: encoding.GetCodecV2(protoenc.Name), names: &interned{m: map[string]string{}}}
-}
+func testCodec() codec { return codec{encoding.GetCodecV2(protoenc.Name)} }
 
-// The codec's request decoder gives what the protobuf decoder gives, for ACK-shaped requests (its
-// fast path) and for the rest (handed on).
-func TestCodecDecodesRequestsAsProto(t *testing.T) {
+// A SotW ADS stream decodes the requests our codec hands it undecoded exactly as the protobuf
+// decoder does: ACK-shaped ones on its fast path (reusing the names of the last request when they
+// are the same bytes), the rest in full.
+func TestStreamDecodesRequestsAsProto(t *testing.T) {
 	c := testCodec()
+	as := &adsStream{types: []*sotwType{{url: xds.EndpointType}, {url: "t"}}}
+	names := []string{"a", "b", "outbound|80||x.y.svc.cluster.local"}
 	reqs := []*discoverypb.DiscoveryRequest{
 		{},
-		{TypeUrl: "type.googleapis.com/envoy.config.cluster.v3.Cluster"},
-		{VersionInfo: "v-1", ResponseNonce: "7", TypeUrl: "t", ResourceNames: []string{"a", "b", "outbound|80||x.y.svc.cluster.local", "a"}},
+		{TypeUrl: xds.ClusterType},
+		{VersionInfo: "v-1", ResponseNonce: "7", TypeUrl: xds.EndpointType, ResourceNames: names},
+		{VersionInfo: "v-2", ResponseNonce: "8", TypeUrl: xds.EndpointType, ResourceNames: names}, // same names: reused
+		{VersionInfo: "v-2", ResponseNonce: "9", TypeUrl: xds.EndpointType, ResourceNames: names[:2]},
+		{VersionInfo: "v-2", ResponseNonce: "10", TypeUrl: xds.EndpointType, ResourceNames: []string{"a", "a"}},
+		{ResourceNames: []string{"*"}, TypeUrl: "t"},
 		{ResourceNames: []string{"*"}, TypeUrl: "t"},
 		{Node: &core.Node{Id: "p.ns"}, TypeUrl: "t", ResourceNames: []string{"a"}},
 		{VersionInfo: "v", ResponseNonce: "1", TypeUrl: "t", ErrorDetail: &status.Status{Code: 3, Message: "bad"}},
 	}
-	for i := 0; i < 2; i++ { // the second time, names come from the interned table
-		for _, want := range reqs {
-			b, err := proto.Marshal(want)
-			if err != nil {
-				t.Fatal(err)
-			}
-			got := &discoverypb.DiscoveryRequest{}
-			if err := c.Unmarshal(mem.BufferSlice{mem.SliceBuffer(b)}, got); err != nil {
-				t.Fatal(err)
-			}
-			if d := cmp.Diff(want, got, protocmp.Transform()); d != "" {
-				t.Errorf("decoded request differs (-want +got):\n%s", d)
-			}
+	for _, want := range reqs {
+		b, err := proto.Marshal(want)
+		if err != nil {
+			t.Fatal(err)
+		}
+		raw := &rawRequest{DiscoveryRequest: &discoverypb.DiscoveryRequest{}}
+		if err := c.Unmarshal(mem.BufferSlice{mem.SliceBuffer(b)}, raw); err != nil {
+			t.Fatal(err)
+		}
+		got, err := as.decodeRequest(raw)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if d := cmp.Diff(want, got, protocmp.Transform()); d != "" {
+			t.Errorf("decoded request differs (-want +got):\n%s", d)
 		}
 	}
 	// Not UTF-8 in a name: rejected, as the protobuf decoder rejects it.
-	bad := proto.MarshalOptions{}
-	b, _ := bad.Marshal(&discoverypb.DiscoveryRequest{TypeUrl: "t"})
+	b, _ := proto.Marshal(&discoverypb.DiscoveryRequest{TypeUrl: "t"})
 	b = append(b, 0x1a, 0x02, 0xff, 0xfe) // field 3, two invalid bytes
-	if err := c.Unmarshal(mem.BufferSlice{mem.SliceBuffer(b)}, &discoverypb.DiscoveryRequest{}); err == nil {
+	if _, err := as.decodeRequest(&rawRequest{data: mem.BufferSlice{mem.SliceBuffer(b)}}); err == nil {
 		t.Error("a resource name that is not UTF-8 was accepted")
+	}
+	// Without our codec, gRPC's decodes into the embedded message, which the stream takes as is.
+	b, _ = proto.Marshal(reqs[2])
+	raw := &rawRequest{DiscoveryRequest: &discoverypb.DiscoveryRequest{}}
+	if err := encoding.GetCodecV2(protoenc.Name).Unmarshal(mem.BufferSlice{mem.SliceBuffer(b)}, raw); err != nil {
+		t.Fatal(err)
+	}
+	got, err := as.decodeRequest(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := cmp.Diff(reqs[2], got, protocmp.Transform()); d != "" {
+		t.Errorf("default codec: request differs (-want +got):\n%s", d)
 	}
 }
 

@@ -215,6 +215,9 @@ type sotwType struct {
 	checked  uint64            // sequence of the snapshot last compared while open
 	recheck  bool              // compare again even if the snapshot did not change (new subscription)
 	req      *discoverypb.DiscoveryRequest
+	// The encoded resource_names of the last request decoded in full, and what they decoded to.
+	rawNames        []byte
+	rawNamesDecoded []string
 }
 
 func (a *ads) StreamAggregatedResources(st discoverypb.AggregatedDiscoveryService_StreamAggregatedResourcesServer) error {
@@ -232,12 +235,12 @@ func (a *ads) StreamAggregatedResources(st discoverypb.AggregatedDiscoveryServic
 		s.clients.OnStreamClosed(as.id, as.node)
 	}()
 
-	reqs := make(chan *discoverypb.DiscoveryRequest)
+	reqs := make(chan *rawRequest)
 	go func() {
 		defer close(reqs)
 		for {
-			req, err := st.Recv()
-			if err != nil {
+			req := &rawRequest{DiscoveryRequest: &discoverypb.DiscoveryRequest{}}
+			if err := st.RecvMsg(req); err != nil {
 				return
 			}
 			select {
@@ -253,9 +256,13 @@ func (a *ads) StreamAggregatedResources(st discoverypb.AggregatedDiscoveryServic
 			if err := as.push(nil, false); err != nil {
 				return status.Errorf(codes.Unavailable, "%v", err)
 			}
-		case req, ok := <-reqs:
+		case raw, ok := <-reqs:
 			if !ok {
 				return nil // the client closed the stream, or it failed
+			}
+			req, err := as.decodeRequest(raw)
+			if err != nil {
+				return err
 			}
 			if err := as.handle(req); err != nil {
 				return err
