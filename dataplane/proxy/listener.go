@@ -189,11 +189,15 @@ func (p *Proxy) handleConn(c net.Conn, name string) {
 	}
 	switch {
 	case chain.cfg.HTTP != nil:
+		cs := p.outbound
 		if name == "inbound" {
-			p.inbound.serve(conn, info)
-		} else {
-			p.outbound.serve(conn, info)
+			cs = p.inbound
 		}
+		if tc, ok := conn.(*tls.Conn); ok && tc.ConnectionState().NegotiatedProtocol == "h2" {
+			cs.serve(conn, info) // HTTP/2 between proxies: net/http's server
+			return
+		}
+		p.serveHTTP1(conn, info, cs)
 	case chain.cfg.TCP != nil:
 		p.proxyTCP(conn, info, chain.cfg.TCP.Cluster)
 	default:

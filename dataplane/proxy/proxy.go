@@ -57,6 +57,7 @@ type Proxy struct {
 	tunnelWG sync.WaitGroup
 
 	outbound, inbound *connServer
+	fast              fastConns // connections on the HTTP/1.1 fast path (h1server.go)
 	sessions          tlsSessions
 }
 
@@ -168,8 +169,9 @@ func (p *Proxy) Shutdown(ctx context.Context) error {
 		wg.Add(1)
 		go func() { defer wg.Done(); _ = s.Shutdown(ctx) }()
 	}
+	p.fast.closeIdle()
 	done := make(chan struct{})
-	go func() { wg.Wait(); p.tunnelWG.Wait(); close(done) }()
+	go func() { wg.Wait(); p.tunnelWG.Wait(); p.fast.wg.Wait(); close(done) }()
 	select {
 	case <-done:
 		return nil
@@ -179,6 +181,7 @@ func (p *Proxy) Shutdown(ctx context.Context) error {
 			c.Close()
 		}
 		p.mu.Unlock()
+		p.fast.closeAll()
 		for _, s := range servers {
 			s.Close()
 		}
