@@ -142,23 +142,35 @@ func (as *adsStream) decodeRequest(r *rawRequest) (*discoverypb.DiscoveryRequest
 		return req, nil
 	}
 	span := b[spanStart:spanEnd]
-	if t := as.typ(req.TypeUrl); t != nil && t.rawNames != nil && bytes.Equal(t.rawNames, span) {
+	t := as.typ(req.TypeUrl)
+	if t != nil && t.rawNames != nil && bytes.Equal(t.rawNames, span) {
 		req.ResourceNames = t.rawNamesDecoded
 		return req, nil
 	}
-	names := make([]string, 0, 16)
+	if t == nil && as.first.typeURL == req.TypeUrl && bytes.Equal(as.first.raw, span) {
+		req.ResourceNames = as.first.names
+		return req, nil
+	}
+	// Names of resources we serve are taken from the server's table: one copy for every stream.
+	known := as.s.names.Load()
+	names := make([]string, 0, len(span)/32)
 	for off := 0; off < len(span); {
 		_, _, n := protowire.ConsumeTag(span[off:])
 		v, m := protowire.ConsumeBytes(span[off+n:])
-		if !utf8.Valid(v) {
+		if k, ok := (*known)[string(v)]; ok {
+			names = append(names, k)
+		} else if utf8.Valid(v) {
+			names = append(names, string(v))
+		} else {
 			return nil, errBadRequest
 		}
-		names = append(names, string(v))
 		off += n + m
 	}
 	req.ResourceNames = names
-	if t := as.typ(req.TypeUrl); t != nil { // (a first request of a type is not kept: its ACK will be)
+	if t != nil {
 		t.rawNames, t.rawNamesDecoded = bytes.Clone(span), names
+	} else { // the first request of a type: handle makes its state, which takes these
+		as.first.typeURL, as.first.raw, as.first.names = req.TypeUrl, bytes.Clone(span), names
 	}
 	return req, nil
 }

@@ -24,8 +24,11 @@ func testCodec() codec { return codec{encoding.GetCodecV2(protoenc.Name)} }
 // are the same bytes), the rest in full.
 func TestStreamDecodesRequestsAsProto(t *testing.T) {
 	c := testCodec()
-	as := &adsStream{types: []*sotwType{{url: xds.EndpointType}, {url: "t"}}}
-	names := []string{"a", "b", "outbound|80||x.y.svc.cluster.local"}
+	srv := New(Options{})
+	srv.Update(stateOf(t, serviceYAML("x", 80, 8080, "10.0.0.1")))
+	// EDS has no state yet (the names of its first request are kept aside for it); "t" has.
+	as := &adsStream{s: srv, types: []*sotwType{{url: "t"}}}
+	names := []string{"a", "b", "outbound|80||x.default.svc.cluster.local"} // the last one is served
 	reqs := []*discoverypb.DiscoveryRequest{
 		{},
 		{TypeUrl: xds.ClusterType},

@@ -76,6 +76,8 @@ type Server struct {
 	apiLDS    *typedCache
 	secrets   *typedCache
 	groups    map[string]*listenerGroup
+	// names holds every resource name served, one copy each: requests naming them share it.
+	names atomic.Pointer[map[string]string]
 
 	xds     serverv3.Server
 	clients *tracker
@@ -117,6 +119,7 @@ func New(o Options) *Server {
 		s.prefix = strconv.FormatInt(time.Now().Unix(), 36) + "-" + hex.EncodeToString(b[:]) + "-"
 	}
 	s.metrics = newMetrics()
+	s.names.Store(&map[string]string{})
 	s.clusters = s.newCache(xds.ClusterType)
 	s.grpcCDS = s.newCache(xds.ClusterType)
 	s.endpoints = s.newCache(xds.EndpointType)
@@ -205,10 +208,28 @@ func (s *Server) Update(st *discovery.State) {
 		feed(g.lds, s.groupListeners(g.ports))
 	}
 	feed(s.routes, byName(mesh.Routes, nameOf))
+	if changed > 0 {
+		names := map[string]string{}
+		for _, c := range s.caches() {
+			for n := range c.current {
+				names[n] = n
+			}
+		}
+		s.names.Store(&names)
+	}
 	s.metrics.observeUpdate(s, changed, s.now().Sub(start))
 	if !s.synced.Swap(true) {
 		s.log.Info("xDS server ready", "version_prefix", s.prefix, "services", len(st.Services))
 	}
+}
+
+// caches are every typedCache; s.mu is held.
+func (s *Server) caches() []*typedCache {
+	cs := []*typedCache{s.clusters, s.grpcCDS, s.endpoints, s.routes, s.apiLDS, s.secrets}
+	for _, g := range s.groups {
+		cs = append(cs, g.lds)
+	}
+	return cs
 }
 
 func claName(c *endpoint.ClusterLoadAssignment) string { return c.GetClusterName() }

@@ -90,6 +90,7 @@ func newSnapshot(c *typedCache, prev *snapshot, update map[string]types.Resource
 
 // encoded is a response body (every field but the nonce) for one resource set of one snapshot.
 type encoded struct {
+	names     []string // of the resources, in order
 	resources []*anypb.Any
 	wire      []byte
 }
@@ -124,7 +125,7 @@ func (sn *snapshot) encode(key memoKey, names []string) (*encoded, error) {
 	}
 	names = slices.Clone(names)
 	slices.Sort(names)
-	enc := &encoded{resources: make([]*anypb.Any, 0, len(names))}
+	enc := &encoded{names: names, resources: make([]*anypb.Any, 0, len(names))}
 	for _, n := range names {
 		a, err := sn.res[n].any()
 		if err != nil {
@@ -195,6 +196,12 @@ type adsStream struct {
 	wake   chan struct{}
 	nonces int64
 	types  []*sotwType // in push order
+	// first: the encoded and decoded names of a request of a type the stream has no state for yet.
+	first struct {
+		typeURL string
+		raw     []byte
+		names   []string
+	}
 }
 
 // sotwType is a stream's subscription to one type.
@@ -313,6 +320,10 @@ func (as *adsStream) handle(req *discoverypb.DiscoveryRequest) error {
 		}
 		t.setNames(req.GetResourceNames())
 		t.tracked = req.GetResourceNames()
+		if as.first.typeURL == typeURL {
+			t.rawNames, t.rawNamesDecoded = as.first.raw, as.first.names
+		}
+		as.first.typeURL, as.first.raw, as.first.names = "", nil, nil
 		i, _ := slices.BinarySearchFunc(as.types, t.order, func(x *sotwType, o int) int { return x.order - o })
 		as.types = slices.Insert(as.types, i, t)
 	} else if t.setNames(req.GetResourceNames()) {
@@ -489,6 +500,9 @@ func (as *adsStream) respond(t *sotwType, sn *snapshot, replyEvenIfEmpty, increm
 	if err != nil {
 		return err
 	}
+	if len(t.sent) == 0 {
+		t.sent = make(map[string]string, len(names))
+	}
 	for _, name := range names {
 		t.sent[name] = sn.res[name].version
 	}
@@ -500,7 +514,7 @@ func (as *adsStream) respond(t *sotwType, sn *snapshot, replyEvenIfEmpty, increm
 	nonce := strconv.FormatInt(as.nonces, 10)
 	resp := &discoverypb.DiscoveryResponse{VersionInfo: sn.version, Resources: enc.resources, TypeUrl: t.url, Nonce: nonce}
 	t.nonce, t.open = nonce, false
-	as.s.clients.OnStreamResponse(as.ctx, as.id, t.req, resp)
+	as.s.clients.sotwResponse(as.id, t.req, resp, enc.names)
 	field := protowire.AppendTag(make([]byte, 0, len(nonce)+2), 5, protowire.BytesType)
 	field = protowire.AppendString(field, nonce)
 	return as.st.SendMsg(&preEncoded{DiscoveryResponse: resp, wire: enc.wire, nonce: field})

@@ -48,8 +48,8 @@ type typeState struct {
 	sentAt       time.Time
 	ackedVersion string
 	nack         *nackState
-	resources    map[string]*resourceState
-	lastSent     []*resourceState // the resources of the last response (nonce lastNonce)
+	resources    map[string]resourceState
+	lastSent     *sentRecord // the last response (nonce lastNonce)
 }
 
 type nackState struct {
@@ -57,14 +57,20 @@ type nackState struct {
 	at                     time.Time
 }
 
+// resourceState is a resource as last sent to a stream. What happened to it since (ACK, NACK) is
+// what happened to the response that carried it, which every resource of that response shares.
 type resourceState struct {
 	version string
-	nonce   string
 	config  *anypb.Any
-	sentAt  time.Time
-	acked   bool
-	nacked  string // error detail when the client rejected it
-	nackAt  time.Time
+	*sentRecord
+}
+
+type sentRecord struct {
+	nonce  string
+	sentAt time.Time
+	acked  bool
+	nacked string // error detail when the client rejected it
+	nackAt time.Time
 }
 
 func newTracker(s *Server) *tracker { return &tracker{s: s, streams: map[int64]*streamState{}} }
@@ -106,7 +112,7 @@ func (t *tracker) stream(id int64, node *core.Node) *streamState {
 func (st *streamState) typ(url string) *typeState {
 	ts, ok := st.types[url]
 	if !ok {
-		ts = &typeState{requested: map[string]bool{}, resources: map[string]*resourceState{}}
+		ts = &typeState{requested: map[string]bool{}, resources: map[string]resourceState{}}
 		st.types[url] = ts
 	}
 	return ts
@@ -125,6 +131,7 @@ func (t *tracker) ackOrNack(st *streamState, typeURL, nonce, version string, err
 		for _, r := range ts.resources {
 			if r.nonce == nonce {
 				r.nacked, r.acked, r.nackAt = errDetail, false, now
+				break // they all share the one record
 			}
 		}
 		t.s.metrics.nacks.WithLabelValues(short).Inc()
@@ -133,15 +140,16 @@ func (t *tracker) ackOrNack(st *streamState, typeURL, nonce, version string, err
 	}
 	matched := false
 	if nonce == ts.lastNonce {
-		// The usual ACK: of the last response, whose resources are at hand.
-		for _, r := range ts.lastSent {
-			r.acked, r.nacked = true, ""
+		// The usual ACK: of the last response, whose record is at hand.
+		if ts.lastSent != nil {
+			ts.lastSent.acked, ts.lastSent.nacked = true, ""
 		}
 	} else {
 		for _, r := range ts.resources {
 			if r.nonce == nonce {
 				r.acked, r.nacked = true, ""
 				matched = true
+				break // they all share the one record
 			}
 		}
 	}
@@ -214,6 +222,11 @@ func (t *tracker) sotwRequest(id int64, req *discoverypb.DiscoveryRequest, uncha
 }
 
 func (t *tracker) OnStreamResponse(_ context.Context, id int64, req *discoverypb.DiscoveryRequest, resp *discoverypb.DiscoveryResponse) {
+	t.sotwResponse(id, req, resp, nil)
+}
+
+// sotwResponse records a SotW response; names, when known, are the names of its resources.
+func (t *tracker) sotwResponse(id int64, req *discoverypb.DiscoveryRequest, resp *discoverypb.DiscoveryResponse, names []string) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	st := t.stream(id, req.GetNode())
@@ -227,12 +240,20 @@ func (t *tracker) OnStreamResponse(_ context.Context, id int64, req *discoverypb
 		clear(ts.resources) // full state: what is not in the response is gone
 	}
 	size := 0
-	ts.lastSent = ts.lastSent[:0]
-	for _, a := range resp.GetResources() {
+	rec := &sentRecord{nonce: resp.GetNonce(), sentAt: now}
+	ts.lastSent = rec
+	if len(ts.resources) == 0 {
+		ts.resources = make(map[string]resourceState, len(resp.GetResources()))
+	}
+	for i, a := range resp.GetResources() {
 		size += len(a.GetValue())
-		r := &resourceState{version: resp.GetVersionInfo(), nonce: resp.GetNonce(), config: a, sentAt: now}
-		ts.resources[resourceName(a)] = r
-		ts.lastSent = append(ts.lastSent, r)
+		name := ""
+		if names != nil {
+			name = names[i]
+		} else {
+			name = resourceName(a)
+		}
+		ts.resources[name] = resourceState{version: resp.GetVersionInfo(), config: a, sentRecord: rec}
 	}
 	short := shortType(resp.GetTypeUrl())
 	t.s.metrics.pushes.WithLabelValues(short).Inc()
@@ -280,12 +301,11 @@ func (t *tracker) OnStreamDeltaResponse(id int64, req *discoverypb.DeltaDiscover
 	now := t.s.now()
 	ts.lastNonce, ts.lastVersion, ts.sentAt = resp.GetNonce(), resp.GetSystemVersionInfo(), now
 	size := 0
-	ts.lastSent = ts.lastSent[:0]
+	rec := &sentRecord{nonce: resp.GetNonce(), sentAt: now}
+	ts.lastSent = rec
 	for _, r := range resp.GetResources() {
 		size += len(r.GetResource().GetValue())
-		rs := &resourceState{version: r.GetVersion(), nonce: resp.GetNonce(), config: r.GetResource(), sentAt: now}
-		ts.resources[r.GetName()] = rs
-		ts.lastSent = append(ts.lastSent, rs)
+		ts.resources[r.GetName()] = resourceState{version: r.GetVersion(), config: r.GetResource(), sentRecord: rec}
 	}
 	for _, n := range resp.GetRemovedResources() {
 		delete(ts.resources, n)
