@@ -83,13 +83,13 @@ func startIdentity(ctx context.Context, c identityConfig, trustDomain string, ku
 	if host != "" && !strings.HasPrefix(host, "0.") && host != "::" {
 		names = append(names, host)
 	}
-	g := grpc.NewServer(
+	g := grpc.NewServer(append(server.GRPCServerOptions(),
 		grpc.Creds(credentials.NewTLS(ca.ServerTLSConfig(self, names...))),
 		grpc.StreamInterceptor(authorizeXDS(trustDomain)),
 		grpc.UnaryInterceptor(authorizeFetch(trustDomain)),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
 		grpc.MaxConcurrentStreams(1<<20),
-	)
+	)...)
 	identity.NewServer(ca, auth, opts...).Register(g)
 	xdsSrv.Register(g) // also registers reflection and CSDS
 

@@ -149,10 +149,10 @@ func run(ctx context.Context, c config) error {
 		}
 	}
 
-	g := grpc.NewServer(
+	g := grpc.NewServer(append(server.GRPCServerOptions(),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
 		grpc.MaxConcurrentStreams(1<<20),
-	)
+	)...)
 	srv.Register(g)
 	httpSrv := &http.Server{Handler: srv.AdminHandler(), ReadHeaderTimeout: 10 * time.Second}
 
