@@ -124,6 +124,9 @@ func (p *Proxy) serveHTTP1(c net.Conn, info *connInfo, cs *connServer) {
 			return
 		}
 		req, err := http.ReadRequest(br)
+		if err == nil && !validHost(req.Host) {
+			err = errors.New("malformed Host header")
+		}
 		if err != nil {
 			_, _ = io.WriteString(c, "HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\n\r\n400 Bad Request")
 			c.Close()
@@ -141,9 +144,11 @@ func (p *Proxy) serveHTTP1(c net.Conn, info *connInfo, cs *connServer) {
 
 // serveFast runs the handler for one request and ends its response; it reports whether the
 // connection can carry another request.
+//
+// The request's context is the connection's, which is never cancelled (see the top of this file):
+// what the handler derives from it (route and per-try timeouts) it cancels itself, and a context that
+// cannot end costs nothing to watch (the upstream pool registers no callback on it).
 func (p *Proxy) serveFast(ctx context.Context, bw *bufio.Writer, req *http.Request, info *connInfo) (keep bool) {
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
 	w := &fastResponse{bw: bw, method: req.Method, header: http.Header{}, contentLength: -1}
 	if p.draining.Load() {
 		w.closeAfter = true
@@ -207,6 +212,9 @@ func fastHead(head []byte) bool {
 		}
 		switch name := string(h[:colon]); {
 		case strings.EqualFold(name, "Host"):
+			if host {
+				return false // net/http answers 400 to more than one
+			}
 			host = true
 		case strings.EqualFold(name, "Content-Length"), strings.EqualFold(name, "Transfer-Encoding"),
 			strings.EqualFold(name, "Upgrade"), strings.EqualFold(name, "Connection"),
@@ -424,6 +432,9 @@ func (w *fastResponse) finish() bool {
 		}
 		_, _ = w.bw.WriteString("\r\n")
 	}
+	if hasToken(w.header["Connection"], "close") {
+		w.closeAfter = true // the handler asked for it, as net/http honours
+	}
 	if w.contentLength >= 0 && w.written < w.contentLength && w.bodyAllowed() {
 		w.closeAfter = true // the body came short: the client must not read the next response into it
 	}
@@ -435,3 +446,30 @@ var errFastHijack = errors.New("the HTTP/1.1 fast path does not hijack connectio
 
 // Hijack is not supported: upgrades and CONNECT never take the fast path.
 func (w *fastResponse) Hijack() (net.Conn, *bufio.ReadWriter, error) { return nil, nil, errFastHijack }
+
+// validHost reports whether a Host header has only the bytes net/http's server accepts in one
+// (golang.org/x/net/http/httpguts.ValidHostHeader); net/http answers 400 to the others.
+func validHost(h string) bool {
+	for i := 0; i < len(h); i++ {
+		c := h[i]
+		switch {
+		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9':
+		case strings.IndexByte("!$%&'()*+,-.:;=[]_~", c) >= 0:
+		default:
+			return false
+		}
+	}
+	return true
+}
+
+// hasToken reports whether a comma-separated header (Connection) lists token, in any case.
+func hasToken(values []string, token string) bool {
+	for _, v := range values {
+		for _, t := range strings.Split(v, ",") {
+			if strings.EqualFold(strings.TrimSpace(t), token) {
+				return true
+			}
+		}
+	}
+	return false
+}

@@ -148,4 +148,18 @@ func TestHTTP1FastPathFraming(t *testing.T) {
 	if resp, err := http.ReadResponse(br, nil); err != nil || resp.StatusCode != 400 {
 		t.Errorf("no Host: %v %v", resp, err)
 	}
+	for _, head := range []string{"Host: bad/host\r\n", "Host: a\r\nHost: b\r\n"} {
+		c, err := net.Dial("tcp", svc.lis.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = c.SetDeadline(time.Now().Add(20 * time.Second))
+		if _, err := io.WriteString(c, "GET / HTTP/1.1\r\n"+head+"\r\n"); err != nil {
+			t.Fatal(err)
+		}
+		if resp, err := http.ReadResponse(bufio.NewReader(c), nil); err != nil || resp.StatusCode != 400 {
+			t.Errorf("%q: %v %v", head, resp, err)
+		}
+		c.Close()
+	}
 }
