@@ -18,7 +18,6 @@ GRPCURL_VERSION := v1.9.4
 APT_PACKAGES := etcd-server iptables nftables iproute2 haproxy wrk ca-certificates git make
 GO_TEST_FLAGS ?= -count=1 -timeout=30m
 
-BINARIES := weft-control weft-proxy weft
 # weft-proxy's slim Envoy mirrors: a buf workspace of its own (its Go code is generated beside it).
 XDSPROTO := dataplane/internal/xdsproto
 
@@ -26,9 +25,14 @@ XDSPROTO := dataplane/internal/xdsproto
 
 all: build
 
+# weft-proxy is built without cgo (no libc or ld.so mapped) and without grpc-go's x/net/trace
+# (grpcnotrace; the proxy serves no /debug/requests): ~3 MB less resident memory per sidecar.
+PROXY_BUILD := CGO_ENABLED=0 go build -tags grpcnotrace
+
 build:
 	@mkdir -p bin
-	go build -ldflags '$(LDFLAGS)' -o bin/ $(addprefix ./cmd/,$(BINARIES))
+	go build -ldflags '$(LDFLAGS)' -o bin/ ./cmd/weft-control ./cmd/weft
+	$(PROXY_BUILD) -ldflags '$(LDFLAGS)' -o bin/ ./cmd/weft-proxy
 
 ## test: everything CI runs — lint, unit and integration tests (real kube-apiserver), fuzz seed corpora.
 test: lint unit

@@ -101,7 +101,7 @@ func writeJSON(w http.ResponseWriter, v any) {
 // written by hand rather than through envoy/admin/v3, which would pull in (and keep resident) much of
 // Envoy's bootstrap API.
 func ConfigDump(s *config.Snapshot) ([]byte, error) {
-	mo := protojson.MarshalOptions{UseProtoNames: true}
+	mo := protojson.MarshalOptions{UseProtoNames: true, Resolver: config.JSONResolver}
 	resource := func(t, n string) (json.RawMessage, string, error) {
 		r := s.Raw[t][n]
 		b, err := mo.Marshal(r.Resource)
