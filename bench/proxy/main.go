@@ -34,6 +34,7 @@ import (
 
 type options struct {
 	weftBin, haproxy, wrk string
+	weftBefore            string // an earlier weft-proxy binary measured beside (paths A1, A2)
 	rates                 []int
 	open, warm            time.Duration
 	openConns             int
@@ -53,9 +54,10 @@ type options struct {
 
 func main() {
 	var o options
-	paths := flag.String("paths", "B0,B1,B2,H1,H2", "the paths to measure (B0 is the baseline of every ratio)")
+	paths := flag.String("paths", "B0,B1,B2,H1,H2,A1,A2", "the paths to measure (B0 is the baseline of every ratio; A1/A2 only with -weft-proxy-before)")
 	rates := flag.String("rates", "200,1000,2000", "open-loop request rates (requests/s), comma-separated")
 	flag.StringVar(&o.weftBin, "weft-proxy", "bin/weft-proxy", "the weft-proxy binary (make build)")
+	flag.StringVar(&o.weftBefore, "weft-proxy-before", "", "an earlier weft-proxy binary to measure in the same run as paths A1 and A2 (B1 and B2 through it), for before/after figures")
 	flag.StringVar(&o.haproxy, "haproxy", "haproxy", "the HAProxy binary (Debian package haproxy; make apt)")
 	flag.StringVar(&o.wrk, "wrk", "wrk", "the wrk binary (Debian package wrk; make apt)")
 	flag.DurationVar(&o.open, "open", 8*time.Second, "duration of each open-loop phase")
@@ -190,7 +192,7 @@ func run(ctx context.Context, o options) (*results, error) {
 	}
 	defer be.stop()
 
-	t := &topology{dir: dir, weftBin: lookBin(o.weftBin), haproxy: lookBin(o.haproxy), xds: xds, be: be,
+	t := &topology{dir: dir, weftBin: lookBin(o.weftBin), haproxy: lookBin(o.haproxy), xds: xds, be: be, before: o.weftBefore,
 		progress: func(s string) { logf("%s", s) }}
 	defer t.stop()
 	if err := t.build(ctx); err != nil {
@@ -210,7 +212,7 @@ func run(ctx context.Context, o options) (*results, error) {
 		}
 		for _, p := range t.paths {
 			for _, pr := range p.procs {
-				if pr.admin == "" || (o.only != nil && !o.only[p.key]) {
+				if pr.admin == "" || (o.only != nil && !o.only[p.key]) || isBefore(p.key) {
 					continue
 				}
 				if err := checkPprof(pr); err != nil {
@@ -220,7 +222,7 @@ func run(ctx context.Context, o options) (*results, error) {
 		}
 	}
 	profile := func(phase string, p *path, d time.Duration) *profiler {
-		if o.cpuProfile == "" {
+		if o.cpuProfile == "" || isBefore(p.key) {
 			return nil
 		}
 		return startProfiles(o.cpuProfile, phase, p.procs, d)
@@ -441,3 +443,6 @@ func totalCPU(procs []*proc) (float64, error) {
 	}
 	return sum, nil
 }
+
+// isBefore tells the paths through the -weft-proxy-before binary (not profiled: it may be a normal build).
+func isBefore(key string) bool { return key == "A1" || key == "A2" }

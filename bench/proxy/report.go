@@ -22,6 +22,21 @@ const (
 // columns are the paths in the order of the tables: each weft path beside its HAProxy twin.
 var columns = []string{"B0", "B1", "H1", "B2", "H2"}
 
+// beforeColumns are B1 and B2 through an earlier weft-proxy binary (-weft-proxy-before), when asked for.
+var beforeColumns = []string{"A1", "A2"}
+
+// columnNames head the tables.
+var columnNames = map[string]string{"B0": "B0 direct", "B1": "B1 weft", "H1": "H1 HAProxy", "B2": "B2 weft mTLS",
+	"H2": "H2 HAProxy mTLS", "A1": "A1 weft before", "A2": "A2 weft mTLS before"}
+
+// cols are the columns of this run's tables.
+func (r *results) cols() []string {
+	if r.opts.weftBefore == "" {
+		return columns
+	}
+	return append(append([]string{}, columns...), beforeColumns...)
+}
+
 type reportWriter struct {
 	r     *results
 	w     io.Writer
@@ -67,7 +82,7 @@ func pct(v, base float64) string {
 
 func (rw *reportWriter) row(label string, cell func(key string) string) {
 	cells := []string{label}
-	for _, k := range columns {
+	for _, k := range rw.r.cols() {
 		cells = append(cells, cell(k))
 	}
 	fmt.Fprintf(rw.w, "| %s |\n", strings.Join(cells, " | "))
@@ -116,12 +131,17 @@ func (r *results) report(w io.Writer) {
 		"Open loop: %v per rate after %v warm-up, over %d keep-alive connections, latency from the intended send time. Closed loop: wrk -t%d -c%d for %v. "+
 		"gRPC unary 1 KB echo, %d in flight, %v. TCP bulk: one connection, %v. "+
 		"New connections: %d workers for %v, each connection through the TCP path: connect, 64-byte echo, close. "+
-		"Load average before/after: %s / %s (the machine is shared: compare columns, not runs).\n\n",
+		"Load average before/after: %s / %s (the machine is shared: compare columns, not runs).%s\n\n",
 		r.when.Format("2006-01-02 15:04 UTC"), runtime.NumCPU(), runtime.GOMAXPROCS(0), orNA(r.hap, "HAProxy not run"),
-		o.open, o.warm, o.openConns, o.wrkThreads, o.wrkConns, o.closed, o.grpcInflight, o.grpcDur, o.tcpDur, o.connWorkers, o.connDur, r.load[0], r.load[1])
+		o.open, o.warm, o.openConns, o.wrkThreads, o.wrkConns, o.closed, o.grpcInflight, o.grpcDur, o.tcpDur, o.connWorkers, o.connDur, r.load[0], r.load[1], beforeNote(o))
 
 	fmt.Fprintf(w, "### Against direct\n\n")
-	fmt.Fprintf(w, "| | B0 direct | B1 weft | H1 HAProxy | B2 weft mTLS | H2 HAProxy mTLS |\n|---|---|---|---|---|---|\n")
+	head, rule := "| |", "|---|"
+	for _, k := range r.cols() {
+		head += " " + columnNames[k] + " |"
+		rule += "---|"
+	}
+	fmt.Fprintf(w, "%s\n%s\n", head, rule)
 	for _, rate := range o.rates {
 		for _, q := range []struct {
 			name string
@@ -507,4 +527,11 @@ func cond(ok bool, s string) string {
 		return s
 	}
 	return ""
+}
+
+func beforeNote(o options) string {
+	if o.weftBefore == "" {
+		return ""
+	}
+	return " A1/A2 are B1/B2 through an earlier weft-proxy binary (" + o.weftBefore + "), measured in the same run, taking turns with the others at each rate."
 }

@@ -42,6 +42,7 @@ const (
 type topology struct {
 	dir      string
 	weftBin  string
+	before   string // -weft-proxy-before: paths A1 and A2 through this binary ("" for none)
 	haproxy  string
 	xds      *xdsServer
 	be       *backends
@@ -88,8 +89,8 @@ func (t *topology) build(ctx context.Context) error {
 		b1.err = fmt.Errorf("weft-proxy binary not found (run make build)")
 		b2.err = b1.err
 	} else {
-		wg.Go(func() { b1.err = t.weftB1(ctx, b1) })
-		wg.Go(func() { b2.err = t.weftB2(ctx, b2) })
+		wg.Go(func() { b1.err = t.weftB1(ctx, b1, weftVariant{bin: t.weftBin, pod: "b1", ip: "127.0.0.1"}) })
+		wg.Go(func() { b2.err = t.weftB2(ctx, b2, weftVariant{bin: t.weftBin, pod: "b2", ip: "127.0.0.2"}) })
 	}
 	if t.haproxy == "" {
 		h1.err = fmt.Errorf("haproxy not installed (make apt)")
@@ -98,8 +99,22 @@ func (t *topology) build(ctx context.Context) error {
 		wg.Go(func() { h1.err = t.haproxyH1(ctx, h1) })
 		wg.Go(func() { h2.err = t.haproxyH2(ctx, h2) })
 	}
+	proxied := []*path{b1, b2, h1, h2}
+	if t.before != "" {
+		a1 := &path{key: "A1", name: "weft 1 hop, before"}
+		a2 := &path{key: "A2", name: "weft 2 sidecars mTLS, before"}
+		t.paths = append(t.paths, a1, a2)
+		proxied = append(proxied, a1, a2)
+		if bin := lookBin(t.before); bin == "" {
+			a1.err = fmt.Errorf("-weft-proxy-before %s not found", t.before)
+			a2.err = a1.err
+		} else {
+			wg.Go(func() { a1.err = t.weftB1(ctx, a1, weftVariant{bin: bin, pod: "a1", ip: "127.0.0.5"}) })
+			wg.Go(func() { a2.err = t.weftB2(ctx, a2, weftVariant{bin: bin, pod: "a2", ip: "127.0.0.6"}) })
+		}
+	}
 	wg.Wait()
-	for _, p := range []*path{b1, b2, h1, h2} {
+	for _, p := range proxied {
 		if p.err != nil {
 			p.tcpErr = p.err
 		}
@@ -109,12 +124,12 @@ func (t *topology) build(ctx context.Context) error {
 }
 
 // weft starts one weft-proxy for pod name (already configured in the xDS server) and waits for /ready.
-func (t *topology) weft(ctx context.Context, name, podIP, sa, outbound, inbound, certDir string) (*proc, error) {
+func (t *topology) weft(ctx context.Context, bin, name, podIP, sa, outbound, inbound, certDir string) (*proc, error) {
 	admin, err := freeAddr("127.0.0.1")
 	if err != nil {
 		return nil, err
 	}
-	args := []string{t.weftBin, "run", "--xds-addr", t.xds.addr, "--pod-name", name, "--namespace", namespace,
+	args := []string{bin, "run", "--xds-addr", t.xds.addr, "--pod-name", name, "--namespace", namespace,
 		"--pod-ip", podIP, "--service-account", sa, "--admin-addr", admin, "--outbound-addr", outbound,
 		"--inbound-addr", inbound, "--log-level", "warn", "--drain-timeout", "2s"}
 	if certDir != "" {
@@ -163,28 +178,32 @@ func outboundTCP(listen, ep netip.AddrPort, serverID string) []proto.Message {
 	}
 }
 
-func (t *topology) weftB1(ctx context.Context, p *path) error {
+// weftVariant is one set of weft-proxies for a path: its binary, the prefix of its pods' names, and
+// the loopback addresses it listens on (ip+"1", ip+"2", ...).
+type weftVariant struct{ bin, pod, ip string }
+
+func (t *topology) weftB1(ctx context.Context, p *path, v weftVariant) error {
 	var err error
-	if p.http, err = freeAddr("127.0.0.11"); err != nil {
+	if p.http, err = freeAddr(v.ip + "1"); err != nil {
 		return err
 	}
-	if err := t.xds.set(ctx, "b1."+namespace, outboundHTTP(addrPort(p.http), t.be.http, t.be.grpc, "")...); err != nil {
+	if err := t.xds.set(ctx, v.pod+"."+namespace, outboundHTTP(addrPort(p.http), t.be.http, t.be.grpc, "")...); err != nil {
 		return err
 	}
-	pr, err := t.weft(ctx, "b1", "127.0.0.11", "client", p.http, "", "")
+	pr, err := t.weft(ctx, v.bin, v.pod, v.ip+"1", "client", p.http, "", "")
 	if err != nil {
 		return err
 	}
 	p.procs = []*proc{pr}
 
 	p.tcpErr = func() error {
-		if p.tcp, err = freeAddr("127.0.0.12"); err != nil {
+		if p.tcp, err = freeAddr(v.ip + "2"); err != nil {
 			return err
 		}
-		if err := t.xds.set(ctx, "b1-tcp."+namespace, outboundTCP(addrPort(p.tcp), t.be.sink, "")...); err != nil {
+		if err := t.xds.set(ctx, v.pod+"-tcp."+namespace, outboundTCP(addrPort(p.tcp), t.be.sink, "")...); err != nil {
 			return err
 		}
-		_, err := t.weft(ctx, "b1-tcp", "127.0.0.12", "client", p.tcp, "", "")
+		_, err := t.weft(ctx, v.bin, v.pod+"-tcp", v.ip+"2", "client", p.tcp, "", "")
 		return err
 	}()
 	return nil
@@ -192,60 +211,60 @@ func (t *topology) weftB1(ctx context.Context, p *path) error {
 
 // weftB2: client sidecar (outbound on a "ClusterIP") → mTLS HTTP/2 → server sidecar (inbound on the
 // "pod IP") → the app on 127.0.0.1.
-func (t *topology) weftB2(ctx context.Context, p *path) error {
-	inbound, err := freeAddr("127.0.0.22")
+func (t *topology) weftB2(ctx context.Context, p *path, v weftVariant) error {
+	inbound, err := freeAddr(v.ip + "2")
 	if err != nil {
 		return err
 	}
 	in := addrPort(inbound)
 	httpCl, grpcCl := inboundClusterName(t.be.http.Port()), inboundClusterName(t.be.grpc.Port())
 	route := "inbound|" + strconv.Itoa(int(in.Port()))
-	err = t.xds.set(ctx, "b2-server."+namespace,
+	err = t.xds.set(ctx, v.pod+"-server."+namespace,
 		fx.StaticCluster(httpCl, t.be.http), fx.StaticCluster(grpcCl, t.be.grpc),
 		routeConfig(route, prefixRoute{grpcPrefix, grpcCl}, prefixRoute{"/", httpCl}),
 		listener("inbound", chain{name: httpCl, dst: in, route: route, mtls: true}))
 	if err != nil {
 		return err
 	}
-	server, err := t.weft(ctx, "b2-server", "127.0.0.22", "server", "", inbound, t.certs["server"])
+	server, err := t.weft(ctx, v.bin, v.pod+"-server", v.ip+"2", "server", "", inbound, t.certs["server"])
 	if err != nil {
 		return err
 	}
-	if p.http, err = freeAddr("127.0.0.21"); err != nil {
+	if p.http, err = freeAddr(v.ip + "1"); err != nil {
 		return err
 	}
-	if err := t.xds.set(ctx, "b2-client."+namespace, outboundHTTP(addrPort(p.http), in, in, serverSPIFF)...); err != nil {
+	if err := t.xds.set(ctx, v.pod+"-client."+namespace, outboundHTTP(addrPort(p.http), in, in, serverSPIFF)...); err != nil {
 		return err
 	}
-	client, err := t.weft(ctx, "b2-client", "127.0.0.21", "client", p.http, "", t.certs["client"])
+	client, err := t.weft(ctx, v.bin, v.pod+"-client", v.ip+"1", "client", p.http, "", t.certs["client"])
 	if err != nil {
 		return err
 	}
 	p.procs = []*proc{client, server}
 
 	p.tcpErr = func() error {
-		inbound, err := freeAddr("127.0.0.24")
+		inbound, err := freeAddr(v.ip + "4")
 		if err != nil {
 			return err
 		}
 		in := addrPort(inbound)
 		cl := inboundClusterName(t.be.sink.Port())
-		if err := t.xds.set(ctx, "b2-tcp-server."+namespace, fx.StaticCluster(cl, t.be.sink),
+		if err := t.xds.set(ctx, v.pod+"-tcp-server."+namespace, fx.StaticCluster(cl, t.be.sink),
 			listener("inbound", chain{name: cl, dst: in, cluster: cl, mtls: true})); err != nil {
 			return err
 		}
-		srv, err := t.weft(ctx, "b2-tcp-server", "127.0.0.24", "server", "", inbound, t.certs["server"])
+		srv, err := t.weft(ctx, v.bin, v.pod+"-tcp-server", v.ip+"4", "server", "", inbound, t.certs["server"])
 		if err != nil {
 			return err
 		}
 		p.weftTCPServerAdmin = srv.admin
-		if p.tcp, err = freeAddr("127.0.0.23"); err != nil {
+		if p.tcp, err = freeAddr(v.ip + "3"); err != nil {
 			return err
 		}
-		if err := t.xds.set(ctx, "b2-tcp-client."+namespace, outboundTCP(addrPort(p.tcp), in, serverSPIFF)...); err != nil {
+		if err := t.xds.set(ctx, v.pod+"-tcp-client."+namespace, outboundTCP(addrPort(p.tcp), in, serverSPIFF)...); err != nil {
 			return err
 		}
-		_, err = t.weft(ctx, "b2-tcp-client", "127.0.0.23", "client", p.tcp, "", t.certs["client"])
+		_, err = t.weft(ctx, v.bin, v.pod+"-tcp-client", v.ip+"3", "client", p.tcp, "", t.certs["client"])
 		return err
 	}()
 	return nil
