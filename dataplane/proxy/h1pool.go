@@ -19,9 +19,11 @@ import (
 // through channels; on a proxy that wakes three goroutines per request, and in CPU profiles of the
 // bench that scheduling, not the HTTP work, was the largest cost after the system calls themselves.
 //
-// It takes the requests it can do simply and safely: no request body, no upgrade, no CONNECT. The rest
-// (bodies, which net/http writes while it reads the response; upgrades) go to the fallback Transport,
-// which also owns every HTTP/2 concern.
+// It takes the requests it can do simply and safely: idempotent (GET, HEAD...), with no body, no
+// upgrade. The rest go to the fallback Transport: bodies (net/http writes them while it reads the
+// response), upgrades, and non-idempotent methods — with no goroutine reading an idle connection, the
+// pool learns that the server closed it only by using it, and only an idempotent request may then be
+// sent again on a new connection.
 type h1Pool struct {
 	dial     func(ctx context.Context, network, addr string) (net.Conn, error)
 	fallback *http.Transport
@@ -51,9 +53,8 @@ func newH1Pool(dial func(ctx context.Context, network, addr string) (net.Conn, e
 
 // simple reports whether req is one h1Pool sends itself.
 func (p *h1Pool) simple(req *http.Request) bool {
-	return (req.Body == nil || req.Body == http.NoBody) && req.ContentLength == 0 &&
-		req.Method != http.MethodConnect && req.Header.Get("Upgrade") == "" && !req.Close &&
-		len(req.TransferEncoding) == 0 && len(req.Trailer) == 0
+	return (req.Body == nil || req.Body == http.NoBody) && req.ContentLength == 0 && idempotent(req) &&
+		req.Header.Get("Upgrade") == "" && !req.Close && len(req.TransferEncoding) == 0 && len(req.Trailer) == 0
 }
 
 // RoundTrip implements http.RoundTripper.
@@ -66,7 +67,8 @@ func (p *h1Pool) RoundTrip(req *http.Request) (*http.Response, error) {
 		return nil, err
 	}
 	for attempt := 0; ; attempt++ {
-		pc, reused, err := p.get(ctx, req.URL.Host)
+		// A retry dials: the other idle connections may be just as stale (a restarted server).
+		pc, reused, err := p.get(ctx, req.URL.Host, attempt > 0)
 		if err != nil {
 			return nil, err
 		}
@@ -79,7 +81,7 @@ func (p *h1Pool) RoundTrip(req *http.Request) (*http.Response, error) {
 		// it, so it goes again on a new connection (as net/http does), when resending cannot repeat a
 		// side effect.
 		var stale *staleConnError
-		if reused && attempt == 0 && errors.As(err, &stale) && idempotent(req) && ctx.Err() == nil {
+		if reused && attempt == 0 && errors.As(err, &stale) && ctx.Err() == nil {
 			continue
 		}
 		if ctx.Err() != nil {
@@ -93,6 +95,7 @@ func (p *h1Pool) RoundTrip(req *http.Request) (*http.Response, error) {
 	}
 }
 
+// idempotent is net/http's rule for sending a request again.
 func idempotent(req *http.Request) bool {
 	switch req.Method {
 	case http.MethodGet, http.MethodHead, http.MethodOptions, http.MethodTrace, http.MethodPut, http.MethodDelete:
@@ -108,11 +111,11 @@ type staleConnError struct{ err error }
 func (e *staleConnError) Error() string { return e.err.Error() }
 func (e *staleConnError) Unwrap() error { return e.err }
 
-// get returns an idle connection to addr, or dials one.
-func (p *h1Pool) get(ctx context.Context, addr string) (*h1Conn, bool, error) {
+// get returns an idle connection to addr, or dials one (always with fresh).
+func (p *h1Pool) get(ctx context.Context, addr string, fresh bool) (*h1Conn, bool, error) {
 	now := time.Now()
 	p.mu.Lock()
-	for {
+	for !fresh {
 		list := p.idle[addr]
 		if len(list) == 0 {
 			break

@@ -102,14 +102,69 @@ func TestUpstreamHTTP1ServerClosedIdleConnection(t *testing.T) {
 	svc := newService(t, echoFQDN, "127.0.0.72", netip.MustParseAddrPort(l.Addr().String()))
 	mesh(t, svc)
 	c := clientFor(svc)
-	for i := range 4 {
-		if resp, body := get(t, c, "http://"+svc.authority()+"/"); resp.StatusCode != 200 || body != "ok" {
-			t.Fatalf("GET #%d: %d %q (%s)", i, resp.StatusCode, body, resp.Header.Get("Weft-Error"))
+	for i, method := range []string{"GET", "POST", "GET", "DELETE", "POST"} {
+		req, _ := http.NewRequest(method, "http://"+svc.authority()+"/", nil)
+		resp, err := c.Do(req)
+		if err != nil {
+			t.Fatalf("%s #%d: %v", method, i, err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 || string(body) != "ok" {
+			t.Fatalf("%s #%d: %d %q (%s)", method, i, resp.StatusCode, body, resp.Header.Get("Weft-Error"))
 		}
 		<-closed // the proxy's idle connection is now one the server closed
 	}
-	if n := conns.Load(); n < 4 {
-		t.Errorf("%d upstream connections for 4 requests, each on a connection the server then closed", n)
+	if n := conns.Load(); n < 5 {
+		t.Errorf("%d upstream connections for 5 requests, each on a connection the server then closed", n)
+	}
+}
+
+// After a server restart every idle connection is stale: a request is sent again once, on a new
+// connection, not on the next stale one.
+func TestUpstreamHTTP1AllIdleConnectionsStale(t *testing.T) {
+	l := listen(t, "127.0.0.1:0")
+	addr := l.Addr().String()
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/slow" {
+			time.Sleep(50 * time.Millisecond) // so that the requests overlap and need several connections
+		}
+		io.WriteString(w, "ok")
+	})}
+	go func() { _ = srv.Serve(l) }()
+	svc := newService(t, echoFQDN, "127.0.0.76", netip.MustParseAddrPort(addr))
+	mesh(t, svc)
+	c := clientFor(svc)
+	c.Transport.(*http.Transport).MaxIdleConnsPerHost = 8
+	done := make(chan error, 8)
+	for range 8 {
+		go func() {
+			resp, err := c.Get("http://" + svc.authority() + "/slow")
+			if err == nil {
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+			}
+			done <- err
+		}()
+	}
+	for range 8 {
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Restart the server on the same address: the proxy's idle connections are all dead now.
+	srv.Close()
+	l2, err := net.Listen("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv2 := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "new") })}
+	go func() { _ = srv2.Serve(l2) }()
+	t.Cleanup(func() { srv2.Close() })
+	for i := range 3 {
+		if resp, body := get(t, c, "http://"+svc.authority()+"/"); resp.StatusCode != 200 || body != "new" {
+			t.Fatalf("GET #%d after the restart: %d %q (%s)", i, resp.StatusCode, body, resp.Header.Get("Weft-Error"))
+		}
 	}
 }
 
