@@ -92,6 +92,7 @@ type typedCache struct {
 	prefix  string
 	linear  *cache.LinearCache
 	current map[string]proto.Message
+	wire    map[string][]byte // encoding of each current resource
 	bytes   int
 
 	seq  uint64 // changes so far; the snapshot's version is prefix+seq (only set touches it)
@@ -138,20 +139,29 @@ func (s *Server) newCache(typeURL string) *typedCache {
 		linear:  cache.NewLinearCache(typeURL, cache.WithVersionPrefix(s.prefix), cache.WithLogger(cacheLogger{s.log})),
 		current: map[string]proto.Message{},
 	}
-	c.snap.Store(newSnapshot(c, nil, nil, nil))
+	c.snap.Store(newSnapshot(c, nil, nil, nil, nil))
 	return c
 }
 
 // set makes the cache hold exactly want, sending only changed and deleted resources to watchers.
 func (c *typedCache) set(want map[string]proto.Message) (changed int, err error) {
 	update := map[string]types.Resource{}
+	wire := make(map[string][]byte, len(want))
 	var deleted []string
 	size := 0
 	for name, m := range want {
-		size += proto.Size(m)
-		if old, ok := c.current[name]; ok && proto.Equal(old, m) {
+		// Compared by their encoding (the one every stream is sent): faster than proto.Equal, and
+		// a changed resource is then marshaled only once.
+		b, err := deterministic.Marshal(m)
+		if err != nil {
+			return 0, fmt.Errorf("encoding %s %q: %w", c.typeURL, name, err)
+		}
+		size += len(b)
+		if old, ok := c.wire[name]; ok && bytes.Equal(old, b) {
+			wire[name] = old
 			continue
 		}
+		wire[name] = b
 		update[name] = m
 	}
 	for name := range c.current {
@@ -163,12 +173,15 @@ func (c *typedCache) set(want map[string]proto.Message) (changed int, err error)
 	if len(update) == 0 && len(deleted) == 0 {
 		return 0, nil
 	}
-	c.current = want
+	c.current, c.wire = want, wire
 	c.seq++
-	c.snap.Store(newSnapshot(c, c.snap.Load(), update, deleted))
+	c.snap.Store(newSnapshot(c, c.snap.Load(), update, wire, deleted))
 	c.subs.notify()
 	return len(update) + len(deleted), c.linear.UpdateResources(update, deleted)
 }
+
+// deterministic is how resources are encoded (as go-control-plane's cache.MarshalResource does).
+var deterministic = proto.MarshalOptions{Deterministic: true}
 
 func byName[T proto.Message](xs []T, name func(T) string) map[string]proto.Message {
 	out := make(map[string]proto.Message, len(xs))

@@ -54,30 +54,21 @@ type snapshot struct {
 	memo sync.Map // memoKey → *encoded: responses already encoded from this snapshot
 }
 
-// entry is one resource of a snapshot, marshaled at most once and shared by every stream.
+// entry is one resource of a snapshot, marshaled once and shared by every stream.
 type entry struct {
 	version string
-	any     func() (*anypb.Any, error)
+	any     *anypb.Any
 }
 
-func newEntry(typeURL string, m types.Resource, version string) *entry {
-	return &entry{version: version, any: sync.OnceValues(func() (*anypb.Any, error) {
-		b, err := cache.MarshalResource(m)
-		if err != nil {
-			return nil, err
-		}
-		return &anypb.Any{TypeUrl: typeURL, Value: b}, nil
-	})}
-}
-
-// newSnapshot is prev with update and deleted applied, at c's current sequence number.
-func newSnapshot(c *typedCache, prev *snapshot, update map[string]types.Resource, deleted []string) *snapshot {
+// newSnapshot is prev with update (encoded in wire) and deleted applied, at c's current sequence
+// number.
+func newSnapshot(c *typedCache, prev *snapshot, update map[string]types.Resource, wire map[string][]byte, deleted []string) *snapshot {
 	sn := &snapshot{seq: c.seq, version: c.prefix + strconv.FormatUint(c.seq, 10), typeURL: c.typeURL, res: map[string]*entry{}}
 	if prev != nil {
 		sn.res = maps.Clone(prev.res)
 	}
-	for name, m := range update {
-		sn.res[name] = newEntry(c.typeURL, m, sn.version)
+	for name := range update {
+		sn.res[name] = &entry{version: sn.version, any: &anypb.Any{TypeUrl: c.typeURL, Value: wire[name]}}
 		sn.changed = append(sn.changed, name)
 	}
 	for _, name := range deleted {
@@ -127,11 +118,7 @@ func (sn *snapshot) encode(key memoKey, names []string) (*encoded, error) {
 	slices.Sort(names)
 	enc := &encoded{names: names, resources: make([]*anypb.Any, 0, len(names))}
 	for _, n := range names {
-		a, err := sn.res[n].any()
-		if err != nil {
-			return nil, err
-		}
-		enc.resources = append(enc.resources, a)
+		enc.resources = append(enc.resources, sn.res[n].any)
 	}
 	var err error
 	enc.wire, err = proto.Marshal(&discoverypb.DiscoveryResponse{VersionInfo: sn.version, Resources: enc.resources, TypeUrl: sn.typeURL})
@@ -184,9 +171,11 @@ type ads struct {
 	ids atomic.Int64
 }
 
-// adsStream is the state of one SotW ADS stream. Only the stream's goroutine touches it, except
-// wake, which caches write to.
+// adsStream is the state of one SotW ADS stream: mu guards everything but wake, which caches
+// write to.
 type adsStream struct {
+	mu     sync.Mutex
+	closed bool
 	s      *Server
 	id     int64
 	ctx    context.Context
@@ -236,23 +225,37 @@ func (a *ads) StreamAggregatedResources(st discoverypb.AggregatedDiscoveryServic
 		return err
 	}
 	defer func() {
+		as.mu.Lock()
+		defer as.mu.Unlock()
+		as.closed = true // a request being read now is dropped: nothing touches the stream after this
 		for _, t := range as.types {
 			t.cache.subs.remove(as)
 		}
 		s.clients.OnStreamClosed(as.id, as.node)
 	}()
 
-	reqs := make(chan *rawRequest)
+	// Requests are handled on the goroutine that reads them (no hand-over per ACK), changes on this
+	// one; mu keeps them apart, and a blocked send holds back both, as one loop would.
+	done := make(chan error, 1)
 	go func() {
-		defer close(reqs)
 		for {
-			req := &rawRequest{DiscoveryRequest: &discoverypb.DiscoveryRequest{}}
-			if err := st.RecvMsg(req); err != nil {
+			raw := &rawRequest{DiscoveryRequest: &discoverypb.DiscoveryRequest{}}
+			if err := st.RecvMsg(raw); err != nil {
+				done <- nil // the client closed the stream, or it failed
 				return
 			}
-			select {
-			case reqs <- req:
-			case <-st.Context().Done():
+			as.mu.Lock()
+			if as.closed {
+				as.mu.Unlock()
+				return
+			}
+			req, err := as.decodeRequest(raw)
+			if err == nil {
+				err = as.handle(req)
+			}
+			as.mu.Unlock()
+			if err != nil {
+				done <- err
 				return
 			}
 		}
@@ -260,20 +263,14 @@ func (a *ads) StreamAggregatedResources(st discoverypb.AggregatedDiscoveryServic
 	for {
 		select {
 		case <-as.wake:
-			if err := as.push(nil, false); err != nil {
+			as.mu.Lock()
+			err := as.push(nil, false)
+			as.mu.Unlock()
+			if err != nil {
 				return status.Errorf(codes.Unavailable, "%v", err)
 			}
-		case raw, ok := <-reqs:
-			if !ok {
-				return nil // the client closed the stream, or it failed
-			}
-			req, err := as.decodeRequest(raw)
-			if err != nil {
-				return err
-			}
-			if err := as.handle(req); err != nil {
-				return err
-			}
+		case err := <-done:
+			return err
 		}
 	}
 }
