@@ -152,30 +152,6 @@ func publicKeysEqual(a, b crypto.PublicKey) bool {
 	return ok && ea.Equal(b)
 }
 
-// ParseCertificatesPEM parses every CERTIFICATE block of PEM data.
-func ParseCertificatesPEM(data []byte) ([]*x509.Certificate, error) {
-	var certs []*x509.Certificate
-	for {
-		var block *pem.Block
-		block, data = pem.Decode(data)
-		if block == nil {
-			break
-		}
-		if block.Type != "CERTIFICATE" {
-			continue
-		}
-		c, err := x509.ParseCertificate(block.Bytes)
-		if err != nil {
-			return nil, fmt.Errorf("parsing certificate: %w", err)
-		}
-		certs = append(certs, c)
-	}
-	if len(bytes.TrimSpace(data)) != 0 && len(certs) == 0 {
-		return nil, errors.New("not PEM")
-	}
-	return certs, nil
-}
-
 // ParsePrivateKeyPEM parses the first private key block (PKCS#8 or SEC 1 EC) of PEM data.
 func ParsePrivateKeyPEM(data []byte) (crypto.Signer, error) {
 	for {

@@ -97,11 +97,3 @@ func LeafTemplate(id ID, p LeafParams) *x509.Certificate {
 		IsCA:                  false,
 	}
 }
-
-// IDFromCertificate returns the SPIFFE ID of a workload certificate: its only URI SAN.
-func IDFromCertificate(cert *x509.Certificate) (ID, error) {
-	if len(cert.URIs) != 1 {
-		return ID{}, fmt.Errorf("certificate holds %d URI SANs, want exactly one SPIFFE ID", len(cert.URIs))
-	}
-	return IDFromURL(cert.URIs[0])
-}

@@ -100,7 +100,7 @@ func TestAuthorize(t *testing.T) {
 		{name: "identity not SPIFFE", asked: "web", inCSR: webID, token: webID, want: ErrInvalidRequest},
 		{name: "identity differs from CSR", asked: other.String(), inCSR: webID, token: other, want: ErrInvalidRequest},
 		{name: "other service account", asked: other.String(), inCSR: other, token: webID, want: ErrIdentityMismatch},
-		{name: "other trust domain", asked: "spiffe://evil.org/ns/default/sa/web", inCSR: ID{"evil.org", "default", "web"}, token: webID, want: ErrIdentityMismatch},
+		{name: "other trust domain", asked: "spiffe://evil.org/ns/default/sa/web", inCSR: ID{TrustDomain: "evil.org", Namespace: "default", ServiceAccount: "web"}, token: webID, want: ErrIdentityMismatch},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

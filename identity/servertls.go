@@ -3,7 +3,6 @@ package identity
 import (
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"sync"
@@ -88,30 +87,6 @@ func PeerID(ctx context.Context) (ID, error) {
 		return ID{}, errors.New("the client presented no certificate")
 	}
 	return IDFromCertificate(chains[0][0])
-}
-
-// VerifyPeer checks a workload certificate chain (leaf first, DER) against the trust bundle and
-// returns its SPIFFE ID. It is what a proxy does with a peer's certificate.
-func VerifyPeer(rawCerts [][]byte, roots *x509.CertPool, usage x509.ExtKeyUsage) (ID, error) {
-	if len(rawCerts) == 0 {
-		return ID{}, errors.New("no certificate")
-	}
-	certs := make([]*x509.Certificate, len(rawCerts))
-	for i, der := range rawCerts {
-		c, err := x509.ParseCertificate(der)
-		if err != nil {
-			return ID{}, fmt.Errorf("parsing the peer certificate: %w", err)
-		}
-		certs[i] = c
-	}
-	inter := x509.NewCertPool()
-	for _, c := range certs[1:] {
-		inter.AddCert(c)
-	}
-	if _, err := certs[0].Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{usage}}); err != nil {
-		return ID{}, fmt.Errorf("peer certificate: %w", err)
-	}
-	return IDFromCertificate(certs[0])
 }
 
 // ErrPeerMismatch: the caller's certificate names another workload than the one it asks about.

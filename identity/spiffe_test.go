@@ -11,8 +11,8 @@ func TestParseID(t *testing.T) {
 		want    ID
 		wantErr string
 	}{
-		{in: "spiffe://cluster.local/ns/default/sa/web", want: ID{"cluster.local", "default", "web"}},
-		{in: "spiffe://example.org/ns/kube-system/sa/a.b-c", want: ID{"example.org", "kube-system", "a.b-c"}},
+		{in: "spiffe://cluster.local/ns/default/sa/web", want: ID{TrustDomain: "cluster.local", Namespace: "default", ServiceAccount: "web"}},
+		{in: "spiffe://example.org/ns/kube-system/sa/a.b-c", want: ID{TrustDomain: "example.org", Namespace: "kube-system", ServiceAccount: "a.b-c"}},
 		{in: "https://cluster.local/ns/default/sa/web", wantErr: "scheme must be spiffe"},
 		{in: "spiffe://cluster.local/ns/default", wantErr: "path must be"},
 		{in: "spiffe://cluster.local/ns/default/sa/web/extra", wantErr: "path must be"},
@@ -55,7 +55,7 @@ func TestParseServiceAccountUser(t *testing.T) {
 		want    ID
 		wantErr bool
 	}{
-		{user: "system:serviceaccount:default:web", want: ID{"cluster.local", "default", "web"}},
+		{user: "system:serviceaccount:default:web", want: ID{TrustDomain: "cluster.local", Namespace: "default", ServiceAccount: "web"}},
 		{user: "system:serviceaccount:default", wantErr: true},
 		{user: "system:node:n1", wantErr: true},
 		{user: "alice", wantErr: true},
