@@ -64,7 +64,7 @@ func controlPlane(t *testing.T, srv *server.Server) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	g := grpc.NewServer()
+	g := grpc.NewServer(server.GRPCServerOptions()...) // as weft-control serves: shared pre-encoded responses
 	srv.Register(g)
 	go func() { _ = g.Serve(lis) }()
 	t.Cleanup(g.Stop)

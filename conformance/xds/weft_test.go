@@ -50,7 +50,7 @@ func (w *weftControl) start(addr string) error {
 	}
 	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
 	srv := server.New(server.Options{Logger: quiet})
-	g := grpc.NewServer()
+	g := grpc.NewServer(server.GRPCServerOptions()...) // as weft-control serves: shared pre-encoded responses
 	srv.Register(g)
 	src := &discovery.FileSource{Path: w.path, Logger: quiet}
 	ctx, cancel := context.WithCancel(context.Background())
