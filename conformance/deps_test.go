@@ -55,6 +55,11 @@ var depRules = []depRule{
 		why:    "weft-proxy reads xDS with the slim, wire-compatible messages of dataplane/internal/xdsproto: go-control-plane's generated Envoy API would add megabytes of resident memory to every pod",
 	},
 	{
+		covers: []string{module + "/cmd/weft-proxy"},
+		banned: []string{"google.golang.org/grpc"},
+		why:    "weft-proxy speaks gRPC (ADS, Certify, SDS) through connect-go over net/http's HTTP/2: grpc-go would add about 4 MB of resident memory to every pod (keep the identity CA and other grpc users out of the sidecar; use identity/spiffeid)",
+	},
+	{
 		covers: []string{module + "/identity"},
 		banned: []string{module + "/xds", module + "/discovery", module + "/dataplane", module + "/deploy"},
 		why:    "identity is a leaf: the CA and the certificate client are used by both planes and must depend on neither",

@@ -21,9 +21,6 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials"
-	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/weftmesh/weft/cmd/internal/buildinfo"
 	"github.com/weftmesh/weft/dataplane"
@@ -33,7 +30,7 @@ import (
 	"github.com/weftmesh/weft/dataplane/proxy"
 	"github.com/weftmesh/weft/dataplane/sds"
 	"github.com/weftmesh/weft/dataplane/xdsclient"
-	"github.com/weftmesh/weft/identity"
+	"github.com/weftmesh/weft/identity/spiffeid"
 	"github.com/weftmesh/weft/identity/workload"
 )
 
@@ -138,7 +135,7 @@ func identitySource(o runOptions, log *slog.Logger) (dataplane.Identity, func(co
 		}
 		return src, src.Watch, nil
 	case o.identityAddr != "":
-		id, err := identity.NewID(o.trustDomain, o.namespace, o.serviceAccount)
+		id, err := spiffeid.NewID(o.trustDomain, o.namespace, o.serviceAccount)
 		if err != nil {
 			return nil, nil, fmt.Errorf("workload identity from --trust-domain, --namespace and --service-account: %w", err)
 		}
@@ -178,14 +175,14 @@ func withTrustBundle(update func(*config.Snapshot), id dataplane.Identity, log *
 	}
 }
 
-// xdsCredentials is plaintext, or mTLS with the workload certificate: the server's chain is checked
-// against the current trust bundle and its name against the host of --xds-addr.
-func xdsCredentials(o runOptions, id dataplane.Identity) grpc.DialOption {
+// xdsTLSConfig is nil (plaintext HTTP/2), or mTLS with the workload certificate: the server's chain is
+// checked against the current trust bundle and its name against the host of --xds-addr.
+func xdsTLSConfig(o runOptions, id dataplane.Identity) *tls.Config {
 	if !o.xdsTLS || id == nil {
-		return grpc.WithTransportCredentials(insecure.NewCredentials())
+		return nil
 	}
 	host, _, _ := net.SplitHostPort(o.xdsAddr)
-	return grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{
+	return &tls.Config{
 		MinVersion:         tls.VersionTLS13,
 		InsecureSkipVerify: true, // verified below against the bundle of the moment (it rotates)
 		GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
@@ -202,7 +199,7 @@ func xdsCredentials(o runOptions, id dataplane.Identity) grpc.DialOption {
 			_, err := cs.PeerCertificates[0].Verify(x509.VerifyOptions{Roots: id.TrustBundle(), Intermediates: inter, DNSName: host})
 			return err
 		},
-	}))
+	}
 }
 
 func parseLevel(s string) (slog.Level, error) {
@@ -264,11 +261,8 @@ func run(ctx context.Context, o runOptions) error {
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	p := proxy.New(proxy.Options{Identity: id, Registerer: reg, Logger: log})
 
-	cc, err := grpc.NewClient(o.xdsAddr, xdsCredentials(o, id))
-	if err != nil {
-		return fmt.Errorf("--xds-addr %s: %w", o.xdsAddr, err)
-	}
-	defer cc.Close()
+	cc := xdsclient.Dial(o.xdsAddr, xdsTLSConfig(o, id))
+	defer cc.Client.(*http.Client).CloseIdleConnections()
 	node := xdsclient.Node{PodName: o.podName, Namespace: o.namespace, PodIP: o.podIP, ServiceAccount: o.serviceAccount, Version: buildinfo.Version}
 	onUpdate := p.Update
 	if o.inboundBindPodIP || o.appIP != "" {

@@ -8,6 +8,8 @@
 // messages of dataplane/internal/xdsproto (go-control-plane's generated API would link all of Envoy's
 // API into the sidecar): StreamSecrets (state of the world) and FetchSecrets; DeltaSecrets answers
 // Unimplemented, and Envoy falls back to state of the world when its sds_config says api_type GRPC.
+// It is served by connect-go handlers on net/http's HTTP/2 server without TLS (h2c, prior knowledge),
+// which speak the gRPC protocol Envoy's and grpc-go's clients use: the sidecar links no grpc-go.
 //
 // Socket: a stale socket file left by a previous run is removed at start (a live one, that answers a
 // connect, is an error: another proxy serves it); the socket is made mode 0660, so that an Envoy
@@ -36,15 +38,14 @@ import (
 	"io/fs"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"slices"
 	"strconv"
 	"sync"
 	"time"
 
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
+	"connectrpc.com/connect"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 
@@ -85,7 +86,7 @@ type Server struct {
 	o      Options
 	log    *slog.Logger
 	lis    net.Listener
-	grpc   *grpc.Server
+	http   *http.Server
 	cancel context.CancelFunc
 	done   chan struct{}
 	prefix string // makes versions unique across restarts
@@ -151,12 +152,11 @@ func Listen(o Options) (*Server, error) {
 	}
 	s.lis = lis
 	s.refresh()
-	s.grpc = grpc.NewServer()
-	s.grpc.RegisterService(&secretService, s)
+	s.http = newHTTPServer(s)
 	ctx, cancel := context.WithCancel(context.Background())
 	s.cancel = cancel
 	go func() {
-		if err := s.grpc.Serve(lis); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+		if err := s.http.Serve(lis); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			s.log.Warn("SDS server stopped", "err", err)
 		}
 	}()
@@ -193,7 +193,7 @@ func (s *Server) Close() error {
 	s.closeOnce.Do(func() {
 		s.cancel()
 		<-s.done
-		s.grpc.Stop()
+		_ = s.http.Close()
 		if e := os.Remove(s.o.Path); e != nil && !errors.Is(e, fs.ErrNotExist) {
 			err = fmt.Errorf("removing %s: %w", s.o.Path, e)
 		}
@@ -361,13 +361,12 @@ func (st *state) pick(names []string) ([]*anypb.Any, map[string]string) {
 // request whose names change what it would send, and every change of a requested secret; an ACK or
 // NACK of the latest response is not answered (after a NACK the same content is not sent again), and
 // a request carrying an older nonce is ignored, as the xDS protocol says.
-func (s *Server) StreamSecrets(stream grpc.BidiStreamingServer[xp.DiscoveryRequest, xp.DiscoveryResponse]) error {
-	ctx := stream.Context()
+func (s *Server) StreamSecrets(ctx context.Context, stream *connect.BidiStream[xp.DiscoveryRequest, xp.DiscoveryResponse]) error {
 	reqs := make(chan *xp.DiscoveryRequest)
 	recvErr := make(chan error, 1)
 	go func() {
 		for {
-			req, err := stream.Recv()
+			req, err := stream.Receive()
 			if err != nil {
 				recvErr <- err
 				return
@@ -408,7 +407,7 @@ func (s *Server) StreamSecrets(stream grpc.BidiStreamingServer[xp.DiscoveryReque
 		case <-ctx.Done():
 			return nil
 		case err := <-recvErr:
-			if status.Code(err) == codes.Canceled || errors.Is(err, context.Canceled) {
+			if connect.CodeOf(err) == connect.CodeCanceled || errors.Is(err, context.Canceled) {
 				return nil
 			}
 			return ignoreEOF(err)
@@ -423,7 +422,7 @@ func (s *Server) StreamSecrets(stream grpc.BidiStreamingServer[xp.DiscoveryReque
 		case req := <-reqs:
 			st, _ := s.current() // the newest, so that a change during the wait is not lost
 			if req.GetTypeUrl() != "" && req.GetTypeUrl() != SecretTypeURL {
-				return status.Errorf(codes.InvalidArgument, "this SDS server serves only %s, not %s", SecretTypeURL, req.GetTypeUrl())
+				return connect.NewError(connect.CodeInvalidArgument, fmt.Errorf("this SDS server serves only %s, not %s", SecretTypeURL, req.GetTypeUrl()))
 			}
 			if req.GetResponseNonce() != "" && req.GetResponseNonce() != lastNonce {
 				continue // answers an older response: a newer one is on its way
@@ -448,16 +447,17 @@ func ignoreEOF(err error) error {
 
 // FetchSecrets is SDS over a unary call: the requested secrets of the moment, NotFound when none
 // exists.
-func (s *Server) FetchSecrets(_ context.Context, req *xp.DiscoveryRequest) (*xp.DiscoveryResponse, error) {
+func (s *Server) FetchSecrets(_ context.Context, r *connect.Request[xp.DiscoveryRequest]) (*connect.Response[xp.DiscoveryResponse], error) {
+	req := r.Msg
 	if req.GetTypeUrl() != "" && req.GetTypeUrl() != SecretTypeURL {
-		return nil, status.Errorf(codes.InvalidArgument, "this SDS server serves only %s, not %s", SecretTypeURL, req.GetTypeUrl())
+		return nil, connect.NewError(connect.CodeInvalidArgument, fmt.Errorf("this SDS server serves only %s, not %s", SecretTypeURL, req.GetTypeUrl()))
 	}
 	st, _ := s.current()
 	res, _ := st.pick(wanted(req.GetResourceNames()))
 	if len(res) == 0 {
-		return nil, status.Errorf(codes.NotFound, "no secret %v here (this server has %q and %q, the certificate once the proxy has one)", req.GetResourceNames(), CertificateName, TrustBundleName)
+		return nil, connect.NewError(connect.CodeNotFound, fmt.Errorf("no secret %v here (this server has %q and %q, the certificate once the proxy has one)", req.GetResourceNames(), CertificateName, TrustBundleName))
 	}
-	return &xp.DiscoveryResponse{VersionInfo: st.version, Resources: res, TypeUrl: SecretTypeURL}, nil
+	return connect.NewResponse(&xp.DiscoveryResponse{VersionInfo: st.version, Resources: res, TypeUrl: SecretTypeURL}), nil
 }
 
 // Bundle is a trust bundle source for Options.Bundle: the PEM last handed to Set (the control plane's
@@ -495,38 +495,29 @@ func FileBundle(path string) func() ([]byte, error) {
 	return func() ([]byte, error) { return os.ReadFile(path) }
 }
 
-// secretService is Envoy's envoy.service.secret.v3.SecretDiscoveryService with the slim messages.
-// DeltaSecrets is not registered: gRPC answers it Unimplemented.
-var secretService = grpc.ServiceDesc{
-	ServiceName: "envoy.service.secret.v3.SecretDiscoveryService",
-	HandlerType: (*secretServer)(nil),
-	Methods: []grpc.MethodDesc{{
-		MethodName: "FetchSecrets",
-		Handler: func(srv any, ctx context.Context, dec func(any) error, interceptor grpc.UnaryServerInterceptor) (any, error) {
-			req := new(xp.DiscoveryRequest)
-			if err := dec(req); err != nil {
-				return nil, err
-			}
-			if interceptor == nil {
-				return srv.(secretServer).FetchSecrets(ctx, req)
-			}
-			info := &grpc.UnaryServerInfo{Server: srv, FullMethod: "/envoy.service.secret.v3.SecretDiscoveryService/FetchSecrets"}
-			return interceptor(ctx, req, info, func(ctx context.Context, req any) (any, error) {
-				return srv.(secretServer).FetchSecrets(ctx, req.(*xp.DiscoveryRequest))
-			})
-		},
-	}},
-	Streams: []grpc.StreamDesc{{
-		StreamName: "StreamSecrets",
-		Handler: func(srv any, stream grpc.ServerStream) error {
-			return srv.(secretServer).StreamSecrets(&grpc.GenericServerStream[xp.DiscoveryRequest, xp.DiscoveryResponse]{ServerStream: stream})
-		},
-		ServerStreams: true,
-		ClientStreams: true,
-	}},
-}
+// The methods of Envoy's envoy.service.secret.v3.SecretDiscoveryService.
+const (
+	streamSecretsMethod = "/envoy.service.secret.v3.SecretDiscoveryService/StreamSecrets"
+	fetchSecretsMethod  = "/envoy.service.secret.v3.SecretDiscoveryService/FetchSecrets"
+	deltaSecretsMethod  = "/envoy.service.secret.v3.SecretDiscoveryService/DeltaSecrets"
+)
 
-type secretServer interface {
-	StreamSecrets(grpc.BidiStreamingServer[xp.DiscoveryRequest, xp.DiscoveryResponse]) error
-	FetchSecrets(context.Context, *xp.DiscoveryRequest) (*xp.DiscoveryResponse, error)
+// newHTTPServer serves the SDS methods with the slim messages over HTTP/2 without TLS (h2c with prior
+// knowledge, what gRPC clients speak on a Unix socket). DeltaSecrets answers Unimplemented.
+func newHTTPServer(s *Server) *http.Server {
+	mux := http.NewServeMux()
+	mux.Handle(streamSecretsMethod, connect.NewBidiStreamHandler(streamSecretsMethod, s.StreamSecrets))
+	mux.Handle(fetchSecretsMethod, connect.NewUnaryHandler(fetchSecretsMethod, s.FetchSecrets))
+	mux.Handle(deltaSecretsMethod, connect.NewBidiStreamHandler(deltaSecretsMethod,
+		func(context.Context, *connect.BidiStream[xp.DeltaDiscoveryRequest, xp.DeltaDiscoveryResponse]) error {
+			return connect.NewError(connect.CodeUnimplemented, errors.New("this SDS server has no delta xDS: use state of the world (api_type GRPC)"))
+		}))
+	var protos http.Protocols
+	protos.SetUnencryptedHTTP2(true)
+	return &http.Server{
+		Handler:           mux,
+		Protocols:         &protos,
+		ReadHeaderTimeout: 10 * time.Second,
+		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
+	}
 }

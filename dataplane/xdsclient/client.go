@@ -17,7 +17,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"google.golang.org/grpc"
 	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/weftmesh/weft/dataplane/config"
@@ -53,8 +52,8 @@ func (n Node) proto() *xp.Node {
 // Options configure a Client.
 type Options struct {
 	Node Node
-	// Conn is the gRPC connection to the control plane. The client does not close it.
-	Conn grpc.ClientConnInterface
+	// Conn is the way to the control plane: a Conn from Dial (see Target). The client does not close it.
+	Conn Target
 	// OnUpdate, when set, is called (from the client's goroutine) after each new snapshot is published.
 	OnUpdate func(*config.Snapshot)
 	Logger   *slog.Logger
@@ -67,6 +66,7 @@ type Options struct {
 // Client is an ADS client. Create it with New and run it with Run.
 type Client struct {
 	opts    Options
+	ads     adsClients
 	log     *slog.Logger
 	current atomic.Pointer[config.Snapshot]
 
@@ -90,7 +90,7 @@ func New(opts Options) *Client {
 	if opts.BackoffMax <= 0 {
 		opts.BackoffMax = 30 * time.Second
 	}
-	c := &Client{opts: opts, log: opts.Logger.With("component", "xds")}
+	c := &Client{opts: opts, ads: newADSClients(connOf(opts.Conn)), log: opts.Logger.With("component", "xds")}
 	c.current.Store(&config.Snapshot{
 		Listeners: map[string]*config.Listener{},
 		Routes:    map[string]*config.RouteConfig{},

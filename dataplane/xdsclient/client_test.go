@@ -2,6 +2,7 @@ package xdsclient
 
 import (
 	"context"
+	"net/http"
 	"net/netip"
 	"strings"
 	"testing"
@@ -10,8 +11,6 @@ import (
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/weftmesh/weft/dataplane/config"
@@ -39,17 +38,14 @@ func resources(endpoints ...string) []proto.Message {
 	}
 }
 
-func dial(t *testing.T, addr string) *grpc.ClientConn {
+func dial(t *testing.T, addr string) Conn {
 	t.Helper()
-	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cc.Close() })
+	cc := Dial(addr, nil)
+	t.Cleanup(cc.Client.(*http.Client).CloseIdleConnections)
 	return cc
 }
 
-func runClient(t *testing.T, cc *grpc.ClientConn, sotw bool) *Client {
+func runClient(t *testing.T, cc Conn, sotw bool) *Client {
 	t.Helper()
 	c := New(Options{Node: testNode, Conn: cc, SotW: sotw, BackoffBase: 20 * time.Millisecond, BackoffMax: 200 * time.Millisecond})
 	ctx, cancel := context.WithCancel(context.Background())

@@ -6,20 +6,15 @@ import (
 	"maps"
 	"slices"
 
-	"google.golang.org/grpc/codes"
-
 	xp "github.com/weftmesh/weft/dataplane/internal/xdsproto"
-	grpcstatus "google.golang.org/grpc/status"
 )
 
 // runDelta runs one delta ADS stream. It returns whether any response arrived, and why the stream ended.
 func (c *Client) runDelta(ctx context.Context, st *state) (bool, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	stream, err := openDelta(ctx, c.opts.Conn)
-	if err != nil {
-		return false, fmt.Errorf("open delta ADS stream: %w", err)
-	}
+	stream := openDelta(ctx, c.ads)
+	defer stream.close()
 	node := c.opts.Node.proto()
 	for _, t := range typeOrder {
 		req := &xp.DeltaDiscoveryRequest{TypeUrl: t, InitialResourceVersions: map[string]string{}}
@@ -36,6 +31,9 @@ func (c *Client) runDelta(ctx context.Context, st *state) (bool, error) {
 			req.Node, node = node, nil
 		}
 		if err := stream.Send(req); err != nil {
+			if isUnimplemented(err) {
+				return false, errUnimplemented
+			}
 			return false, fmt.Errorf("send delta request: %w", err)
 		}
 	}
@@ -44,7 +42,7 @@ func (c *Client) runDelta(ctx context.Context, st *state) (bool, error) {
 	for {
 		resp, err := stream.Recv()
 		if err != nil {
-			if !got && grpcstatus.Code(err) == codes.Unimplemented {
+			if !got && isUnimplemented(err) {
 				return false, errUnimplemented
 			}
 			return got, fmt.Errorf("receive: %w", err)
@@ -60,7 +58,7 @@ func (c *Client) handleDelta(stream deltaStream, st *state, resp *xp.DeltaDiscov
 	t := resp.GetTypeUrl()
 	if _, known := st.resources[t]; !known {
 		return c.sendDelta(stream, &xp.DeltaDiscoveryRequest{TypeUrl: t, ResponseNonce: resp.GetNonce(),
-			ErrorDetail: &xp.Status{Code: int32(codes.InvalidArgument), Message: fmt.Sprintf("weft-proxy does not subscribe to %q", t)}})
+			ErrorDetail: &xp.Status{Code: codeInvalidArgument, Message: fmt.Sprintf("weft-proxy does not subscribe to %q", t)}})
 	}
 	var errs []error
 	decoded := map[string]entry{}
@@ -80,7 +78,7 @@ func (c *Client) handleDelta(stream deltaStream, st *state, resp *xp.DeltaDiscov
 		c.log.Warn("NACK: keeping the last good config", "type", t, "nonce", resp.GetNonce(), "error", detail)
 		c.countAck(detail)
 		return c.sendDelta(stream, &xp.DeltaDiscoveryRequest{TypeUrl: t, ResponseNonce: resp.GetNonce(),
-			ErrorDetail: &xp.Status{Code: int32(codes.InvalidArgument), Message: detail}})
+			ErrorDetail: &xp.Status{Code: codeInvalidArgument, Message: detail}})
 	}
 	for _, n := range slices.Sorted(maps.Keys(decoded)) {
 		if !wildcard(t) && !st.subscribed[t][n] {

@@ -5,8 +5,6 @@ import (
 	"fmt"
 	"maps"
 
-	"google.golang.org/grpc/codes"
-
 	xp "github.com/weftmesh/weft/dataplane/internal/xdsproto"
 )
 
@@ -14,10 +12,8 @@ import (
 func (c *Client) runSotW(ctx context.Context, st *state) (bool, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	stream, err := openSotW(ctx, c.opts.Conn)
-	if err != nil {
-		return false, fmt.Errorf("open ADS stream: %w", err)
-	}
+	stream := openSotW(ctx, c.ads)
+	defer stream.close()
 	node := c.opts.Node.proto()
 	nonces := map[string]string{}
 	send := func(req *xp.DiscoveryRequest) error {
@@ -51,7 +47,7 @@ func (c *Client) runSotW(ctx context.Context, st *state) (bool, error) {
 		nonces[t] = resp.GetNonce()
 		if _, known := st.resources[t]; !known {
 			if err := send(&xp.DiscoveryRequest{TypeUrl: t, ResponseNonce: resp.GetNonce(),
-				ErrorDetail: &xp.Status{Code: int32(codes.InvalidArgument), Message: fmt.Sprintf("weft-proxy does not subscribe to %q", t)}}); err != nil {
+				ErrorDetail: &xp.Status{Code: codeInvalidArgument, Message: fmt.Sprintf("weft-proxy does not subscribe to %q", t)}}); err != nil {
 				return got, err
 			}
 			continue
@@ -77,7 +73,7 @@ func (c *Client) runSotW(ctx context.Context, st *state) (bool, error) {
 			c.log.Warn("NACK: keeping the last good config", "type", t, "version", resp.GetVersionInfo(), "error", detail)
 			c.countAck(detail)
 			if err := send(&xp.DiscoveryRequest{TypeUrl: t, VersionInfo: st.versions[t], ResponseNonce: resp.GetNonce(), ResourceNames: names(),
-				ErrorDetail: &xp.Status{Code: int32(codes.InvalidArgument), Message: detail}}); err != nil {
+				ErrorDetail: &xp.Status{Code: codeInvalidArgument, Message: detail}}); err != nil {
 				return got, err
 			}
 			continue

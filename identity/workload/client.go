@@ -22,6 +22,7 @@ import (
 	"log/slog"
 	mathrand "math/rand/v2"
 	"net"
+	"net/http"
 	"net/url"
 	"os"
 	"strings"
@@ -29,12 +30,16 @@ import (
 	"sync/atomic"
 	"time"
 
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials"
+	"connectrpc.com/connect"
 
-	"github.com/weftmesh/weft/identity"
-	identityv1 "github.com/weftmesh/weft/proto/weft/identity/v1"
+	"github.com/weftmesh/weft/identity/spiffeid"
+	"github.com/weftmesh/weft/identity/workload/internal/certifypb"
 )
+
+// certifyMethod is weft.identity.v1.Identity/Certify, called through connect-go in the gRPC protocol
+// with wire-compatible mirrors of its messages: the generated package of the service also holds its
+// grpc-go stubs, and the sidecar links no grpc-go (resident memory per pod).
+const certifyMethod = "/weft.identity.v1.Identity/Certify"
 
 // Config configures a Client.
 type Config struct {
@@ -44,7 +49,7 @@ type Config struct {
 	ServerName string
 	// Identity is the workload's SPIFFE ID (trust domain, POD_NAMESPACE, SERVICE_ACCOUNT). It must be
 	// the identity the token proves.
-	Identity identity.ID
+	Identity spiffeid.ID
 	// TokenFile holds the projected ServiceAccount token (audience identity.weft.io). It is read again at
 	// every renewal, since kubelet rotates it.
 	TokenFile string
@@ -60,8 +65,6 @@ type Config struct {
 	Timeout time.Duration
 	// Logger (slog.Default() when nil).
 	Logger *slog.Logger
-	// DialOptions are added to the gRPC dial (tests, custom dialers).
-	DialOptions []grpc.DialOption
 }
 
 // Client holds the workload's current certificate and renews it; Run drives it.
@@ -119,7 +122,7 @@ func New(cfg Config) (*Client, error) {
 }
 
 // ID is the workload's SPIFFE ID.
-func (c *Client) ID() identity.ID { return c.cfg.Identity }
+func (c *Client) ID() spiffeid.ID { return c.cfg.Identity }
 
 // Ready is closed once the first certificate is obtained.
 func (c *Client) Ready() <-chan struct{} { return c.ready }
@@ -252,23 +255,28 @@ func (c *Client) certify(ctx context.Context) (time.Time, error) {
 		return time.Time{}, fmt.Errorf("making the CSR: %w", err)
 	}
 	roots := c.roots.Load()
-	creds := credentials.NewTLS(&tls.Config{RootCAs: roots, ServerName: c.cfg.ServerName, MinVersion: tls.VersionTLS13})
-	cc, err := grpc.NewClient(c.cfg.Addr, append([]grpc.DialOption{grpc.WithTransportCredentials(creds)}, c.cfg.DialOptions...)...)
-	if err != nil {
-		return time.Time{}, fmt.Errorf("connecting to the CA at %s: %w", c.cfg.Addr, err)
+	// A connection per call, verified against the roots of the moment (they rotate), closed after it.
+	transport := &http.Transport{
+		DialContext:         (&net.Dialer{Timeout: c.cfg.Timeout}).DialContext,
+		TLSClientConfig:     &tls.Config{RootCAs: roots, ServerName: c.cfg.ServerName, MinVersion: tls.VersionTLS13},
+		TLSHandshakeTimeout: c.cfg.Timeout,
+		Protocols:           new(http.Protocols),
 	}
-	defer cc.Close()
+	transport.Protocols.SetHTTP2(true)
+	defer transport.CloseIdleConnections()
+	client := connect.NewClient[certifypb.CertifyRequest, certifypb.CertifyResponse](
+		&http.Client{Transport: transport}, "https://"+c.cfg.Addr+certifyMethod, connect.WithGRPC())
 	callCtx, cancel := context.WithTimeout(ctx, c.cfg.Timeout)
 	defer cancel()
-	resp, err := identityv1.NewIdentityClient(cc).Certify(callCtx, &identityv1.CertifyRequest{
+	resp, err := client.CallUnary(callCtx, connect.NewRequest(&certifypb.CertifyRequest{
 		Identity:                  c.cfg.Identity.String(),
 		Token:                     token,
 		CertificateSigningRequest: csr,
-	})
+	}))
 	if err != nil {
 		return time.Time{}, fmt.Errorf("certify at %s: %w", c.cfg.Addr, err)
 	}
-	cert, err := checkResponse(resp, key, c.cfg.Identity, roots)
+	cert, err := checkResponse(resp.Msg, key, c.cfg.Identity, roots)
 	if err != nil {
 		return time.Time{}, err
 	}
@@ -279,9 +287,9 @@ func (c *Client) certify(ctx context.Context) (time.Time, error) {
 
 // checkResponse validates the CA's answer at the edge: the leaf carries our key and our identity and
 // chains to the trust bundle.
-func checkResponse(resp *identityv1.CertifyResponse, key *ecdsa.PrivateKey, want identity.ID, roots *x509.CertPool) (*tls.Certificate, error) {
+func checkResponse(resp *certifypb.CertifyResponse, key *ecdsa.PrivateKey, want spiffeid.ID, roots *x509.CertPool) (*tls.Certificate, error) {
 	chain := append([][]byte{resp.GetLeafCertificate()}, resp.GetIntermediateCertificates()...)
-	id, err := identity.VerifyPeer(chain, roots, x509.ExtKeyUsageAny)
+	id, err := spiffeid.VerifyPeer(chain, roots, x509.ExtKeyUsageAny)
 	if err != nil {
 		return nil, fmt.Errorf("the CA's certificate does not verify against the trust bundle: %w", err)
 	}
@@ -318,7 +326,7 @@ func (c *Client) loadTrustBundle() error {
 }
 
 func parseBundle(data []byte) (*x509.CertPool, error) {
-	certs, err := identity.ParseCertificatesPEM(data)
+	certs, err := spiffeid.ParseCertificatesPEM(data)
 	if err != nil {
 		return nil, err
 	}
