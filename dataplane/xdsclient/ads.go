@@ -45,17 +45,18 @@ func connOf(t Target) Conn {
 	return Dial(t.Target(), nil)
 }
 
-// Liveness of the control plane connection: after PingAfter without a frame from the server, a ping;
-// no answer within PingTimeout closes the connection and the stream fails (gRPC keepalive's role).
-// weft-control's servers permit a ping every 10 s.
-const (
-	PingAfter   = 30 * time.Second
-	PingTimeout = 20 * time.Second
+// Liveness of the control plane connection: after pingAfter (30 s) without a frame from the server, a
+// ping; no answer within pingTimeout (20 s) closes the connection and the stream fails, so a dead
+// control plane is noticed (gRPC keepalive's role). weft-control's servers permit a ping every 10 s.
+// Variables for tests only.
+var (
+	pingAfter   = 30 * time.Second
+	pingTimeout = 20 * time.Second
 )
 
 // Dial returns the Conn to the control plane at addr (host:port): plaintext HTTP/2 (h2c, prior
 // knowledge) when tlsConfig is nil, else TLS with ALPN h2. Connections are made when a stream opens and
-// reused; a dead one is detected by PING (PingAfter, PingTimeout).
+// reused; a dead one is detected by PING (30 s without a frame, 20 s for the answer).
 func Dial(addr string, tlsConfig *tls.Config) Conn {
 	return Conn{Client: HTTP2Client(tlsConfig), URL: baseURL(addr, tlsConfig != nil)}
 }
@@ -66,7 +67,7 @@ func HTTP2Client(tlsConfig *tls.Config) *http.Client {
 	t := &http.Transport{
 		DialContext:         (&net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
 		TLSHandshakeTimeout: 10 * time.Second,
-		HTTP2:               &http.HTTP2Config{SendPingTimeout: PingAfter, PingTimeout: PingTimeout},
+		HTTP2:               &http.HTTP2Config{SendPingTimeout: pingAfter, PingTimeout: pingTimeout},
 	}
 	if tlsConfig != nil {
 		protos.SetHTTP2(true)
