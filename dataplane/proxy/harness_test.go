@@ -13,8 +13,6 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/weftmesh/weft/dataplane"
 	"github.com/weftmesh/weft/dataplane/proxy"
@@ -34,10 +32,7 @@ func startSidecar(t testing.TB, cpAddr string, node xdsclient.Node, id dataplane
 	t.Helper()
 	reg := prometheus.NewRegistry()
 	p := proxy.New(proxy.Options{Identity: id, Registerer: reg, DetectTimeout: time.Second})
-	cc, err := grpc.NewClient(cpAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
+	cc := xdsclient.Dial(cpAddr, nil)
 	c := xdsclient.New(xdsclient.Options{Node: node, Conn: cc, OnUpdate: p.Update, BackoffBase: 20 * time.Millisecond, BackoffMax: 200 * time.Millisecond})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
@@ -51,7 +46,9 @@ func startSidecar(t testing.TB, cpAddr string, node xdsclient.Node, id dataplane
 		scancel()
 		cancel()
 		<-done
-		cc.Close()
+		if h, ok := cc.Client.(interface{ CloseIdleConnections() }); ok {
+			h.CloseIdleConnections()
+		}
 	})
 	return s
 }

@@ -30,21 +30,6 @@ type Conn struct {
 	URL    string
 }
 
-// Target is the control plane's address. Options.Conn is normally a Conn (from Dial); any other value
-// with a Target method (a *grpc.ClientConn of an older caller, say) is dialled with Dial in plaintext
-// HTTP/2 at that target.
-type Target interface{ Target() string }
-
-// Target is the base URL.
-func (c Conn) Target() string { return c.URL }
-
-func connOf(t Target) Conn {
-	if c, ok := t.(Conn); ok {
-		return c
-	}
-	return Dial(t.Target(), nil)
-}
-
 // Liveness of the control plane connection: after pingAfter (30 s) without a frame from the server, a
 // ping; no answer within pingTimeout (20 s) closes the connection and the stream fails, so a dead
 // control plane is noticed (gRPC keepalive's role). weft-control's servers permit a ping every 10 s.

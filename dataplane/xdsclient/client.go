@@ -52,8 +52,8 @@ func (n Node) proto() *xp.Node {
 // Options configure a Client.
 type Options struct {
 	Node Node
-	// Conn is the way to the control plane: a Conn from Dial (see Target). The client does not close it.
-	Conn Target
+	// Conn is the way to the control plane: a Conn from Dial. The client does not close it.
+	Conn Conn
 	// OnUpdate, when set, is called (from the client's goroutine) after each new snapshot is published.
 	OnUpdate func(*config.Snapshot)
 	Logger   *slog.Logger
@@ -90,7 +90,7 @@ func New(opts Options) *Client {
 	if opts.BackoffMax <= 0 {
 		opts.BackoffMax = 30 * time.Second
 	}
-	c := &Client{opts: opts, ads: newADSClients(connOf(opts.Conn)), log: opts.Logger.With("component", "xds")}
+	c := &Client{opts: opts, ads: newADSClients(opts.Conn), log: opts.Logger.With("component", "xds")}
 	c.current.Store(&config.Snapshot{
 		Listeners: map[string]*config.Listener{},
 		Routes:    map[string]*config.RouteConfig{},
