@@ -17,13 +17,13 @@ func TestResolveMemory(t *testing.T) {
 		want      memorySettings
 		wantError string
 	}{
-		{name: "defaults outside a container", gc: 50, cgroup: "", want: memorySettings{gcPercent: 50}},
-		{name: "unlimited cgroup", gc: 50, cgroup: "max\n", want: memorySettings{gcPercent: 50}},
-		{name: "cgroup limit: 90% of it", gc: 50, cgroup: "104857600\n", want: memorySettings{gcPercent: 50, limit: 94371840}},
-		{name: "GOGC and GOMEMLIMIT are left to the runtime", gc: 50, env: map[string]string{"GOGC": "200", "GOMEMLIMIT": "1GiB"}, cgroup: "104857600", want: memorySettings{gcPercent: -1}},
+		{name: "defaults outside a container", gc: 100, cgroup: "", want: memorySettings{gcPercent: 100}},
+		{name: "unlimited cgroup", gc: 100, cgroup: "max\n", want: memorySettings{gcPercent: 100}},
+		{name: "cgroup limit: 90% of it", gc: 100, cgroup: "104857600\n", want: memorySettings{gcPercent: 100, limit: 94371840}},
+		{name: "GOGC and GOMEMLIMIT are left to the runtime", gc: 100, env: map[string]string{"GOGC": "200", "GOMEMLIMIT": "1GiB"}, cgroup: "104857600", want: memorySettings{gcPercent: -1}},
 		{name: "flags win over the environment", gc: 80, gcSet: true, limit: "64MiB", env: map[string]string{"GOGC": "200", "GOMEMLIMIT": "1GiB"}, want: memorySettings{gcPercent: 80, limit: 64 << 20}},
-		{name: "plain bytes", gc: 50, limit: "1000000", want: memorySettings{gcPercent: 50, limit: 1000000}},
-		{name: "bad limit", gc: 50, limit: "64MB", wantError: `--memory-limit "64MB": want a positive number of bytes`},
+		{name: "plain bytes", gc: 100, limit: "1000000", want: memorySettings{gcPercent: 100, limit: 1000000}},
+		{name: "bad limit", gc: 100, limit: "64MB", wantError: `--memory-limit "64MB": want a positive number of bytes`},
 		{name: "negative gc percent", gc: -1, gcSet: true, wantError: "--gc-percent -1: want 0 or more"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
