@@ -21,6 +21,32 @@ type metrics struct {
 	changed         prometheus.Counter
 	translate       prometheus.Histogram
 	rejectedStreams prometheus.Counter
+
+	// byType holds the per-type series resolved once (a label lookup hashes and locks: on the push and
+	// ACK paths of every stream it showed in profiles); never written after newMetrics.
+	byType map[string]*typeMetrics
+}
+
+// typeMetrics are the series of one resource type ("cds", "eds", ...).
+type typeMetrics struct {
+	pushes, pushedBytes, nacks prometheus.Counter
+	ackLatency, convergence    prometheus.Observer
+}
+
+// of returns the series of a short type name (see shortType).
+func (m *metrics) of(short string) *typeMetrics {
+	if tm, ok := m.byType[short]; ok {
+		return tm
+	}
+	return m.resolve(short)
+}
+
+func (m *metrics) resolve(short string) *typeMetrics {
+	return &typeMetrics{
+		pushes: m.pushes.WithLabelValues(short), pushedBytes: m.pushedBytes.WithLabelValues(short),
+		nacks: m.nacks.WithLabelValues(short), ackLatency: m.ackLatency.WithLabelValues(short),
+		convergence: m.convergence.WithLabelValues(short),
+	}
 }
 
 func newMetrics() *metrics {
@@ -64,6 +90,10 @@ func newMetrics() *metrics {
 	m.reg.MustRegister(m.connected, m.pushes, m.pushedBytes, m.nacks, m.ackLatency, m.convergence, m.configBytes,
 		m.updates, m.changed, m.translate, m.rejectedStreams,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	m.byType = map[string]*typeMetrics{}
+	for _, short := range []string{"cds", "eds", "lds", "rds", "sds"} {
+		m.byType[short] = m.resolve(short)
+	}
 	return m
 }
 

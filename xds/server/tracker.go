@@ -134,7 +134,7 @@ func (t *tracker) ackOrNack(st *streamState, typeURL, nonce, version string, err
 				break // they all share the one record
 			}
 		}
-		t.s.metrics.nacks.WithLabelValues(short).Inc()
+		t.s.metrics.of(short).nacks.Inc()
 		t.s.log.Warn("proxy rejected configuration (NACK)", "node", st.node.GetId(), "type", short, "version", ts.lastVersion, "error", errDetail)
 		return
 	}
@@ -162,10 +162,10 @@ func (t *tracker) ackOrNack(st *streamState, typeURL, nonce, version string, err
 			ts.ackedVersion = ts.lastVersion
 		}
 		ts.nack = nil
-		t.s.metrics.ackLatency.WithLabelValues(short).Observe(now.Sub(ts.sentAt).Seconds())
+		t.s.metrics.of(short).ackLatency.Observe(now.Sub(ts.sentAt).Seconds())
 		updatedAt := time.Unix(0, t.s.updatedAt.Load())
 		if !ts.sentAt.Before(updatedAt) {
-			t.s.metrics.convergence.WithLabelValues(short).Observe(now.Sub(updatedAt).Seconds())
+			t.s.metrics.of(short).convergence.Observe(now.Sub(updatedAt).Seconds())
 		}
 	}
 }
@@ -256,8 +256,9 @@ func (t *tracker) sotwResponse(id int64, req *discoverypb.DiscoveryRequest, resp
 		ts.resources[name] = resourceState{version: resp.GetVersionInfo(), config: a, sentRecord: rec}
 	}
 	short := shortType(resp.GetTypeUrl())
-	t.s.metrics.pushes.WithLabelValues(short).Inc()
-	t.s.metrics.pushedBytes.WithLabelValues(short).Add(float64(size))
+	tm := t.s.metrics.of(short)
+	tm.pushes.Inc()
+	tm.pushedBytes.Add(float64(size))
 }
 
 func (t *tracker) OnStreamDeltaRequest(id int64, req *discoverypb.DeltaDiscoveryRequest) error {
@@ -311,8 +312,9 @@ func (t *tracker) OnStreamDeltaResponse(id int64, req *discoverypb.DeltaDiscover
 		delete(ts.resources, n)
 	}
 	short := shortType(resp.GetTypeUrl())
-	t.s.metrics.pushes.WithLabelValues(short).Inc()
-	t.s.metrics.pushedBytes.WithLabelValues(short).Add(float64(size))
+	tm := t.s.metrics.of(short)
+	tm.pushes.Inc()
+	tm.pushedBytes.Add(float64(size))
 }
 
 // gcpCallbacks are the tracker as go-control-plane's stream servers see it. Their SotW (per-type)
