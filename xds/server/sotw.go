@@ -421,6 +421,20 @@ func (as *adsStream) push(req *sotwType, replyEvenIfEmpty bool) error {
 // respond compares t with sn and sends what is due, as go-control-plane's LinearCache computes it.
 func (as *adsStream) respond(t *sotwType, sn *snapshot, replyEvenIfEmpty, incremental bool) error {
 	var changed, removed []string
+	// compare files a subscribed name as changed (new to the client, or another version) or removed
+	// (sent before, gone now).
+	compare := func(name string) {
+		e, exists := sn.res[name]
+		v, known := t.sent[name]
+		switch {
+		case !exists:
+			if known {
+				removed = append(removed, name)
+			}
+		case !known || v != e.version:
+			changed = append(changed, name)
+		}
+	}
 	if incremental {
 		// Everything else was in step at the snapshot before (what the client was sent, or had
 		// nothing due), and subscriptions did not change: compare the changed names only.
@@ -430,16 +444,7 @@ func (as *adsStream) respond(t *sotwType, sn *snapshot, replyEvenIfEmpty, increm
 					continue
 				}
 			}
-			e, exists := sn.res[name]
-			v, known := t.sent[name]
-			switch {
-			case !exists:
-				if known {
-					removed = append(removed, name)
-				}
-			case !known || v != e.version:
-				changed = append(changed, name)
-			}
+			compare(name)
 		}
 	} else if t.wildcard {
 		for _, name := range sn.sorted {
@@ -454,16 +459,7 @@ func (as *adsStream) respond(t *sotwType, sn *snapshot, replyEvenIfEmpty, increm
 		}
 	} else {
 		for name := range t.names {
-			e, exists := sn.res[name]
-			v, known := t.sent[name]
-			switch {
-			case !exists:
-				if known {
-					removed = append(removed, name)
-				}
-			case !known || v != e.version:
-				changed = append(changed, name)
-			}
+			compare(name)
 		}
 		for name := range t.sent {
 			if _, ok := t.names[name]; !ok {
