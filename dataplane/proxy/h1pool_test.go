@@ -125,9 +125,19 @@ func TestUpstreamHTTP1ServerClosedIdleConnection(t *testing.T) {
 func TestUpstreamHTTP1AllIdleConnectionsStale(t *testing.T) {
 	l := listen(t, "127.0.0.1:0")
 	addr := l.Addr().String()
+	// The 8 /slow requests are held until all have arrived, so they overlap and the proxy keeps 8
+	// upstream connections idle afterwards.
+	var arrived atomic.Int32
+	all := make(chan struct{})
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path == "/slow" {
-			time.Sleep(50 * time.Millisecond) // so that the requests overlap and need several connections
+			if arrived.Add(1) == 8 {
+				close(all)
+			}
+			select {
+			case <-all:
+			case <-time.After(10 * time.Second):
+			}
 		}
 		io.WriteString(w, "ok")
 	})}
