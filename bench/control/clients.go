@@ -139,7 +139,8 @@ func field1(b []byte) string {
 //
 //	sync          → "synced <seconds>" once every client has all its clusters and endpoints
 //	wait <round>  → "arrived <round>" once every client has ACKed that round's change
-//	stats <t0s>   → "lat <p50> <p99> <max> <bytes/round>" over all waited rounds (t0s: round=unixnano,...)
+//	stats <t0s>   → "lat <p50> <p99> <max> <bytes/round> <ms,ms,...>" over all waited rounds (t0s:
+//	                round=unixnano,...); the last field is the slowest proxy of each round
 func runClients(addr string, n int, marked string) error {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -227,15 +228,20 @@ func runClients(addr string, n int, marked string) error {
 				t0[r] = t
 			}
 			var lat []float64
+			var roundMax []string
 			for _, r := range rounds {
+				slowest := 0.0
 				for _, c := range clients {
-					lat = append(lat, float64(c.arrived[r].Load()-t0[r])/1e9)
+					l := float64(c.arrived[r].Load()-t0[r]) / 1e9
+					lat = append(lat, l)
+					slowest = max(slowest, l)
 				}
+				roundMax = append(roundMax, fmt.Sprintf("%.0f", slowest*1000))
 			}
 			slices.Sort(lat)
 			q := func(p float64) float64 { return lat[min(len(lat)-1, int(p*float64(len(lat))))] }
 			perRound := float64(bytes.Load()-bytesAtSync) / float64(max(1, len(rounds)))
-			fmt.Printf("lat %f %f %f %f\n", q(0.5), q(0.99), lat[len(lat)-1], perRound)
+			fmt.Printf("lat %f %f %f %f %s\n", q(0.5), q(0.99), lat[len(lat)-1], perRound, strings.Join(roundMax, ","))
 		}
 	}
 	cancel()

@@ -32,6 +32,7 @@ func main() {
 	endpoints := flag.Int("endpoints", 10, "endpoints per Service")
 	big := flag.Int("big", 10000, "endpoints of the big Service scenario (0: skip)")
 	bigN := flag.Int("big-proxies", 100, "proxies in the big Service scenario")
+	servers := flag.String("servers", "weft,baseline", "the servers to measure, comma-separated (ratios need both)")
 	nFlag := flag.Int("clients", 0, "internal: clients for -role=clients")
 	bigFlag := flag.Int("big-size", 0, "internal: big Service size for the roles")
 	flag.Parse()
@@ -45,7 +46,7 @@ func main() {
 	case "clients":
 		err = runClients(*addr, *nFlag, markedCluster(*bigFlag))
 	case "":
-		err = orchestrate(*ns, *rounds, *services, *endpoints, *big, *bigN)
+		err = orchestrate(strings.Split(*servers, ","), *ns, *rounds, *services, *endpoints, *big, *bigN)
 	default:
 		err = fmt.Errorf("unknown -role %q", *role)
 	}
@@ -59,6 +60,7 @@ type result struct {
 	sync             time.Duration
 	p50, p99, maxLat float64
 	bytesPerChange   float64
+	roundMax         string  // the slowest proxy of each round, in ms
 	rssPerProxy      float64 // bytes
 	// CPU seconds used by the server and by the client process during the initial sync, and per
 	// change (rounds averaged): tells whether the server or the simulated proxies are the bottleneck.
@@ -237,10 +239,13 @@ func scenario(kind string, n, rounds, services, endpoints, big int) (result, err
 	r.p99, _ = strconv.ParseFloat(f[2], 64)
 	r.maxLat, _ = strconv.ParseFloat(f[3], 64)
 	r.bytesPerChange, _ = strconv.ParseFloat(f[4], 64)
+	if len(f) > 5 {
+		r.roundMax = f[5]
+	}
 	return r, nil
 }
 
-func orchestrate(ns string, rounds, services, endpoints, big, bigN int) error {
+func orchestrate(servers []string, ns string, rounds, services, endpoints, big, bigN int) error {
 	fmt.Printf("bench-control: %d Services × %d endpoints, %d one-endpoint changes per scenario; weft beside a naive SnapshotCache baseline, same run\n\n", services, endpoints, rounds)
 	fmt.Println("| scenario | server | initial sync | change p50 | change p99 | bytes/change | RSS/proxy |")
 	fmt.Println("|---|---|---|---|---|---|---|")
@@ -260,21 +265,30 @@ func orchestrate(ns string, rounds, services, endpoints, big, bigN int) error {
 	if big > 0 {
 		scs = append(scs, sc{fmt.Sprintf("%d-endpoint Service, %d proxies", big, bigN), bigN, big})
 	}
-	var cpuNotes []string
+	for _, kind := range servers {
+		if kind != "weft" && kind != "baseline" {
+			return fmt.Errorf("-servers: %q is not a server; use weft, baseline or both", kind)
+		}
+	}
+	var cpuNotes, slowest []string
 	for _, s := range scs {
-		var res [2]result
-		for i, kind := range []string{"weft", "baseline"} {
+		res := map[string]result{}
+		for _, kind := range servers {
 			r, err := scenario(kind, s.n, rounds, services, endpoints, s.big)
 			if err != nil {
 				return fmt.Errorf("%s, %s: %w", s.name, kind, err)
 			}
-			res[i] = r
+			res[kind] = r
 			cpuNotes = append(cpuNotes, fmt.Sprintf("| %s | %s | %.2f s | %.2f s | %.1f ms | %.1f ms |", s.name, kind, r.syncCPU[0], r.syncCPU[1], r.changeCPU[0]*1000, r.changeCPU[1]*1000))
 			fmt.Printf("| %s | %s | %s | %s | %s | %s | %s |\n", s.name, kind, r.sync.Round(time.Millisecond), ms(r.p50), ms(r.p99), kb(r.bytesPerChange), mb(r.rssPerProxy))
+			slowest = append(slowest, fmt.Sprintf("%s, %s: %s", s.name, kind, r.roundMax))
 		}
-		w, b := res[0], res[1]
-		fmt.Printf("| %s | **baseline ÷ weft** | %.1f× | %.1f× | %.1f× | %.1f× | %.1f× |\n", s.name,
-			ratio(b.sync.Seconds(), w.sync.Seconds()), ratio(b.p50, w.p50), ratio(b.p99, w.p99), ratio(b.bytesPerChange, w.bytesPerChange), ratio(b.rssPerProxy, w.rssPerProxy))
+		w, okW := res["weft"]
+		b, okB := res["baseline"]
+		if okW && okB {
+			fmt.Printf("| %s | **baseline ÷ weft** | %.1f× | %.1f× | %.1f× | %.1f× | %.1f× |\n", s.name,
+				ratio(b.sync.Seconds(), w.sync.Seconds()), ratio(b.p50, w.p50), ratio(b.p99, w.p99), ratio(b.bytesPerChange, w.bytesPerChange), ratio(b.rssPerProxy, w.rssPerProxy))
+		}
 	}
 	fmt.Println()
 	fmt.Println("CPU time (user+system) of each process; per change: averaged over the rounds, including the ACKs.")
@@ -283,6 +297,12 @@ func orchestrate(ns string, rounds, services, endpoints, big, bigN int) error {
 	fmt.Println("|---|---|---|---|---|---|")
 	for _, n := range cpuNotes {
 		fmt.Println(n)
+	}
+	fmt.Println()
+	fmt.Println("The slowest proxy of each round, in ms (p99 over all proxies and rounds is decided by the slowest rounds):")
+	fmt.Println()
+	for _, n := range slowest {
+		fmt.Println("- " + n)
 	}
 	return nil
 }

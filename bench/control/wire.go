@@ -30,13 +30,15 @@ type response struct {
 	bytes                   int      // resource bytes
 }
 
-// request is an encoded DiscoveryRequest.
-type request []byte
+// request is an encoded DiscoveryRequest in two parts: the small fields, and the resource_names
+// fields shared by every request of a client (a SotW EDS ACK repeats all ~100 names; copying them
+// per ACK was a large part of the harness's allocations). Protobuf fields may come in any order.
+type request struct{ head, names []byte }
 
 // newRequest encodes a request; node (an encoded Node) and names (encoded resource_names fields)
-// may be nil.
+// may be nil. names is not copied.
 func newRequest(node []byte, typeURL, version, nonce string, names []byte) request {
-	b := make([]byte, 0, len(node)+len(names)+len(typeURL)+len(version)+len(nonce)+16)
+	b := make([]byte, 0, len(node)+len(typeURL)+len(version)+len(nonce)+16)
 	if version != "" {
 		b = protowire.AppendTag(b, 1, protowire.BytesType)
 		b = protowire.AppendString(b, version)
@@ -45,14 +47,13 @@ func newRequest(node []byte, typeURL, version, nonce string, names []byte) reque
 		b = protowire.AppendTag(b, 2, protowire.BytesType)
 		b = protowire.AppendBytes(b, node)
 	}
-	b = append(b, names...)
 	b = protowire.AppendTag(b, 4, protowire.BytesType)
 	b = protowire.AppendString(b, typeURL)
 	if nonce != "" {
 		b = protowire.AppendTag(b, 5, protowire.BytesType)
 		b = protowire.AppendString(b, nonce)
 	}
-	return b
+	return request{head: b, names: names}
 }
 
 // encodeNames is the resource_names fields (3) for names.
@@ -75,7 +76,11 @@ func (wireCodec) Marshal(v any) (mem.BufferSlice, error) {
 	if !ok {
 		return nil, fmt.Errorf("wire codec: cannot encode %T", v)
 	}
-	return mem.BufferSlice{mem.SliceBuffer(r)}, nil
+	if len(r.names) == 0 {
+		return mem.BufferSlice{mem.SliceBuffer(r.head)}, nil
+	}
+	// gRPC only reads these buffers (SliceBuffer's Free does nothing): the shared names stay intact.
+	return mem.BufferSlice{mem.SliceBuffer(r.head), mem.SliceBuffer(r.names)}, nil
 }
 
 func (wireCodec) Unmarshal(data mem.BufferSlice, v any) error {
