@@ -42,38 +42,11 @@ type Mesh struct {
 	APIListeners []*listener.Listener
 }
 
-// BuildMesh translates the proxy-independent part of the configuration.
-func BuildMesh(s *discovery.State, o Options) *Mesh {
-	m := &Mesh{}
-	inboundPorts := map[int32]Protocol{}
-	for _, pod := range s.Pods {
-		if !pod.HasProxy {
-			continue
-		}
-		for _, ip := range podInboundPorts(s, pod, o) {
-			if _, ok := inboundPorts[ip.Port]; !ok || ip.Protocol.IsHTTP() {
-				inboundPorts[ip.Port] = ip.Protocol
-			}
-		}
-	}
-	for _, svc := range s.Services {
-		for _, sp := range svc.Ports {
-			if sp.Protocol != "TCP" {
-				continue
-			}
-			m.Clusters = append(m.Clusters, outboundCluster(s, svc, sp, o, false))
-			m.GRPCClusters = append(m.GRPCClusters, outboundCluster(s, svc, sp, o, true))
-			m.Endpoints = append(m.Endpoints, loadAssignment(svc, sp, o))
-			m.APIListeners = append(m.APIListeners, apiListener(svc, sp, o))
-		}
-	}
-	m.Clusters = append(m.Clusters, passthroughCluster(), blackholeCluster())
-	for port := range inboundPorts {
-		m.Clusters = append(m.Clusters, inboundCluster(port))
-		m.Routes = append(m.Routes, inboundRoute(port))
-	}
-	m.Routes = append(m.Routes, outboundRoutes(s, o)...)
-	m.Outbound = outboundListener(s, o)
+// BuildMesh translates the proxy-independent part of the configuration. A Builder gives the same
+// result and reuses what did not change since its previous Build.
+func BuildMesh(s *discovery.State, o Options) *Mesh { return NewBuilder(o).Build(s) }
+
+func sortMesh(m *Mesh) {
 	sortByName(m.Clusters)
 	sortByName(m.GRPCClusters)
 	slices.SortFunc(m.Endpoints, func(a, b *endpoint.ClusterLoadAssignment) int {
@@ -81,7 +54,6 @@ func BuildMesh(s *discovery.State, o Options) *Mesh {
 	})
 	sortByName(m.Routes)
 	sortByName(m.APIListeners)
-	return m
 }
 
 // Translate gives the whole configuration of one proxy.

@@ -63,6 +63,10 @@ type Server struct {
 
 	synced atomic.Bool
 
+	// buildMu serializes translation: builder keeps the last Mesh's resources to reuse.
+	buildMu sync.Mutex
+	builder *xds.Builder
+
 	// mu guards everything below and serializes Update (so caches are fed in order).
 	mu        sync.Mutex
 	state     *discovery.State
@@ -119,6 +123,7 @@ func New(o Options) *Server {
 		_, _ = rand.Read(b[:])
 		s.prefix = strconv.FormatInt(time.Now().Unix(), 36) + "-" + hex.EncodeToString(b[:]) + "-"
 	}
+	s.builder = xds.NewBuilder(o.Translate)
 	s.metrics = newMetrics()
 	s.names.Store(&map[string]string{})
 	s.clusters = s.newCache(xds.ClusterType)
@@ -150,6 +155,12 @@ func (c *typedCache) set(want map[string]proto.Message) (changed int, err error)
 	var deleted []string
 	size := 0
 	for name, m := range want {
+		if old, ok := c.current[name]; ok && old == m {
+			// The very message of the last set (the Builder keeps what did not change).
+			wire[name] = c.wire[name]
+			size += len(c.wire[name])
+			continue
+		}
 		// Compared by their encoding (the one every stream is sent): faster than proto.Equal, and
 		// a changed resource is then marshaled only once.
 		b, err := deterministic.Marshal(m)
@@ -196,7 +207,9 @@ func nameOf[T interface{ GetName() string }](x T) string { return x.GetName() }
 // Update translates a new State and pushes what changed. The first Update marks the server synced.
 func (s *Server) Update(st *discovery.State) {
 	start := s.now()
-	mesh := xds.BuildMesh(st, s.opts.Translate)
+	s.buildMu.Lock()
+	defer s.buildMu.Unlock()
+	mesh := s.builder.Build(st)
 
 	s.mu.Lock()
 	defer s.mu.Unlock()
