@@ -8,6 +8,8 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptrace"
+	"net/textproto"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -59,6 +61,13 @@ func (p *h1Pool) simple(req *http.Request) bool {
 
 // RoundTrip implements http.RoundTripper.
 func (p *h1Pool) RoundTrip(req *http.Request) (*http.Response, error) {
+	return p.roundTripHook(req, nil)
+}
+
+// roundTripHook is RoundTrip with got1xx, when not nil, called for each informational response
+// instead of the request's httptrace.ClientTrace (the forwarder of forward.go passes the client's
+// ResponseWriter this way, without a trace in the context).
+func (p *h1Pool) roundTripHook(req *http.Request, got1xx func(int, textproto.MIMEHeader) error) (*http.Response, error) {
 	if !p.simple(req) {
 		return p.fallback.RoundTrip(req)
 	}
@@ -72,7 +81,7 @@ func (p *h1Pool) RoundTrip(req *http.Request) (*http.Response, error) {
 		if err != nil {
 			return nil, err
 		}
-		resp, err := pc.roundTrip(p, req)
+		resp, err := pc.roundTrip(p, req, got1xx)
 		if err == nil {
 			return resp, nil
 		}
@@ -181,29 +190,35 @@ var aLongTimeAgo = time.Unix(1, 0)
 
 // roundTrip writes req and reads the response head. The body is read later by the caller through
 // h1Body, still on this connection; the connection goes back to the pool at the body's end.
-func (pc *h1Conn) roundTrip(p *h1Pool, req *http.Request) (*http.Response, error) {
+func (pc *h1Conn) roundTrip(p *h1Pool, req *http.Request, got1xx func(int, textproto.MIMEHeader) error) (*http.Response, error) {
 	ctx := req.Context()
+	b := &h1Body{pool: p, pc: pc, ctx: ctx, stop: neverStopped}
 	// The request's context interrupts the connection (client gone, route or per-try timeout) from
-	// here to the end of the response body.
-	var cancelled atomic.Bool
-	stop := context.AfterFunc(ctx, func() {
-		cancelled.Store(true)
-		_ = pc.c.SetDeadline(aLongTimeAgo)
-	})
+	// here to the end of the response body; a context that cannot end needs no watching.
+	if ctx.Done() != nil {
+		b.stop = context.AfterFunc(ctx, func() {
+			b.cancelled.Store(true)
+			_ = pc.c.SetDeadline(aLongTimeAgo)
+		})
+	}
 	fail := func(err error) (*http.Response, error) {
-		stop()
-		if cancelled.Load() {
+		b.stop()
+		if b.cancelled.Load() {
 			return nil, ctx.Err()
 		}
 		return nil, err
 	}
-	if err := req.Write(pc.bw); err != nil {
+	if err := writeRequest(pc.bw, req); err != nil {
 		return fail(&staleConnError{err})
 	}
 	if err := pc.bw.Flush(); err != nil {
 		return fail(&staleConnError{err})
 	}
-	trace := httptrace.ContextClientTrace(ctx)
+	if got1xx == nil {
+		if trace := httptrace.ContextClientTrace(ctx); trace != nil {
+			got1xx = trace.Got1xxResponse
+		}
+	}
 	first := true
 	for {
 		if first {
@@ -219,8 +234,8 @@ func (pc *h1Conn) roundTrip(p *h1Pool, req *http.Request) (*http.Response, error
 		}
 		if resp.StatusCode >= 100 && resp.StatusCode < 200 && resp.StatusCode != http.StatusSwitchingProtocols {
 			// An informational response (103 Early Hints...): pass it on and read on.
-			if trace != nil && trace.Got1xxResponse != nil {
-				if err := trace.Got1xxResponse(resp.StatusCode, map[string][]string(resp.Header)); err != nil {
+			if got1xx != nil {
+				if err := got1xx(resp.StatusCode, textproto.MIMEHeader(resp.Header)); err != nil {
 					return fail(err)
 				}
 			}
@@ -230,7 +245,7 @@ func (pc *h1Conn) roundTrip(p *h1Pool, req *http.Request) (*http.Response, error
 			// Only for a request that asked for an upgrade, which this pool does not take.
 			return fail(errors.New("unexpected 101 Switching Protocols"))
 		}
-		b := &h1Body{pool: p, pc: pc, body: resp.Body, stop: stop, cancelled: &cancelled, ctx: ctx, keep: !resp.Close}
+		b.body, b.keep = resp.Body, !resp.Close
 		if resp.Body == http.NoBody {
 			b.finish(true) // HEAD, 204, 304, Content-Length: 0
 		}
@@ -239,6 +254,9 @@ func (pc *h1Conn) roundTrip(p *h1Pool, req *http.Request) (*http.Response, error
 	}
 }
 
+// neverStopped is the stop function of an exchange whose context cannot end: there was nothing to stop.
+func neverStopped() bool { return true }
+
 // h1Body is a response body on a pooled connection: at its end the connection goes back to the pool;
 // closed before its end, the connection is closed (what is left of the body is not worth reading).
 type h1Body struct {
@@ -246,7 +264,7 @@ type h1Body struct {
 	pc        *h1Conn
 	body      io.ReadCloser
 	stop      func() bool
-	cancelled *atomic.Bool
+	cancelled atomic.Bool
 	ctx       context.Context
 	keep      bool // the connection may carry another request
 	done      atomic.Bool
@@ -285,4 +303,61 @@ func (b *h1Body) finish(complete bool) {
 		return
 	}
 	b.pc.c.Close()
+}
+
+// reqWriteExclude are the headers Request.Write writes itself or not at all (net/http's
+// reqWriteExcludeHeader).
+var reqWriteExclude = map[string]bool{"Host": true, "User-Agent": true, "Content-Length": true, "Transfer-Encoding": true, "Trailer": true}
+
+// writeRequest writes a bodyless GET or HEAD as Request.Write does — request line, Host, User-Agent
+// (Go's default unless the header is there; left out when empty), then the other headers sorted and
+// sanitized by Header.WriteSubset — without its per-request formatting allocations. Any other
+// request, or a host or URI that needs Request.Write's conversions or checks, goes through Request.Write.
+func writeRequest(bw *bufio.Writer, req *http.Request) error {
+	host := req.Host
+	if host == "" && req.URL != nil {
+		host = req.URL.Host
+	}
+	if (req.Method != http.MethodGet && req.Method != http.MethodHead) || req.URL == nil || req.URL.Opaque != "" ||
+		host == "" || !validHost(host) || strings.IndexByte(host, '%') >= 0 || req.ContentLength != 0 ||
+		(req.Body != nil && req.Body != http.NoBody) || req.Close || len(req.TransferEncoding) > 0 || len(req.Trailer) > 0 {
+		return req.Write(bw)
+	}
+	ua, hasUA := "Go-http-client/1.1", false
+	if v, ok := req.Header["User-Agent"]; ok {
+		ua, hasUA = "", true
+		if len(v) > 0 {
+			ua = v[0]
+		}
+	}
+	ruri := req.URL.RequestURI()
+	if hasCTL(ruri) || (hasUA && strings.ContainsAny(ua, "\r\n")) {
+		return req.Write(bw)
+	}
+	_, _ = bw.WriteString(req.Method)
+	_ = bw.WriteByte(' ')
+	_, _ = bw.WriteString(ruri)
+	_, _ = bw.WriteString(" HTTP/1.1\r\nHost: ")
+	_, _ = bw.WriteString(host)
+	_, _ = bw.WriteString("\r\n")
+	if ua = textproto.TrimString(ua); ua != "" {
+		_, _ = bw.WriteString("User-Agent: ")
+		_, _ = bw.WriteString(ua)
+		_, _ = bw.WriteString("\r\n")
+	}
+	if err := req.Header.WriteSubset(bw, reqWriteExclude); err != nil {
+		return err
+	}
+	_, err := bw.WriteString("\r\n")
+	return err
+}
+
+// hasCTL reports whether s has an ASCII control byte (Request.Write refuses such a URI).
+func hasCTL(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if b := s[i]; b < ' ' || b == 0x7f {
+			return true
+		}
+	}
+	return false
 }

@@ -3,7 +3,6 @@ package proxy
 import (
 	"bufio"
 	"bytes"
-	"context"
 	"errors"
 	"io"
 	"net"
@@ -103,7 +102,6 @@ func (p *Proxy) serveHTTP1(c net.Conn, info *connInfo, cs *connServer) {
 	}
 	br := bufio.NewReaderSize(c, h1ServerBuf)
 	bw := bufio.NewWriterSize(c, h1ServerBuf)
-	ctx := context.WithValue(context.Background(), connKey, info)
 	remote := c.RemoteAddr().String()
 	for {
 		_ = c.SetReadDeadline(time.Now().Add(h1ServerIdleTimeout))
@@ -133,7 +131,7 @@ func (p *Proxy) serveHTTP1(c net.Conn, info *connInfo, cs *connServer) {
 			return
 		}
 		req.RemoteAddr = remote
-		keep := p.serveFast(ctx, bw, req, info)
+		keep := p.serveFast(bw, req, info)
 		if !keep || p.draining.Load() || !fc.state.CompareAndSwap(fastActive, fastIdle) {
 			fc.state.Store(fastClosed)
 			c.Close()
@@ -145,11 +143,12 @@ func (p *Proxy) serveHTTP1(c net.Conn, info *connInfo, cs *connServer) {
 // serveFast runs the handler for one request and ends its response; it reports whether the
 // connection can carry another request.
 //
-// The request's context is the connection's, which is never cancelled (see the top of this file):
+// The request's context is context.Background, which is never cancelled (see the top of this file):
 // what the handler derives from it (route and per-try timeouts) it cancels itself, and a context that
-// cannot end costs nothing to watch (the upstream pool registers no callback on it).
-func (p *Proxy) serveFast(ctx context.Context, bw *bufio.Writer, req *http.Request, info *connInfo) (keep bool) {
-	w := &fastResponse{bw: bw, method: req.Method, header: http.Header{}, contentLength: -1}
+// cannot end costs nothing to watch (the upstream pool registers no callback on it). The connection's
+// connInfo is passed as an argument, not in the context.
+func (p *Proxy) serveFast(bw *bufio.Writer, req *http.Request, info *connInfo) (keep bool) {
+	w := &fastResponse{bw: bw, method: req.Method, contentLength: -1}
 	if p.draining.Load() {
 		w.closeAfter = true
 	}
@@ -161,7 +160,7 @@ func (p *Proxy) serveFast(ctx context.Context, bw *bufio.Writer, req *http.Reque
 			keep = false
 		}
 	}()
-	p.serveHTTP(w, req.WithContext(ctx), info)
+	p.serveHTTP(w, req, info)
 	return w.finish() && !w.closeAfter
 }
 
@@ -240,7 +239,22 @@ type fastResponse struct {
 	err           error
 }
 
-func (w *fastResponse) Header() http.Header { return w.header }
+func (w *fastResponse) Header() http.Header {
+	if w.header == nil {
+		w.header = http.Header{}
+	}
+	return w.header
+}
+
+// adoptHeader makes h the response's header map when the handler has set no header yet and the
+// head is not out (the forwarder hands over the upstream response's map instead of copying it).
+func (w *fastResponse) adoptHeader(h http.Header) bool {
+	if len(w.header) > 0 || w.status != 0 || w.wroteHead || h == nil {
+		return false
+	}
+	w.header = h
+	return true
+}
 
 func (w *fastResponse) WriteHeader(code int) {
 	if w.status != 0 {
@@ -286,7 +300,7 @@ func (w *fastResponse) writeHead(first []byte, final bool) {
 	if w.status == 0 {
 		w.status = http.StatusOK
 	}
-	h := w.header
+	h := w.Header()
 	if cl := h.Get("Content-Length"); cl != "" {
 		if n, err := strconv.ParseInt(cl, 10, 64); err == nil && n >= 0 {
 			w.contentLength = n

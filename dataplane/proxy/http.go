@@ -34,6 +34,9 @@ type reqState struct {
 	upTLS     bool
 	start     time.Time
 	origH1    bool // the request was HTTP/1.1 before the client's proxy upgraded it to HTTP/2
+	// w1xx takes the informational responses of the upstream (set by the forwarder of forward.go,
+	// which has no httptrace.ClientTrace in the request's context).
+	w1xx http.ResponseWriter
 }
 
 // origProtoHeader carries the application's protocol across an HTTP/2 hop between two proxies.
@@ -187,6 +190,15 @@ func (p *Proxy) serveHTTP(w http.ResponseWriter, r *http.Request, info *connInfo
 		p.connect(sw, r, rs)
 		return
 	}
+	if p.forwardable(rs, w, r) {
+		if rs.timeout > 0 {
+			ctx, cancel := context.WithTimeout(r.Context(), rs.timeout)
+			defer cancel()
+			r = r.WithContext(ctx)
+		}
+		p.forward(sw, r, rs)
+		return
+	}
 	ctx := context.WithValue(r.Context(), reqKey, rs)
 	if rs.timeout > 0 {
 		var cancel context.CancelFunc
@@ -216,7 +228,12 @@ func (p *Proxy) rewrite(pr *httputil.ProxyRequest) {
 
 // proxyError turns a round-trip failure into a response with weft-error.
 func (p *Proxy) proxyError(w http.ResponseWriter, r *http.Request, err error) {
-	if rs, _ := r.Context().Value(reqKey).(*reqState); rs != nil {
+	rs, _ := r.Context().Value(reqKey).(*reqState)
+	p.proxyErrorFor(w, r, rs, err)
+}
+
+func (p *Proxy) proxyErrorFor(w http.ResponseWriter, r *http.Request, rs *reqState, err error) {
+	if rs != nil {
 		if d, ok := grpcTimeout(r.Header.Get("Grpc-Timeout")); ok && time.Since(rs.start) >= d {
 			// The client's own gRPC deadline passed (the server reset the stream for it): say so.
 			writeWeftError(w, r, http.StatusGatewayTimeout, "gRPC deadline of "+d.String()+" exceeded")
@@ -261,8 +278,10 @@ type roundTripper struct{ p *Proxy }
 // RoundTrip sends one request to the cluster chosen by serveHTTP: circuit breaker, endpoint pick,
 // retries within the policy and the budget, outlier feedback.
 func (t roundTripper) RoundTrip(out *http.Request) (*http.Response, error) {
-	p := t.p
-	rs := out.Context().Value(reqKey).(*reqState)
+	return t.p.roundTrip(out.Context().Value(reqKey).(*reqState), out)
+}
+
+func (p *Proxy) roundTrip(rs *reqState, out *http.Request) (*http.Response, error) {
 	cl := rs.cluster
 	st := cl.state
 	if st.active.Add(1) > limit(cl.cfg.Breakers.MaxRequests, 1024) {
@@ -308,7 +327,13 @@ func (t roundTripper) RoundTrip(out *http.Request) (*http.Response, error) {
 			tctx, cancelTry = context.WithTimeout(ctx, retry.PerTryTimeout)
 			try = out.WithContext(tctx)
 		}
-		resp, err := transport.RoundTrip(try)
+		var resp *http.Response
+		var err error
+		if h1, ok := transport.(*h1Pool); ok && rs.w1xx != nil {
+			resp, err = h1.roundTripHook(try, rs.forward1xx)
+		} else {
+			resp, err = transport.RoundTrip(try)
+		}
 		status := 0
 		if err == nil {
 			status = resp.StatusCode
@@ -352,18 +377,12 @@ func (t roundTripper) RoundTrip(out *http.Request) (*http.Response, error) {
 		if resp.TLS != nil && len(resp.TLS.PeerCertificates) > 0 {
 			rs.serverID = spiffeID(resp.TLS.PeerCertificates[0])
 		}
-		done := func() {
-			cancelTry()
-			if h != nil {
-				h.active.Add(-1)
-			}
-			st.active.Add(-1)
-		}
+		db := &doneBody{ReadCloser: resp.Body, cancelTry: cancelTry, h: h, st: st}
 		if resp.StatusCode == http.StatusSwitchingProtocols {
-			done() // the upgraded connection is no longer a request
+			db.done() // the upgraded connection is no longer a request
 			return resp, nil
 		}
-		resp.Body = &doneBody{ReadCloser: resp.Body, done: done}
+		resp.Body = db
 		return resp, nil
 	}
 }
@@ -492,16 +511,30 @@ func (b *touchBody) Read(p []byte) (int, error) {
 	return b.ReadCloser.Read(p)
 }
 
-// doneBody runs done once, when the response body ends or is closed.
+// doneBody ends the request's hold on its cluster and host once, when the response body ends or is
+// closed: the per-try timeout is cancelled and the in-flight counts drop.
 type doneBody struct {
 	io.ReadCloser
-	done func()
-	once atomic.Bool
+	cancelTry context.CancelFunc
+	h         *host // nil for an ORIGINAL_DST target
+	st        *clusterState
+	once      atomic.Bool
+}
+
+func (b *doneBody) done() {
+	if !b.once.CompareAndSwap(false, true) {
+		return
+	}
+	b.cancelTry()
+	if b.h != nil {
+		b.h.active.Add(-1)
+	}
+	b.st.active.Add(-1)
 }
 
 func (b *doneBody) Read(p []byte) (int, error) {
 	n, err := b.ReadCloser.Read(p)
-	if err != nil && b.once.CompareAndSwap(false, true) {
+	if err != nil {
 		b.done()
 	}
 	return n, err
@@ -509,8 +542,6 @@ func (b *doneBody) Read(p []byte) (int, error) {
 
 func (b *doneBody) Close() error {
 	err := b.ReadCloser.Close()
-	if b.once.CompareAndSwap(false, true) {
-		b.done()
-	}
+	b.done()
 	return err
 }

@@ -1,0 +1,99 @@
+package proxy_test
+
+import (
+	"bufio"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"net/textproto"
+	"strings"
+	"testing"
+	"time"
+)
+
+// A request on the HTTP/1.1 fast path reaches the app without its hop-by-hop and forwarding headers
+// (but with "TE: trailers") and without a User-Agent it did not have; the app's 103 reaches the
+// client, and its response arrives without the hop-by-hop headers, including one named in Connection.
+func TestFastPathForwardHeaders(t *testing.T) {
+	l := listen(t, "127.0.0.1:0")
+	heads := make(chan string, 1)
+	go func() {
+		c, err := l.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		br := bufio.NewReader(c)
+		var head strings.Builder
+		for {
+			line, err := br.ReadString('\n')
+			if err != nil {
+				return
+			}
+			head.WriteString(line)
+			if line == "\r\n" {
+				break
+			}
+		}
+		heads <- head.String()
+		_, _ = io.WriteString(c, "HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n"+
+			"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nKeep-Alive: timeout=5\r\nConnection: x-hop\r\nX-Hop: yes\r\nX-Up: 1\r\n\r\nok")
+		_, _ = io.Copy(io.Discard, br)
+	}()
+	svc := newService(t, echoFQDN, "127.0.0.75", netip.MustParseAddrPort(l.Addr().String()))
+	mesh(t, svc)
+	c, err := net.Dial("tcp", svc.lis.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(20 * time.Second))
+	_, err = io.WriteString(c, "GET /p?a=1 HTTP/1.1\r\nHost: "+svc.authority()+"\r\nTe: trailers\r\nKeep-Alive: 300\r\n"+
+		"Proxy-Authorization: secret\r\nX-Forwarded-For: 192.0.2.1\r\nForwarded: for=192.0.2.1\r\nX-Keep: k\r\n\r\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var head string
+	select {
+	case head = <-heads:
+	case <-time.After(20 * time.Second):
+		t.Fatal("the app got no request")
+	}
+	tr := textproto.NewReader(bufio.NewReader(strings.NewReader(head)))
+	line, _ := tr.ReadLine()
+	h, err := tr.ReadMIMEHeader()
+	if err != nil || line != "GET /p?a=1 HTTP/1.1" {
+		t.Fatalf("the app got %q (%v)", head, err)
+	}
+	if h.Get("Host") != svc.authority() || h.Get("Te") != "trailers" || h.Get("X-Keep") != "k" {
+		t.Errorf("end-to-end headers lost: %q", head)
+	}
+	for _, k := range []string{"Keep-Alive", "Proxy-Authorization", "X-Forwarded-For", "Forwarded", "User-Agent"} {
+		if _, ok := h[k]; ok {
+			t.Errorf("the app got %s: %q", k, head)
+		}
+	}
+
+	br := bufio.NewReader(c)
+	tp := textproto.NewReader(br)
+	if line, _ := tp.ReadLine(); line != "HTTP/1.1 103 Early Hints" {
+		t.Fatalf("first response line %q, want the 103", line)
+	}
+	if h, err := tp.ReadMIMEHeader(); err != nil || h.Get("Link") != "</a.css>; rel=preload" {
+		t.Fatalf("103 headers %v (%v)", h, err)
+	}
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != 200 || string(body) != "ok" || resp.Header.Get("X-Up") != "1" {
+		t.Fatalf("response %d %q %v", resp.StatusCode, body, resp.Header)
+	}
+	for _, k := range []string{"Keep-Alive", "X-Hop", "Link"} {
+		if _, ok := resp.Header[k]; ok {
+			t.Errorf("the client got %s: %v", k, resp.Header)
+		}
+	}
+}
