@@ -2,6 +2,7 @@ package proxy_test
 
 import (
 	"bufio"
+	"context"
 	"io"
 	"net"
 	"net/http"
@@ -95,5 +96,41 @@ func TestFastPathForwardHeaders(t *testing.T) {
 		if _, ok := resp.Header[k]; ok {
 			t.Errorf("the client got %s: %v", k, resp.Header)
 		}
+	}
+}
+
+// A drain closes a kept-alive fast-path connection that is waiting for its next request, after its
+// response went out whole, and finishes without waiting for the client.
+func TestDrainClosesKeptAliveFastPathConnection(t *testing.T) {
+	be := startBackend(t, "b", "127.0.0.1:0")
+	svc := newService(t, echoFQDN, "127.0.0.76", be.addr)
+	_, sc := mesh(t, svc)
+	c, err := net.Dial("tcp", svc.lis.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(20 * time.Second))
+	br := bufio.NewReader(c)
+	for i := 0; i < 3; i++ {
+		if _, err := io.WriteString(c, "GET / HTTP/1.1\r\nHost: "+svc.authority()+"\r\n\r\n"); err != nil {
+			t.Fatal(err)
+		}
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		if resp.StatusCode != 200 || string(body) != "b HTTP/1.1 "+svc.authority()+" /" {
+			t.Fatalf("GET #%d: %d %q", i, resp.StatusCode, body)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := sc.p.Shutdown(ctx); err != nil {
+		t.Fatalf("drain did not finish: %v", err)
+	}
+	if n, err := br.Read(make([]byte, 1)); err != io.EOF {
+		t.Fatalf("after the drain the client read %d bytes, %v; want EOF", n, err)
 	}
 }

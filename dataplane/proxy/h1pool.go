@@ -44,6 +44,7 @@ const (
 type h1Conn struct {
 	addr   string
 	c      net.Conn
+	ww     *writeThenWait // under bw
 	br     *bufio.Reader
 	bw     *bufio.Writer
 	idleAt time.Time
@@ -143,7 +144,8 @@ func (p *h1Pool) get(ctx context.Context, addr string, fresh bool) (*h1Conn, boo
 	if err != nil {
 		return nil, false, err
 	}
-	return &h1Conn{addr: addr, c: c, br: bufio.NewReaderSize(c, h1BufSize), bw: bufio.NewWriterSize(c, h1BufSize)}, false, nil
+	ww := newWriteThenWait(c)
+	return &h1Conn{addr: addr, c: c, ww: ww, br: bufio.NewReaderSize(c, h1BufSize), bw: bufio.NewWriterSize(ww, h1BufSize)}, false, nil
 }
 
 // put returns a connection whose response was read to the end, closing idle ones that timed out.
@@ -211,7 +213,12 @@ func (pc *h1Conn) roundTrip(p *h1Pool, req *http.Request, got1xx func(int, textp
 	if err := writeRequest(pc.bw, req); err != nil {
 		return fail(&staleConnError{err})
 	}
-	if err := pc.bw.Flush(); err != nil {
+	// The request's last bytes go out with the wait for the response armed (writewait.go), unless
+	// bytes of the server are already buffered (then the read must not wait for more).
+	pc.ww.arm = pc.br.Buffered() == 0
+	err := pc.bw.Flush()
+	pc.ww.arm = false
+	if err != nil {
 		return fail(&staleConnError{err})
 	}
 	if got1xx == nil {

@@ -48,8 +48,9 @@ type fastConn struct {
 }
 
 const (
-	fastIdle int32 = iota
-	fastActive
+	fastIdle     int32 = iota
+	fastActive         // serving a request
+	fastFlushing       // sending a response's last bytes, then waiting for the next request
 	fastClosed
 )
 
@@ -70,13 +71,17 @@ func (f *fastConns) remove(fc *fastConn) {
 	f.wg.Done()
 }
 
-// closeIdle closes the connections waiting for a request; busy ones close after their response.
+// closeIdle closes the connections waiting for a request; busy ones close after their response. One
+// sending its response's last bytes is interrupted by a read deadline in the past instead (the write
+// completes; its goroutine closes it): its wait for the next request is in the same call as that write.
 func (f *fastConns) closeIdle() {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	for fc := range f.conns {
 		if fc.state.CompareAndSwap(fastIdle, fastClosed) {
 			fc.c.Close()
+		} else if fc.state.CompareAndSwap(fastFlushing, fastClosed) {
+			_ = fc.c.SetReadDeadline(aLongTimeAgo)
 		}
 	}
 }
@@ -101,10 +106,11 @@ func (p *Proxy) serveHTTP1(c net.Conn, info *connInfo, cs *connServer) {
 		return
 	}
 	br := bufio.NewReaderSize(c, h1ServerBuf)
-	bw := bufio.NewWriterSize(c, h1ServerBuf)
+	ww := newWriteThenWait(c)
+	bw := bufio.NewWriterSize(ww, h1ServerBuf)
 	remote := c.RemoteAddr().String()
+	_ = c.SetReadDeadline(time.Now().Add(h1ServerIdleTimeout))
 	for {
-		_ = c.SetReadDeadline(time.Now().Add(h1ServerIdleTimeout))
 		if _, err := br.Peek(1); err != nil {
 			fc.state.Store(fastClosed)
 			c.Close()
@@ -131,12 +137,25 @@ func (p *Proxy) serveHTTP1(c net.Conn, info *connInfo, cs *connServer) {
 			return
 		}
 		req.RemoteAddr = remote
+		// The response's last bytes are still in bw when the connection is kept: they go out with
+		// the wait for the next request armed (writewait.go), unless the client's next bytes are
+		// already buffered (pipelining).
 		keep := p.serveFast(bw, req, info)
-		if !keep || p.draining.Load() || !fc.state.CompareAndSwap(fastActive, fastIdle) {
-			fc.state.Store(fastClosed)
-			c.Close()
-			return
+		if keep && !p.draining.Load() {
+			_ = c.SetReadDeadline(time.Now().Add(h1ServerIdleTimeout)) // before fastFlushing: see closeIdle
+			if fc.state.CompareAndSwap(fastActive, fastFlushing) {
+				ww.arm = br.Buffered() == 0
+				err := bw.Flush()
+				ww.arm = false
+				if err == nil && fc.state.CompareAndSwap(fastFlushing, fastIdle) {
+					continue
+				}
+			}
 		}
+		_ = bw.Flush()
+		fc.state.Store(fastClosed)
+		c.Close()
+		return
 	}
 }
 
@@ -417,8 +436,8 @@ func (w *fastResponse) FlushError() error {
 
 func (w *fastResponse) Flush() { _ = w.FlushError() }
 
-// finish ends the response (the last chunk and trailers of a chunked body) and sends it; it reports
-// whether the connection is still in step for another request.
+// finish ends the response (the last chunk and trailers of a chunked body), sending it when the
+// connection closes after it; it reports whether the connection is still in step for another request.
 func (w *fastResponse) finish() bool {
 	if w.err != nil {
 		return false
@@ -452,7 +471,10 @@ func (w *fastResponse) finish() bool {
 	if w.contentLength >= 0 && w.written < w.contentLength && w.bodyAllowed() {
 		w.closeAfter = true // the body came short: the client must not read the next response into it
 	}
-	w.fail(w.bw.Flush())
+	if w.closeAfter {
+		w.fail(w.bw.Flush())
+	}
+	// Otherwise the connection is kept, and serveHTTP1 sends what is left in bw.
 	return w.err == nil
 }
 
