@@ -24,10 +24,16 @@ type writeThenWait struct {
 	c   net.Conn
 	raw syscall.RawConn // nil: not a socket of this process (tests' pipes, wrapped conns)
 	arm bool            // the next Write is the last of the message
+
+	writeFn func(fd uintptr) bool // w.write, bound once
+	p       []byte                // being written
+	n       int                   // of p written
+	werr    error
 }
 
 func newWriteThenWait(c net.Conn) *writeThenWait {
 	w := &writeThenWait{c: c}
+	w.writeFn = w.write
 	inner := c
 	if s, ok := c.(*slotConn); ok {
 		inner = s.Conn
@@ -47,40 +53,45 @@ func (w *writeThenWait) Write(p []byte) (int, error) {
 		return w.c.Write(p)
 	}
 	w.arm = false
-	n := 0
-	var werr error
+	w.p, w.n, w.werr = p, 0, nil
 	// An error of Read itself (a deadline or Close ending the wait, or preventing it) is the next
 	// Read's to report; what matters here is what was written.
-	_ = w.raw.Read(func(fd uintptr) bool {
-		if werr != nil || n == len(p) {
-			return true // readable (or woken for another reason: the caller's Read sorts it out)
-		}
-		for n < len(p) {
-			m, err := syscall.Write(int(fd), p[n:])
-			switch {
-			case err == syscall.EINTR:
-				continue
-			case err == syscall.EAGAIN:
-				werr = errWouldBlock
-				return true
-			case err != nil:
-				werr = os.NewSyscallError("write", err)
-				return true
-			}
-			n += m
-		}
-		return false // written: wait until the answer can be read
-	})
+	_ = w.raw.Read(w.writeFn)
+	n, werr := w.n, w.werr
+	w.p = nil
 	switch {
 	case werr == errWouldBlock:
 		m, err := w.c.Write(p[n:])
 		return n + m, err
 	case werr != nil:
 		return n, &net.OpError{Op: "write", Net: "tcp", Source: w.c.LocalAddr(), Addr: w.c.RemoteAddr(), Err: werr}
-	case n == 0 && len(p) > 0:
+	case n == 0:
 		// The wait could not start (a read deadline passed, the connection closed): nothing was
 		// written, and the connection's own Write says whether it can be.
 		return w.c.Write(p)
 	}
 	return n, nil
+}
+
+// write is RawConn.Read's callback: the first call writes w.p and asks to wait; the next one, once
+// the connection is readable (or woken for another reason: the caller's Read sorts it out), ends it.
+func (w *writeThenWait) write(fd uintptr) bool {
+	if w.werr != nil || w.n == len(w.p) {
+		return true
+	}
+	for w.n < len(w.p) {
+		m, err := syscall.Write(int(fd), w.p[w.n:])
+		switch {
+		case err == syscall.EINTR:
+			continue
+		case err == syscall.EAGAIN:
+			w.werr = errWouldBlock
+			return true
+		case err != nil:
+			w.werr = os.NewSyscallError("write", err)
+			return true
+		}
+		w.n += m
+	}
+	return false // written: wait until the answer can be read
 }
