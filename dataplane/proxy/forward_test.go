@@ -134,3 +134,41 @@ func TestDrainClosesKeptAliveFastPathConnection(t *testing.T) {
 		t.Fatalf("after the drain the client read %d bytes, %v; want EOF", n, err)
 	}
 }
+
+// A client that sends its next request while the previous one is still upstream (pipelining, the
+// second request arriving on its own) gets both responses, in order.
+func TestFastPathPipelinedWhileUpstream(t *testing.T) {
+	be := startBackend(t, "b", "127.0.0.1:0")
+	be.delay.Store(int64(100 * time.Millisecond))
+	svc := newService(t, echoFQDN, "127.0.0.77", be.addr)
+	mesh(t, svc)
+	c, err := net.Dial("tcp", svc.lis.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	br := bufio.NewReader(c)
+	for round := 0; round < 3; round++ {
+		hits := be.hits.Load()
+		send := func(path string) {
+			t.Helper()
+			if _, err := io.WriteString(c, "GET "+path+" HTTP/1.1\r\nHost: "+svc.authority()+"\r\n\r\n"); err != nil {
+				t.Fatal(err)
+			}
+		}
+		send("/one")
+		waitFor(t, "the first request upstream", func() bool { return be.hits.Load() == hits+1 })
+		send("/two")
+		for _, path := range []string{"/one", "/two"} {
+			resp, err := http.ReadResponse(br, nil)
+			if err != nil {
+				t.Fatalf("round %d, response to %s: %v", round, path, err)
+			}
+			body, _ := io.ReadAll(resp.Body)
+			if want := "b HTTP/1.1 " + svc.authority() + " " + path; resp.StatusCode != 200 || string(body) != want {
+				t.Fatalf("round %d: %d %q, want %q", round, resp.StatusCode, body, want)
+			}
+		}
+	}
+}

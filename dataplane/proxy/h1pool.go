@@ -214,8 +214,9 @@ func (pc *h1Conn) roundTrip(p *h1Pool, req *http.Request, got1xx func(int, textp
 		return fail(&staleConnError{err})
 	}
 	// The request's last bytes go out with the wait for the response armed (writewait.go), unless
-	// bytes of the server are already buffered (then the read must not wait for more).
-	pc.ww.arm = pc.br.Buffered() == 0
+	// bytes of the server are already buffered (then the read must not wait for more) or the
+	// connection sat idle long enough for the server to have closed it.
+	pc.ww.arm = pc.br.Buffered() == 0 && (pc.idleAt.IsZero() || time.Since(pc.idleAt) < time.Second)
 	err := pc.bw.Flush()
 	pc.ww.arm = false
 	if err != nil {

@@ -7,10 +7,12 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 )
 
@@ -48,9 +50,8 @@ type fastConn struct {
 }
 
 const (
-	fastIdle     int32 = iota
-	fastActive         // serving a request
-	fastFlushing       // sending a response's last bytes, then waiting for the next request
+	fastIdle int32 = iota
+	fastActive
 	fastClosed
 )
 
@@ -71,17 +72,13 @@ func (f *fastConns) remove(fc *fastConn) {
 	f.wg.Done()
 }
 
-// closeIdle closes the connections waiting for a request; busy ones close after their response. One
-// sending its response's last bytes is interrupted by a read deadline in the past instead (the write
-// completes; its goroutine closes it): its wait for the next request is in the same call as that write.
+// closeIdle closes the connections waiting for a request; busy ones close after their response.
 func (f *fastConns) closeIdle() {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	for fc := range f.conns {
 		if fc.state.CompareAndSwap(fastIdle, fastClosed) {
 			fc.c.Close()
-		} else if fc.state.CompareAndSwap(fastFlushing, fastClosed) {
-			_ = fc.c.SetReadDeadline(aLongTimeAgo)
 		}
 	}
 }
@@ -97,6 +94,15 @@ func (f *fastConns) closeAll() {
 
 // serveHTTP1 serves an HTTP connection of a filter chain: fast-path requests here, the connection
 // handed to cs (net/http) at the first request that is not one.
+//
+// On a plain socket the whole exchange runs inside one RawConn.Read: the client's bytes are read with
+// direct system calls, and after a response the goroutine waits for the poller's next readiness
+// instead of trying a read first. net.Conn's Read tries first, and on a keep-alive connection the
+// client's next request is never there yet right after the response: that read failed with EAGAIN
+// on every request. A wait is safe here, unlike after a fresh RawConn.Read (which forgets the
+// readiness seen before it): the poller was armed once, before the first read, so bytes that arrived
+// at any time since the last read (a pipelined request) have marked the connection readable. A wake-up
+// for bytes already read costs one EAGAIN read, as before.
 func (p *Proxy) serveHTTP1(c net.Conn, info *connInfo, cs *connServer) {
 	fc := &fastConn{c: c}
 	p.fast.add(fc)
@@ -105,57 +111,157 @@ func (p *Proxy) serveHTTP1(c net.Conn, info *connInfo, cs *connServer) {
 		c.Close()
 		return
 	}
-	br := bufio.NewReaderSize(c, h1ServerBuf)
-	ww := newWriteThenWait(c)
-	bw := bufio.NewWriterSize(ww, h1ServerBuf)
-	remote := c.RemoteAddr().String()
+	s := &h1Conn1{p: p, fc: fc, c: c, info: info, remote: c.RemoteAddr().String(), fr: &fdReader{c: c}}
+	s.br = bufio.NewReaderSize(s.fr, h1ServerBuf)
+	s.bw = bufio.NewWriterSize(c, h1ServerBuf)
 	_ = c.SetReadDeadline(time.Now().Add(h1ServerIdleTimeout))
+	next := stepWait
+	if raw := rawConnOf(c); raw != nil {
+		err := raw.Read(func(fd uintptr) bool {
+			s.fr.fd, s.fr.direct = int(fd), true
+			next = s.serve()
+			s.fr.direct = false
+			return next != stepWait
+		})
+		if err != nil {
+			next = stepClose // the idle or header deadline passed, or a drain closed it
+		}
+	} else {
+		next = s.serve()
+	}
+	if next == stepHandover {
+		// net/http takes the connection over (its bytes so far included) and keeps it.
+		_ = c.SetReadDeadline(time.Time{})
+		cs.serve(&peekedConn{Conn: c, r: s.br}, info)
+		return
+	}
+	fc.state.Store(fastClosed)
+	c.Close()
+}
+
+// h1Conn1 is a client connection on the fast path.
+type h1Conn1 struct {
+	p      *Proxy
+	fc     *fastConn
+	c      net.Conn
+	info   *connInfo
+	remote string
+	fr     *fdReader
+	br     *bufio.Reader
+	bw     *bufio.Writer
+	active bool // a request is being read or served (fc.state is fastActive)
+	head   bool // the read-header deadline is set
+}
+
+type step int
+
+const (
+	stepWait     step = iota // the client's next bytes have not arrived (direct reads only)
+	stepHandover             // net/http serves the rest of the connection
+	stepClose
+)
+
+// serve serves requests until the connection closes or goes to net/http; with direct reads it
+// returns stepWait when it needs bytes that have not arrived, and is called again when they may have.
+func (s *h1Conn1) serve() step {
 	for {
-		if _, err := br.Peek(1); err != nil {
-			fc.state.Store(fastClosed)
-			c.Close()
-			return
+		if _, err := s.br.Peek(1); err != nil {
+			if err == errWouldBlock {
+				return stepWait
+			}
+			return stepClose
 		}
-		if !fc.state.CompareAndSwap(fastIdle, fastActive) {
-			c.Close() // closed by a drain while it was idle
-			return
+		if !s.active {
+			if !s.fc.state.CompareAndSwap(fastIdle, fastActive) {
+				return stepClose // closed by a drain while it was idle
+			}
+			s.active = true
 		}
-		head, ok := peekHead(br, c)
-		if !ok || !fastHead(head) {
-			// net/http takes the connection over (its bytes so far included) and keeps it.
-			_ = c.SetReadDeadline(time.Time{})
-			cs.serve(&peekedConn{Conn: c, r: br}, info)
-			return
+		head, err := s.peekHead()
+		if err == errWouldBlock {
+			return stepWait
 		}
-		req, err := http.ReadRequest(br)
+		if err != nil || !fastHead(head) {
+			return stepHandover
+		}
+		req, err := http.ReadRequest(s.br) // the head is buffered whole: no read
 		if err == nil && !validHost(req.Host) {
 			err = errors.New("malformed Host header")
 		}
 		if err != nil {
-			_, _ = io.WriteString(c, "HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\n\r\n400 Bad Request")
-			c.Close()
-			return
+			_, _ = io.WriteString(s.c, "HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\n\r\n400 Bad Request")
+			return stepClose
 		}
-		req.RemoteAddr = remote
-		// The response's last bytes are still in bw when the connection is kept: they go out with
-		// the wait for the next request armed (writewait.go), unless the client's next bytes are
-		// already buffered (pipelining).
-		keep := p.serveFast(bw, req, info)
-		if keep && !p.draining.Load() {
-			_ = c.SetReadDeadline(time.Now().Add(h1ServerIdleTimeout)) // before fastFlushing: see closeIdle
-			if fc.state.CompareAndSwap(fastActive, fastFlushing) {
-				ww.arm = br.Buffered() == 0
-				err := bw.Flush()
-				ww.arm = false
-				if err == nil && fc.state.CompareAndSwap(fastFlushing, fastIdle) {
-					continue
-				}
-			}
+		req.RemoteAddr = s.remote
+		keep := s.p.serveFast(s.bw, req, s.info)
+		if err := s.bw.Flush(); err != nil || !keep || s.p.draining.Load() {
+			return stepClose
 		}
-		_ = bw.Flush()
-		fc.state.Store(fastClosed)
-		c.Close()
-		return
+		s.active, s.head = false, false
+		_ = s.c.SetReadDeadline(time.Now().Add(h1ServerIdleTimeout))
+		if !s.fc.state.CompareAndSwap(fastActive, fastIdle) {
+			return stepClose
+		}
+		if s.fr.direct && s.br.Buffered() == 0 {
+			return stepWait // see serveHTTP1: wait for readiness, no read first
+		}
+	}
+}
+
+// peekHead returns the request line and headers (through the blank line) from the read buffer,
+// reading more as needed; errWouldBlock when more must be waited for, another error when they do not
+// fit in the buffer or the read fails.
+func (s *h1Conn1) peekHead() ([]byte, error) {
+	br := s.br
+	for {
+		b, _ := br.Peek(br.Buffered())
+		if i := bytes.Index(b, []byte("\r\n\r\n")); i >= 0 {
+			return b[:i+4], nil
+		}
+		if br.Buffered() >= h1ServerBuf {
+			return nil, errHeadTooLarge
+		}
+		if !s.head {
+			_ = s.c.SetReadDeadline(time.Now().Add(h1ReadHeaderTimeout))
+			s.head = true
+		}
+		if _, err := br.Peek(br.Buffered() + 1); err != nil {
+			return nil, err
+		}
+	}
+}
+
+var errHeadTooLarge = errors.New("request head larger than the fast path's buffer")
+
+// fdReader reads a client connection: with direct set (inside RawConn.Read's callback, which holds
+// the connection's read lock) by read system calls on fd, errWouldBlock for EAGAIN; otherwise through
+// the connection (net/http's server after a handover).
+type fdReader struct {
+	c      net.Conn
+	fd     int
+	direct bool
+}
+
+func (r *fdReader) Read(p []byte) (int, error) {
+	if !r.direct {
+		return r.c.Read(p)
+	}
+	if len(p) == 0 {
+		return 0, nil
+	}
+	for {
+		n, err := syscall.Read(r.fd, p)
+		switch {
+		case err == syscall.EINTR:
+			continue
+		case err == syscall.EAGAIN:
+			return 0, errWouldBlock
+		case err != nil:
+			return 0, &net.OpError{Op: "read", Net: "tcp", Source: r.c.LocalAddr(), Addr: r.c.RemoteAddr(), Err: os.NewSyscallError("read", err)}
+		case n == 0:
+			return 0, io.EOF
+		}
+		return n, nil
 	}
 }
 
@@ -181,28 +287,6 @@ func (p *Proxy) serveFast(bw *bufio.Writer, req *http.Request, info *connInfo) (
 	}()
 	p.serveHTTP(w, req, info)
 	return w.finish() && !w.closeAfter
-}
-
-// peekHead returns the request line and headers (through the blank line) from the read buffer,
-// reading more as needed; false when they do not fit in the buffer or the read fails.
-func peekHead(br *bufio.Reader, c net.Conn) ([]byte, bool) {
-	deadlineSet := false
-	for {
-		b, _ := br.Peek(br.Buffered())
-		if i := bytes.Index(b, []byte("\r\n\r\n")); i >= 0 {
-			return b[:i+4], true
-		}
-		if br.Buffered() >= h1ServerBuf {
-			return nil, false
-		}
-		if !deadlineSet {
-			_ = c.SetReadDeadline(time.Now().Add(h1ReadHeaderTimeout))
-			deadlineSet = true
-		}
-		if _, err := br.Peek(br.Buffered() + 1); err != nil {
-			return nil, false
-		}
-	}
 }
 
 // fastHead reports whether a request head is one the fast path serves: an origin-form HTTP/1.1

@@ -7,16 +7,21 @@ import (
 	"syscall"
 )
 
-// writeThenWait writes the last bytes of a message whose answer is read next (a request to the app,
-// a response to a client that will send its next request), and returns once the connection is
+// writeThenWait writes the last bytes of a request to the app and returns once the connection is
 // readable, without a read in between.
 //
-// Go's net.Conn reads at once after a write, and on loopback the answer is never there yet: the read
-// fails with EAGAIN and only then does the goroutine wait for the poller. That was one system call in
-// five of a proxied request. Here the write is made inside RawConn.Read's callback, after the read
-// side of the poller was armed, so an answer arriving at any time after the write wakes the wait and
-// none is lost; the bytes are then read by the caller's next Read (which finds them, or waits again
-// after a spurious wake-up as any Read does).
+// Go's net.Conn reads at once after a write, and on loopback the response is never there yet: the
+// read fails with EAGAIN and only then does the goroutine wait for the poller. That was one system
+// call in five of a proxied request. Here the write is made inside RawConn.Read's callback, after the
+// read side of the poller was armed, so a response arriving at any time after the write wakes the
+// wait and none is lost; the bytes are then read by the caller's next Read (which finds them, or waits
+// again after a spurious wake-up as any Read does).
+//
+// What RawConn.Read forgets is readiness from before it: bytes the server sent while the connection
+// was idle in the pool. Only a connection the server closed sends those (its close, or a last message
+// before it), and it answers the request with a reset, which wakes the wait; to keep even that case
+// unusual, h1Conn.roundTrip arms only connections idle for less than a second. The client side does
+// not use this: a pipelining client sends exactly such bytes (serveHTTP1 waits differently).
 //
 // A write that would block (a full send buffer) finishes with the connection's own Write, without the
 // wait. Deadlines and Close interrupt the wait as they interrupt a Read.
@@ -32,18 +37,26 @@ type writeThenWait struct {
 }
 
 func newWriteThenWait(c net.Conn) *writeThenWait {
-	w := &writeThenWait{c: c}
+	w := &writeThenWait{c: c, raw: rawConnOf(c)}
 	w.writeFn = w.write
-	inner := c
-	if s, ok := c.(*slotConn); ok {
-		inner = s.Conn
-	}
-	if sc, ok := inner.(syscall.Conn); ok {
-		if raw, err := sc.SyscallConn(); err == nil {
-			w.raw = raw
-		}
-	}
 	return w
+}
+
+// rawConnOf is the RawConn of a socket of this process without a read buffer of its own (a TCP
+// connection, or one only wrapped to count it), else nil.
+func rawConnOf(c net.Conn) syscall.RawConn {
+	if s, ok := c.(*slotConn); ok {
+		c = s.Conn
+	}
+	sc, ok := c.(syscall.Conn)
+	if !ok {
+		return nil
+	}
+	raw, err := sc.SyscallConn()
+	if err != nil {
+		return nil
+	}
+	return raw
 }
 
 var errWouldBlock = errors.New("write would block")
