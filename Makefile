@@ -26,8 +26,13 @@ MIRRORS := dataplane/internal/xdsproto identity/workload/internal/certifypb
 
 all: build
 
-# weft-proxy is built without cgo: no libc or ld.so mapped, ~1.5 MB less resident memory per sidecar.
-PROXY_BUILD := CGO_ENABLED=0 go build
+# weft-proxy is built without cgo: no libc or ld.so mapped, ~1.5 MB less resident memory per sidecar;
+# and with Go's previous garbage collector (GOEXPERIMENT=nogreenteagc; Go 1.26 only, the opt-out goes
+# away in 1.27): Green Tea writes mark bits at the end of every small-object span, so each barely used
+# span of an idle sidecar has its last page resident too: ~0.35 MB less idle RSS (binary 75 KB smaller),
+# with no measurable change of CPU per request, RSS at 2000 rps or new mTLS connections/s in bench/proxy
+# side by side (a sidecar's heap is a few MB on 1-2 cores, where Green Tea gains nothing).
+PROXY_BUILD := CGO_ENABLED=0 GOEXPERIMENT=nogreenteagc go build
 
 build:
 	@mkdir -p bin
