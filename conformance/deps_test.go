@@ -60,6 +60,11 @@ var depRules = []depRule{
 		why:    "weft-proxy speaks gRPC (ADS, Certify, SDS) through connect-go over net/http's HTTP/2: grpc-go would add about 4 MB of resident memory to every pod (keep the identity CA and other grpc users out of the sidecar; use identity/spiffeid)",
 	},
 	{
+		covers: []string{module + "/cmd/weft-proxy"},
+		banned: []string{"github.com/prometheus/client_golang/prometheus/collectors", "database/sql"},
+		why:    "weft-proxy's /metrics serves the Go and process collectors that client_golang's default registry creates at init (prometheus.Gatherers): the collectors package would build a second pair (~0.15 MB of start-up memory in every pod) and links database/sql",
+	},
+	{
 		covers: []string{module + "/identity"},
 		banned: []string{module + "/xds", module + "/discovery", module + "/dataplane", module + "/deploy"},
 		why:    "identity is a leaf: the CA and the certificate client are used by both planes and must depend on neither",
