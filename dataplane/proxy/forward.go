@@ -8,8 +8,8 @@ import (
 	"strings"
 )
 
-// The forwarder proxies the requests the HTTP/1.1 fast path (h1server.go) serves and the upstream
-// HTTP/1.1 pool (h1pool.go) sends: bodyless, idempotent, no upgrade. It does for them what
+// The forwarder proxies the bodyless, idempotent requests without an upgrade that the HTTP/1.1 fast
+// path (h1server.go) serves, whatever the upstream protocol. It does for them what
 // httputil.ReverseProxy with p.rewrite does — hop-by-hop and forwarding headers stripped, "TE:
 // trailers" kept, no default User-Agent, 1xx responses passed on, the response's hop-by-hop headers
 // dropped, announced trailers, flushing of streamed and event-stream bodies, the same error handler
@@ -23,14 +23,11 @@ import (
 // connection closes without the end of the body), as ReverseProxy does on net/http's server; behind
 // the fast path ReverseProxy used to end a chunked body normally there.
 
-// forwardable reports whether the forwarder takes r: a request of the fast path that the cluster
-// sends over plaintext HTTP/1.1 and the upstream pool takes itself (h1Pool.simple, transportFor).
+// forwardable reports whether the forwarder takes r: a bodyless idempotent request of the fast path,
+// without an upgrade. Its upstream may be any: the HTTP/1.1 pool (which takes exactly such requests
+// itself), h2c, or mTLS HTTP/2 to another weft-proxy.
 func (p *Proxy) forwardable(rs *reqState, w http.ResponseWriter, r *http.Request) bool {
 	if _, ok := w.(*fastResponse); !ok || r.ProtoMajor != 1 || r.Close {
-		return false
-	}
-	cfg := rs.cluster.cfg
-	if (cfg.TLS != nil && rs.cluster.state.tlsH2 != nil && rs.target == "") || cfg.HTTP2 {
 		return false
 	}
 	_, upgrade := r.Header["Upgrade"]

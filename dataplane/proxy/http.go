@@ -9,6 +9,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/http"
+	"net/http/httptrace"
 	"net/http/httputil"
 	"slices"
 	"strconv"
@@ -329,10 +330,16 @@ func (p *Proxy) roundTrip(rs *reqState, out *http.Request) (*http.Response, erro
 		}
 		var resp *http.Response
 		var err error
-		if h1, ok := transport.(*h1Pool); ok && rs.w1xx != nil {
-			resp, err = h1.roundTripHook(try, rs.forward1xx)
-		} else {
+		switch h1, ok := transport.(*h1Pool); {
+		case rs.w1xx == nil:
 			resp, err = transport.RoundTrip(try)
+		case ok:
+			resp, err = h1.roundTripHook(try, rs.forward1xx)
+		default:
+			// The forwarder's request to an HTTP/2 upstream: 1xx responses reach the client through a
+			// client trace, as ReverseProxy's.
+			trace := &httptrace.ClientTrace{Got1xxResponse: rs.forward1xx}
+			resp, err = transport.RoundTrip(try.WithContext(httptrace.WithClientTrace(try.Context(), trace)))
 		}
 		status := 0
 		if err == nil {
