@@ -8,9 +8,15 @@ import (
 	"net/http"
 	"net/netip"
 	"net/textproto"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+
+	"github.com/weftmesh/weft/dataplane/testpki"
+	fx "github.com/weftmesh/weft/dataplane/xdsfixture"
 )
 
 // A request on the HTTP/1.1 fast path reaches the app without its hop-by-hop and forwarding headers
@@ -170,5 +176,68 @@ func TestFastPathPipelinedWhileUpstream(t *testing.T) {
 				t.Fatalf("round %d: %d %q, want %q", round, resp.StatusCode, body, want)
 			}
 		}
+	}
+}
+
+// An app's 103 Early Hints reach an HTTP/1.1 client through both sidecars (mTLS HTTP/2 between them),
+// before the final response.
+func TestEarlyHintsOverMTLS(t *testing.T) {
+	ca := testpki.NewCA("mesh")
+	clientIdent := testpki.Identity{Leaf: ca.Issue(clientID), CA: ca}
+	echoIdent := testpki.Identity{Leaf: ca.Issue(echoID), CA: ca}
+
+	l := listen(t, "127.0.0.1:0")
+	app := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Link", "</a.css>; rel=preload")
+		w.WriteHeader(http.StatusEarlyHints)
+		w.Header().Del("Link")
+		_, _ = io.WriteString(w, "final")
+	})}
+	go func() { _ = app.Serve(l) }()
+	t.Cleanup(func() { app.Close() })
+	appPort := int(netip.MustParseAddrPort(l.Addr().String()).Port())
+	podAddr := netip.MustParseAddrPort("127.0.0.33:" + strconv.Itoa(appPort))
+
+	cp := startCP(t, "127.0.0.1:0", nil, false)
+	cp.set(t, serverNode.ID(), "v1", inboundResources(appPort, false)...)
+	server := startSidecar(t, cp.addr, serverNode, echoIdent)
+	server.inboundAt(t, podAddr.String())
+	server.waitReady(t)
+	svc := newService(t, echoFQDN, "127.0.0.34", podAddr)
+	msgs := resources(svc)
+	for _, m := range msgs {
+		if c, ok := m.(*clusterv3.Cluster); ok && c.GetName() == svc.cluster() {
+			fx.WithMTLS(c, echoID)
+		}
+	}
+	cp.set(t, clientNode.ID(), "v1", msgs...)
+	client := startSidecar(t, cp.addr, clientNode, clientIdent)
+	client.outboundAt(svc.lis)
+	client.waitReady(t)
+
+	c, err := net.Dial("tcp", svc.lis.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(20 * time.Second))
+	if _, err := io.WriteString(c, "GET /hints HTTP/1.1\r\nHost: "+svc.authority()+"\r\n\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	br := bufio.NewReader(c)
+	tp := textproto.NewReader(br)
+	if line, _ := tp.ReadLine(); line != "HTTP/1.1 103 Early Hints" {
+		t.Fatalf("first response line %q, want the 103", line)
+	}
+	if h, err := tp.ReadMIMEHeader(); err != nil || h.Get("Link") != "</a.css>; rel=preload" {
+		t.Fatalf("103 headers %v (%v)", h, err)
+	}
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != 200 || string(body) != "final" {
+		t.Fatalf("final response %d %q", resp.StatusCode, body)
 	}
 }
