@@ -114,7 +114,8 @@ func (p *Proxy) serveHTTP1(c net.Conn, info *connInfo, cs *connServer) {
 	s := &h1Conn1{p: p, fc: fc, c: c, info: info, remote: c.RemoteAddr().String(), fr: &fdReader{c: c}}
 	s.br = bufio.NewReaderSize(s.fr, h1ServerBuf)
 	s.bw = bufio.NewWriterSize(c, h1ServerBuf)
-	_ = c.SetReadDeadline(time.Now().Add(h1ServerIdleTimeout))
+	s.idleSet = time.Now()
+	_ = c.SetReadDeadline(s.idleSet.Add(h1ServerIdleTimeout))
 	next := stepWait
 	if raw := rawConnOf(c); raw != nil {
 		err := raw.Read(func(fd uintptr) bool {
@@ -141,16 +142,17 @@ func (p *Proxy) serveHTTP1(c net.Conn, info *connInfo, cs *connServer) {
 
 // h1Conn1 is a client connection on the fast path.
 type h1Conn1 struct {
-	p      *Proxy
-	fc     *fastConn
-	c      net.Conn
-	info   *connInfo
-	remote string
-	fr     *fdReader
-	br     *bufio.Reader
-	bw     *bufio.Writer
-	active bool // a request is being read or served (fc.state is fastActive)
-	head   bool // the read-header deadline is set
+	p       *Proxy
+	fc      *fastConn
+	c       net.Conn
+	info    *connInfo
+	remote  string
+	fr      *fdReader
+	br      *bufio.Reader
+	bw      *bufio.Writer
+	active  bool      // a request is being read or served (fc.state is fastActive)
+	head    bool      // the read-header deadline is set
+	idleSet time.Time // when the idle deadline was last set
 }
 
 type step int
@@ -197,8 +199,13 @@ func (s *h1Conn1) serve() step {
 		if err := s.bw.Flush(); err != nil || !keep || s.p.draining.Load() {
 			return stepClose
 		}
+		// The idle deadline is moved at most once a second (moving it is a timer update per request):
+		// a connection idles between h1ServerIdleTimeout-1s and h1ServerIdleTimeout.
+		if now := time.Now(); s.head || now.Sub(s.idleSet) >= time.Second {
+			_ = s.c.SetReadDeadline(now.Add(h1ServerIdleTimeout))
+			s.idleSet = now
+		}
 		s.active, s.head = false, false
-		_ = s.c.SetReadDeadline(time.Now().Add(h1ServerIdleTimeout))
 		if !s.fc.state.CompareAndSwap(fastActive, fastIdle) {
 			return stepClose
 		}
