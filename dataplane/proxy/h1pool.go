@@ -145,7 +145,7 @@ func (p *h1Pool) get(ctx context.Context, addr string, fresh bool) (*h1Conn, boo
 		return nil, false, err
 	}
 	ww := newWriteThenWait(c)
-	return &h1Conn{addr: addr, c: c, ww: ww, br: bufio.NewReaderSize(c, h1BufSize), bw: bufio.NewWriterSize(ww, h1BufSize)}, false, nil
+	return &h1Conn{addr: addr, c: c, ww: ww, br: bufio.NewReaderSize(newRawReader(c), h1BufSize), bw: bufio.NewWriterSize(ww, h1BufSize)}, false, nil
 }
 
 // put returns a connection whose response was read to the end, closing idle ones that timed out.

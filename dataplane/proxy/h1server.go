@@ -113,7 +113,7 @@ func (p *Proxy) serveHTTP1(c net.Conn, info *connInfo, cs *connServer) {
 	}
 	s := &h1Conn1{p: p, fc: fc, c: c, info: info, remote: c.RemoteAddr().String(), fr: &fdReader{c: c}}
 	s.br = bufio.NewReaderSize(s.fr, h1ServerBuf)
-	s.bw = bufio.NewWriterSize(c, h1ServerBuf)
+	s.bw = bufio.NewWriterSize(s.fr, h1ServerBuf)
 	s.idleSet = time.Now()
 	_ = c.SetReadDeadline(s.idleSet.Add(h1ServerIdleTimeout))
 	next := stepWait
@@ -240,9 +240,9 @@ func (s *h1Conn1) peekHead() ([]byte, error) {
 
 var errHeadTooLarge = errors.New("request head larger than the fast path's buffer")
 
-// fdReader reads a client connection: with direct set (inside RawConn.Read's callback, which holds
-// the connection's read lock) by read system calls on fd, errWouldBlock for EAGAIN; otherwise through
-// the connection (net/http's server after a handover).
+// fdReader reads and writes a client connection: with direct set (inside RawConn.Read's callback,
+// which holds the connection's read lock) by raw system calls on fd (rawio.go), errWouldBlock for a
+// read's EAGAIN; otherwise through the connection (net/http's server after a handover).
 type fdReader struct {
 	c      net.Conn
 	fd     int
@@ -256,20 +256,37 @@ func (r *fdReader) Read(p []byte) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
-	for {
-		n, err := syscall.Read(r.fd, p)
-		switch {
-		case err == syscall.EINTR:
-			continue
-		case err == syscall.EAGAIN:
-			return 0, errWouldBlock
-		case err != nil:
-			return 0, &net.OpError{Op: "read", Net: "tcp", Source: r.c.LocalAddr(), Addr: r.c.RemoteAddr(), Err: os.NewSyscallError("read", err)}
-		case n == 0:
-			return 0, io.EOF
-		}
-		return n, nil
+	n, e := rawRead(r.fd, p)
+	switch {
+	case e == syscall.EAGAIN:
+		return 0, errWouldBlock
+	case e != 0:
+		return 0, &net.OpError{Op: "read", Net: "tcp", Source: r.c.LocalAddr(), Addr: r.c.RemoteAddr(), Err: os.NewSyscallError("read", e)}
+	case n == 0:
+		return 0, io.EOF
 	}
+	return n, nil
+}
+
+// Write writes with raw write calls while direct (a response inside the connection's RawConn.Read),
+// finishing with the connection's Write if the send buffer fills; otherwise through the connection.
+func (r *fdReader) Write(p []byte) (int, error) {
+	if !r.direct {
+		return r.c.Write(p)
+	}
+	n := 0
+	for n < len(p) {
+		m, e := rawWrite(r.fd, p[n:])
+		switch {
+		case e == syscall.EAGAIN:
+			m, err := r.c.Write(p[n:]) // waits for the send buffer as any Write
+			return n + m, err
+		case e != 0:
+			return n, &net.OpError{Op: "write", Net: "tcp", Source: r.c.LocalAddr(), Addr: r.c.RemoteAddr(), Err: os.NewSyscallError("write", e)}
+		}
+		n += m
+	}
+	return n, nil
 }
 
 // serveFast runs the handler for one request and ends its response; it reports whether the

@@ -93,15 +93,13 @@ func (w *writeThenWait) write(fd uintptr) bool {
 		return true
 	}
 	for w.n < len(w.p) {
-		m, err := syscall.Write(int(fd), w.p[w.n:])
+		m, e := rawWrite(int(fd), w.p[w.n:])
 		switch {
-		case err == syscall.EINTR:
-			continue
-		case err == syscall.EAGAIN:
+		case e == syscall.EAGAIN:
 			w.werr = errWouldBlock
 			return true
-		case err != nil:
-			w.werr = os.NewSyscallError("write", err)
+		case e != 0:
+			w.werr = os.NewSyscallError("write", e)
 			return true
 		}
 		w.n += m

@@ -1,0 +1,93 @@
+package proxy
+
+import (
+	"io"
+	"net"
+	"os"
+	"syscall"
+	"unsafe"
+)
+
+// The fast path's reads and writes of plain sockets are made as raw system calls: the sockets are
+// non-blocking (a call returns EAGAIN instead of waiting, and the wait is the poller's), so there is
+// nothing for the Go scheduler to hand over while they run. syscall.Read and Write tell the scheduler
+// about every call, and when the proxy had been idle that wakes the runtime's monitor thread (sysmon),
+// which then polls every 20 µs for a while: between requests of an open-loop 2000 rps, a third of the
+// proxy's system calls (sysmon's sleeps and wake-ups) and a context switch per request came from that.
+
+func rawRead(fd int, p []byte) (int, syscall.Errno) {
+	if len(p) == 0 {
+		return 0, 0
+	}
+	for {
+		n, _, e := syscall.RawSyscall(syscall.SYS_READ, uintptr(fd), uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)))
+		if e == syscall.EINTR {
+			continue
+		}
+		if e != 0 {
+			return 0, e
+		}
+		return int(n), 0
+	}
+}
+
+func rawWrite(fd int, p []byte) (int, syscall.Errno) {
+	if len(p) == 0 {
+		return 0, 0
+	}
+	for {
+		n, _, e := syscall.RawSyscall(syscall.SYS_WRITE, uintptr(fd), uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)))
+		if e == syscall.EINTR {
+			continue
+		}
+		if e != 0 {
+			return 0, e
+		}
+		return int(n), 0
+	}
+}
+
+// rawReader reads a socket through its RawConn with raw read calls (the poller waits when nothing
+// has arrived; deadlines and Close end the wait as for a Read); other connections read as usual.
+type rawReader struct {
+	c      net.Conn
+	raw    syscall.RawConn // nil: c.Read
+	readFn func(fd uintptr) bool
+	p      []byte
+	n      int
+	err    error
+}
+
+func newRawReader(c net.Conn) *rawReader {
+	r := &rawReader{c: c, raw: rawConnOf(c)}
+	r.readFn = r.read
+	return r
+}
+
+func (r *rawReader) Read(p []byte) (int, error) {
+	if r.raw == nil || len(p) == 0 {
+		return r.c.Read(p)
+	}
+	r.p, r.n, r.err = p, 0, nil
+	if err := r.raw.Read(r.readFn); err != nil {
+		r.p = nil
+		return 0, err
+	}
+	n, err := r.n, r.err
+	r.p, r.err = nil, nil
+	return n, err
+}
+
+func (r *rawReader) read(fd uintptr) bool {
+	n, e := rawRead(int(fd), r.p)
+	switch {
+	case e == syscall.EAGAIN:
+		return false
+	case e != 0:
+		r.err = &net.OpError{Op: "read", Net: "tcp", Source: r.c.LocalAddr(), Addr: r.c.RemoteAddr(), Err: os.NewSyscallError("read", e)}
+	case n == 0:
+		r.err = io.EOF
+	}
+	r.n = n
+	return true
+}
