@@ -52,7 +52,10 @@ func Handler(o Options) http.Handler {
 		_, _ = w.Write([]byte("ready\n"))
 	})
 	mux.HandleFunc("GET /live", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("live\n")) })
-	mux.Handle("GET /metrics", promhttp.HandlerFor(o.Gatherer, promhttp.HandlerOpts{}))
+	// Uncompressed: a sidecar's metrics are a few KB, and a gzip writer is ~1 MB of heap (compress/flate's
+	// compressor), allocated again after every GC for the scrape that asks for gzip (Prometheus
+	// always does), which would keep an idle, scraped sidecar several MB above its start-up size.
+	mux.Handle("GET /metrics", promhttp.HandlerFor(o.Gatherer, promhttp.HandlerOpts{DisableCompression: true}))
 	mux.HandleFunc("GET /config_dump", func(w http.ResponseWriter, _ *http.Request) {
 		b, err := ConfigDump(o.Proxy.Snapshot())
 		if err != nil {

@@ -4,6 +4,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -39,5 +40,33 @@ func handler() http.Handler {
 func TestReady(t *testing.T) {
 	if code, body := get(t, handler(), "/ready"); code != http.StatusOK || body != "ready\n" {
 		t.Errorf("/ready: %d %q", code, body)
+	}
+}
+
+// /metrics answers uncompressed even when the scraper asks for gzip (as Prometheus does): a gzip
+// writer would cost an idle sidecar about a megabyte of heap.
+func TestMetricsUncompressed(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	c := prometheus.NewCounter(prometheus.CounterOpts{Name: "weft_test_total", Help: "A test counter."})
+	c.Inc()
+	reg.MustRegister(c)
+	srv := httptest.NewServer(admin.Handler(admin.Options{Proxy: fakeProxy{}, Gatherer: reg}))
+	defer srv.Close()
+	req, err := http.NewRequest("GET", srv.URL+"/metrics", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Accept-Encoding", "gzip") // set by hand, so the client does not decompress it
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	if enc := resp.Header.Get("Content-Encoding"); enc != "" {
+		t.Errorf("/metrics Content-Encoding %q, want none", enc)
+	}
+	if !strings.Contains(string(b), "weft_test_total 1") {
+		t.Errorf("/metrics body lacks weft_test_total 1:\n%s", b)
 	}
 }
