@@ -241,3 +241,38 @@ func TestEarlyHintsOverMTLS(t *testing.T) {
 		t.Fatalf("final response %d %q", resp.StatusCode, body)
 	}
 }
+
+// When the drain's deadline passes, a fast-path request still waiting upstream does not hold up
+// Shutdown, and its client's connection is closed then (the fast path serves a connection inside the
+// socket's read wait, where a plain Close would wait for the request to end).
+func TestDrainDeadlineClosesFastPathRequestStuckUpstream(t *testing.T) {
+	be := startBackend(t, "b", "127.0.0.1:0")
+	be.delay.Store(int64(time.Hour)) // until the test ends (the backend's Close cancels it)
+	svc := newService(t, echoFQDN, "127.0.0.78", be.addr)
+	_, sc := mesh(t, svc)
+	c, err := net.Dial("tcp", svc.lis.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(20 * time.Second))
+	if _, err := io.WriteString(c, "GET / HTTP/1.1\r\nHost: "+svc.authority()+"\r\n\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "request upstream", func() bool { return be.hits.Load() == 1 })
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- sc.p.Shutdown(ctx) }()
+	select {
+	case err := <-done:
+		if err == nil {
+			t.Fatal("Shutdown reported a complete drain with a request still upstream")
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatal("Shutdown still blocked 15 s after its deadline, on a request waiting upstream")
+	}
+	if n, err := c.Read(make([]byte, 1)); err == nil {
+		t.Fatalf("the client's connection is still open after the drain's deadline (read %d bytes)", n)
+	}
+}

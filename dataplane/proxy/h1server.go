@@ -83,11 +83,19 @@ func (f *fastConns) closeIdle() {
 	}
 }
 
+// closeAll closes every connection, busy ones too. A connection on a plain socket is served inside
+// its read wait (serveHTTP1), and Close waits for that wait to end, which for a busy one is when its
+// request comes back from upstream: such a socket is shut down instead, at once (the client sees the
+// close, the serving goroutine finds it and closes the connection when it returns).
 func (f *fastConns) closeAll() {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	for fc := range f.conns {
 		fc.state.Store(fastClosed)
+		if raw := rawConnOf(fc.c); raw != nil {
+			_ = raw.Control(func(fd uintptr) { _ = syscall.Shutdown(int(fd), syscall.SHUT_RDWR) })
+			continue
+		}
 		fc.c.Close()
 	}
 }
