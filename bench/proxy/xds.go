@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/netip"
 	"strconv"
+	"time"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -23,6 +24,7 @@ import (
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/keepalive"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
@@ -45,7 +47,11 @@ func startXDS(ctx context.Context) (*xdsServer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("xds server: %w", err)
 	}
-	s := &xdsServer{cache: cache, srv: grpc.NewServer(), addr: l.Addr().String()}
+	// weft-proxy pings its control plane every 30 s, as weft-control permits (main.go there); with
+	// gRPC's default enforcement (5 min) this server would send GOAWAY too_many_pings and make every
+	// proxy reconnect and resync every ~2 minutes, in the middle of a measurement.
+	srv := grpc.NewServer(grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}))
+	s := &xdsServer{cache: cache, srv: srv, addr: l.Addr().String()}
 	discoveryv3.RegisterAggregatedDiscoveryServiceServer(s.srv, serverv3.NewServer(ctx, cache, nil))
 	go func() { _ = s.srv.Serve(l) }()
 	return s, nil
