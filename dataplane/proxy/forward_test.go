@@ -50,13 +50,8 @@ func TestFastPathForwardHeaders(t *testing.T) {
 	}()
 	svc := newService(t, echoFQDN, "127.0.0.75", netip.MustParseAddrPort(l.Addr().String()))
 	mesh(t, svc)
-	c, err := net.Dial("tcp", svc.lis.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(20 * time.Second))
-	_, err = io.WriteString(c, "GET /p?a=1 HTTP/1.1\r\nHost: "+svc.authority()+"\r\nTe: trailers\r\nKeep-Alive: 300\r\n"+
+	c := dialListener(t, svc, 20*time.Second)
+	_, err := io.WriteString(c, "GET /p?a=1 HTTP/1.1\r\nHost: "+svc.authority()+"\r\nTe: trailers\r\nKeep-Alive: 300\r\n"+
 		"Proxy-Authorization: secret\r\nX-Forwarded-For: 192.0.2.1\r\nForwarded: for=192.0.2.1\r\nX-Keep: k\r\n\r\n")
 	if err != nil {
 		t.Fatal(err)
@@ -82,18 +77,7 @@ func TestFastPathForwardHeaders(t *testing.T) {
 		}
 	}
 
-	br := bufio.NewReader(c)
-	tp := textproto.NewReader(br)
-	if line, _ := tp.ReadLine(); line != "HTTP/1.1 103 Early Hints" {
-		t.Fatalf("first response line %q, want the 103", line)
-	}
-	if h, err := tp.ReadMIMEHeader(); err != nil || h.Get("Link") != "</a.css>; rel=preload" {
-		t.Fatalf("103 headers %v (%v)", h, err)
-	}
-	resp, err := http.ReadResponse(br, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	resp := readAfterEarlyHints(t, c)
 	body, _ := io.ReadAll(resp.Body)
 	if resp.StatusCode != 200 || string(body) != "ok" || resp.Header.Get("X-Up") != "1" {
 		t.Fatalf("response %d %q %v", resp.StatusCode, body, resp.Header)
@@ -111,12 +95,7 @@ func TestDrainClosesKeptAliveFastPathConnection(t *testing.T) {
 	be := startBackend(t, "b", "127.0.0.1:0")
 	svc := newService(t, echoFQDN, "127.0.0.76", be.addr)
 	_, sc := mesh(t, svc)
-	c, err := net.Dial("tcp", svc.lis.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(20 * time.Second))
+	c := dialListener(t, svc, 20*time.Second)
 	br := bufio.NewReader(c)
 	for i := 0; i < 3; i++ {
 		if _, err := io.WriteString(c, "GET / HTTP/1.1\r\nHost: "+svc.authority()+"\r\n\r\n"); err != nil {
@@ -148,12 +127,7 @@ func TestFastPathPipelinedWhileUpstream(t *testing.T) {
 	be.delay.Store(int64(100 * time.Millisecond))
 	svc := newService(t, echoFQDN, "127.0.0.77", be.addr)
 	mesh(t, svc)
-	c, err := net.Dial("tcp", svc.lis.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	c := dialListener(t, svc, 10*time.Second)
 	br := bufio.NewReader(c)
 	for round := 0; round < 3; round++ {
 		hits := be.hits.Load()
@@ -215,27 +189,11 @@ func TestEarlyHintsOverMTLS(t *testing.T) {
 	client.outboundAt(svc.lis)
 	client.waitReady(t)
 
-	c, err := net.Dial("tcp", svc.lis.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(20 * time.Second))
+	c := dialListener(t, svc, 20*time.Second)
 	if _, err := io.WriteString(c, "GET /hints HTTP/1.1\r\nHost: "+svc.authority()+"\r\n\r\n"); err != nil {
 		t.Fatal(err)
 	}
-	br := bufio.NewReader(c)
-	tp := textproto.NewReader(br)
-	if line, _ := tp.ReadLine(); line != "HTTP/1.1 103 Early Hints" {
-		t.Fatalf("first response line %q, want the 103", line)
-	}
-	if h, err := tp.ReadMIMEHeader(); err != nil || h.Get("Link") != "</a.css>; rel=preload" {
-		t.Fatalf("103 headers %v (%v)", h, err)
-	}
-	resp, err := http.ReadResponse(br, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	resp := readAfterEarlyHints(t, c)
 	body, _ := io.ReadAll(resp.Body)
 	if resp.StatusCode != 200 || string(body) != "final" {
 		t.Fatalf("final response %d %q", resp.StatusCode, body)
@@ -250,12 +208,7 @@ func TestDrainDeadlineClosesFastPathRequestStuckUpstream(t *testing.T) {
 	be.delay.Store(int64(time.Hour)) // until the test ends (the backend's Close cancels it)
 	svc := newService(t, echoFQDN, "127.0.0.78", be.addr)
 	_, sc := mesh(t, svc)
-	c, err := net.Dial("tcp", svc.lis.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(20 * time.Second))
+	c := dialListener(t, svc, 20*time.Second)
 	if _, err := io.WriteString(c, "GET / HTTP/1.1\r\nHost: "+svc.authority()+"\r\n\r\n"); err != nil {
 		t.Fatal(err)
 	}
@@ -275,4 +228,35 @@ func TestDrainDeadlineClosesFastPathRequestStuckUpstream(t *testing.T) {
 	if n, err := c.Read(make([]byte, 1)); err == nil {
 		t.Fatalf("the client's connection is still open after the drain's deadline (read %d bytes)", n)
 	}
+}
+
+// dialListener connects to svc's outbound listener, with a deadline for the whole test's exchange.
+func dialListener(t *testing.T, svc *service, d time.Duration) net.Conn {
+	t.Helper()
+	c, err := net.Dial("tcp", svc.lis.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	_ = c.SetDeadline(time.Now().Add(d))
+	return c
+}
+
+// readAfterEarlyHints reads a 103 Early Hints with the Link header the tests' apps send, then the
+// final response.
+func readAfterEarlyHints(t *testing.T, c net.Conn) *http.Response {
+	t.Helper()
+	br := bufio.NewReader(c)
+	tp := textproto.NewReader(br)
+	if line, _ := tp.ReadLine(); line != "HTTP/1.1 103 Early Hints" {
+		t.Fatalf("first response line %q, want the 103", line)
+	}
+	if h, err := tp.ReadMIMEHeader(); err != nil || h.Get("Link") != "</a.css>; rel=preload" {
+		t.Fatalf("103 headers %v (%v)", h, err)
+	}
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp
 }
