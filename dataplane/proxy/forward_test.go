@@ -172,11 +172,7 @@ func TestEarlyHintsOverMTLS(t *testing.T) {
 	appPort := int(netip.MustParseAddrPort(l.Addr().String()).Port())
 	podAddr := netip.MustParseAddrPort("127.0.0.33:" + strconv.Itoa(appPort))
 
-	cp := startCP(t, "127.0.0.1:0", nil, false)
-	cp.set(t, serverNode.ID(), "v1", inboundResources(appPort, false)...)
-	server := startSidecar(t, cp.addr, serverNode, echoIdent)
-	server.inboundAt(t, podAddr.String())
-	server.waitReady(t)
+	cp, _ := startServerSidecar(t, podAddr, echoIdent)
 	svc := newService(t, echoFQDN, "127.0.0.34", podAddr)
 	msgs := resources(svc)
 	for _, m := range msgs {

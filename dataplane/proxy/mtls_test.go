@@ -22,6 +22,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/weftmesh/weft/dataplane"
 	"github.com/weftmesh/weft/dataplane/config"
 	"github.com/weftmesh/weft/dataplane/testpki"
 	"github.com/weftmesh/weft/dataplane/xdsclient"
@@ -40,6 +41,19 @@ var serverNode = xdsclient.Node{PodName: "echo-1", Namespace: "shop", PodIP: "12
 // on localhost.
 func inboundResources(appPort int, tcp bool) []proto.Message {
 	return inboundPorts(map[int]bool{appPort: tcp})
+}
+
+// startServerSidecar starts a control plane and the server pod's sidecar (serverNode, identity id)
+// with inboundResources for the app port pod.Port(), its inbound listener on pod, and waits until it
+// is ready.
+func startServerSidecar(t *testing.T, pod netip.AddrPort, id dataplane.Identity) (*testCP, *sidecar) {
+	t.Helper()
+	cp := startCP(t, "127.0.0.1:0", nil, false)
+	cp.set(t, serverNode.ID(), "v1", inboundResources(int(pod.Port()), false)...)
+	server := startSidecar(t, cp.addr, serverNode, id)
+	server.inboundAt(t, pod.String())
+	server.waitReady(t)
+	return cp, server
 }
 
 // inboundPorts is inboundResources for several app ports (port → opaque TCP).
@@ -72,11 +86,7 @@ func TestMTLSBetweenSidecars(t *testing.T) {
 	appPort := int(app.addr.Port())
 	podAddr := netip.MustParseAddrPort("127.0.0.30:" + strconv.Itoa(appPort))
 
-	cp := startCP(t, "127.0.0.1:0", nil, false)
-	cp.set(t, serverNode.ID(), "v1", inboundResources(appPort, false)...)
-	server := startSidecar(t, cp.addr, serverNode, echoIdent)
-	server.inboundAt(t, podAddr.String())
-	server.waitReady(t)
+	cp, server := startServerSidecar(t, podAddr, echoIdent)
 
 	good := newService(t, echoFQDN, "127.0.0.31", podAddr)
 	wrongSAN := newService(t, "other.shop.svc.cluster.local", "127.0.0.32", podAddr)

@@ -76,11 +76,7 @@ func TestUpgradePlaintextAndMTLS(t *testing.T) {
 
 	ca := testpki.NewCA("mesh")
 	pod := netip.MustParseAddrPort("127.0.0.81:" + strconv.Itoa(int(app.Port())))
-	cp := startCP(t, "127.0.0.1:0", nil, false)
-	cp.set(t, serverNode.ID(), "v1", inboundResources(int(app.Port()), false)...)
-	server := startSidecar(t, cp.addr, serverNode, testpki.Identity{Leaf: ca.Issue(echoID), CA: ca})
-	server.inboundAt(t, pod.String())
-	server.waitReady(t)
+	cp, _ := startServerSidecar(t, pod, testpki.Identity{Leaf: ca.Issue(echoID), CA: ca})
 
 	secure := newService(t, "wss.shop.svc.cluster.local", "127.0.0.82", pod)
 	msgs := resources(plain, secure)
