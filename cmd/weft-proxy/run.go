@@ -19,7 +19,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
+	"github.com/VictoriaMetrics/metrics"
 
 	"github.com/weftmesh/weft/cmd/internal/buildinfo"
 	"github.com/weftmesh/weft/dataplane"
@@ -256,14 +256,15 @@ func run(ctx context.Context, o runOptions) error {
 		defer sdsBundle.close()
 	}
 
-	// The proxy's own metrics go to a registry of this run; /metrics serves them together with the
-	// Go runtime and process metrics (go_*, process_resident_memory_bytes, ...) of client_golang's
-	// default registry, whose collectors the library creates at init anyway: a second pair of its own
-	// cost about 100 KB of start-up allocations (the Go collector matches its rules against every
-	// runtime/metrics name) for the same series.
-	reg := prometheus.NewRegistry()
-	metrics := prometheus.Gatherers{prometheus.DefaultGatherer, reg}
-	p := proxy.New(proxy.Options{Identity: id, Registerer: reg, Logger: log})
+	// /metrics serves the proxy's own metrics, then the Go runtime's and the process's (go_*,
+	// process_resident_memory_bytes, process_cpu_seconds_total, ...).
+	set := metrics.NewSet()
+	writeMetrics := func(w io.Writer) {
+		set.WritePrometheus(w)
+		metrics.WriteProcessMetrics(w)
+		metrics.WriteFDMetrics(w) // process_open_fds, process_max_fds
+	}
+	p := proxy.New(proxy.Options{Identity: id, Metrics: set, Logger: log})
 
 	cc := xdsclient.Dial(o.xdsAddr, xdsTLSConfig(o, id))
 	defer cc.Client.(*http.Client).CloseIdleConnections()
@@ -330,7 +331,7 @@ func run(ctx context.Context, o runOptions) error {
 	shutdown := make(chan struct{})
 	var shutdownOnce sync.Once
 	adminSrv := &http.Server{
-		Handler: admin.Handler(admin.Options{Proxy: p, XDS: xc, Gatherer: metrics, Shutdown: func() {
+		Handler: admin.Handler(admin.Options{Proxy: p, XDS: xc, Metrics: writeMetrics, Shutdown: func() {
 			shutdownOnce.Do(func() { close(shutdown) })
 		}}),
 		ReadHeaderTimeout: 10 * time.Second,

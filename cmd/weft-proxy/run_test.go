@@ -109,6 +109,13 @@ func TestRunServesAdminAndTraffic(t *testing.T) {
 	if !strings.Contains(metrics, want) {
 		t.Errorf("/metrics lacks %s", want)
 	}
+	// The runtime's and the process's series that operators watch a sidecar by.
+	for _, series := range []string{"# TYPE response_total counter", "# TYPE response_latency_ms histogram", "\nprocess_resident_memory_bytes ",
+		"\nprocess_cpu_seconds_total ", "\nprocess_open_fds ", "\ngo_goroutines ", "\ngo_memstats_heap_inuse_bytes "} {
+		if !strings.Contains(metrics, series) {
+			t.Errorf("/metrics lacks %q", series)
+		}
+	}
 
 	_, dump, _ := httpGet(admin + "/config_dump")
 	var cd struct {

@@ -6,12 +6,11 @@ package admin
 import (
 	"encoding/json"
 	"fmt"
+	"io"
 	"maps"
 	"net/http"
 	"slices"
 
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/weftmesh/weft/dataplane/config"
@@ -33,9 +32,10 @@ type XDS interface {
 
 // Options configure the handler.
 type Options struct {
-	Proxy    Proxy
-	XDS      XDS // may be nil
-	Gatherer prometheus.Gatherer
+	Proxy Proxy
+	XDS   XDS // may be nil
+	// Metrics writes the metrics in the Prometheus text format (GET /metrics).
+	Metrics func(io.Writer)
 	// Shutdown starts a graceful drain and exit (POST /shutdown). It must not block.
 	Shutdown func()
 }
@@ -55,7 +55,12 @@ func Handler(o Options) http.Handler {
 	// Uncompressed: a sidecar's metrics are a few KB, and a gzip writer is ~1 MB of heap (compress/flate's
 	// compressor), allocated again after every GC for the scrape that asks for gzip (Prometheus
 	// always does), which would keep an idle, scraped sidecar several MB above its start-up size.
-	mux.Handle("GET /metrics", promhttp.HandlerFor(o.Gatherer, promhttp.HandlerOpts{DisableCompression: true}))
+	mux.HandleFunc("GET /metrics", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+		if o.Metrics != nil {
+			o.Metrics(w)
+		}
+	})
 	mux.HandleFunc("GET /config_dump", func(w http.ResponseWriter, _ *http.Request) {
 		b, err := ConfigDump(o.Proxy.Snapshot())
 		if err != nil {

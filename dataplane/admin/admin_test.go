@@ -7,7 +7,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/prometheus/client_golang/prometheus"
+	"github.com/VictoriaMetrics/metrics"
 
 	"github.com/weftmesh/weft/dataplane/admin"
 	"github.com/weftmesh/weft/dataplane/config"
@@ -34,7 +34,7 @@ func get(t *testing.T, h http.Handler, path string) (int, string) {
 }
 
 func handler() http.Handler {
-	return admin.Handler(admin.Options{Proxy: fakeProxy{}, Gatherer: prometheus.NewRegistry()})
+	return admin.Handler(admin.Options{Proxy: fakeProxy{}})
 }
 
 func TestReady(t *testing.T) {
@@ -46,11 +46,9 @@ func TestReady(t *testing.T) {
 // /metrics answers uncompressed even when the scraper asks for gzip (as Prometheus does): a gzip
 // writer would cost an idle sidecar about a megabyte of heap.
 func TestMetricsUncompressed(t *testing.T) {
-	reg := prometheus.NewRegistry()
-	c := prometheus.NewCounter(prometheus.CounterOpts{Name: "weft_test_total", Help: "A test counter."})
-	c.Inc()
-	reg.MustRegister(c)
-	srv := httptest.NewServer(admin.Handler(admin.Options{Proxy: fakeProxy{}, Gatherer: reg}))
+	set := metrics.NewSet()
+	set.NewCounter("weft_test_total").Inc()
+	srv := httptest.NewServer(admin.Handler(admin.Options{Proxy: fakeProxy{}, Metrics: set.WritePrometheus}))
 	defer srv.Close()
 	req, err := http.NewRequest("GET", srv.URL+"/metrics", nil)
 	if err != nil {

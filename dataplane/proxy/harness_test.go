@@ -8,11 +8,14 @@ import (
 	"net/http"
 	"net/netip"
 	"net/url"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
+	"github.com/VictoriaMetrics/metrics"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
 
 	"github.com/weftmesh/weft/dataplane"
 	"github.com/weftmesh/weft/dataplane/proxy"
@@ -23,15 +26,15 @@ import (
 type sidecar struct {
 	p        *proxy.Proxy
 	xds      *xdsclient.Client
-	reg      *prometheus.Registry
+	reg      *metrics.Set
 	node     xdsclient.Node
 	httpAddr string // explicit HTTP proxy
 }
 
 func startSidecar(t testing.TB, cpAddr string, node xdsclient.Node, id dataplane.Identity) *sidecar {
 	t.Helper()
-	reg := prometheus.NewRegistry()
-	p := proxy.New(proxy.Options{Identity: id, Registerer: reg, DetectTimeout: time.Second})
+	reg := metrics.NewSet()
+	p := proxy.New(proxy.Options{Identity: id, Metrics: reg, DetectTimeout: time.Second})
 	cc := xdsclient.Dial(cpAddr, nil)
 	c := xdsclient.New(xdsclient.Options{Node: node, Conn: cc, OnUpdate: p.Update, BackoffBase: 20 * time.Millisecond, BackoffMax: 200 * time.Millisecond})
 	ctx, cancel := context.WithCancel(context.Background())
@@ -155,11 +158,16 @@ func get(t testing.TB, c *http.Client, u string) (*http.Response, string) {
 	return resp, string(b)
 }
 
-func metricValue(t testing.TB, reg *prometheus.Registry, name string, labels map[string]string) float64 {
+// metricValue parses the proxy's metrics as Prometheus would scrape them and sums the series of
+// name whose labels include labels (a histogram counts its observations).
+func metricValue(t testing.TB, reg *metrics.Set, name string, labels map[string]string) float64 {
 	t.Helper()
-	mfs, err := reg.Gather()
+	var b strings.Builder
+	reg.WritePrometheus(&b)
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	mfs, err := parser.TextToMetricFamilies(strings.NewReader(b.String()))
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("parse the metrics: %v\n%s", err, b.String())
 	}
 	var sum float64
 	for _, mf := range mfs {

@@ -1,57 +1,89 @@
 package proxy
 
 import (
+	"io"
 	"net/http"
+	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
+	"github.com/VictoriaMetrics/metrics"
 )
 
 // Metrics are the proxy's golden metrics, labelled as Linkerd's: direction, authority, target
 // cluster, tls, client_id and server_id.
+//
+// They are kept in a VictoriaMetrics/metrics Set, which writes the Prometheus text format, rather than
+// in client_golang: client_golang links its protobuf data model, expfmt and procfs, and an idle
+// sidecar's memory follows what its binary links (cmd/weft-proxy/memory.go) — measured, client_golang
+// cost weft-proxy ~1 MB of idle RSS (bench/proxy, same run), a twelfth of the sidecar. weft-control keeps
+// client_golang. A series is a metric name with its labels written out (`request_total{direction="…",…}`),
+// created once per label set and then cached, so the request path neither formats labels nor takes the
+// set's lock once a series exists.
 type Metrics struct {
-	// series caches the resolved children per label set, so that the request path neither hashes the
-	// labels nor takes the vectors' locks once a series exists.
-	series    sync.Map // seriesKey → *httpSeries
-	requests  *prometheus.CounterVec
-	responses *prometheus.CounterVec
-	latency   *prometheus.HistogramVec
-	tcpOpens  *prometheus.CounterVec
-	tcpCloses *prometheus.CounterVec
-	tcpRead   *prometheus.CounterVec
-	tcpWrite  *prometheus.CounterVec
-	// handshakes counts mTLS handshakes between proxies by direction and whether the session resumed.
-	handshakes *prometheus.CounterVec
+	set    *metrics.Set
+	series sync.Map // seriesKey → *httpSeries
+	tcp    sync.Map // tcpLabelValues → *tcpSeries
 }
 
-var (
-	httpLabels = []string{"direction", "authority", "target_cluster", "tls", "client_id", "server_id"}
-	respLabels = append(append([]string{}, httpLabels...), "status_code", "classification")
-	tcpLabels  = []string{"direction", "authority", "target_cluster", "tls", "client_id", "server_id"}
-)
+// latencyBuckets are response_latency_ms's bucket bounds (Linkerd's).
+var latencyBuckets = []float64{1, 2, 3, 4, 5, 10, 20, 30, 40, 50, 100, 200, 300, 400, 500, 1000, 2000, 3000, 4000, 5000, 10000, 20000, 30000, 40000, 50000}
 
-// NewMetrics registers the proxy's metrics.
-func NewMetrics(reg prometheus.Registerer) *Metrics {
-	m := &Metrics{
-		requests:  prometheus.NewCounterVec(prometheus.CounterOpts{Name: "request_total", Help: "HTTP requests received."}, httpLabels),
-		responses: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "response_total", Help: "HTTP responses sent, by status and classification."}, respLabels),
-		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "response_latency_ms", Help: "Time to the end of the response, in milliseconds.",
-			Buckets: []float64{1, 2, 3, 4, 5, 10, 20, 30, 40, 50, 100, 200, 300, 400, 500, 1000, 2000, 3000, 4000, 5000, 10000, 20000, 30000, 40000, 50000}}, respLabels),
-		tcpOpens:  prometheus.NewCounterVec(prometheus.CounterOpts{Name: "tcp_open_total", Help: "TCP connections opened."}, tcpLabels),
-		tcpCloses: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "tcp_close_total", Help: "TCP connections closed."}, tcpLabels),
-		tcpRead:   prometheus.NewCounterVec(prometheus.CounterOpts{Name: "tcp_read_bytes_total", Help: "Bytes read from the downstream peer."}, tcpLabels),
-		tcpWrite:  prometheus.NewCounterVec(prometheus.CounterOpts{Name: "tcp_write_bytes_total", Help: "Bytes written to the downstream peer."}, tcpLabels),
-		handshakes: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "tls_handshake_total", Help: "mTLS handshakes between proxies, by whether the TLS session was resumed."},
-			[]string{"direction", "resumed"}),
+// NewMetrics keeps the proxy's metrics in set (a new one when nil). It turns on the library's
+// # HELP/# TYPE lines, a setting of the whole process (the proxy is the library's only user), so that a
+// scrape sees counters and histograms rather than untyped series.
+func NewMetrics(set *metrics.Set) *Metrics {
+	metrics.ExposeMetadata(true)
+	if set == nil {
+		set = metrics.NewSet()
 	}
-	reg.MustRegister(m.requests, m.responses, m.latency, m.tcpOpens, m.tcpCloses, m.tcpRead, m.tcpWrite, m.handshakes)
-	return m
+	return &Metrics{set: set}
+}
+
+// WritePrometheus writes the proxy's metrics in the Prometheus text format.
+func (m *Metrics) WritePrometheus(w io.Writer) { m.set.WritePrometheus(w) }
+
+// seriesName writes a metric name with its labels (label names and values alternate in kv), sorted
+// by name as client_golang writes them, the values escaped as the Prometheus text format wants
+// (backslash, double quote and line feed).
+func seriesName(name string, kv ...string) string {
+	order := make([]int, 0, len(kv)/2)
+	for i := 0; i+1 < len(kv); i += 2 {
+		order = append(order, i)
+	}
+	slices.SortFunc(order, func(a, b int) int { return strings.Compare(kv[a], kv[b]) })
+	var b strings.Builder
+	b.WriteString(name)
+	b.WriteByte('{')
+	for n, i := range order {
+		if n > 0 {
+			b.WriteByte(',')
+		}
+		b.WriteString(kv[i])
+		b.WriteString(`="`)
+		v := kv[i+1]
+		for j := 0; j < len(v); j++ {
+			switch c := v[j]; c {
+			case '\\':
+				b.WriteString(`\\`)
+			case '"':
+				b.WriteString(`\"`)
+			case '\n':
+				b.WriteString(`\n`)
+			default:
+				b.WriteByte(c)
+			}
+		}
+		b.WriteByte('"')
+	}
+	b.WriteByte('}')
+	return b.String()
 }
 
 func (m *Metrics) observeHandshake(direction string, resumed bool) {
-	m.handshakes.WithLabelValues(direction, boolLabel(resumed)).Inc()
+	m.set.GetOrCreateCounter(seriesName("tls_handshake_total", "direction", direction, "resumed", boolLabel(resumed))).Inc()
 }
 
 func boolLabel(b bool) string {
@@ -112,7 +144,7 @@ func (m *Metrics) observeHTTP(p *Proxy, rs *reqState, code int, h http.Header, s
 	}
 	rsr := r.(*respSeries)
 	rsr.total.Inc()
-	rsr.latency.Observe(float64(time.Since(start).Microseconds()) / 1000)
+	rsr.latency.Update(float64(time.Since(start).Microseconds()) / 1000)
 }
 
 type seriesKey struct {
@@ -127,21 +159,23 @@ type respKey struct {
 }
 
 type httpSeries struct {
-	requests  prometheus.Counter
+	requests  *metrics.Counter
 	responses sync.Map // respKey → *respSeries
 }
 
 type respSeries struct {
-	total   prometheus.Counter
-	latency prometheus.Observer
+	total   *metrics.Counter
+	latency *metrics.PrometheusHistogram
 }
 
+// labels are a series' label names and values in the order of the Prometheus series name.
 func (k seriesKey) labels() []string {
-	return []string{k.direction, k.authority, k.cluster, boolLabel(k.tls), k.client, k.server}
+	return []string{"direction", k.direction, "authority", k.authority, "target_cluster", k.cluster,
+		"tls", boolLabel(k.tls), "client_id", k.client, "server_id", k.server}
 }
 
 func (m *Metrics) newSeries(k seriesKey) *httpSeries {
-	return &httpSeries{requests: m.requests.WithLabelValues(k.labels()...)}
+	return &httpSeries{requests: m.set.GetOrCreateCounter(seriesName("request_total", k.labels()...))}
 }
 
 func (m *Metrics) newRespSeries(k seriesKey, r respKey) *respSeries {
@@ -149,8 +183,11 @@ func (m *Metrics) newRespSeries(k seriesKey, r respKey) *respSeries {
 	if r.failure {
 		class = "failure"
 	}
-	lv := append(k.labels(), strconv.Itoa(r.code), class)
-	return &respSeries{total: m.responses.WithLabelValues(lv...), latency: m.latency.WithLabelValues(lv...)}
+	lv := append(k.labels(), "status_code", strconv.Itoa(r.code), "classification", class)
+	return &respSeries{
+		total:   m.set.GetOrCreateCounter(seriesName("response_total", lv...)),
+		latency: m.set.GetOrCreatePrometheusHistogramExt(seriesName("response_latency_ms", lv...), latencyBuckets),
+	}
 }
 
 func grpcStatus(h http.Header) string {
@@ -162,14 +199,35 @@ func grpcStatus(h http.Header) string {
 
 type tcpLabelValues [6]string
 
+// tcpSeries are the TCP counters of one label set.
+type tcpSeries struct {
+	opens, closes, read, write *metrics.Counter
+}
+
 func (m *Metrics) tcpLabels(info *connInfo, cluster, authority string, tls bool, ids [2]string) tcpLabelValues {
 	return tcpLabelValues{info.direction, authority, cluster, boolLabel(tls), ids[0], ids[1]}
 }
 
-func (m *Metrics) tcpOpen(l tcpLabelValues) { m.tcpOpens.WithLabelValues(l[:]...).Inc() }
+func (m *Metrics) tcpSeries(l tcpLabelValues) *tcpSeries {
+	if v, ok := m.tcp.Load(l); ok {
+		return v.(*tcpSeries)
+	}
+	kv := []string{"direction", l[0], "authority", l[1], "target_cluster", l[2], "tls", l[3], "client_id", l[4], "server_id", l[5]}
+	s := &tcpSeries{
+		opens:  m.set.GetOrCreateCounter(seriesName("tcp_open_total", kv...)),
+		closes: m.set.GetOrCreateCounter(seriesName("tcp_close_total", kv...)),
+		read:   m.set.GetOrCreateCounter(seriesName("tcp_read_bytes_total", kv...)),
+		write:  m.set.GetOrCreateCounter(seriesName("tcp_write_bytes_total", kv...)),
+	}
+	v, _ := m.tcp.LoadOrStore(l, s)
+	return v.(*tcpSeries)
+}
+
+func (m *Metrics) tcpOpen(l tcpLabelValues) { m.tcpSeries(l).opens.Inc() }
 
 func (m *Metrics) tcpClose(l tcpLabelValues, read, written int64) {
-	m.tcpCloses.WithLabelValues(l[:]...).Inc()
-	m.tcpRead.WithLabelValues(l[:]...).Add(float64(read))
-	m.tcpWrite.WithLabelValues(l[:]...).Add(float64(written))
+	s := m.tcpSeries(l)
+	s.closes.Inc()
+	s.read.AddInt64(read)
+	s.write.AddInt64(written)
 }

@@ -17,7 +17,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
+	"github.com/VictoriaMetrics/metrics"
 
 	"github.com/weftmesh/weft/dataplane"
 	"github.com/weftmesh/weft/dataplane/config"
@@ -28,9 +28,9 @@ type Options struct {
 	// Identity, when set, enables mTLS (the SDS secrets "default" and "ROOTCA" of the config map to it).
 	// Without it the proxy runs plaintext only.
 	Identity dataplane.Identity
-	// Registerer receives the proxy's metrics (a fresh registry when nil).
-	Registerer prometheus.Registerer
-	Logger     *slog.Logger
+	// Metrics receives the proxy's metrics (a new set when nil); its WritePrometheus serves them.
+	Metrics *metrics.Set
+	Logger  *slog.Logger
 	// DetectTimeout bounds the first read of protocol detection (default 1 s).
 	DetectTimeout time.Duration
 }
@@ -69,13 +69,9 @@ func New(opts Options) *Proxy {
 	if opts.DetectTimeout <= 0 {
 		opts.DetectTimeout = time.Second
 	}
-	reg := opts.Registerer
-	if reg == nil {
-		reg = prometheus.NewRegistry()
-	}
 	p := &Proxy{
 		identity:      opts.Identity,
-		metrics:       NewMetrics(reg),
+		metrics:       NewMetrics(opts.Metrics),
 		log:           opts.Logger.With("component", "proxy"),
 		detect:        opts.DetectTimeout,
 		clusterStates: map[string]*clusterState{},
