@@ -131,11 +131,13 @@ type procStats struct {
 	names      []string
 	rssIdleKB  []int64 // VmRSS
 	anonIdleKB []int64 // RssAnon
-	rssLoadKB  []int64 // highest sample during the top-rate phase
-	anonLoadKB []int64
-	cpuPer1k   float64 // CPU seconds of all the path's proxies per 1000 requests at the top rate
-	cpuErr     error
-	haveSample bool
+	// rssScrapedKB and anonScrapedKB are sampled after idleScrapes reads of /metrics (weft-proxy only).
+	rssScrapedKB, anonScrapedKB []int64
+	rssLoadKB                   []int64 // highest sample during the top-rate phase
+	anonLoadKB                  []int64
+	cpuPer1k                    float64 // CPU seconds of all the path's proxies per 1000 requests at the top rate
+	cpuErr                      error
+	haveSample                  bool
 }
 
 type results struct {
@@ -260,6 +262,25 @@ func run(ctx context.Context, o options) (*results, error) {
 			ps.anonIdleKB = append(ps.anonIdleKB, anon)
 		}
 		res.procs[p.key] = ps
+	}
+	// Sidecars are scraped: each weft-proxy's /metrics is read idleScrapes times (ten minutes of a 15 s
+	// scrape interval), then its RSS is read again. HAProxy has no /metrics here.
+	for _, p := range live {
+		ps := res.procs[p.key]
+		for _, pr := range p.procs {
+			if pr.admin == "" {
+				continue
+			}
+			if err := scrape(pr.admin, idleScrapes); err != nil {
+				return nil, fmt.Errorf("%s: %w", pr.name, err)
+			}
+			rss, anon, err := pr.mem()
+			if err != nil {
+				return nil, fmt.Errorf("%s: %w", pr.name, err)
+			}
+			ps.rssScrapedKB = append(ps.rssScrapedKB, rss)
+			ps.anonScrapedKB = append(ps.anonScrapedKB, anon)
+		}
 	}
 
 	// Open loop: the paths take turns at each rate.

@@ -75,6 +75,9 @@ func TestSmoke(t *testing.T) {
 				t.Errorf("%s %s: RSS idle %d kB, loaded %d kB", k, ps.names[i], ps.rssIdleKB[i], ps.rssLoadKB[i])
 			}
 		}
+		if weft := k[0] == 'B' || k[0] == 'A'; weft != (len(ps.rssScrapedKB) == len(ps.rssIdleKB)) || len(ps.anonScrapedKB) != len(ps.rssScrapedKB) {
+			t.Errorf("%s: RSS after scrapes sampled for %d of %d proxies", k, len(ps.rssScrapedKB), len(ps.rssIdleKB))
+		}
 	}
 	// B2 really is two sidecars with mTLS between them: each saw the other's SPIFFE identity.
 	if res.mtlsErr != nil || res.mtlsIn < 10 || res.mtlsOut < 10 {

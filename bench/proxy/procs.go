@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -211,6 +212,26 @@ func mtlsEvidence(client, server *proc) (in, out float64, err error) {
 }
 
 // metricSum adds the samples of a counter on a weft-proxy's /metrics whose labels include want.
+// idleScrapes is how many times the bench reads each idle weft-proxy's /metrics before sampling its RSS again.
+const idleScrapes = 40
+
+// scrape reads admin's /metrics n times, as Prometheus would (the body read to its end).
+func scrape(admin string, n int) error {
+	c := &http.Client{Timeout: 5 * time.Second}
+	for range n {
+		resp, err := c.Get("http://" + admin + "/metrics")
+		if err != nil {
+			return fmt.Errorf("scrape: %w", err)
+		}
+		_, err = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if err != nil || resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("scrape: %d %v", resp.StatusCode, err)
+		}
+	}
+	return nil
+}
+
 func metricSum(admin, name string, want map[string]string) (float64, error) {
 	c := &http.Client{Timeout: 5 * time.Second}
 	resp, err := c.Get("http://" + admin + "/metrics")

@@ -287,6 +287,13 @@ func (r *results) report(w io.Writer) {
 		}
 	}
 	rw.row("RSS idle (client + server)", rss(func(p *procStats) ([]int64, []int64) { return p.rssIdleKB, p.anonIdleKB }))
+	scraped := rss(func(p *procStats) ([]int64, []int64) { return p.rssScrapedKB, p.anonScrapedKB })
+	rw.row(fmt.Sprintf("RSS idle after %d scrapes of /metrics", idleScrapes), func(k string) string {
+		if ps := r.procs[k]; ps != nil && len(ps.rssIdleKB) > 0 && len(ps.rssScrapedKB) == 0 {
+			return "— (no /metrics)"
+		}
+		return scraped(k)
+	})
 	rw.row(fmt.Sprintf("highest RSS at %d rps", top), rss(func(p *procStats) ([]int64, []int64) { return p.rssLoadKB, p.anonLoadKB }))
 	rw.row(fmt.Sprintf("CPU s / 1000 req at %d rps", top), func(k string) string {
 		if k == "B0" {
