@@ -47,7 +47,7 @@ func (m *Metrics) WritePrometheus(w io.Writer) { m.set.WritePrometheus(w) }
 
 // seriesName writes a metric name with its labels (label names and values alternate in kv), sorted
 // by name as client_golang writes them, the values escaped as the Prometheus text format wants
-// (backslash, double quote and line feed).
+// (backslash, double quote and line feed) and made valid UTF-8.
 func seriesName(name string, kv ...string) string {
 	order := make([]int, 0, len(kv)/2)
 	for i := 0; i+1 < len(kv); i += 2 {
@@ -63,7 +63,7 @@ func seriesName(name string, kv ...string) string {
 		}
 		b.WriteString(kv[i])
 		b.WriteString(`="`)
-		v := kv[i+1]
+		v := strings.ToValidUTF8(kv[i+1], "\uFFFD") // a scrape with invalid UTF-8 fails whole
 		for j := 0; j < len(v); j++ {
 			switch c := v[j]; c {
 			case '\\':

@@ -22,6 +22,9 @@ func TestMetricsExposition(t *testing.T) {
 	m.tcpOpen(l)
 	m.tcpClose(l, 10, 20)
 	m.tcpClose(l, 1, 2)
+	bad := l
+	bad[1] = "bad\xffutf8"
+	m.tcpOpen(bad)
 	m.observeHandshake("inbound", true)
 	rs := &reqState{info: &connInfo{direction: "inbound"}, authority: odd, cluster: &clusterRT{cfg: &config.Cluster{Name: "inbound|8080||"}}}
 	m.observeHTTP(&Proxy{}, rs, 503, http.Header{}, time.Now())
@@ -69,6 +72,7 @@ func TestMetricsExposition(t *testing.T) {
 	}{
 		{"tcp_open_total", map[string]string{"authority": odd, "tls": "true", "client_id": "spiffe://cluster.local/ns/shop/sa/web", "server_id": ""}, 1},
 		{"tcp_close_total", map[string]string{"authority": odd}, 2},
+		{"tcp_open_total", map[string]string{"authority": "bad\uFFFDutf8"}, 1},
 		{"tcp_read_bytes_total", map[string]string{"authority": odd}, 11},
 		{"tcp_write_bytes_total", map[string]string{"authority": odd}, 22},
 		{"tls_handshake_total", map[string]string{"direction": "inbound", "resumed": "true"}, 1},
