@@ -66,6 +66,20 @@ var (
 // response.
 func (p *Proxy) forward(sw *statusWriter, r *http.Request, rs *reqState) {
 	fw := sw.ResponseWriter.(*fastResponse)
+	prepareForward(r, rs)
+	rs.w1xx = sw
+	resp, err := p.roundTrip(rs, r)
+	rs.w1xx = nil
+	if err != nil {
+		p.proxyErrorFor(sw, r, rs, err)
+		return
+	}
+	p.forwardResponse(sw, fw, resp)
+}
+
+// prepareForward makes r the upstream request: ReverseProxy's header rules, the cluster's authority
+// as the URL's host, the route's host rewrite.
+func prepareForward(r *http.Request, rs *reqState) {
 	h := r.Header
 	trailers := hasToken(h["Te"], "trailers")
 	removeHopByHop(h)
@@ -85,14 +99,11 @@ func (p *Proxy) forward(sw *statusWriter, r *http.Request, rs *reqState) {
 	if _, ok := h["User-Agent"]; !ok {
 		h["User-Agent"] = noUserAgent[:1:1]
 	}
+}
 
-	rs.w1xx = sw
-	resp, err := p.roundTrip(rs, r)
-	rs.w1xx = nil
-	if err != nil {
-		p.proxyErrorFor(sw, r, rs, err)
-		return
-	}
+// forwardResponse sends resp to the client as ReverseProxy does; a body that breaks off panics with
+// http.ErrAbortHandler. fw is sw's fastResponse.
+func (p *Proxy) forwardResponse(sw *statusWriter, fw *fastResponse, resp *http.Response) {
 	removeHopByHop(resp.Header)
 	if !fw.adoptHeader(resp.Header) {
 		copyHeader(sw.Header(), resp.Header)

@@ -161,7 +161,11 @@ type h1Conn1 struct {
 	active  bool      // a request is being read or served (fc.state is fastActive)
 	head    bool      // the read-header deadline is set
 	idleSet time.Time // when the idle deadline was last set
+	lean    *leanState
 }
+
+// leanOff turns the lean path off (tests compare it with today's path).
+var leanOff atomic.Bool
 
 type step int
 
@@ -194,16 +198,22 @@ func (s *h1Conn1) serve() step {
 		if err != nil || !fastHead(head) {
 			return stepHandover
 		}
-		req, err := http.ReadRequest(s.br) // the head is buffered whole: no read
-		if err == nil && !validHost(req.Host) {
-			err = errors.New("malformed Host header")
+		handled, keep := false, false
+		if !leanOff.Load() {
+			handled, keep = s.serveLean(head) // h1lean.go
 		}
-		if err != nil {
-			_, _ = io.WriteString(s.c, "HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\n\r\n400 Bad Request")
-			return stepClose
+		if !handled {
+			req, err := http.ReadRequest(s.br) // the head is buffered whole: no read
+			if err == nil && !validHost(req.Host) {
+				err = errors.New("malformed Host header")
+			}
+			if err != nil {
+				_, _ = io.WriteString(s.c, "HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\n\r\n400 Bad Request")
+				return stepClose
+			}
+			req.RemoteAddr = s.remote
+			keep = s.p.serveFast(s.bw, req, s.info)
 		}
-		req.RemoteAddr = s.remote
-		keep := s.p.serveFast(s.bw, req, s.info)
 		if err := s.bw.Flush(); err != nil || !keep || s.p.draining.Load() {
 			return stepClose
 		}
@@ -601,7 +611,7 @@ func (w *fastResponse) Hijack() (net.Conn, *bufio.ReadWriter, error) { return ni
 
 // validHost reports whether a Host header has only the bytes net/http's server accepts in one
 // (golang.org/x/net/http/httpguts.ValidHostHeader); net/http answers 400 to the others.
-func validHost(h string) bool {
+func validHost[T string | []byte](h T) bool {
 	for i := 0; i < len(h); i++ {
 		c := h[i]
 		switch {
