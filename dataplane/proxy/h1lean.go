@@ -368,7 +368,8 @@ func (s *h1Conn1) leanRoundTrip(pool *h1Pool, pc *h1Conn, dl time.Time) (*http.R
 	for {
 		b, _ := br.Peek(br.Buffered())
 		if i := bytes.Index(b, crlfcrlf); i >= 0 {
-			if ls.resp.parse(b[:i+4], ls.req.head) {
+			// (A head that fills the buffer leaves no room to sniff the body's type: net/http's path.)
+			if i+4 < br.Size() && ls.resp.parse(b[:i+4], ls.req.head) {
 				return nil, nil
 			}
 			break
