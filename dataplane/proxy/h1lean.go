@@ -109,6 +109,12 @@ func (s *h1Conn1) serveLean(head []byte) (handled, keep bool) {
 	if cl.cfg.LB == config.LBRingHash {
 		rs.hashKey = hashString(remoteIP(s.remote))
 	}
+	defer func() {
+		if v := recover(); v != nil { // as serveFast: the connection closes, the proxy goes on
+			p.log.Error("panic serving HTTP", "panic", v)
+			handled, keep = true, false
+		}
+	}()
 	code, grpcFail, keep := s.leanExchange(rs)
 	s.leanObserve(rs, code, grpcFail, start)
 	return true, keep
