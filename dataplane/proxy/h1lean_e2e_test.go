@@ -8,10 +8,12 @@ import (
 	"net/netip"
 	"regexp"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/weftmesh/weft/dataplane/proxy"
+	fx "github.com/weftmesh/weft/dataplane/xdsfixture"
 )
 
 // scriptedApp answers each request with the response its X-Reply header names (an index into
@@ -145,4 +147,64 @@ func fmtReq(f, authority string, reply int) string {
 	f = strings.Replace(f, "%s", authority, 1)
 	f = strings.Replace(f, "%d", string(rune('0'+reply)), 1)
 	return strings.ReplaceAll(f, "%%", "%")
+}
+
+// A pooled connection keeps the deadline of the lean request that used it last (a route timeout):
+// a request on today's path that takes the connection later clears it, and goes out on the same
+// connection rather than failing on the expired deadline and dialing again.
+func TestLeanDeadlineClearedForTodaysPath(t *testing.T) {
+	l := listen(t, "127.0.0.1:0")
+	var accepted atomic.Int64
+	resp := "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Type: text/plain\r\n\r\nok"
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			accepted.Add(1)
+			go func() {
+				defer c.Close()
+				br := bufio.NewReader(c)
+				for {
+					line, err := br.ReadString('\n')
+					if err != nil {
+						return
+					}
+					if line == "\r\n" {
+						if _, err := io.WriteString(c, resp); err != nil {
+							return
+						}
+					}
+				}
+			}()
+		}
+	}()
+	svc := newService(t, echoFQDN, "127.0.0.77", netip.MustParseAddrPort(l.Addr().String()))
+	svc.route = fx.Route{Timeout: 50 * time.Millisecond}
+	mesh(t, svc)
+	c := dialListener(t, svc, 20*time.Second)
+	br := bufio.NewReader(c)
+	send := func(target string) {
+		t.Helper()
+		if _, err := io.WriteString(c, "GET "+target+" HTTP/1.1\r\nHost: "+svc.authority()+"\r\n\r\n"); err != nil {
+			t.Fatal(err)
+		}
+		r, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(r.Body)
+		if r.StatusCode != 200 || string(body) != "ok" {
+			t.Fatalf("GET %s: %d %q (weft-error %q)", target, r.StatusCode, body, r.Header.Get("Weft-Error"))
+		}
+	}
+	send("/lean")
+	passed := time.Now().Add(100 * time.Millisecond) // the lean request's deadline is behind us then
+	waitFor(t, "the route timeout to pass", func() bool { return time.Now().After(passed) })
+	send("/today%20path") // an escaped path: today's path, on the pooled connection
+	send("/lean-again")
+	if n := accepted.Load(); n != 1 {
+		t.Errorf("the app accepted %d connections, want 1 (the pooled one, reused)", n)
+	}
 }
