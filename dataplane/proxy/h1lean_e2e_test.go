@@ -3,7 +3,9 @@ package proxy_test
 import (
 	"bufio"
 	"bytes"
+	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"net/netip"
 	"regexp"
@@ -11,6 +13,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/weftmesh/weft/dataplane/proxy"
 	fx "github.com/weftmesh/weft/dataplane/xdsfixture"
@@ -87,7 +91,7 @@ func TestLeanPathEndToEndMatchesToday(t *testing.T) {
 	}
 	app, heads := scriptedApp(t, replies)
 	svc := newService(t, echoFQDN, "127.0.0.76", app)
-	mesh(t, svc)
+	_, sc := mesh(t, svc)
 	reqs := []string{
 		"GET /a?x=1 HTTP/1.1\r\nHost: %s\r\nUser-Agent: t\r\nAccept: */*\r\nx-reply: %d\r\n\r\n",
 		"HEAD /a HTTP/1.1\r\nHost: %s\r\nX-Reply: %d\r\n\r\n",
@@ -130,9 +134,15 @@ func TestLeanPathEndToEndMatchesToday(t *testing.T) {
 				continue // a body to the end of the connection or chunked after HEAD: not a valid exchange
 			}
 			proxy.SetLeanOff(true)
+			m0 := seriesValues(t, sc.reg)
 			wantUp, wantDown := exchange(reqFmt, i)
+			m1 := seriesValues(t, sc.reg)
 			proxy.SetLeanOff(false)
 			gotUp, gotDown := exchange(reqFmt, i)
+			m2 := seriesValues(t, sc.reg)
+			if want, got := seriesDelta(m0, m1), seriesDelta(m1, m2); !maps.Equal(got, want) {
+				t.Errorf("request %q, reply %d: metrics moved by %v, want %v", reqFmt, i, got, want)
+			}
 			if gotUp != wantUp {
 				t.Errorf("request %q, reply %d: the app got\n%.300q\nwant %.300q", reqFmt, i, gotUp, wantUp)
 			}
@@ -207,4 +217,44 @@ func TestLeanDeadlineClearedForTodaysPath(t *testing.T) {
 	if n := accepted.Load(); n != 1 {
 		t.Errorf("the app accepted %d connections, want 1 (the pooled one, reused)", n)
 	}
+}
+
+// seriesValues are the request, response and latency series of the proxy's HTTP metrics, by name and
+// labels (a histogram by its count).
+func seriesValues(t *testing.T, reg *prometheus.Registry) map[string]float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]float64{}
+	for _, mf := range mfs {
+		switch mf.GetName() {
+		case "request_total", "response_total", "response_latency_ms":
+		default:
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			key := mf.GetName()
+			for _, lp := range m.GetLabel() {
+				key += fmt.Sprintf(" %s=%q", lp.GetName(), lp.GetValue())
+			}
+			if h := m.GetHistogram(); h != nil {
+				out[key] = float64(h.GetSampleCount())
+			} else {
+				out[key] = m.GetCounter().GetValue()
+			}
+		}
+	}
+	return out
+}
+
+func seriesDelta(before, after map[string]float64) map[string]float64 {
+	d := map[string]float64{}
+	for k, v := range after {
+		if v != before[k] {
+			d[k] = v - before[k]
+		}
+	}
+	return d
 }
