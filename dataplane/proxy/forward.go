@@ -19,6 +19,10 @@ import (
 // request. Everything else (bodies, upgrades, gRPC, HTTP/2, mTLS, requests on net/http's server)
 // goes through the ReverseProxy as before.
 //
+// The commonest of its requests (GET and HEAD to a plaintext HTTP/1.1 cluster) do not come here: the
+// lean path of h1lean.go does the same for them on the raw bytes, and comes back here (forwardResponse)
+// only for a response head it does not take.
+//
 // One difference: a response body that breaks off upstream aborts the client's response (the
 // connection closes without the end of the body), as ReverseProxy does on net/http's server; behind
 // the fast path ReverseProxy used to end a chunked body normally there.

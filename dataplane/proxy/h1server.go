@@ -27,6 +27,10 @@ import (
 // net/http's server for the rest of its life, which keeps every protocol detail (chunked request
 // bodies, 100-continue, trailers, upgrades, gRPC over h2c) exactly as it was.
 //
+// The commonest of these requests (a GET or HEAD to a plaintext HTTP/1.1 cluster, with an ordinary
+// head) take the lean path of h1lean.go, which parses the head in place and forwards it without
+// http.Request, http.Response or header maps; the others go through http.ReadRequest and serveHTTP.
+//
 // One thing the fast path does not do: notice a client that goes away while its request is upstream
 // (there is no body to read, and a read in the background is the cost it avoids). Such a request ends
 // with its upstream response or its route timeout, as in most event-loop proxies.
