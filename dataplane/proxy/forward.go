@@ -19,6 +19,10 @@ import (
 // request. Everything else (bodies, upgrades, gRPC, HTTP/2, mTLS, requests on net/http's server)
 // goes through the ReverseProxy as before.
 //
+// The commonest of its requests (GET and HEAD to a plaintext HTTP/1.1 cluster) do not come here: the
+// lean path of h1lean.go does the same for them on the raw bytes, and comes back here (forwardResponse)
+// only for a response head it does not take.
+//
 // One difference: a response body that breaks off upstream aborts the client's response (the
 // connection closes without the end of the body), as ReverseProxy does on net/http's server; behind
 // the fast path ReverseProxy used to end a chunked body normally there.
@@ -66,6 +70,20 @@ var (
 // response.
 func (p *Proxy) forward(sw *statusWriter, r *http.Request, rs *reqState) {
 	fw := sw.ResponseWriter.(*fastResponse)
+	prepareForward(r, rs)
+	rs.w1xx = sw
+	resp, err := p.roundTrip(rs, r)
+	rs.w1xx = nil
+	if err != nil {
+		p.proxyErrorFor(sw, r, rs, err)
+		return
+	}
+	p.forwardResponse(sw, fw, resp)
+}
+
+// prepareForward makes r the upstream request: ReverseProxy's header rules, the cluster's authority
+// as the URL's host, the route's host rewrite.
+func prepareForward(r *http.Request, rs *reqState) {
 	h := r.Header
 	trailers := hasToken(h["Te"], "trailers")
 	removeHopByHop(h)
@@ -85,14 +103,11 @@ func (p *Proxy) forward(sw *statusWriter, r *http.Request, rs *reqState) {
 	if _, ok := h["User-Agent"]; !ok {
 		h["User-Agent"] = noUserAgent[:1:1]
 	}
+}
 
-	rs.w1xx = sw
-	resp, err := p.roundTrip(rs, r)
-	rs.w1xx = nil
-	if err != nil {
-		p.proxyErrorFor(sw, r, rs, err)
-		return
-	}
+// forwardResponse sends resp to the client as ReverseProxy does; a body that breaks off panics with
+// http.ErrAbortHandler. fw is sw's fastResponse.
+func (p *Proxy) forwardResponse(sw *statusWriter, fw *fastResponse, resp *http.Response) {
 	removeHopByHop(resp.Header)
 	if !fw.adoptHeader(resp.Header) {
 		copyHeader(sw.Header(), resp.Header)

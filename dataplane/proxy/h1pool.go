@@ -48,6 +48,7 @@ type h1Conn struct {
 	br     *bufio.Reader
 	bw     *bufio.Writer
 	idleAt time.Time
+	dl     time.Time // the connection's deadline (the lean path's timeouts), zero for none
 }
 
 func newH1Pool(dial func(ctx context.Context, network, addr string) (net.Conn, error), fallback *http.Transport) *h1Pool {
@@ -123,29 +124,59 @@ func (e *staleConnError) Unwrap() error { return e.err }
 
 // get returns an idle connection to addr, or dials one (always with fresh).
 func (p *h1Pool) get(ctx context.Context, addr string, fresh bool) (*h1Conn, bool, error) {
+	if !fresh {
+		if pc := p.getIdle(addr); pc != nil {
+			return pc, true, nil
+		}
+	}
+	pc, err := p.dialConn(ctx, addr)
+	return pc, false, err
+}
+
+// getDeadline is get for the lean path: a dial ends at dl (zero: none).
+func (p *h1Pool) getDeadline(addr string, fresh bool, dl time.Time) (*h1Conn, bool, error) {
+	if !fresh {
+		if pc := p.getIdle(addr); pc != nil {
+			return pc, true, nil
+		}
+	}
+	ctx := context.Background()
+	if !dl.IsZero() {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithDeadline(ctx, dl)
+		defer cancel()
+	}
+	pc, err := p.dialConn(ctx, addr)
+	return pc, false, err
+}
+
+// getIdle returns the most recently used idle connection to addr, or nil.
+func (p *h1Pool) getIdle(addr string) *h1Conn {
 	now := time.Now()
 	p.mu.Lock()
-	for !fresh {
+	defer p.mu.Unlock()
+	for {
 		list := p.idle[addr]
 		if len(list) == 0 {
-			break
+			return nil
 		}
 		pc := list[len(list)-1]
 		list[len(list)-1] = nil
 		p.idle[addr] = list[:len(list)-1]
 		if now.Sub(pc.idleAt) < h1IdleTimeout {
-			p.mu.Unlock()
-			return pc, true, nil
+			return pc
 		}
 		pc.c.Close()
 	}
-	p.mu.Unlock()
+}
+
+func (p *h1Pool) dialConn(ctx context.Context, addr string) (*h1Conn, error) {
 	c, err := p.dial(ctx, "tcp", addr)
 	if err != nil {
-		return nil, false, err
+		return nil, err
 	}
 	ww := newWriteThenWait(c)
-	return &h1Conn{addr: addr, c: c, ww: ww, br: bufio.NewReaderSize(newRawReader(c), h1BufSize), bw: bufio.NewWriterSize(ww, h1BufSize)}, false, nil
+	return &h1Conn{addr: addr, c: c, ww: ww, br: bufio.NewReaderSize(newRawReader(c), h1BufSize), bw: bufio.NewWriterSize(ww, h1BufSize)}, nil
 }
 
 // put returns a connection whose response was read to the end, closing idle ones that timed out.
@@ -194,6 +225,10 @@ var aLongTimeAgo = time.Unix(1, 0)
 // h1Body, still on this connection; the connection goes back to the pool at the body's end.
 func (pc *h1Conn) roundTrip(p *h1Pool, req *http.Request, got1xx func(int, textproto.MIMEHeader) error) (*http.Response, error) {
 	ctx := req.Context()
+	if !pc.dl.IsZero() {
+		_ = pc.c.SetDeadline(time.Time{}) // left by the lean path
+		pc.dl = time.Time{}
+	}
 	b := &h1Body{pool: p, pc: pc, ctx: ctx, stop: neverStopped}
 	// The request's context interrupts the connection (client gone, route or per-try timeout) from
 	// here to the end of the response body; a context that cannot end needs no watching.
@@ -227,37 +262,42 @@ func (pc *h1Conn) roundTrip(p *h1Pool, req *http.Request, got1xx func(int, textp
 			got1xx = trace.Got1xxResponse
 		}
 	}
-	first := true
+	// Nothing of the response yet: EOF here is the server closing a kept-alive connection.
+	if _, err := pc.br.Peek(1); err != nil {
+		return fail(&staleConnError{err})
+	}
+	resp, err := pc.readResponse(req, got1xx)
+	if err != nil {
+		return fail(err)
+	}
+	b.body, b.keep = resp.Body, !resp.Close
+	if resp.Body == http.NoBody {
+		b.finish(true) // HEAD, 204, 304, Content-Length: 0
+	}
+	resp.Body = b
+	return resp, nil
+}
+
+// readResponse reads the final response head to req, passing informational ones to got1xx.
+func (pc *h1Conn) readResponse(req *http.Request, got1xx func(int, textproto.MIMEHeader) error) (*http.Response, error) {
 	for {
-		if first {
-			// Nothing of the response yet: EOF here is the server closing a kept-alive connection.
-			if _, err := pc.br.Peek(1); err != nil {
-				return fail(&staleConnError{err})
-			}
-			first = false
-		}
 		resp, err := http.ReadResponse(pc.br, req)
 		if err != nil {
-			return fail(err)
+			return nil, err
 		}
 		if resp.StatusCode >= 100 && resp.StatusCode < 200 && resp.StatusCode != http.StatusSwitchingProtocols {
 			// An informational response (103 Early Hints...): pass it on and read on.
 			if got1xx != nil {
 				if err := got1xx(resp.StatusCode, textproto.MIMEHeader(resp.Header)); err != nil {
-					return fail(err)
+					return nil, err
 				}
 			}
 			continue
 		}
 		if resp.StatusCode == http.StatusSwitchingProtocols {
 			// Only for a request that asked for an upgrade, which this pool does not take.
-			return fail(errors.New("unexpected 101 Switching Protocols"))
+			return nil, errors.New("unexpected 101 Switching Protocols")
 		}
-		b.body, b.keep = resp.Body, !resp.Close
-		if resp.Body == http.NoBody {
-			b.finish(true) // HEAD, 204, 304, Content-Length: 0
-		}
-		resp.Body = b
 		return resp, nil
 	}
 }

@@ -27,6 +27,10 @@ import (
 // net/http's server for the rest of its life, which keeps every protocol detail (chunked request
 // bodies, 100-continue, trailers, upgrades, gRPC over h2c) exactly as it was.
 //
+// The commonest of these requests (a GET or HEAD to a plaintext HTTP/1.1 cluster, with an ordinary
+// head) take the lean path of h1lean.go, which parses the head in place and forwards it without
+// http.Request, http.Response or header maps; the others go through http.ReadRequest and serveHTTP.
+//
 // One thing the fast path does not do: notice a client that goes away while its request is upstream
 // (there is no body to read, and a read in the background is the cost it avoids). Such a request ends
 // with its upstream response or its route timeout, as in most event-loop proxies.
@@ -161,7 +165,11 @@ type h1Conn1 struct {
 	active  bool      // a request is being read or served (fc.state is fastActive)
 	head    bool      // the read-header deadline is set
 	idleSet time.Time // when the idle deadline was last set
+	lean    *leanState
 }
+
+// leanOff turns the lean path off (tests compare it with today's path).
+var leanOff atomic.Bool
 
 type step int
 
@@ -194,16 +202,22 @@ func (s *h1Conn1) serve() step {
 		if err != nil || !fastHead(head) {
 			return stepHandover
 		}
-		req, err := http.ReadRequest(s.br) // the head is buffered whole: no read
-		if err == nil && !validHost(req.Host) {
-			err = errors.New("malformed Host header")
+		handled, keep := false, false
+		if !leanOff.Load() {
+			handled, keep = s.serveLean(head) // h1lean.go
 		}
-		if err != nil {
-			_, _ = io.WriteString(s.c, "HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\n\r\n400 Bad Request")
-			return stepClose
+		if !handled {
+			req, err := http.ReadRequest(s.br) // the head is buffered whole: no read
+			if err == nil && !validHost(req.Host) {
+				err = errors.New("malformed Host header")
+			}
+			if err != nil {
+				_, _ = io.WriteString(s.c, "HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\n\r\n400 Bad Request")
+				return stepClose
+			}
+			req.RemoteAddr = s.remote
+			keep = s.p.serveFast(s.bw, req, s.info)
 		}
-		req.RemoteAddr = s.remote
-		keep := s.p.serveFast(s.bw, req, s.info)
 		if err := s.bw.Flush(); err != nil || !keep || s.p.draining.Load() {
 			return stepClose
 		}
@@ -601,7 +615,7 @@ func (w *fastResponse) Hijack() (net.Conn, *bufio.ReadWriter, error) { return ni
 
 // validHost reports whether a Host header has only the bytes net/http's server accepts in one
 // (golang.org/x/net/http/httpguts.ValidHostHeader); net/http answers 400 to the others.
-func validHost(h string) bool {
+func validHost[T string | []byte](h T) bool {
 	for i := 0; i < len(h); i++ {
 		c := h[i]
 		switch {

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/VictoriaMetrics/metrics"
+	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 
@@ -158,9 +159,8 @@ func get(t testing.TB, c *http.Client, u string) (*http.Response, string) {
 	return resp, string(b)
 }
 
-// metricValue parses the proxy's metrics as Prometheus would scrape them and sums the series of
-// name whose labels include labels (a histogram counts its observations).
-func metricValue(t testing.TB, reg *metrics.Set, name string, labels map[string]string) float64 {
+// scrapeMetrics parses the proxy's metrics as Prometheus would scrape them.
+func scrapeMetrics(t testing.TB, reg *metrics.Set) map[string]*dto.MetricFamily {
 	t.Helper()
 	var b strings.Builder
 	reg.WritePrometheus(&b)
@@ -169,6 +169,14 @@ func metricValue(t testing.TB, reg *metrics.Set, name string, labels map[string]
 	if err != nil {
 		t.Fatalf("parse the metrics: %v\n%s", err, b.String())
 	}
+	return mfs
+}
+
+// metricValue parses the proxy's metrics as Prometheus would scrape them and sums the series of
+// name whose labels include labels (a histogram counts its observations).
+func metricValue(t testing.TB, reg *metrics.Set, name string, labels map[string]string) float64 {
+	t.Helper()
+	mfs := scrapeMetrics(t, reg)
 	var sum float64
 	for _, mf := range mfs {
 		if mf.GetName() != name {

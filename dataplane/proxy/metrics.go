@@ -109,6 +109,25 @@ func clusterName(rs *reqState) string {
 
 // observeHTTP records one finished request (the request count too, so both carry the same labels).
 func (m *Metrics) observeHTTP(p *Proxy, rs *reqState, code int, h http.Header, start time.Time) {
+	key := m.key(p, rs)
+	hs := m.seriesOf(key)
+	hs.requests.Inc()
+	if code == 0 {
+		code = http.StatusBadGateway
+	}
+	failure := code >= 500
+	if !failure {
+		if g := grpcStatus(h); g != "" && g != "0" {
+			failure = true
+		}
+	}
+	rsr := m.respSeriesOf(hs, key, respKey{code, failure})
+	rsr.total.Inc()
+	rsr.latency.Update(float64(time.Since(start).Microseconds()) / 1000)
+}
+
+// key is the label set of a request's series.
+func (m *Metrics) key(p *Proxy, rs *reqState) seriesKey {
 	tls, client, server := m.ids(rs, p)
 	if tls {
 		if rs.info.direction == "inbound" {
@@ -121,30 +140,23 @@ func (m *Metrics) observeHTTP(p *Proxy, rs *reqState, code int, h http.Header, s
 	if rs.cluster == nil {
 		authority = "" // unrouted: the client chose this name; keep it out of the label space
 	}
-	key := seriesKey{rs.info.direction, authority, clusterName(rs), tls, client, server}
+	return seriesKey{rs.info.direction, authority, clusterName(rs), tls, client, server}
+}
+
+func (m *Metrics) seriesOf(key seriesKey) *httpSeries {
 	v, ok := m.series.Load(key)
 	if !ok {
 		v, _ = m.series.LoadOrStore(key, m.newSeries(key))
 	}
-	hs := v.(*httpSeries)
-	hs.requests.Inc()
-	if code == 0 {
-		code = http.StatusBadGateway
-	}
-	failure := code >= 500
-	if !failure {
-		if g := grpcStatus(h); g != "" && g != "0" {
-			failure = true
-		}
-	}
-	rk := respKey{code, failure}
+	return v.(*httpSeries)
+}
+
+func (m *Metrics) respSeriesOf(hs *httpSeries, key seriesKey, rk respKey) *respSeries {
 	r, ok := hs.responses.Load(rk)
 	if !ok {
 		r, _ = hs.responses.LoadOrStore(rk, m.newRespSeries(key, rk))
 	}
-	rsr := r.(*respSeries)
-	rsr.total.Inc()
-	rsr.latency.Update(float64(time.Since(start).Microseconds()) / 1000)
+	return r.(*respSeries)
 }
 
 type seriesKey struct {
