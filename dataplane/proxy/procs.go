@@ -5,30 +5,34 @@ import (
 	"log/slog"
 	"os"
 	goruntime "runtime"
+	"runtime/metrics"
 	"syscall"
 	"time"
 )
 
 // AdaptProcs runs the Go scheduler with one P while the sidecar is lightly loaded, and with all of
-// them (GOMAXPROCS at start, which follows the CPU limit of the container) once it uses most of a CPU
-// (checked every 250 ms from getrusage).
-// It returns when ctx ends; an explicit GOMAXPROCS in the environment turns it off.
+// them (GOMAXPROCS at start, which follows the CPU limit of the container) once one P is nearly
+// saturated or goroutines often wait for it (checked every 250 ms: getrusage and the runtime's
+// scheduling latencies, see procsPolicy). It returns when ctx ends; an explicit GOMAXPROCS in the
+// environment turns it off.
 //
 // Why: a proxied request is a chain of goroutine hand-offs (the listener's connection, the upstream's
 // response, and on the HTTP/2 hop between sidecars net/http's frame reader, serve loop, handler and a
 // writer goroutine per flush, and the client's doRequest and read loop). With a second P idle, every
 // hand-off wakes a sleeping thread to run (or steal) the goroutine, and that thread then spins and
 // sleeps again: futex, epoll and nanosleep calls and context switches that cost more on a VM than the
-// HTTP work. Measured on the bench's B2 path at 1000 rps (perf stat on each sidecar, per request): with
-// GOMAXPROCS 2, 0.25–0.30 ms of CPU, 17–21 system calls and 8–10 context switches per request per
-// sidecar; with 1, 0.15–0.20 ms, 9–13 and 3.6–5.3. With one P the hand-offs are run-queue
-// operations. Under heavy load one P would cap the sidecar at one CPU (the closed-loop maximum fell
-// by a third in an earlier run), hence the switch back.
+// HTTP work. With one P the hand-offs are run-queue operations. Measured on the bench's B2 path at
+// 1000 rps (perf stat on each sidecar, per request, alternating runs): GOMAXPROCS 2 0.33–0.36 ms of
+// CPU, 20–21.6 system calls and 9.7–10.5 context switches per request per sidecar; with this, 0.22–0.23
+// ms, 12.7–13.5 and 5.3–5.4. Under heavy load one P would cap the sidecar at one CPU (the closed-loop
+// maximum fell by a third with GOMAXPROCS=1 in an earlier session), hence the switch back; and on a
+// shared machine a P whose thread waits for a CPU uses little CPU while goroutines queue behind it
+// (with a CPU threshold alone, new mTLS connections/s fell by a third), hence the latencies.
 func AdaptProcs(ctx context.Context, log *slog.Logger) {
 	if os.Getenv("GOMAXPROCS") != "" {
 		return
 	}
-	pol := procsPolicy{max: goruntime.GOMAXPROCS(0), up: 0.75, down: 0.45, calm: 8}
+	pol := procsPolicy{max: goruntime.GOMAXPROCS(0), up: 0.6, down: 0.45, lateUp: 0.1, minCPU: 0.25, calm: 8}
 	if pol.max <= 1 {
 		return
 	}
@@ -36,56 +40,112 @@ func AdaptProcs(ctx context.Context, log *slog.Logger) {
 	// ~0.3 MB larger) and goes down to one after calm intervals. Setting GOMAXPROCS ends the runtime's
 	// own updates of it to a changed CPU limit of the container.
 	cur := pol.max
-	const every = 250 * time.Millisecond
-	t := time.NewTicker(every)
+	t := time.NewTicker(250 * time.Millisecond)
 	defer t.Stop()
-	last, lastAt := cpuTime(), time.Now()
+	var m procsMeter
+	m.sample()
 	calm := 0
 	for {
 		select {
 		case <-ctx.Done():
 			goruntime.GOMAXPROCS(pol.max)
 			return
-		case now := <-t.C:
-			c := cpuTime()
-			busy := float64(c-last) / float64(now.Sub(lastAt))
-			last, lastAt = c, now
+		case <-t.C:
+			l := m.sample()
 			var n int
-			n, calm = pol.next(cur, busy, calm)
+			n, calm = pol.next(cur, l, calm)
 			if n != cur {
 				goruntime.GOMAXPROCS(n)
-				log.Debug("GOMAXPROCS changed", "from", cur, "to", n, "cpu", busy)
+				log.Debug("GOMAXPROCS changed", "from", cur, "to", n, "cpu", l.cpu, "late", l.late)
 				cur = n
 			}
 		}
 	}
 }
 
-// procsPolicy decides the number of Ps from the CPU the process used in the last interval (busy, in
-// CPUs): up to max as soon as one P is nearly saturated, back to one after calm intervals in a row
-// below down. The thresholds leave room between them because the same load costs more CPU with more
-// Ps (the wake-ups above).
+// procsLoad is the process's load over one interval: cpu is the CPU time it used (getrusage) per
+// second of wall time; late is the share of goroutines that waited at least procsLateWait to run after
+// they became runnable (the runtime's /sched/latencies). On a shared machine cpu alone can mislead: a
+// P whose thread waits for a CPU uses none, yet goroutines queue behind it, and late shows that.
+type procsLoad struct{ cpu, late float64 }
+
+// procsLateWait is the wait for a P that counts as late: several times what a hand-off takes with one
+// idle P, well under the latency a client would notice.
+const procsLateWait = 200e-6
+
+// procsMinSamples is the fewest scheduling latencies (the runtime records one in eight) that make a
+// share: an idle sidecar's few wake-ups say nothing.
+const procsMinSamples = 32
+
+// procsPolicy decides the number of Ps: up to max as soon as one P is nearly saturated (cpu at up) or
+// goroutines often wait for it (late at lateUp, with at least minCPU used: a few late wake-ups of an
+// idle process say nothing), back to one after calm intervals in a row with cpu under down and few
+// late. The CPU thresholds leave room between them because the same load costs more CPU with more Ps
+// (the wake-ups above).
 type procsPolicy struct {
 	max      int
 	up, down float64
+	lateUp   float64
+	minCPU   float64
 	calm     int
 }
 
 // next returns the number of Ps for the next interval and the updated count of calm intervals.
-func (p procsPolicy) next(cur int, busy float64, calm int) (int, int) {
+func (p procsPolicy) next(cur int, l procsLoad, calm int) (int, int) {
 	if cur == 1 {
-		if busy >= p.up {
+		if l.cpu >= p.up || (l.late >= p.lateUp && l.cpu >= p.minCPU) {
 			return p.max, 0
 		}
 		return 1, 0
 	}
-	if busy >= p.down {
+	if l.cpu >= p.down || l.late >= p.lateUp {
 		return cur, 0
 	}
 	if calm+1 >= p.calm {
 		return 1, 0
 	}
 	return cur, calm + 1
+}
+
+// procsMeter measures procsLoad between calls of sample.
+type procsMeter struct {
+	at      time.Time
+	cpu     time.Duration
+	samples []metrics.Sample
+	counts  []uint64 // the latency histogram's counts at the previous sample
+}
+
+// sample returns the load since the previous call.
+func (m *procsMeter) sample() procsLoad {
+	if m.samples == nil {
+		m.samples = []metrics.Sample{{Name: "/sched/latencies:seconds"}}
+	}
+	now, cpu := time.Now(), cpuTime()
+	metrics.Read(m.samples)
+	var l procsLoad
+	if wall := now.Sub(m.at).Seconds(); !m.at.IsZero() && wall > 0 {
+		l.cpu = (cpu - m.cpu).Seconds() / wall
+	}
+	m.at, m.cpu = now, cpu
+	if m.samples[0].Value.Kind() != metrics.KindFloat64Histogram {
+		return l
+	}
+	h := m.samples[0].Value.Float64Histogram()
+	if len(m.counts) == len(h.Counts) {
+		var all, late uint64
+		for i, c := range h.Counts {
+			d := c - m.counts[i]
+			all += d
+			if h.Buckets[i] >= procsLateWait {
+				late += d
+			}
+		}
+		if all >= procsMinSamples {
+			l.late = float64(late) / float64(all)
+		}
+	}
+	m.counts = append(m.counts[:0], h.Counts...)
+	return l
 }
 
 // cpuTime is the user and system CPU time of the process.
