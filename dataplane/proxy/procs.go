@@ -25,14 +25,16 @@ import (
 // 1000 rps (perf stat on each sidecar, per request, alternating runs): GOMAXPROCS 2 0.33–0.36 ms of
 // CPU, 20–21.6 system calls and 9.7–10.5 context switches per request per sidecar; with this, 0.22–0.23
 // ms, 12.7–13.5 and 5.3–5.4. Under heavy load one P would cap the sidecar at one CPU (the closed-loop
-// maximum fell by a third with GOMAXPROCS=1 in an earlier session), hence the switch back; and on a
-// shared machine a P whose thread waits for a CPU uses little CPU while goroutines queue behind it
-// (with a CPU threshold alone, new mTLS connections/s fell by a third), hence the latencies.
+// maximum fell by a third with GOMAXPROCS=1 in an earlier session), hence the switch back, at 0.4 CPU:
+// on the bench's shared 2-CPU machine a sidecar that stays at one P up to 0.6 or 0.75 CPU got a
+// smaller share of the CPUs in closed-loop phases (gRPC unary up to a third slower in some runs); at
+// 0.4 the gain stays at 1000 rps (0.2 CPU per sidecar) and is gone at 2000. A P whose thread waits
+// for a CPU uses little CPU while goroutines queue behind it, hence the latencies too.
 func AdaptProcs(ctx context.Context, log *slog.Logger) {
 	if os.Getenv("GOMAXPROCS") != "" {
 		return
 	}
-	pol := procsPolicy{max: goruntime.GOMAXPROCS(0), up: 0.6, down: 0.45, lateUp: 0.1, minCPU: 0.25, calm: 8}
+	pol := procsPolicy{max: goruntime.GOMAXPROCS(0), up: 0.4, down: 0.45, lateUp: 0.1, minCPU: 0.25, calm: 8}
 	if pol.max <= 1 {
 		return
 	}
