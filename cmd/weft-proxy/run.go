@@ -236,6 +236,7 @@ func run(ctx context.Context, o runOptions) error {
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	go proxy.AdaptProcs(ctx, log) // one P while lightly loaded (dataplane/proxy/procs.go)
 	id, keep, err := identitySource(o, log)
 	if err != nil {
 		return err

@@ -200,6 +200,15 @@ func (p *Proxy) serveHTTP(w http.ResponseWriter, r *http.Request, info *connInfo
 		p.forward(sw, r, rs)
 		return
 	}
+	if forwardableH2(r) {
+		if rs.timeout > 0 {
+			ctx, cancel := context.WithTimeout(r.Context(), rs.timeout)
+			defer cancel()
+			r = r.WithContext(ctx)
+		}
+		p.forwardH2(sw, r, rs)
+		return
+	}
 	ctx := context.WithValue(r.Context(), reqKey, rs)
 	if rs.timeout > 0 {
 		var cancel context.CancelFunc
