@@ -66,10 +66,16 @@ var (
 	noUserAgent = []string{""}
 )
 
-// forward proxies r (see the top of this file); w is the statusWriter around the fast path's
-// response.
+// forward proxies r (see the top of this file); sw wraps the fast path's response, or any
+// ResponseWriter for a request on net/http's HTTP/2 server (h2forward.go).
 func (p *Proxy) forward(sw *statusWriter, r *http.Request, rs *reqState) {
-	fw := sw.ResponseWriter.(*fastResponse)
+	var bw bodyWriter
+	if fw, ok := sw.ResponseWriter.(*fastResponse); ok {
+		bw = fw
+	} else {
+		r.Body = http.NoBody
+		bw = h2Body{sw, http.NewResponseController(sw.ResponseWriter)}
+	}
 	prepareForward(r, rs)
 	rs.w1xx = sw
 	resp, err := p.roundTrip(rs, r)
@@ -78,7 +84,7 @@ func (p *Proxy) forward(sw *statusWriter, r *http.Request, rs *reqState) {
 		p.proxyErrorFor(sw, r, rs, err)
 		return
 	}
-	p.forwardResponse(sw, fw, resp)
+	p.forwardResponse(sw, bw, resp)
 }
 
 // prepareForward makes r the upstream request: ReverseProxy's header rules, the cluster's authority
@@ -105,11 +111,26 @@ func prepareForward(r *http.Request, rs *reqState) {
 	}
 }
 
+// bodyWriter is where a forwarded response's body goes: the fast path's fastResponse, or h2Body over
+// any ResponseWriter.
+type bodyWriter interface {
+	io.Writer
+	FlushError() error
+}
+
+// h2Body writes a body through a statusWriter and flushes through its ResponseController.
+type h2Body struct {
+	*statusWriter
+	rc *http.ResponseController
+}
+
+func (b h2Body) FlushError() error { return b.rc.Flush() }
+
 // forwardResponse sends resp to the client as ReverseProxy does; a body that breaks off panics with
-// http.ErrAbortHandler. fw is sw's fastResponse.
-func (p *Proxy) forwardResponse(sw *statusWriter, fw *fastResponse, resp *http.Response) {
+// http.ErrAbortHandler. bw writes to sw's ResponseWriter.
+func (p *Proxy) forwardResponse(sw *statusWriter, bw bodyWriter, resp *http.Response) {
 	removeHopByHop(resp.Header)
-	if !fw.adoptHeader(resp.Header) {
+	if fw, ok := bw.(*fastResponse); !ok || !fw.adoptHeader(resp.Header) {
 		copyHeader(sw.Header(), resp.Header)
 	}
 	announced := len(resp.Trailer)
@@ -121,14 +142,14 @@ func (p *Proxy) forwardResponse(sw *statusWriter, fw *fastResponse, resp *http.R
 		sw.Header().Add("Trailer", strings.Join(keys, ", "))
 	}
 	sw.WriteHeader(resp.StatusCode)
-	if err := copyBody(fw, resp); err != nil {
+	if err := copyBody(bw, resp); err != nil {
 		resp.Body.Close()
 		p.log.Debug("response body copy failed", "err", err)
 		panic(http.ErrAbortHandler)
 	}
 	resp.Body.Close() // now, to fill resp.Trailer
 	if len(resp.Trailer) > 0 {
-		fw.Flush() // chunked, so that the trailers can follow
+		_ = bw.FlushError() // so that the trailers can follow (chunked on HTTP/1.1)
 	}
 	if len(resp.Trailer) == announced {
 		copyHeader(sw.Header(), resp.Trailer)
@@ -153,7 +174,7 @@ func (rs *reqState) forward1xx(code int, header textproto.MIMEHeader) error {
 
 // copyBody copies the response body to the client. As ReverseProxy, a body of unknown length or an
 // event stream is flushed as it comes (the head at once), any other body when the response ends.
-func copyBody(w *fastResponse, resp *http.Response) error {
+func copyBody(w bodyWriter, resp *http.Response) error {
 	flush := resp.ContentLength == -1 || eventStream(resp.Header.Get("Content-Type"))
 	if flush {
 		if err := w.FlushError(); err != nil {

@@ -125,21 +125,13 @@ func TestGRPCUnaryStreamingDeadlines(t *testing.T) {
 // startTCPEcho echoes bytes; when banner is set it speaks first.
 func startTCPEcho(t testing.TB, banner string) netip.AddrPort {
 	l := listen(t, "127.0.0.1:0")
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				if banner != "" {
-					_, _ = io.WriteString(c, banner)
-				}
-				_, _ = io.Copy(c, c)
-			}()
+	serveEach(l, func(c net.Conn) {
+		defer c.Close()
+		if banner != "" {
+			_, _ = io.WriteString(c, banner)
 		}
-	}()
+		_, _ = io.Copy(c, c)
+	})
 	return netip.MustParseAddrPort(l.Addr().String())
 }
 

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math/rand/v2"
 	"net/http"
 	"net/textproto"
 	"os"
@@ -83,17 +82,7 @@ func (s *h1Conn1) serveLean(head []byte) (handled, keep bool) {
 	if route == nil {
 		return false, false
 	}
-	name := route.Cluster
-	if len(route.WeightedClusters) > 0 {
-		n := rand.Uint32N(route.TotalWeight)
-		for _, wc := range route.WeightedClusters {
-			if n < wc.Weight {
-				name = wc.Name
-				break
-			}
-			n -= wc.Weight
-		}
-	}
+	name := routeCluster(route)
 	cl := rt.clusters[name]
 	if cl == nil || cl.cfg.Kind == config.ClusterOriginalDst || (cl.cfg.TLS != nil && cl.state.tlsH2 != nil) || cl.cfg.HTTP2 {
 		return false, false
@@ -296,7 +285,8 @@ func leanRetriable(r *config.RetryPolicy, status int, grpc []byte, err error, tr
 	return false
 }
 
-// leanTripError is roundTripError for a lean exchange.
+// leanTripError is the error a request that failed upstream answers with (a weft-error); routeExpired
+// says the route timeout ended it. roundTripError uses it too.
 func leanTripError(rs *reqState, addr string, err error, routeExpired bool) *proxyErr {
 	switch {
 	case errors.Is(err, errCircuitOpen):

@@ -19,36 +19,28 @@ func rawApp(t testing.TB) netip.AddrPort {
 	body := bytes.Repeat([]byte("x"), 1024)
 	resp := []byte("HTTP/1.1 200 OK\r\nContent-Length: 1024\r\nContent-Type: text/plain; charset=utf-8\r\nDate: Wed, 02 Dec 2026 08:00:00 GMT\r\n\r\n")
 	resp = append(resp, body...)
-	go func() {
+	serveEach(l, func(c net.Conn) {
+		defer c.Close()
+		buf := make([]byte, 8192)
+		n := 0
 		for {
-			c, err := l.Accept()
+			m, err := c.Read(buf[n:])
 			if err != nil {
 				return
 			}
-			go func() {
-				defer c.Close()
-				buf := make([]byte, 8192)
-				n := 0
-				for {
-					m, err := c.Read(buf[n:])
-					if err != nil {
-						return
-					}
-					n += m
-					for {
-						i := bytes.Index(buf[:n], []byte("\r\n\r\n"))
-						if i < 0 {
-							break
-						}
-						if _, err := c.Write(resp); err != nil {
-							return
-						}
-						n = copy(buf, buf[i+4:n])
-					}
+			n += m
+			for {
+				i := bytes.Index(buf[:n], []byte("\r\n\r\n"))
+				if i < 0 {
+					break
 				}
-			}()
+				if _, err := c.Write(resp); err != nil {
+					return
+				}
+				n = copy(buf, buf[i+4:n])
+			}
 		}
-	}()
+	})
 	return netip.MustParseAddrPort(l.Addr().String())
 }
 

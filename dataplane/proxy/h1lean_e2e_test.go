@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"maps"
+	"net"
 	"net/http"
 	"net/netip"
 	"regexp"
@@ -26,48 +27,40 @@ import (
 func scriptedApp(t testing.TB, replies []string) (netip.AddrPort, chan string) {
 	l := listen(t, "127.0.0.1:0")
 	heads := make(chan string, 16)
-	go func() {
+	serveEach(l, func(c net.Conn) {
+		defer c.Close()
+		br := bufio.NewReader(c)
 		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				br := bufio.NewReader(c)
-				for {
-					var head strings.Builder
-					idx := 0
-					for {
-						line, err := br.ReadString('\n')
-						if err != nil {
-							return
-						}
-						head.WriteString(line)
-						if v, ok := strings.CutPrefix(line, "X-Reply: "); ok {
-							for _, ch := range strings.TrimSpace(v) {
-								idx = idx*10 + int(ch-'0')
-							}
-						}
-						if line == "\r\n" {
-							break
-						}
-					}
-					heads <- head.String()
-					reply := replies[idx]
-					if strings.HasPrefix(head.String(), "HEAD ") {
-						reply = reply[:strings.LastIndex(reply, "\r\n\r\n")+4] // no body after HEAD
-					}
-					if _, err := io.WriteString(c, reply); err != nil {
-						return
-					}
-					if strings.Contains(reply, "Connection: close") || !strings.Contains(reply, "Content-Length") && !strings.Contains(reply, "chunked") {
-						return
+			var head strings.Builder
+			idx := 0
+			for {
+				line, err := br.ReadString('\n')
+				if err != nil {
+					return
+				}
+				head.WriteString(line)
+				if v, ok := strings.CutPrefix(line, "X-Reply: "); ok {
+					for _, ch := range strings.TrimSpace(v) {
+						idx = idx*10 + int(ch-'0')
 					}
 				}
-			}()
+				if line == "\r\n" {
+					break
+				}
+			}
+			heads <- head.String()
+			reply := replies[idx]
+			if strings.HasPrefix(head.String(), "HEAD ") {
+				reply = reply[:strings.LastIndex(reply, "\r\n\r\n")+4] // no body after HEAD
+			}
+			if _, err := io.WriteString(c, reply); err != nil {
+				return
+			}
+			if strings.Contains(reply, "Connection: close") || !strings.Contains(reply, "Content-Length") && !strings.Contains(reply, "chunked") {
+				return
+			}
 		}
-	}()
+	})
 	return netip.MustParseAddrPort(l.Addr().String()), heads
 }
 
@@ -166,30 +159,22 @@ func TestLeanDeadlineClearedForTodaysPath(t *testing.T) {
 	l := listen(t, "127.0.0.1:0")
 	var accepted atomic.Int64
 	resp := "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Type: text/plain\r\n\r\nok"
-	go func() {
+	serveEach(l, func(c net.Conn) {
+		accepted.Add(1)
+		defer c.Close()
+		br := bufio.NewReader(c)
 		for {
-			c, err := l.Accept()
+			line, err := br.ReadString('\n')
 			if err != nil {
 				return
 			}
-			accepted.Add(1)
-			go func() {
-				defer c.Close()
-				br := bufio.NewReader(c)
-				for {
-					line, err := br.ReadString('\n')
-					if err != nil {
-						return
-					}
-					if line == "\r\n" {
-						if _, err := io.WriteString(c, resp); err != nil {
-							return
-						}
-					}
+			if line == "\r\n" {
+				if _, err := io.WriteString(c, resp); err != nil {
+					return
 				}
-			}()
+			}
 		}
-	}()
+	})
 	svc := newService(t, echoFQDN, "127.0.0.77", netip.MustParseAddrPort(l.Addr().String()))
 	svc.route = fx.Route{Timeout: 50 * time.Millisecond}
 	mesh(t, svc)

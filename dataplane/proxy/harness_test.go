@@ -74,6 +74,19 @@ func (s *sidecar) inboundAt(t testing.TB, addr string) {
 	go func() { _ = s.p.ServeInbound(l) }()
 }
 
+// serveEach accepts l's connections until it closes, handling each in a goroutine of its own.
+func serveEach(l net.Listener, handle func(net.Conn)) {
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go handle(c)
+		}
+	}()
+}
+
 func listen(t testing.TB, addr string) net.Listener {
 	t.Helper()
 	l, err := net.Listen("tcp", addr)

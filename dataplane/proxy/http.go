@@ -15,7 +15,6 @@ import (
 	"strconv"
 	"strings"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/weftmesh/weft/dataplane/config"
@@ -153,17 +152,7 @@ func (p *Proxy) serveHTTP(w http.ResponseWriter, r *http.Request, info *connInfo
 		writeWeftError(sw, r, http.StatusServiceUnavailable, "no route for authority "+authority+" and path "+r.URL.Path)
 		return
 	}
-	name := route.Cluster
-	if len(route.WeightedClusters) > 0 {
-		n := rand.Uint32N(route.TotalWeight)
-		for _, wc := range route.WeightedClusters {
-			if n < wc.Weight {
-				name = wc.Name
-				break
-			}
-			n -= wc.Weight
-		}
-	}
+	name := routeCluster(route)
 	cl := rt.clusters[name]
 	if cl == nil {
 		writeWeftError(sw, r, http.StatusServiceUnavailable, "cluster "+name+" is unknown")
@@ -191,22 +180,13 @@ func (p *Proxy) serveHTTP(w http.ResponseWriter, r *http.Request, info *connInfo
 		p.connect(sw, r, rs)
 		return
 	}
-	if p.forwardable(rs, w, r) {
+	if p.forwardable(rs, w, r) || forwardableH2(r) {
 		if rs.timeout > 0 {
 			ctx, cancel := context.WithTimeout(r.Context(), rs.timeout)
 			defer cancel()
 			r = r.WithContext(ctx)
 		}
 		p.forward(sw, r, rs)
-		return
-	}
-	if forwardableH2(r) {
-		if rs.timeout > 0 {
-			ctx, cancel := context.WithTimeout(r.Context(), rs.timeout)
-			defer cancel()
-			r = r.WithContext(ctx)
-		}
-		p.forwardH2(sw, r, rs)
 		return
 	}
 	ctx := context.WithValue(r.Context(), reqKey, rs)
@@ -216,6 +196,22 @@ func (p *Proxy) serveHTTP(w http.ResponseWriter, r *http.Request, info *connInfo
 		defer cancel()
 	}
 	p.rp.ServeHTTP(sw, r.WithContext(ctx))
+}
+
+// routeCluster is the cluster a request on route goes to: its cluster, or one of its weighted
+// clusters chosen by weight.
+func routeCluster(route *config.Route) string {
+	if len(route.WeightedClusters) == 0 {
+		return route.Cluster
+	}
+	n := rand.Uint32N(route.TotalWeight)
+	for _, wc := range route.WeightedClusters {
+		if n < wc.Weight {
+			return wc.Name
+		}
+		n -= wc.Weight
+	}
+	return route.Cluster
 }
 
 func remoteIP(addr string) string {
@@ -481,17 +477,7 @@ func isDialError(err error) bool {
 }
 
 func (p *Proxy) roundTripError(ctx context.Context, rs *reqState, addr string, err error) error {
-	switch {
-	case errors.Is(err, errCircuitOpen):
-		return &proxyErr{http.StatusServiceUnavailable, "circuit open for " + rs.cluster.cfg.Name}
-	case errors.Is(ctx.Err(), context.DeadlineExceeded) && rs.timeout > 0:
-		return &proxyErr{http.StatusGatewayTimeout, fmt.Sprintf("upstream timeout after %s", rs.timeout)}
-	case errors.Is(err, syscall.ECONNREFUSED):
-		return &proxyErr{http.StatusBadGateway, "connection to " + addr + " refused"}
-	case isDialError(err):
-		return &proxyErr{http.StatusBadGateway, "connection to " + addr + " failed: " + err.Error()}
-	}
-	return &proxyErr{http.StatusBadGateway, "upstream " + addr + ": " + err.Error()}
+	return leanTripError(rs, addr, err, errors.Is(ctx.Err(), context.DeadlineExceeded))
 }
 
 // transportFor picks the upstream protocol: mTLS HTTP/2 to another weft-proxy (HTTP/1.1 only for
