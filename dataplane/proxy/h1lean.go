@@ -172,8 +172,14 @@ func (s *h1Conn1) leanExchange(rs *reqState) (code int, grpcFail, keep bool) {
 	}
 	retry := rs.retry
 	perTry := retry != nil && retry.PerTryTimeout > 0
+	var h *host // the endpoint of the attempt under way, counted in its active requests
+	defer func() {
+		if h != nil { // a panic ended the attempt
+			h.active.Add(-1)
+		}
+	}()
 	for attempt := 0; ; attempt++ {
-		h := cl.pick(rs.hashKey)
+		h = cl.pick(rs.hashKey)
 		if h == nil {
 			return s.leanError(http.StatusServiceUnavailable, "cluster "+cl.cfg.Name+" has no ready endpoints", closeAfter)
 		}
@@ -207,6 +213,7 @@ func (s *h1Conn1) leanExchange(rs *reqState) (code int, grpcFail, keep bool) {
 				s.leanDiscard(st.h1, pc, resp, headReq)
 			}
 			h.active.Add(-1)
+			h = nil
 			st.retries.Add(1)
 			ok := sleepUntil(backoff(retry, attempt), routeDL)
 			st.retries.Add(-1)
@@ -216,11 +223,13 @@ func (s *h1Conn1) leanExchange(rs *reqState) (code int, grpcFail, keep bool) {
 			continue
 		}
 		if err != nil {
+			addr := h.addrStr
 			h.active.Add(-1)
+			h = nil
 			if tryTimeout {
 				return s.leanError(http.StatusGatewayTimeout, fmt.Sprintf("upstream timeout after %s (per try)", retry.PerTryTimeout), closeAfter)
 			}
-			pe := leanTripError(rs, h.addrStr, err, routeExpired)
+			pe := leanTripError(rs, addr, err, routeExpired)
 			return s.leanError(pe.status, pe.msg, closeAfter)
 		}
 		if resp != nil {
@@ -229,6 +238,7 @@ func (s *h1Conn1) leanExchange(rs *reqState) (code int, grpcFail, keep bool) {
 			code, keep = s.leanCopy(st.h1, pc, headReq, closeAfter)
 		}
 		h.active.Add(-1)
+		h = nil
 		return code, code != 0 && len(grpc) > 0 && string(grpc) != "0", keep
 	}
 }
