@@ -47,9 +47,14 @@ func (s *service) cluster() string   { return fx.ClusterName(s.port, s.fqdn) }
 func (s *service) authority() string { return s.fqdn + ":" + strconv.Itoa(s.port) }
 
 // resources is the outbound config weft-control would send for these services.
+//
+// Route configurations are named by port, as weft-control names them: services that happen to share a
+// port (their listeners are on different loopback addresses) share one, with a virtual host each.
 func resources(svcs ...*service) []proto.Message {
 	msgs := []proto.Message{fx.Passthrough()}
 	var chains []fx.Chain
+	var ports []string
+	vhosts := map[string][]fx.VirtualHost{}
 	for _, s := range svcs {
 		c := fx.EDSCluster(s.cluster(), s.lb)
 		msgs = append(msgs, c, fx.CLA(s.cluster(), s.backends...))
@@ -61,8 +66,14 @@ func resources(svcs ...*service) []proto.Message {
 		chains = append(chains, fx.Chain{Name: s.fqdn, IP: s.ip, Port: uint32(s.port), Route: port})
 		r := s.route
 		r.Cluster = s.cluster()
-		msgs = append(msgs, fx.RouteConfig(port, fx.VirtualHost{Name: s.fqdn,
-			Domains: []string{s.fqdn, s.authority(), s.ip, s.ip + ":" + port}, Routes: []fx.Route{r}}))
+		if vhosts[port] == nil {
+			ports = append(ports, port)
+		}
+		vhosts[port] = append(vhosts[port], fx.VirtualHost{Name: s.fqdn,
+			Domains: []string{s.fqdn, s.authority(), s.ip, s.ip + ":" + port}, Routes: []fx.Route{r}})
+	}
+	for _, port := range ports {
+		msgs = append(msgs, fx.RouteConfig(port, vhosts[port]...))
 	}
 	msgs = append(msgs, fx.Listener("outbound", netip.MustParseAddrPort("0.0.0.0:15001"), &fx.Chain{Name: "passthrough", Cluster: "passthrough"}, chains...))
 	return msgs
