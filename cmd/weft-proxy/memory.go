@@ -27,7 +27,8 @@ import (
 //     heap reaches 4 MB or for 2 minutes), a third of it protobuf-go's lazy set-up of the slim xDS
 //     messages on first decode; ~0.7 MB of goroutine stacks; runtime structures. A runtime.GC or
 //     debug.FreeOSMemory once start-up is done raised it by 0.6–1 MB instead (start-up garbage is only
-//     ~0.45 MB, scattered over spans that stay in use).
+//     ~0.45 MB, scattered over spans that stay in use), and so did a GC percent of 25 during start-up
+//     (+1 MB, same run: the collector's own metadata and workers cost more than the garbage it frees).
 //   - A scraped sidecar grows towards the GC's 4 MB minimum heap: each /metrics scrape allocates
 //     ~55 KB (it was ~230 KB with client_golang's Go and process collectors, which also linked ~1 MB
 //     of resident binary: dataplane/proxy/metrics.go); --gc-percent scales that minimum.
