@@ -3,7 +3,6 @@ module github.com/weftmesh/weft
 go 1.26.0
 
 require (
-	connectrpc.com/connect v1.21.1
 	github.com/VictoriaMetrics/metrics v1.45.0
 	github.com/envoyproxy/go-control-plane v0.14.0
 	github.com/envoyproxy/go-control-plane/envoy v1.40.0

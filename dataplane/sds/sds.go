@@ -8,8 +8,9 @@
 // messages of dataplane/internal/xdsproto (go-control-plane's generated API would link all of Envoy's
 // API into the sidecar): StreamSecrets (state of the world) and FetchSecrets; DeltaSecrets answers
 // Unimplemented, and Envoy falls back to state of the world when its sds_config says api_type GRPC.
-// It is served by connect-go handlers on net/http's HTTP/2 server without TLS (h2c, prior knowledge),
-// which speak the gRPC protocol Envoy's and grpc-go's clients use: the sidecar links no grpc-go.
+// It is served by identity/grpcwire's handlers on net/http's HTTP/2 server without TLS (h2c, prior
+// knowledge), which speak the gRPC protocol Envoy's and grpc-go's clients use: the sidecar links no
+// grpc-go.
 //
 // Socket: a stale socket file left by a previous run is removed at start (a live one, that answers a
 // connect, is an error: another proxy serves it); the socket is made mode 0660, so that an Envoy
@@ -45,11 +46,11 @@ import (
 	"sync"
 	"time"
 
-	"connectrpc.com/connect"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 
 	xp "github.com/weftmesh/weft/dataplane/internal/xdsproto"
+	"github.com/weftmesh/weft/identity/grpcwire"
 )
 
 // Secret names (DESIGN.md).
@@ -361,13 +362,14 @@ func (st *state) pick(names []string) ([]*anypb.Any, map[string]string) {
 // request whose names change what it would send, and every change of a requested secret; an ACK or
 // NACK of the latest response is not answered (after a NACK the same content is not sent again), and
 // a request carrying an older nonce is ignored, as the xDS protocol says.
-func (s *Server) StreamSecrets(ctx context.Context, stream *connect.BidiStream[xp.DiscoveryRequest, xp.DiscoveryResponse]) error {
+func (s *Server) StreamSecrets(stream *grpcwire.ServerStream) error {
+	ctx := stream.Context()
 	reqs := make(chan *xp.DiscoveryRequest)
 	recvErr := make(chan error, 1)
 	go func() {
 		for {
-			req, err := stream.Receive()
-			if err != nil {
+			req := new(xp.DiscoveryRequest)
+			if err := stream.Recv(req); err != nil {
 				recvErr <- err
 				return
 			}
@@ -407,7 +409,7 @@ func (s *Server) StreamSecrets(ctx context.Context, stream *connect.BidiStream[x
 		case <-ctx.Done():
 			return nil
 		case err := <-recvErr:
-			if connect.CodeOf(err) == connect.CodeCanceled || errors.Is(err, context.Canceled) {
+			if grpcwire.CodeOf(err) == grpcwire.Canceled {
 				return nil
 			}
 			return ignoreEOF(err)
@@ -422,7 +424,7 @@ func (s *Server) StreamSecrets(ctx context.Context, stream *connect.BidiStream[x
 		case req := <-reqs:
 			st, _ := s.current() // the newest, so that a change during the wait is not lost
 			if req.GetTypeUrl() != "" && req.GetTypeUrl() != SecretTypeURL {
-				return connect.NewError(connect.CodeInvalidArgument, fmt.Errorf("this SDS server serves only %s, not %s", SecretTypeURL, req.GetTypeUrl()))
+				return grpcwire.Errorf(grpcwire.InvalidArgument, "this SDS server serves only %s, not %s", SecretTypeURL, req.GetTypeUrl())
 			}
 			if req.GetResponseNonce() != "" && req.GetResponseNonce() != lastNonce {
 				continue // answers an older response: a newer one is on its way
@@ -447,17 +449,16 @@ func ignoreEOF(err error) error {
 
 // FetchSecrets is SDS over a unary call: the requested secrets of the moment, NotFound when none
 // exists.
-func (s *Server) FetchSecrets(_ context.Context, r *connect.Request[xp.DiscoveryRequest]) (*connect.Response[xp.DiscoveryResponse], error) {
-	req := r.Msg
+func (s *Server) FetchSecrets(_ context.Context, req *xp.DiscoveryRequest) (*xp.DiscoveryResponse, error) {
 	if req.GetTypeUrl() != "" && req.GetTypeUrl() != SecretTypeURL {
-		return nil, connect.NewError(connect.CodeInvalidArgument, fmt.Errorf("this SDS server serves only %s, not %s", SecretTypeURL, req.GetTypeUrl()))
+		return nil, grpcwire.Errorf(grpcwire.InvalidArgument, "this SDS server serves only %s, not %s", SecretTypeURL, req.GetTypeUrl())
 	}
 	st, _ := s.current()
 	res, _ := st.pick(wanted(req.GetResourceNames()))
 	if len(res) == 0 {
-		return nil, connect.NewError(connect.CodeNotFound, fmt.Errorf("no secret %v here (this server has %q and %q, the certificate once the proxy has one)", req.GetResourceNames(), CertificateName, TrustBundleName))
+		return nil, grpcwire.Errorf(grpcwire.NotFound, "no secret %v here (this server has %q and %q, the certificate once the proxy has one)", req.GetResourceNames(), CertificateName, TrustBundleName)
 	}
-	return connect.NewResponse(&xp.DiscoveryResponse{VersionInfo: st.version, Resources: res, TypeUrl: SecretTypeURL}), nil
+	return &xp.DiscoveryResponse{VersionInfo: st.version, Resources: res, TypeUrl: SecretTypeURL}, nil
 }
 
 // Bundle is a trust bundle source for Options.Bundle: the PEM last handed to Set (the control plane's
@@ -506,12 +507,11 @@ const (
 // knowledge, what gRPC clients speak on a Unix socket). DeltaSecrets answers Unimplemented.
 func newHTTPServer(s *Server) *http.Server {
 	mux := http.NewServeMux()
-	mux.Handle(streamSecretsMethod, connect.NewBidiStreamHandler(streamSecretsMethod, s.StreamSecrets))
-	mux.Handle(fetchSecretsMethod, connect.NewUnaryHandler(fetchSecretsMethod, s.FetchSecrets))
-	mux.Handle(deltaSecretsMethod, connect.NewBidiStreamHandler(deltaSecretsMethod,
-		func(context.Context, *connect.BidiStream[xp.DeltaDiscoveryRequest, xp.DeltaDiscoveryResponse]) error {
-			return connect.NewError(connect.CodeUnimplemented, errors.New("this SDS server has no delta xDS: use state of the world (api_type GRPC)"))
-		}))
+	mux.Handle(streamSecretsMethod, grpcwire.StreamHandler(s.StreamSecrets))
+	mux.Handle(fetchSecretsMethod, grpcwire.UnaryHandler(s.FetchSecrets))
+	mux.Handle(deltaSecretsMethod, grpcwire.StreamHandler(func(*grpcwire.ServerStream) error {
+		return grpcwire.Errorf(grpcwire.Unimplemented, "this SDS server has no delta xDS: use state of the world (api_type GRPC)")
+	}))
 	var protos http.Protocols
 	protos.SetUnencryptedHTTP2(true)
 	return &http.Server{

@@ -3,16 +3,15 @@ package xdsclient
 import (
 	"context"
 	"crypto/tls"
-	"errors"
-	"io"
 	"net"
 	"net/http"
 	"strings"
 	"time"
 
-	"connectrpc.com/connect"
+	"google.golang.org/protobuf/proto"
 
 	xp "github.com/weftmesh/weft/dataplane/internal/xdsproto"
+	"github.com/weftmesh/weft/identity/grpcwire"
 )
 
 // The ADS methods, called by name with the slim messages (go-control-plane's generated stubs would link
@@ -24,9 +23,9 @@ const (
 
 // Conn is the way to the control plane: an HTTP/2 client and the server's base URL (http://host:port
 // for plaintext HTTP/2, https://host:port for TLS). The ADS streams speak the gRPC protocol over it
-// (connect-go), so the sidecar links no grpc-go: a few megabytes less resident memory per pod.
+// (identity/grpcwire), so the sidecar links no grpc-go: a few megabytes less resident memory per pod.
 type Conn struct {
-	Client connect.HTTPClient
+	Client grpcwire.Doer
 	URL    string
 }
 
@@ -75,68 +74,44 @@ func baseURL(addr string, tls bool) string {
 }
 
 // stream is one ADS stream as the loops use it: Send, and Recv until an error.
-type stream[Req, Res any] struct {
-	s      *connect.BidiStreamForClient[Req, Res]
-	cancel context.CancelFunc
-}
+type stream[Req, Res any] struct{ s *grpcwire.Stream }
 
-// newStream opens a stream that ends with ctx or close: net/http's HTTP/2 transport watches the
-// request's context only once the request body is closed, so closing the body when the context ends is
-// what unblocks a Recv.
-func newStream[Req, Res any](ctx context.Context, c *connect.Client[Req, Res]) stream[Req, Res] {
-	ctx, cancel := context.WithCancel(ctx)
-	s := c.CallBidiStream(ctx)
-	context.AfterFunc(ctx, func() { _ = s.CloseRequest() })
-	return stream[Req, Res]{s: s, cancel: cancel}
-}
+// Send sends a request. When the stream has already ended, it returns the stream's status.
+func (s stream[Req, Res]) Send(r *Req) error { return s.s.Send(any(r).(proto.Message)) }
 
-// Send sends a request. When the stream has already ended, connect reports io.EOF from Send and the
-// real status from Receive: that status is returned.
-func (s stream[Req, Res]) Send(r *Req) error {
-	err := s.s.Send(r)
-	if errors.Is(err, io.EOF) {
-		if _, rerr := s.s.Receive(); rerr != nil {
-			return rerr
-		}
+func (s stream[Req, Res]) Recv() (*Res, error) {
+	res := new(Res)
+	if err := s.s.Recv(any(res).(proto.Message)); err != nil {
+		return nil, err
 	}
-	return err
+	return res, nil
 }
-
-func (s stream[Req, Res]) Recv() (*Res, error) { return s.s.Receive() }
 
 // close ends the stream (resetting it if the server has not) and releases it.
-func (s stream[Req, Res]) close() {
-	s.cancel()
-	_ = s.s.CloseResponse()
-}
+func (s stream[Req, Res]) close() { s.s.Close() }
 
 type deltaStream = stream[xp.DeltaDiscoveryRequest, xp.DeltaDiscoveryResponse]
 
 type sotwStream = stream[xp.DiscoveryRequest, xp.DiscoveryResponse]
 
-// adsClients are the two ADS methods' connect clients (gRPC protocol, no compression asked for).
+// adsClients is the way to the two ADS methods.
 type adsClients struct {
-	delta *connect.Client[xp.DeltaDiscoveryRequest, xp.DeltaDiscoveryResponse]
-	sotw  *connect.Client[xp.DiscoveryRequest, xp.DiscoveryResponse]
+	client grpcwire.Doer
+	url    string
 }
 
-func newADSClients(c Conn) adsClients {
-	return adsClients{
-		delta: connect.NewClient[xp.DeltaDiscoveryRequest, xp.DeltaDiscoveryResponse](c.Client, c.URL+adsDeltaMethod, connect.WithGRPC()),
-		sotw:  connect.NewClient[xp.DiscoveryRequest, xp.DiscoveryResponse](c.Client, c.URL+adsSotWMethod, connect.WithGRPC()),
-	}
-}
+func newADSClients(c Conn) adsClients { return adsClients{client: c.Client, url: c.URL} }
 
 func openDelta(ctx context.Context, c adsClients) deltaStream {
-	return newStream(ctx, c.delta)
+	return deltaStream{grpcwire.OpenStream(ctx, c.client, c.url+adsDeltaMethod)}
 }
 
 func openSotW(ctx context.Context, c adsClients) sotwStream {
-	return newStream(ctx, c.sotw)
+	return sotwStream{grpcwire.OpenStream(ctx, c.client, c.url+adsSotWMethod)}
 }
 
 // isUnimplemented reports a gRPC status Unimplemented (the server lacks the method).
-func isUnimplemented(err error) bool { return connect.CodeOf(err) == connect.CodeUnimplemented }
+func isUnimplemented(err error) bool { return grpcwire.CodeOf(err) == grpcwire.Unimplemented }
 
 // codeInvalidArgument is gRPC's INVALID_ARGUMENT, the code of a NACK's error detail.
-const codeInvalidArgument = int32(connect.CodeInvalidArgument)
+const codeInvalidArgument = int32(grpcwire.InvalidArgument)

@@ -30,13 +30,12 @@ import (
 	"sync/atomic"
 	"time"
 
-	"connectrpc.com/connect"
-
+	"github.com/weftmesh/weft/identity/grpcwire"
 	"github.com/weftmesh/weft/identity/spiffeid"
 	"github.com/weftmesh/weft/identity/workload/internal/certifypb"
 )
 
-// certifyMethod is weft.identity.v1.Identity/Certify, called through connect-go in the gRPC protocol
+// certifyMethod is weft.identity.v1.Identity/Certify, called through identity/grpcwire in the gRPC protocol
 // with wire-compatible mirrors of its messages: the generated package of the service also holds its
 // grpc-go stubs, and the sidecar links no grpc-go (resident memory per pod).
 const certifyMethod = "/weft.identity.v1.Identity/Certify"
@@ -264,19 +263,18 @@ func (c *Client) certify(ctx context.Context) (time.Time, error) {
 	}
 	transport.Protocols.SetHTTP2(true)
 	defer transport.CloseIdleConnections()
-	client := connect.NewClient[certifypb.CertifyRequest, certifypb.CertifyResponse](
-		&http.Client{Transport: transport}, "https://"+c.cfg.Addr+certifyMethod, connect.WithGRPC())
 	callCtx, cancel := context.WithTimeout(ctx, c.cfg.Timeout)
 	defer cancel()
-	resp, err := client.CallUnary(callCtx, connect.NewRequest(&certifypb.CertifyRequest{
+	var resp certifypb.CertifyResponse
+	err = grpcwire.Unary(callCtx, &http.Client{Transport: transport}, "https://"+c.cfg.Addr+certifyMethod, &certifypb.CertifyRequest{
 		Identity:                  c.cfg.Identity.String(),
 		Token:                     token,
 		CertificateSigningRequest: csr,
-	}))
+	}, &resp)
 	if err != nil {
 		return time.Time{}, fmt.Errorf("certify at %s: %w", c.cfg.Addr, err)
 	}
-	cert, err := checkResponse(resp.Msg, key, c.cfg.Identity, roots)
+	cert, err := checkResponse(&resp, key, c.cfg.Identity, roots)
 	if err != nil {
 		return time.Time{}, err
 	}

@@ -1,0 +1,343 @@
+package grpcwire_test
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	testgrpc "google.golang.org/grpc/interop/grpc_testing"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+
+	"github.com/weftmesh/weft/identity/grpcwire"
+)
+
+// The calls are tested against grpc-go on the other side: its server for the client, its client for
+// the handlers, over h2c on loopback.
+
+const (
+	unaryMethod  = "/grpc.testing.TestService/UnaryCall"
+	duplexMethod = "/grpc.testing.TestService/FullDuplexCall"
+)
+
+// echoServer is grpc-go's side: it echoes payloads, and answers a request that carries a
+// ResponseStatus with that status.
+type echoServer struct {
+	testgrpc.UnimplementedTestServiceServer
+	timeouts chan string // grpc-timeout headers seen
+}
+
+func (s *echoServer) UnaryCall(ctx context.Context, req *testgrpc.SimpleRequest) (*testgrpc.SimpleResponse, error) {
+	if md, ok := metadata.FromIncomingContext(ctx); ok && s.timeouts != nil {
+		_, has := ctx.Deadline()
+		select {
+		case s.timeouts <- map[bool]string{true: "deadline", false: "none"}[has] + " " + strings.Join(md["content-type"], ","):
+		default:
+		}
+	}
+	if st := req.GetResponseStatus(); st != nil {
+		if st.GetCode() == int32(codes.DeadlineExceeded) {
+			<-ctx.Done() // hold the call until the caller's deadline
+			return nil, status.FromContextError(ctx.Err()).Err()
+		}
+		return nil, status.Error(codes.Code(st.GetCode()), st.GetMessage())
+	}
+	return &testgrpc.SimpleResponse{Payload: req.GetPayload()}, nil
+}
+
+func (s *echoServer) FullDuplexCall(stream testgrpc.TestService_FullDuplexCallServer) error {
+	for {
+		req, err := stream.Recv()
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if st := req.GetResponseStatus(); st != nil {
+			return status.Error(codes.Code(st.GetCode()), st.GetMessage())
+		}
+		if err := stream.Send(&testgrpc.StreamingOutputCallResponse{Payload: req.GetPayload()}); err != nil {
+			return err
+		}
+	}
+}
+
+func grpcServer(t *testing.T) (base string, srv *echoServer) {
+	t.Helper()
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	gs := grpc.NewServer()
+	srv = &echoServer{timeouts: make(chan string, 1)}
+	testgrpc.RegisterTestServiceServer(gs, srv)
+	go gs.Serve(lis)
+	t.Cleanup(gs.Stop)
+	return "http://" + lis.Addr().String(), srv
+}
+
+func h2cClient() *http.Client {
+	var p http.Protocols
+	p.SetUnencryptedHTTP2(true)
+	return &http.Client{Transport: &http.Transport{Protocols: &p}}
+}
+
+func payload(s string) *testgrpc.Payload { return &testgrpc.Payload{Body: []byte(s)} }
+
+func TestUnaryAgainstGRPCServer(t *testing.T) {
+	base, srv := grpcServer(t)
+	c := h2cClient()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+
+	var res testgrpc.SimpleResponse
+	if err := grpcwire.Unary(ctx, c, base+unaryMethod, &testgrpc.SimpleRequest{Payload: payload("hello")}, &res); err != nil {
+		t.Fatalf("unary call: %v", err)
+	}
+	if got := string(res.GetPayload().GetBody()); got != "hello" {
+		t.Errorf("echo = %q, want hello", got)
+	}
+	if got := <-srv.timeouts; got != "deadline application/grpc" {
+		t.Errorf("server saw %q, want the caller's deadline and content type application/grpc", got)
+	}
+
+	// A status with a message that needs percent-encoding on the wire.
+	msg := "token rejected: 100% wrong, naïve\nsecond line"
+	err := grpcwire.Unary(ctx, c, base+unaryMethod, &testgrpc.SimpleRequest{
+		ResponseStatus: &testgrpc.EchoStatus{Code: int32(codes.PermissionDenied), Message: msg}}, &res)
+	var e *grpcwire.Error
+	if !errors.As(err, &e) || e.Code != grpcwire.PermissionDenied || e.Message != msg {
+		t.Errorf("error = %#v, want PermissionDenied with %q", err, msg)
+	}
+
+	// A method the server lacks.
+	err = grpcwire.Unary(ctx, c, base+"/grpc.testing.TestService/EmptyCall", &testgrpc.Empty{}, &testgrpc.Empty{})
+	if grpcwire.CodeOf(err) != grpcwire.Unimplemented {
+		t.Errorf("unknown method: %v, want Unimplemented", err)
+	}
+
+	// The caller's deadline ends the call.
+	short, cancelShort := context.WithTimeout(ctx, 200*time.Millisecond)
+	defer cancelShort()
+	err = grpcwire.Unary(short, c, base+unaryMethod, &testgrpc.SimpleRequest{
+		ResponseStatus: &testgrpc.EchoStatus{Code: int32(codes.DeadlineExceeded)}}, &res)
+	if grpcwire.CodeOf(err) != grpcwire.DeadlineExceeded {
+		t.Errorf("past the deadline: %v, want DeadlineExceeded", err)
+	}
+
+	// Nobody listening.
+	lis, _ := net.Listen("tcp", "127.0.0.1:0")
+	addr := lis.Addr().String()
+	lis.Close()
+	err = grpcwire.Unary(ctx, c, "http://"+addr+unaryMethod, &testgrpc.SimpleRequest{}, &res)
+	if grpcwire.CodeOf(err) != grpcwire.Unavailable {
+		t.Errorf("refused connection: %v, want Unavailable", err)
+	}
+}
+
+func TestStreamAgainstGRPCServer(t *testing.T) {
+	base, _ := grpcServer(t)
+	c := h2cClient()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+
+	s := grpcwire.OpenStream(ctx, c, base+duplexMethod)
+	for _, m := range []string{"one", "two", "three"} {
+		if err := s.Send(&testgrpc.StreamingOutputCallRequest{Payload: payload(m)}); err != nil {
+			t.Fatalf("send %s: %v", m, err)
+		}
+		var res testgrpc.StreamingOutputCallResponse
+		if err := s.Recv(&res); err != nil {
+			t.Fatalf("recv: %v", err)
+		}
+		if got := string(res.GetPayload().GetBody()); got != m {
+			t.Fatalf("echo = %q, want %q", got, m)
+		}
+	}
+	if err := s.CloseSend(); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Recv(&testgrpc.StreamingOutputCallResponse{}); err != io.EOF {
+		t.Errorf("after the half-close: %v, want io.EOF (status OK)", err)
+	}
+	s.Close()
+
+	// The server ends the call with a status: Recv reports it, and so does a Send after it.
+	s = grpcwire.OpenStream(ctx, c, base+duplexMethod)
+	defer s.Close()
+	if err := s.Send(&testgrpc.StreamingOutputCallRequest{
+		ResponseStatus: &testgrpc.EchoStatus{Code: int32(codes.InvalidArgument), Message: "bad request"}}); err != nil {
+		t.Fatalf("send: %v", err)
+	}
+	err := s.Recv(&testgrpc.StreamingOutputCallResponse{})
+	var e *grpcwire.Error
+	if !errors.As(err, &e) || e.Code != grpcwire.InvalidArgument || e.Message != "bad request" {
+		t.Fatalf("recv: %v, want InvalidArgument \"bad request\"", err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		err = s.Send(&testgrpc.StreamingOutputCallRequest{Payload: payload("late")})
+		if err != nil || time.Now().After(deadline) {
+			break
+		}
+	}
+	if grpcwire.CodeOf(err) != grpcwire.InvalidArgument {
+		t.Errorf("send after the call ended: %v, want its status InvalidArgument", err)
+	}
+}
+
+func TestStreamRecvEndsWithContext(t *testing.T) {
+	base, _ := grpcServer(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	s := grpcwire.OpenStream(ctx, h2cClient(), base+duplexMethod)
+	defer s.Close()
+	if err := s.Send(&testgrpc.StreamingOutputCallRequest{Payload: payload("x")}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Recv(&testgrpc.StreamingOutputCallResponse{}); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- s.Recv(&testgrpc.StreamingOutputCallResponse{}) }() // nothing more comes
+	cancel()
+	select {
+	case err := <-done:
+		if grpcwire.CodeOf(err) != grpcwire.Canceled {
+			t.Errorf("recv after cancel: %v, want Canceled", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Recv still blocked 10 s after its context ended")
+	}
+}
+
+// wireServer serves the TestService methods through grpcwire's handlers.
+func wireServer(t *testing.T) *grpc.ClientConn {
+	t.Helper()
+	mux := http.NewServeMux()
+	mux.Handle(unaryMethod, grpcwire.UnaryHandler(func(_ context.Context, req *testgrpc.SimpleRequest) (*testgrpc.SimpleResponse, error) {
+		if st := req.GetResponseStatus(); st != nil {
+			return nil, &grpcwire.Error{Code: grpcwire.Code(st.GetCode()), Message: st.GetMessage()}
+		}
+		return &testgrpc.SimpleResponse{Payload: req.GetPayload()}, nil
+	}))
+	mux.Handle(duplexMethod, grpcwire.StreamHandler(func(s *grpcwire.ServerStream) error {
+		for {
+			var req testgrpc.StreamingOutputCallRequest
+			if err := s.Recv(&req); err == io.EOF {
+				return nil
+			} else if err != nil {
+				return err
+			}
+			if st := req.GetResponseStatus(); st != nil {
+				return &grpcwire.Error{Code: grpcwire.Code(st.GetCode()), Message: st.GetMessage()}
+			}
+			if err := s.Send(&testgrpc.StreamingOutputCallResponse{Payload: req.GetPayload()}); err != nil {
+				return err
+			}
+		}
+	}))
+	var p http.Protocols
+	p.SetUnencryptedHTTP2(true)
+	hs := &http.Server{Handler: mux, Protocols: &p}
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go hs.Serve(lis)
+	t.Cleanup(func() { hs.Close() })
+	cc, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cc.Close() })
+	return cc
+}
+
+func TestHandlersServeGRPCClient(t *testing.T) {
+	cc := wireServer(t)
+	tc := testgrpc.NewTestServiceClient(cc)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+
+	res, err := tc.UnaryCall(ctx, &testgrpc.SimpleRequest{Payload: payload("hi")})
+	if err != nil || string(res.GetPayload().GetBody()) != "hi" {
+		t.Fatalf("unary: %v %v, want the echo", res, err)
+	}
+	msg := "no secret \"x\": 50% of ünïcode\tand a tab"
+	_, err = tc.UnaryCall(ctx, &testgrpc.SimpleRequest{ResponseStatus: &testgrpc.EchoStatus{Code: int32(codes.NotFound), Message: msg}})
+	if st := status.Convert(err); st.Code() != codes.NotFound || st.Message() != msg {
+		t.Errorf("unary error: %v, want NotFound %q", err, msg)
+	}
+	if _, err := tc.EmptyCall(ctx, &testgrpc.Empty{}); status.Code(err) != codes.Unimplemented {
+		t.Errorf("unregistered method: %v, want Unimplemented", err)
+	}
+
+	st, err := tc.FullDuplexCall(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range []string{"a", "b"} {
+		if err := st.Send(&testgrpc.StreamingOutputCallRequest{Payload: payload(m)}); err != nil {
+			t.Fatal(err)
+		}
+		r, err := st.Recv()
+		if err != nil || string(r.GetPayload().GetBody()) != m {
+			t.Fatalf("stream echo: %v %v, want %q", r, err, m)
+		}
+	}
+	st.CloseSend()
+	if _, err := st.Recv(); err != io.EOF {
+		t.Errorf("after the half-close: %v, want io.EOF", err)
+	}
+
+	// A status before any message goes out as a trailers-only response.
+	st, err = tc.FullDuplexCall(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st.Send(&testgrpc.StreamingOutputCallRequest{ResponseStatus: &testgrpc.EchoStatus{Code: int32(codes.FailedPrecondition), Message: "not yet"}})
+	if _, err := st.Recv(); status.Code(err) != codes.FailedPrecondition || status.Convert(err).Message() != "not yet" {
+		t.Errorf("stream status: %v, want FailedPrecondition \"not yet\"", err)
+	}
+}
+
+func TestHandlersRefuseNonGRPCRequests(t *testing.T) {
+	h := grpcwire.UnaryHandler(func(context.Context, *testgrpc.SimpleRequest) (*testgrpc.SimpleResponse, error) {
+		t.Error("the method ran for a request that is not a gRPC call")
+		return nil, nil
+	})
+	srv := &http.Server{Handler: h}
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Serve(lis)
+	defer srv.Close()
+	url := "http://" + lis.Addr().String() + unaryMethod
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusMethodNotAllowed {
+		t.Errorf("GET: HTTP %d, want 405", resp.StatusCode)
+	}
+	resp, err = http.Post(url, "application/json", strings.NewReader("{}"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusUnsupportedMediaType || !strings.Contains(string(body), "application/grpc") {
+		t.Errorf("JSON POST: HTTP %d %q, want 415 naming application/grpc", resp.StatusCode, body)
+	}
+}
