@@ -22,7 +22,8 @@ import (
 //     and data: package init functions are spread over the whole text (the linker orders it by
 //     package), and each stack growth, goroutine start and preemption reads the pclntab of the
 //     functions involved. RssFile follows the size of what is linked, not what is run; only a smaller
-//     binary lowers it.
+//     binary lowers it. (Replacing connect-go by identity/grpcwire took 667 KB off the loaded image
+//     and 0.3–0.4 MB off idle VmRSS, same run, 2026-12.)
 //   - ~2.4–2.6 MB is anonymous: ~1.4 MB allocated at start-up and not collected (no GC runs before the
 //     heap reaches 4 MB or for 2 minutes), a third of it protobuf-go's lazy set-up of the slim xDS
 //     messages on first decode; ~0.7 MB of goroutine stacks; runtime structures. A runtime.GC or
