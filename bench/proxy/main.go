@@ -72,7 +72,7 @@ func main() {
 	flag.DurationVar(&o.connDur, "conns", 3*time.Second, "duration of each new-connections phase")
 	flag.IntVar(&o.connWorkers, "conn-workers", 16, "concurrent workers of the new-connections phase (each opens, echoes, closes, repeats)")
 	flag.BoolVar(&o.keep, "keep", false, "keep the working directory (configs, certificates, proxy logs)")
-	flag.StringVar(&o.cpuProfile, "cpuprofile", "", "write CPU profiles of the weft-proxies during the top-rate open-loop and the wrk phases to this directory (needs a weft-proxy built with -tags weftpprof)")
+	flag.StringVar(&o.cpuProfile, "cpuprofile", "", "write CPU profiles of the weft-proxies during the top-rate open-loop, the wrk and the gRPC phases to this directory (needs a weft-proxy built with -tags weftpprof)")
 	flag.Parse()
 	o.progress = os.Stderr
 	if err := o.parseRates(*rates); err != nil {
@@ -342,7 +342,9 @@ func run(ctx context.Context, o options) (*results, error) {
 	}
 	for _, p := range live {
 		logf("gRPC unary: %s %s", p.key, p.name)
+		prof := profile("grpc", p, o.grpcDur)
 		g, err := grpcUnary(ctx, p.grpc, o.grpcInflight, o.grpcDur)
+		profiled(prof)
 		if err != nil {
 			res.fail(p.key, "grpc", err)
 			continue
