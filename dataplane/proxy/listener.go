@@ -166,7 +166,7 @@ func (p *Proxy) handleConn(c net.Conn, name string) {
 	}
 	info.chain = chain
 	if chain.cfg.TLS != nil && p.identity != nil {
-		tc := tls.Server(conn, p.serverTLS(chain.cfg.TLS.ALPN))
+		tc := tls.Server(newRawSockConn(conn), p.serverTLS(chain.cfg.TLS.ALPN))
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		err := tc.HandshakeContext(ctx)
 		cancel()
