@@ -4,7 +4,10 @@ import (
 	"io"
 	"net"
 	"os"
+	"sync"
+	"sync/atomic"
 	"syscall"
+	"time"
 	"unsafe"
 )
 
@@ -100,6 +103,9 @@ type rawSockConn struct {
 	wp      []byte
 	wn      int
 	werr    error
+
+	co     *coalescer   // nil: every Write is written at once
+	writes atomic.Int64 // write calls that wrote (what coalescing saves)
 }
 
 // newRawSockConn wraps c if it is a socket of this process without a read buffer of its own (a TCP
@@ -143,10 +149,18 @@ func (s *rawSockConn) read(fd uintptr) bool {
 }
 
 func (s *rawSockConn) Write(p []byte) (int, error) {
+	if s.co != nil {
+		return s.co.write(s, p)
+	}
+	return s.writeNow(p)
+}
+
+func (s *rawSockConn) writeNow(p []byte) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
 	s.wp, s.wn, s.werr = p, 0, nil
+	s.writes.Add(1)
 	err := s.raw.Write(s.writeFn)
 	n, werr := s.wn, s.werr
 	s.wp, s.werr = nil, nil
@@ -177,4 +191,109 @@ func (s *rawSockConn) opError(op string, err error) error {
 		err = oe.Err
 	}
 	return &net.OpError{Op: op, Net: "tcp", Source: s.LocalAddr(), Addr: s.RemoteAddr(), Err: err}
+}
+
+// coalescer lets the server sidecar's handler put a response's HEADERS and DATA frames into one
+// write. net/http's HTTP/2 server writes them as two flushes, hence two TLS records in two system
+// calls, which the client sidecar reads with two wake-ups: at handler return it queues HEADERS, its
+// serve loop writes and, finding nothing else queued, flushes them at once, and only then takes the
+// DATA frame. A handler that knows its response ends in exactly those two frames (forward: a small,
+// complete body without trailers) arms the connection with holdNext: the next record written is
+// held until the one after it, and both go in one write. Held bytes are never stranded: holdMax
+// after holdNext (say, the client reset the stream and nothing followed) they are written anyway,
+// and Close writes them first. A record of another stream in between only moves which two records
+// go together. Errors of a held write are reported by the next Write.
+type coalescer struct {
+	mu      sync.Mutex
+	armed   bool
+	pending []byte
+	err     error
+	timer   *time.Timer
+	s       *rawSockConn
+	holdMax time.Duration // holdMax (tests change it)
+}
+
+// holdMax bounds how long holdNext keeps a record back (normally the next one follows within tens
+// of microseconds: a few goroutine hand-offs inside the process).
+const holdMax = 200 * time.Microsecond
+
+// enableCoalescing lets holdNext be used on s.
+func (s *rawSockConn) enableCoalescing() {
+	s.co = &coalescer{s: s, holdMax: holdMax}
+}
+
+// holdNext arms s (see coalescer); a no-op unless enableCoalescing was called.
+func (s *rawSockConn) holdNext() {
+	co := s.co
+	if co == nil {
+		return
+	}
+	co.mu.Lock()
+	co.armed = true
+	switch {
+	case co.timer == nil:
+		co.timer = time.AfterFunc(co.holdMax, co.release)
+	case len(co.pending) == 0: // (held bytes keep the deadline they have)
+		co.timer.Reset(co.holdMax)
+	}
+	co.mu.Unlock()
+}
+
+func (co *coalescer) write(s *rawSockConn, p []byte) (int, error) {
+	co.mu.Lock()
+	if co.err != nil {
+		co.mu.Unlock()
+		return 0, co.err
+	}
+	if len(co.pending) == 0 {
+		if co.armed {
+			co.armed = false
+			co.pending = append(co.pending, p...)
+			co.mu.Unlock()
+			return len(p), nil
+		}
+		// Nothing held, and nothing can be held until this Write returns (crypto/tls makes one at a
+		// time): write without the lock, so that holdNext never waits for a socket.
+		co.mu.Unlock()
+		return s.writeNow(p)
+	}
+	defer co.mu.Unlock()
+	co.timer.Stop()
+	co.pending = append(co.pending, p...)
+	n, err := s.writeNow(co.pending)
+	held := len(co.pending) - len(p)
+	co.pending = co.pending[:0]
+	if err != nil {
+		co.err = err
+		return max(0, n-held), err
+	}
+	return len(p), nil
+}
+
+// release writes what is held, holdMax after holdNext.
+func (co *coalescer) release() {
+	co.mu.Lock()
+	defer co.mu.Unlock()
+	co.armed = false
+	if len(co.pending) == 0 || co.err != nil {
+		return
+	}
+	if _, err := co.s.writeNow(co.pending); err != nil {
+		co.err = err
+	}
+	co.pending = co.pending[:0]
+}
+
+// Close closes the socket. Bytes still held (a Close without crypto/tls's close_notify, whose write
+// would have taken them along) get one write attempt that does not wait; when a write is in progress,
+// Close is what ends it, so it does not wait for that either.
+func (s *rawSockConn) Close() error {
+	if co := s.co; co != nil && co.mu.TryLock() {
+		if len(co.pending) > 0 && co.err == nil {
+			_ = s.raw.Control(func(fd uintptr) { _, _ = rawWrite(int(fd), co.pending) })
+		}
+		co.pending, co.armed = co.pending[:0], false
+		co.mu.Unlock()
+	}
+	return s.Conn.Close()
 }
