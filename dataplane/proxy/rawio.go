@@ -262,7 +262,7 @@ func (co *coalescer) write(s *rawSockConn, p []byte) (int, error) {
 	co.pending = append(co.pending, p...)
 	n, err := s.writeNow(co.pending)
 	held := len(co.pending) - len(p)
-	co.pending = co.pending[:0]
+	co.reset()
 	if err != nil {
 		co.err = err
 		return max(0, n-held), err
@@ -281,6 +281,15 @@ func (co *coalescer) release() {
 	if _, err := co.s.writeNow(co.pending); err != nil {
 		co.err = err
 	}
+	co.reset()
+}
+
+// reset empties pending, keeping its array unless a large record came after the held one.
+func (co *coalescer) reset() {
+	if cap(co.pending) > 8<<10 {
+		co.pending = nil
+		return
+	}
 	co.pending = co.pending[:0]
 }
 
@@ -292,7 +301,8 @@ func (s *rawSockConn) Close() error {
 		if len(co.pending) > 0 && co.err == nil {
 			_ = s.raw.Control(func(fd uintptr) { _, _ = rawWrite(int(fd), co.pending) })
 		}
-		co.pending, co.armed = co.pending[:0], false
+		co.reset()
+		co.armed = false
 		co.mu.Unlock()
 	}
 	return s.Conn.Close()
