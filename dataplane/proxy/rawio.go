@@ -200,9 +200,10 @@ func (s *rawSockConn) opError(op string, err error) error {
 // DATA frame. A handler that knows its response ends in exactly those two frames (forward: a small,
 // complete body without trailers) arms the connection with holdNext: the next record written is
 // held until the one after it, and both go in one write. Held bytes are never stranded: holdMax
-// after holdNext (say, the client reset the stream and nothing followed) they are written anyway,
-// and Close writes them first. A record of another stream in between only moves which two records
-// go together. Errors of a held write are reported by the next Write.
+// after they were held (say, the client reset the stream and nothing followed) they are written
+// anyway, and Close writes them first. A record of another stream in between only moves which two
+// records go together; an arming that no write of its handler's follows (a reset stream) holds the
+// next record of any stream, as briefly. Errors of a held write are reported by the next Write.
 type coalescer struct {
 	mu      sync.Mutex
 	armed   bool
@@ -213,7 +214,7 @@ type coalescer struct {
 	holdMax time.Duration // holdMax (tests change it)
 }
 
-// holdMax bounds how long holdNext keeps a record back (normally the next one follows within tens
+// holdMax bounds how long a record is kept back (normally the next one follows within tens
 // of microseconds: a few goroutine hand-offs inside the process).
 const holdMax = 200 * time.Microsecond
 
@@ -224,19 +225,11 @@ func (s *rawSockConn) enableCoalescing() {
 
 // holdNext arms s (see coalescer); a no-op unless enableCoalescing was called.
 func (s *rawSockConn) holdNext() {
-	co := s.co
-	if co == nil {
-		return
+	if co := s.co; co != nil {
+		co.mu.Lock()
+		co.armed = true
+		co.mu.Unlock()
 	}
-	co.mu.Lock()
-	co.armed = true
-	switch {
-	case co.timer == nil:
-		co.timer = time.AfterFunc(co.holdMax, co.release)
-	case len(co.pending) == 0: // (held bytes keep the deadline they have)
-		co.timer.Reset(co.holdMax)
-	}
-	co.mu.Unlock()
 }
 
 func (co *coalescer) write(s *rawSockConn, p []byte) (int, error) {
@@ -249,6 +242,13 @@ func (co *coalescer) write(s *rawSockConn, p []byte) (int, error) {
 		if co.armed {
 			co.armed = false
 			co.pending = append(co.pending, p...)
+			// Held bytes always have a timer running (held ones can be new: another handler's
+			// holdNext may come while a write is held, and the write that releases it stops the timer).
+			if co.timer == nil {
+				co.timer = time.AfterFunc(co.holdMax, co.release)
+			} else {
+				co.timer.Reset(co.holdMax)
+			}
 			co.mu.Unlock()
 			return len(p), nil
 		}
@@ -270,11 +270,10 @@ func (co *coalescer) write(s *rawSockConn, p []byte) (int, error) {
 	return len(p), nil
 }
 
-// release writes what is held, holdMax after holdNext.
+// release writes what is held, holdMax after it was held.
 func (co *coalescer) release() {
 	co.mu.Lock()
 	defer co.mu.Unlock()
-	co.armed = false
 	if len(co.pending) == 0 || co.err != nil {
 		return
 	}

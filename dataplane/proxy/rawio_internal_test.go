@@ -231,11 +231,27 @@ func TestRawSockConnHoldNext(t *testing.T) {
 	if got := read(4); got != "more" || s.writes.Load() != 3 {
 		t.Fatalf("read %q after %d writes", got, s.writes.Load())
 	}
+	// Another handler's holdNext while a write is held: the write that releases it leaves the next
+	// one held, and that one, with nothing after it, still goes out after holdMax.
+	s.holdNext()
+	write("H1")
+	s.holdNext()
+	write("D1")
+	if got := read(4); got != "H1D1" || s.writes.Load() != 4 {
+		t.Fatalf("read %q after %d writes, want H1D1 after 4", got, s.writes.Load())
+	}
+	s.co.holdMax = holdMax
+	write("H2")
+	if got := read(2); got != "H2" {
+		t.Fatalf("read %q, want the held H2 after holdMax", got)
+	}
+
 	// Close writes what is held.
+	s.co.holdMax = time.Hour
 	s.holdNext()
 	write("last")
 
-	// With no write after it, a held one goes out holdMax after holdNext.
+	// With no write after it, a held one goes out after holdMax.
 	a2, b2 := tcpPair(t)
 	s2 := newRawSockConn(a2).(*rawSockConn)
 	s2.enableCoalescing()
