@@ -253,7 +253,8 @@ func (co *coalescer) write(s *rawSockConn, p []byte) (int, error) {
 			return len(p), nil
 		}
 		// Nothing held, and nothing can be held until this Write returns (crypto/tls makes one at a
-		// time): write without the lock, so that holdNext never waits for a socket.
+		// time): write without the lock, so that holdNext does not wait for the socket (it waits
+		// only behind a write that releases held bytes).
 		co.mu.Unlock()
 		return s.writeNow(p)
 	}
