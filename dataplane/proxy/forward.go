@@ -84,7 +84,13 @@ func (p *Proxy) forward(sw *statusWriter, r *http.Request, rs *reqState) {
 		p.proxyErrorFor(sw, r, rs, err)
 		return
 	}
-	p.forwardResponse(sw, bw, resp)
+	if p.forwardResponse(sw, bw, resp) && rs.info != nil && rs.info.sock != nil {
+		if _, h2 := bw.(h2Body); h2 {
+			// What net/http's HTTP/2 server writes when this handler returns: HEADERS, then one DATA
+			// frame ending the stream. Into one write (see coalescer).
+			rs.info.sock.holdNext()
+		}
+	}
 }
 
 // prepareForward makes r the upstream request: ReverseProxy's header rules, the cluster's authority
@@ -127,8 +133,9 @@ type h2Body struct {
 func (b h2Body) FlushError() error { return b.rc.Flush() }
 
 // forwardResponse sends resp to the client as ReverseProxy does; a body that breaks off panics with
-// http.ErrAbortHandler. bw writes to sw's ResponseWriter.
-func (p *Proxy) forwardResponse(sw *statusWriter, bw bodyWriter, resp *http.Response) {
+// http.ErrAbortHandler. bw writes to sw's ResponseWriter. It reports whether the response was a
+// small body (1 to h2BufferedBody bytes) without trailers, none of it flushed yet.
+func (p *Proxy) forwardResponse(sw *statusWriter, bw bodyWriter, resp *http.Response) (smallBody bool) {
 	removeHopByHop(resp.Header)
 	if fw, ok := bw.(*fastResponse); !ok || !fw.adoptHeader(resp.Header) {
 		copyHeader(sw.Header(), resp.Header)
@@ -142,7 +149,8 @@ func (p *Proxy) forwardResponse(sw *statusWriter, bw bodyWriter, resp *http.Resp
 		sw.Header().Add("Trailer", strings.Join(keys, ", "))
 	}
 	sw.WriteHeader(resp.StatusCode)
-	if err := copyBody(bw, resp); err != nil {
+	n, flushed, err := copyBody(bw, resp)
+	if err != nil {
 		resp.Body.Close()
 		p.log.Debug("response body copy failed", "err", err)
 		panic(http.ErrAbortHandler)
@@ -151,9 +159,12 @@ func (p *Proxy) forwardResponse(sw *statusWriter, bw bodyWriter, resp *http.Resp
 	if len(resp.Trailer) > 0 {
 		_ = bw.FlushError() // so that the trailers can follow (chunked on HTTP/1.1)
 	}
+	if len(resp.Trailer) == 0 {
+		return !flushed && n > 0 && n <= h2BufferedBody
+	}
 	if len(resp.Trailer) == announced {
 		copyHeader(sw.Header(), resp.Trailer)
-		return
+		return false
 	}
 	for k, vv := range resp.Trailer {
 		k = http.TrailerPrefix + k
@@ -161,7 +172,12 @@ func (p *Proxy) forwardResponse(sw *statusWriter, bw bodyWriter, resp *http.Resp
 			sw.Header().Add(k, v)
 		}
 	}
+	return false
 }
+
+// h2BufferedBody is what net/http's HTTP/2 server buffers of a handler's body before it writes a
+// DATA frame (its handlerChunkWriteSize).
+const h2BufferedBody = 4 << 10
 
 // forward1xx passes an informational response on to the client, as ReverseProxy's client trace does.
 func (rs *reqState) forward1xx(code int, header textproto.MIMEHeader) error {
@@ -174,33 +190,35 @@ func (rs *reqState) forward1xx(code int, header textproto.MIMEHeader) error {
 
 // copyBody copies the response body to the client. As ReverseProxy, a body of unknown length or an
 // event stream is flushed as it comes (the head at once), any other body when the response ends.
-func copyBody(w bodyWriter, resp *http.Response) error {
-	flush := resp.ContentLength == -1 || eventStream(resp.Header.Get("Content-Type"))
+// It returns the bytes copied and whether it flushed.
+func copyBody(w bodyWriter, resp *http.Response) (n int64, flush bool, err error) {
+	flush = resp.ContentLength == -1 || eventStream(resp.Header.Get("Content-Type"))
 	if flush {
 		if err := w.FlushError(); err != nil {
-			return err
+			return n, flush, err
 		}
 	}
 	bp := bufPool.Get().(*[]byte)
 	defer bufPool.Put(bp)
 	buf := *bp
 	for {
-		n, rerr := resp.Body.Read(buf)
-		if n > 0 {
-			if _, err := w.Write(buf[:n]); err != nil {
-				return err
+		m, rerr := resp.Body.Read(buf)
+		if m > 0 {
+			if _, err := w.Write(buf[:m]); err != nil {
+				return n, flush, err
 			}
+			n += int64(m)
 			if flush {
 				if err := w.FlushError(); err != nil {
-					return err
+					return n, flush, err
 				}
 			}
 		}
 		if rerr == io.EOF {
-			return nil
+			return n, flush, nil
 		}
 		if rerr != nil {
-			return rerr
+			return n, flush, rerr
 		}
 	}
 }

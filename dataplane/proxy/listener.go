@@ -26,6 +26,8 @@ type connInfo struct {
 	chain      *chainRT
 	tls        bool
 	peerID     string // the client's SPIFFE id (inbound mTLS)
+	// sock is the socket under an inbound mTLS connection, for its HTTP/2 handlers' holdNext.
+	sock *rawSockConn
 }
 
 type connKeyType struct{}
@@ -166,7 +168,12 @@ func (p *Proxy) handleConn(c net.Conn, name string) {
 	}
 	info.chain = chain
 	if chain.cfg.TLS != nil && p.identity != nil {
-		tc := tls.Server(conn, p.serverTLS(chain.cfg.TLS.ALPN))
+		under := newRawSockConn(conn)
+		if rs, ok := under.(*rawSockConn); ok && chain.cfg.HTTP != nil {
+			rs.enableCoalescing()
+			info.sock = rs
+		}
+		tc := tls.Server(under, p.serverTLS(chain.cfg.TLS.ALPN))
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		err := tc.HandshakeContext(ctx)
 		cancel()

@@ -150,7 +150,7 @@ func (p *Proxy) dialTLS(ctx context.Context, st *clusterState, addr string, alpn
 			return fmt.Errorf("server identity %s matches none of cluster %s's SAN matchers", id, cfg.Name)
 		},
 	}
-	tc := tls.Client(raw, conf)
+	tc := tls.Client(newRawSockConn(raw), conf)
 	if err := tc.HandshakeContext(ctx); err != nil {
 		raw.Close()
 		return nil, fmt.Errorf("mTLS handshake with %s: %w", addr, err)
