@@ -321,6 +321,10 @@ func OpenStream(ctx context.Context, c Doer, url string) *Stream {
 		if err == nil {
 			if err = checkHead(resp); err != nil {
 				resp.Body.Close()
+			} else {
+				// Nor does it watch the context, or read the failed body, while it waits for the
+				// server's flow control window: closing the response body is what aborts the stream then.
+				context.AfterFunc(ctx, func() { resp.Body.Close() })
 			}
 		}
 		if err != nil {
