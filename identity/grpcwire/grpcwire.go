@@ -311,6 +311,7 @@ func OpenStream(ctx context.Context, c Doer, url string) *Stream {
 	if err != nil {
 		s.err = err
 		close(s.head)
+		pr.CloseWithError(err) // Send fails instead of waiting for a reader
 		return s
 	}
 	// net/http's HTTP/2 transport watches the request's context only once the request body has ended:

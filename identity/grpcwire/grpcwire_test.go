@@ -403,3 +403,22 @@ func TestStreamSendEndsWithContextWhenServerDoesNotRead(t *testing.T) {
 		t.Fatal("Close still blocked 10 s after the context ended")
 	}
 }
+
+// A call that cannot be made (its URL does not parse) fails its Send and Recv with the reason.
+func TestStreamWithBadURLFails(t *testing.T) {
+	s := grpcwire.OpenStream(context.Background(), h2cClient(), "http://control-plane:port/x.Y/Z")
+	defer s.Close()
+	done := make(chan error, 1)
+	go func() { done <- s.Send(&testgrpc.StreamingOutputCallRequest{Payload: payload("x")}) }()
+	select {
+	case err := <-done:
+		if grpcwire.CodeOf(err) != grpcwire.Internal || !strings.Contains(err.Error(), "port") {
+			t.Errorf("send: %v, want Internal about the URL's port", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Send still blocked 10 s on a call that could not be made")
+	}
+	if err := s.Recv(&testgrpc.StreamingOutputCallResponse{}); grpcwire.CodeOf(err) != grpcwire.Internal {
+		t.Errorf("recv: %v, want Internal", err)
+	}
+}
