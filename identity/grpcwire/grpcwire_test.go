@@ -355,11 +355,8 @@ func waitForGoroutine(t *testing.T, fn string) {
 	t.Fatalf("no goroutine in %s after 10 s", fn)
 }
 
-// A server that answers the call's head but never reads the request: the client's Send fills the
-// stream's flow control window and waits. When the context ends, Send returns (and so does Close):
-// net/http's transport does not watch the context while it waits for the window, so the call has to
-// be aborted, not only its request body failed.
-func TestStreamSendEndsWithContextWhenServerDoesNotRead(t *testing.T) {
+// nonReadingServer answers a call's head but never reads the request; it returns the method's URL.
+func nonReadingServer(t *testing.T) string {
 	mux := http.NewServeMux()
 	mux.HandleFunc(duplexMethod, func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/grpc")
@@ -376,10 +373,18 @@ func TestStreamSendEndsWithContextWhenServerDoesNotRead(t *testing.T) {
 	}
 	go hs.Serve(lis)
 	t.Cleanup(func() { hs.Close() })
+	return "http://" + lis.Addr().String() + duplexMethod
+}
 
+// A server that answers the call's head but never reads the request: the client's Send fills the
+// stream's flow control window and waits. When the context ends, Send returns (and so does Close):
+// net/http's transport does not watch the context while it waits for the window, so the call has to
+// be aborted, not only its request body failed.
+func TestStreamSendEndsWithContextWhenServerDoesNotRead(t *testing.T) {
+	url := nonReadingServer(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	s := grpcwire.OpenStream(ctx, h2cClient(), "http://"+lis.Addr().String()+duplexMethod)
+	s := grpcwire.OpenStream(ctx, h2cClient(), url)
 	done := make(chan error, 1)
 	go func() {
 		// More than the server's windows (1 MB per stream and connection): Send cannot complete.
@@ -420,5 +425,30 @@ func TestStreamWithBadURLFails(t *testing.T) {
 	}
 	if err := s.Recv(&testgrpc.StreamingOutputCallResponse{}); grpcwire.CodeOf(err) != grpcwire.Internal {
 		t.Errorf("recv: %v, want Internal", err)
+	}
+}
+
+// The same for a Recv after a Send that returned with part of its message still waiting for the
+// server's window.
+func TestStreamRecvEndsWithContextWhenServerDoesNotRead(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	s := grpcwire.OpenStream(ctx, h2cClient(), nonReadingServer(t))
+	defer s.Close()
+	// A little more than the server's 1 MB window: the transport takes it all from Send, and waits.
+	if err := s.Send(&testgrpc.StreamingOutputCallRequest{Payload: payload(strings.Repeat("x", 1<<20+4096))}); err != nil {
+		t.Fatal(err)
+	}
+	waitForGoroutine(t, "awaitFlowControl")
+	done := make(chan error, 1)
+	go func() { done <- s.Recv(&testgrpc.StreamingOutputCallResponse{}) }()
+	cancel()
+	select {
+	case err := <-done:
+		if grpcwire.CodeOf(err) != grpcwire.Canceled {
+			t.Errorf("recv after cancel: %v, want Canceled", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Recv still blocked 10 s after its context ended")
 	}
 }
