@@ -161,8 +161,8 @@ func TestRawSockConnSemantics(t *testing.T) {
 	}
 
 	// A write deadline ends a write the peer does not read.
+	big := make([]byte, 64<<20) // before the deadline: zeroing it can take longer than 50 ms
 	_ = ra.SetWriteDeadline(time.Now().Add(50 * time.Millisecond))
-	big := make([]byte, 64<<20)
 	n, err = ra.Write(big)
 	if !errors.As(err, &ne) || !ne.Timeout() || n == 0 || n >= len(big) {
 		t.Fatalf("Write past its deadline: %d, %v; want part written and a timeout", n, err)

@@ -311,6 +311,7 @@ func OpenStream(ctx context.Context, c Doer, url string) *Stream {
 	if err != nil {
 		s.err = err
 		close(s.head)
+		pr.CloseWithError(err) // Send fails instead of waiting for a reader
 		return s
 	}
 	// net/http's HTTP/2 transport watches the request's context only once the request body has ended:
@@ -321,6 +322,10 @@ func OpenStream(ctx context.Context, c Doer, url string) *Stream {
 		if err == nil {
 			if err = checkHead(resp); err != nil {
 				resp.Body.Close()
+			} else {
+				// Nor does it watch the context, or read the failed body, while it waits for the
+				// server's flow control window: closing the response body is what aborts the stream then.
+				context.AfterFunc(ctx, func() { resp.Body.Close() })
 			}
 		}
 		if err != nil {

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -339,5 +340,115 @@ func TestHandlersRefuseNonGRPCRequests(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusUnsupportedMediaType || !strings.Contains(string(body), "application/grpc") {
 		t.Errorf("JSON POST: HTTP %d %q, want 415 naming application/grpc", resp.StatusCode, body)
+	}
+}
+
+// waitForGoroutine polls the goroutine dump until one is in fn (a function name), for up to 10 s.
+func waitForGoroutine(t *testing.T, fn string) {
+	t.Helper()
+	buf := make([]byte, 1<<20)
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(time.Millisecond) {
+		if n := runtime.Stack(buf, true); strings.Contains(string(buf[:n]), fn) {
+			return
+		}
+	}
+	t.Fatalf("no goroutine in %s after 10 s", fn)
+}
+
+// nonReadingServer answers a call's head but never reads the request; it returns the method's URL.
+func nonReadingServer(t *testing.T) string {
+	mux := http.NewServeMux()
+	mux.HandleFunc(duplexMethod, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/grpc")
+		w.WriteHeader(http.StatusOK)
+		http.NewResponseController(w).Flush()
+		<-r.Context().Done() // never reads the request
+	})
+	var p http.Protocols
+	p.SetUnencryptedHTTP2(true)
+	hs := &http.Server{Handler: mux, Protocols: &p}
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go hs.Serve(lis)
+	t.Cleanup(func() { hs.Close() })
+	return "http://" + lis.Addr().String() + duplexMethod
+}
+
+// A server that answers the call's head but never reads the request: the client's Send fills the
+// stream's flow control window and waits. When the context ends, Send returns (and so does Close):
+// net/http's transport does not watch the context while it waits for the window, so the call has to
+// be aborted, not only its request body failed.
+func TestStreamSendEndsWithContextWhenServerDoesNotRead(t *testing.T) {
+	url := nonReadingServer(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	s := grpcwire.OpenStream(ctx, h2cClient(), url)
+	done := make(chan error, 1)
+	go func() {
+		// More than the server's windows (1 MB per stream and connection): Send cannot complete.
+		done <- s.Send(&testgrpc.StreamingOutputCallRequest{Payload: payload(strings.Repeat("x", 4<<20))})
+	}()
+	waitForGoroutine(t, "awaitFlowControl")
+	cancel()
+	select {
+	case err := <-done:
+		if grpcwire.CodeOf(err) != grpcwire.Canceled {
+			t.Errorf("send after cancel: %v, want Canceled", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Send still blocked 10 s after its context ended")
+	}
+	closed := make(chan struct{})
+	go func() { s.Close(); close(closed) }()
+	select {
+	case <-closed:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Close still blocked 10 s after the context ended")
+	}
+}
+
+// A call that cannot be made (its URL does not parse) fails its Send and Recv with the reason.
+func TestStreamWithBadURLFails(t *testing.T) {
+	s := grpcwire.OpenStream(context.Background(), h2cClient(), "http://control-plane:port/x.Y/Z")
+	defer s.Close()
+	done := make(chan error, 1)
+	go func() { done <- s.Send(&testgrpc.StreamingOutputCallRequest{Payload: payload("x")}) }()
+	select {
+	case err := <-done:
+		if grpcwire.CodeOf(err) != grpcwire.Internal || !strings.Contains(err.Error(), "port") {
+			t.Errorf("send: %v, want Internal about the URL's port", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Send still blocked 10 s on a call that could not be made")
+	}
+	if err := s.Recv(&testgrpc.StreamingOutputCallResponse{}); grpcwire.CodeOf(err) != grpcwire.Internal {
+		t.Errorf("recv: %v, want Internal", err)
+	}
+}
+
+// The same for a Recv after a Send that returned with part of its message still waiting for the
+// server's window.
+func TestStreamRecvEndsWithContextWhenServerDoesNotRead(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	s := grpcwire.OpenStream(ctx, h2cClient(), nonReadingServer(t))
+	defer s.Close()
+	// A little more than the server's 1 MB window: the transport takes it all from Send, and waits.
+	if err := s.Send(&testgrpc.StreamingOutputCallRequest{Payload: payload(strings.Repeat("x", 1<<20+4096))}); err != nil {
+		t.Fatal(err)
+	}
+	waitForGoroutine(t, "awaitFlowControl")
+	done := make(chan error, 1)
+	go func() { done <- s.Recv(&testgrpc.StreamingOutputCallResponse{}) }()
+	cancel()
+	select {
+	case err := <-done:
+		if grpcwire.CodeOf(err) != grpcwire.Canceled {
+			t.Errorf("recv after cancel: %v, want Canceled", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Recv still blocked 10 s after its context ended")
 	}
 }
