@@ -154,8 +154,23 @@ func get(ctx context.Context, client *http.Client, url string) error {
 
 // wrkResult is wrk's closed-loop maximum.
 type wrkResult struct {
-	rps    float64
-	errors int64
+	rps      float64
+	errors   int64
+	min, max float64 // the lowest and highest rate of the rounds
+}
+
+// medianWrk is the median round's rate (the lower middle one of an even count), with every round's
+// errors and the spread of the rates.
+func medianWrk(ws []wrkResult) wrkResult {
+	rs := make([]float64, len(ws))
+	var r wrkResult
+	for i, w := range ws {
+		rs[i] = w.rps
+		r.errors += w.errors
+	}
+	slices.Sort(rs)
+	r.rps, r.min, r.max = rs[(len(rs)-1)/2], rs[0], rs[len(rs)-1]
+	return r
 }
 
 var (

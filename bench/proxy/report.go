@@ -128,12 +128,12 @@ func (r *results) report(w io.Writer) {
 	fmt.Fprintf(w, "## weft-proxy beside direct and HAProxy\n\n")
 	fmt.Fprintf(w, "One run on loopback, %s, %d CPUs (GOMAXPROCS %d), %s. B0 direct; B1 one weft-proxy hop; "+
 		"B2 client sidecar → mTLS HTTP/2 → server sidecar; H1/H2 the same through HAProxy. HTTP/1.1 GET, 1 KB responses. "+
-		"Open loop: %v per rate after %v warm-up, over %d keep-alive connections, latency from the intended send time. Closed loop: wrk -t%d -c%d for %v. "+
+		"Open loop: %v per rate after %v warm-up, over %d keep-alive connections, latency from the intended send time. Closed loop: wrk -t%d -c%d, %d rounds of %v per path in rotated orders, median round shown with the rounds' range. "+
 		"gRPC unary 1 KB echo, %d in flight, %v. TCP bulk: one connection, %v. "+
 		"New connections: %d workers for %v, each connection through the TCP path: connect, 64-byte echo, close. "+
 		"Load average before/after: %s / %s (the machine is shared: compare columns, not runs).%s\n\n",
 		r.when.Format("2006-01-02 15:04 UTC"), runtime.NumCPU(), runtime.GOMAXPROCS(0), orNA(r.hap, "HAProxy not run"),
-		o.open, o.warm, o.openConns, o.wrkThreads, o.wrkConns, o.closed, o.grpcInflight, o.grpcDur, o.tcpDur, o.connWorkers, o.connDur, r.load[0], r.load[1], beforeNote(o))
+		o.open, o.warm, o.openConns, o.wrkThreads, o.wrkConns, max(1, o.wrkRounds), max(time.Second, (o.closed/time.Duration(max(1, o.wrkRounds))).Round(time.Second)), o.grpcInflight, o.grpcDur, o.tcpDur, o.connWorkers, o.connDur, r.load[0], r.load[1], beforeNote(o))
 
 	fmt.Fprintf(w, "### Against direct\n\n")
 	head, rule := "| |", "|---|"
@@ -187,6 +187,9 @@ func (r *results) report(w io.Writer) {
 		s := fmt.Sprintf("%.0f", v.rps)
 		if k != "B0" {
 			s += pct(v.rps, base)
+		}
+		if v.max > v.min {
+			s += fmt.Sprintf(" [%.0f–%.0f]", v.min, v.max)
 		}
 		if v.errors > 0 {
 			s += fmt.Sprintf(" (%d errors)", v.errors)
