@@ -328,7 +328,7 @@ func run(ctx context.Context, o options) (*results, error) {
 	// right after direct's was the slowest, whichever path it was), so each path takes each place in
 	// turn and reports its median round.
 	rounds := max(1, o.wrkRounds)
-	each := max(time.Second, (o.closed/time.Duration(rounds)).Round(time.Second))
+	each := max(time.Second, (o.closed / time.Duration(rounds)).Round(time.Second))
 	rates := map[string][]wrkResult{}
 	for r := range rounds {
 		for i := range live {
