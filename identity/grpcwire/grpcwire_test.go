@@ -210,14 +210,7 @@ func TestStreamRecvEndsWithContext(t *testing.T) {
 	done := make(chan error, 1)
 	go func() { done <- s.Recv(&testgrpc.StreamingOutputCallResponse{}) }() // nothing more comes
 	cancel()
-	select {
-	case err := <-done:
-		if grpcwire.CodeOf(err) != grpcwire.Canceled {
-			t.Errorf("recv after cancel: %v, want Canceled", err)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("Recv still blocked 10 s after its context ended")
-	}
+	wantCode(t, "recv after cancel", done, grpcwire.Canceled)
 }
 
 // wireServer serves the TestService methods through grpcwire's handlers.
@@ -246,16 +239,7 @@ func wireServer(t *testing.T) *grpc.ClientConn {
 			}
 		}
 	}))
-	var p http.Protocols
-	p.SetUnencryptedHTTP2(true)
-	hs := &http.Server{Handler: mux, Protocols: &p}
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go hs.Serve(lis)
-	t.Cleanup(func() { hs.Close() })
-	cc, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	cc, err := grpc.NewClient(serveH2C(t, mux), grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -355,6 +339,19 @@ func waitForGoroutine(t *testing.T, fn string) {
 	t.Fatalf("no goroutine in %s after 10 s", fn)
 }
 
+// wantCode waits (10 s at most) for the error of what on done, and checks its status code.
+func wantCode(t *testing.T, what string, done <-chan error, want grpcwire.Code) {
+	t.Helper()
+	select {
+	case err := <-done:
+		if grpcwire.CodeOf(err) != want {
+			t.Errorf("%s: %v, want %v", what, err, want)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatalf("%s: still blocked 10 s later", what)
+	}
+}
+
 // nonReadingServer answers a call's head but never reads the request; it returns the method's URL.
 func nonReadingServer(t *testing.T) string {
 	mux := http.NewServeMux()
@@ -364,16 +361,22 @@ func nonReadingServer(t *testing.T) string {
 		http.NewResponseController(w).Flush()
 		<-r.Context().Done() // never reads the request
 	})
+	return "http://" + serveH2C(t, mux) + duplexMethod
+}
+
+// serveH2C serves h on loopback over HTTP/2 without TLS until the test ends; it returns the address.
+func serveH2C(t *testing.T, h http.Handler) string {
+	t.Helper()
 	var p http.Protocols
 	p.SetUnencryptedHTTP2(true)
-	hs := &http.Server{Handler: mux, Protocols: &p}
+	hs := &http.Server{Handler: h, Protocols: &p}
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	go hs.Serve(lis)
 	t.Cleanup(func() { hs.Close() })
-	return "http://" + lis.Addr().String() + duplexMethod
+	return lis.Addr().String()
 }
 
 // A server that answers the call's head but never reads the request: the client's Send fills the
@@ -392,14 +395,7 @@ func TestStreamSendEndsWithContextWhenServerDoesNotRead(t *testing.T) {
 	}()
 	waitForGoroutine(t, "awaitFlowControl")
 	cancel()
-	select {
-	case err := <-done:
-		if grpcwire.CodeOf(err) != grpcwire.Canceled {
-			t.Errorf("send after cancel: %v, want Canceled", err)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("Send still blocked 10 s after its context ended")
-	}
+	wantCode(t, "send after cancel", done, grpcwire.Canceled)
 	closed := make(chan struct{})
 	go func() { s.Close(); close(closed) }()
 	select {
@@ -443,12 +439,5 @@ func TestStreamRecvEndsWithContextWhenServerDoesNotRead(t *testing.T) {
 	done := make(chan error, 1)
 	go func() { done <- s.Recv(&testgrpc.StreamingOutputCallResponse{}) }()
 	cancel()
-	select {
-	case err := <-done:
-		if grpcwire.CodeOf(err) != grpcwire.Canceled {
-			t.Errorf("recv after cancel: %v, want Canceled", err)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("Recv still blocked 10 s after its context ended")
-	}
+	wantCode(t, "recv after cancel", done, grpcwire.Canceled)
 }
