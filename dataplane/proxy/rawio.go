@@ -111,15 +111,12 @@ func (r *rawReader) read(fd uintptr) bool {
 // client sidecar's CPU and 9% of the server's in the bench's profiles, plus sysmon's own wake-ups).
 // Everything else (Close, addresses, deadlines, which the RawConn waits honour) is the socket's.
 // crypto/tls makes at most one Read and one Write at a time; the two may run concurrently, hence
-// their separate state.
+// their separate state (reads are the fast path's rawReader).
 type rawSockConn struct {
 	net.Conn
 	raw syscall.RawConn
 
-	readFn  func(fd uintptr) bool
-	rp      []byte
-	rn      int
-	rerr    error
+	r       *rawReader
 	writeFn func(fd uintptr) bool
 	wp      []byte
 	wn      int
@@ -136,37 +133,18 @@ func newRawSockConn(c net.Conn) net.Conn {
 	if raw == nil {
 		return c
 	}
-	s := &rawSockConn{Conn: c, raw: raw}
-	s.readFn, s.writeFn = s.read, s.write
+	s := &rawSockConn{Conn: c, raw: raw, r: newRawReader(c)}
+	s.writeFn = s.write
 	return s
 }
 
+// Read reports errors as the socket's own Read would (the RawConn's wait errors say "raw-read").
 func (s *rawSockConn) Read(p []byte) (int, error) {
-	if len(p) == 0 {
-		return 0, nil
+	n, err := s.r.Read(p)
+	if err != nil && err != io.EOF {
+		err = s.opError("read", err)
 	}
-	s.rp, s.rn, s.rerr = p, 0, nil
-	err := s.raw.Read(s.readFn)
-	n, rerr := s.rn, s.rerr
-	s.rp, s.rerr = nil, nil
-	if err != nil {
-		return 0, s.opError("read", err)
-	}
-	return n, rerr
-}
-
-func (s *rawSockConn) read(fd uintptr) bool {
-	n, e := rawRead(int(fd), s.rp)
-	switch {
-	case e == syscall.EAGAIN:
-		return false
-	case e != 0:
-		s.rerr = s.opError("read", os.NewSyscallError("read", e))
-	case n == 0:
-		s.rerr = io.EOF
-	}
-	s.rn = n
-	return true
+	return n, err
 }
 
 func (s *rawSockConn) Write(p []byte) (int, error) {
