@@ -247,10 +247,19 @@ func callError(ctx context.Context, err error) error {
 		return e
 	case ctx.Err() != nil:
 		return &Error{Code: CodeOf(ctx.Err()), Message: ctx.Err().Error()}
+	case pastDeadline(ctx):
+		// The server, which got our deadline as grpc-timeout, ended the call (a reset) before the
+		// context's own timer fired here.
+		return &Error{Code: DeadlineExceeded, Message: context.DeadlineExceeded.Error()}
 	case errors.Is(err, io.ErrUnexpectedEOF):
 		return Errorf(Internal, "the response ended inside a message")
 	}
 	return Errorf(Unavailable, "%v", err)
+}
+
+func pastDeadline(ctx context.Context) bool {
+	dl, ok := ctx.Deadline()
+	return ok && !time.Now().Before(dl)
 }
 
 // Unary calls a unary method (url: base URL and /package.Service/Method) and decodes its response into
