@@ -12,7 +12,8 @@
 // is the leaf both may import (DESIGN.md).
 //
 // Not supported: compression (none is offered; a compressed message is an error), custom metadata,
-// messages over MaxMessageSize.
+// messages over MaxMessageSize. A stream the server resets is Unavailable whatever the reset's HTTP/2
+// error code (grpc-go maps CANCEL to Canceled): net/http does not export the code.
 package grpcwire
 
 import (
@@ -22,6 +23,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net/http"
 	"strconv"
 	"strings"
@@ -191,13 +193,46 @@ func encodeTimeout(d time.Duration) string {
 	return strconv.FormatInt(int64((d+time.Hour-1)/time.Hour), 10) + "H"
 }
 
+// decodeTimeout parses grpc-timeout (1 to 8 digits and a unit); ok is false for a malformed value.
+func decodeTimeout(v string) (d time.Duration, ok bool) {
+	if len(v) < 2 || len(v) > 9 {
+		return 0, false
+	}
+	n, err := strconv.ParseUint(v[:len(v)-1], 10, 64)
+	if err != nil {
+		return 0, false
+	}
+	var unit time.Duration
+	switch v[len(v)-1] {
+	case 'H':
+		unit = time.Hour
+	case 'M':
+		unit = time.Minute
+	case 'S':
+		unit = time.Second
+	case 'm':
+		unit = time.Millisecond
+	case 'u':
+		unit = time.Microsecond
+	case 'n':
+		unit = time.Nanosecond
+	default:
+		return 0, false
+	}
+	if unit == time.Hour && n > uint64(time.Duration(math.MaxInt64)/time.Hour) {
+		return time.Duration(math.MaxInt64), true
+	}
+	return time.Duration(n) * unit, true
+}
+
 // checkHead is the call's error from the response head: nil for a gRPC response.
 func checkHead(resp *http.Response) error {
 	if resp.StatusCode != http.StatusOK {
 		return Errorf(httpStatusCode(resp.StatusCode), "the server answered HTTP %d, not a gRPC response", resp.StatusCode)
 	}
 	if ct := resp.Header.Get("Content-Type"); !isGRPC(ct) {
-		return Errorf(Internal, "the server answered with content type %q, not a gRPC response", ct)
+		// gRPC's HTTP-to-status mapping: a 200 that is not a gRPC response is Unknown (as grpc-go says).
+		return Errorf(Unknown, "the server answered with content type %q, not a gRPC response", ct)
 	}
 	return nil
 }
@@ -301,13 +336,14 @@ func Unary(ctx context.Context, c Doer, url string, req, res proto.Message) erro
 // Stream is the client side of a bidirectional streaming call. It is not safe for concurrent use (the
 // xDS loops Send and Recv from one goroutine); Close releases it.
 type Stream struct {
-	ctx    context.Context
-	cancel context.CancelFunc
-	body   *io.PipeWriter
-	head   chan struct{} // closed once resp or err is set
-	resp   *http.Response
-	err    error
-	ended  error // the final status once Recv has read it (io.EOF for OK)
+	ctx        context.Context
+	cancel     context.CancelFunc
+	body       *io.PipeWriter
+	halfClosed bool
+	head       chan struct{} // closed once resp or err is set
+	resp       *http.Response
+	err        error
+	ended      error // the final status once Recv has read it (io.EOF for OK)
 }
 
 // OpenStream starts a call of a streaming method. It returns at once; the request goes out with the
@@ -348,6 +384,9 @@ func OpenStream(ctx context.Context, c Doer, url string) *Stream {
 
 // Send sends a message. Once the call has ended, it returns the call's status (io.EOF if that was OK).
 func (s *Stream) Send(m proto.Message) error {
+	if s.halfClosed {
+		return Errorf(Internal, "Send after CloseSend: the stream's request side is closed")
+	}
 	b, err := frame(m)
 	if err != nil {
 		return err
@@ -373,7 +412,10 @@ func (s *Stream) finish() error {
 }
 
 // CloseSend tells the server that no more messages come (a half-close).
-func (s *Stream) CloseSend() error { return s.body.Close() }
+func (s *Stream) CloseSend() error {
+	s.halfClosed = true
+	return s.body.Close()
+}
 
 // Recv receives the next message into m. At the end of the call it returns io.EOF for status OK, else
 // the status (*Error).
@@ -419,7 +461,7 @@ type ServerStream struct {
 	started bool
 }
 
-// Context is the call's context: it ends when the client goes away.
+// Context is the call's context: it ends when the client goes away or its deadline (grpc-timeout) passes.
 func (s *ServerStream) Context() context.Context { return s.r.Context() }
 
 // Recv receives the next message into m: io.EOF once the client has half-closed.
@@ -457,9 +499,11 @@ func (s *ServerStream) Send(m proto.Message) error {
 // (an *Error's code, else Unknown; nil is OK).
 func StreamHandler(fn func(*ServerStream) error) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if !accept(w, r) {
+		r, cancel, ok := accept(w, r)
+		if !ok {
 			return
 		}
+		defer cancel()
 		s := &ServerStream{r: r, w: w}
 		finish(s, fn(s))
 	})
@@ -475,9 +519,11 @@ func UnaryHandler[Req, Res any, PReq interface {
 	proto.Message
 }](fn func(context.Context, PReq) (PRes, error)) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if !accept(w, r) {
+		r, cancel, ok := accept(w, r)
+		if !ok {
 			return
 		}
+		defer cancel()
 		s := &ServerStream{r: r, w: w}
 		req := PReq(new(Req))
 		err := s.Recv(req)
@@ -494,19 +540,31 @@ func UnaryHandler[Req, Res any, PReq interface {
 	})
 }
 
-// accept answers a request that is not a gRPC call with an HTTP error.
-func accept(w http.ResponseWriter, r *http.Request) bool {
+// accept answers a request that is not a gRPC call with an HTTP error. For a call, it returns the
+// request with the caller's deadline (grpc-timeout) on its context, and the cancel to call at the end.
+func accept(w http.ResponseWriter, r *http.Request) (*http.Request, context.CancelFunc, bool) {
 	if r.Method != http.MethodPost {
 		w.Header().Set("Allow", http.MethodPost)
 		http.Error(w, "gRPC calls are POST requests", http.StatusMethodNotAllowed)
-		return false
+		return nil, nil, false
 	}
 	if ct := r.Header.Get("Content-Type"); !isGRPC(ct) {
 		http.Error(w, fmt.Sprintf("content type %q: this is a gRPC method (application/grpc)", ct), http.StatusUnsupportedMediaType)
-		return false
+		return nil, nil, false
 	}
 	w.Header().Set("Content-Type", contentType)
-	return true
+	cancel := context.CancelFunc(func() {})
+	if v := r.Header.Get("Grpc-Timeout"); v != "" {
+		d, ok := decodeTimeout(v)
+		if !ok {
+			finish(&ServerStream{r: r, w: w}, Errorf(Internal, "malformed grpc-timeout %q", v))
+			return nil, nil, false
+		}
+		var ctx context.Context
+		ctx, cancel = context.WithTimeout(r.Context(), d)
+		r = r.WithContext(ctx)
+	}
+	return r, cancel, true
 }
 
 // finish writes the call's status: as trailers after messages, or in the head of a response without

@@ -167,6 +167,9 @@ func TestStreamAgainstGRPCServer(t *testing.T) {
 	if err := s.CloseSend(); err != nil {
 		t.Fatal(err)
 	}
+	if err := s.Send(&testgrpc.StreamingOutputCallRequest{Payload: payload("late")}); grpcwire.CodeOf(err) != grpcwire.Internal {
+		t.Errorf("send after CloseSend: %v, want Internal at once", err)
+	}
 	if err := s.Recv(&testgrpc.StreamingOutputCallResponse{}); err != io.EOF {
 		t.Errorf("after the half-close: %v, want io.EOF (status OK)", err)
 	}
@@ -292,6 +295,66 @@ func TestHandlersServeGRPCClient(t *testing.T) {
 	st.Send(&testgrpc.StreamingOutputCallRequest{ResponseStatus: &testgrpc.EchoStatus{Code: int32(codes.FailedPrecondition), Message: "not yet"}})
 	if _, err := st.Recv(); status.Code(err) != codes.FailedPrecondition || status.Convert(err).Message() != "not yet" {
 		t.Errorf("stream status: %v, want FailedPrecondition \"not yet\"", err)
+	}
+}
+
+// A handler's context carries the caller's deadline (grpc-timeout); a malformed grpc-timeout fails
+// the call with Internal, naming the header.
+func TestHandlersTakeTheCallersDeadline(t *testing.T) {
+	deadlines := make(chan time.Time, 1)
+	mux := http.NewServeMux()
+	mux.Handle(unaryMethod, grpcwire.UnaryHandler(func(ctx context.Context, req *testgrpc.SimpleRequest) (*testgrpc.SimpleResponse, error) {
+		dl, _ := ctx.Deadline() // zero without one
+		deadlines <- dl
+		return &testgrpc.SimpleResponse{}, nil
+	}))
+	addr := serveH2C(t, mux)
+	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	tc := testgrpc.NewTestServiceClient(cc)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	want, _ := ctx.Deadline()
+	if _, err := tc.UnaryCall(ctx, &testgrpc.SimpleRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	if got := <-deadlines; got.IsZero() || got.After(want.Add(time.Second)) || got.Before(want.Add(-5*time.Second)) {
+		t.Errorf("handler's deadline %v, want about the caller's %v", got, want)
+	}
+	if _, err := tc.UnaryCall(context.Background(), &testgrpc.SimpleRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	if got := <-deadlines; !got.IsZero() {
+		t.Errorf("handler's deadline %v for a call without one, want none", got)
+	}
+
+	req, _ := http.NewRequest(http.MethodPost, "http://"+addr+unaryMethod, strings.NewReader("\x00\x00\x00\x00\x00"))
+	req.Header.Set("Content-Type", "application/grpc")
+	req.Header.Set("Grpc-Timeout", "5x")
+	resp, err := h2cClient().Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if st, msg := resp.Header.Get("Grpc-Status"), resp.Header.Get("Grpc-Message"); st != "13" || !strings.Contains(msg, "grpc-timeout") {
+		t.Errorf("malformed grpc-timeout: status %q %q, want 13 (Internal) naming grpc-timeout", st, msg)
+	}
+}
+
+// A 200 response that is not gRPC (a web page from a misrouted call) is Unknown, as grpc-go says.
+func TestUnaryFromNonGRPCServerIsUnknown(t *testing.T) {
+	addr := serveH2C(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/html")
+		io.WriteString(w, "<html>hello</html>")
+	}))
+	err := grpcwire.Unary(context.Background(), h2cClient(), "http://"+addr+unaryMethod, &testgrpc.SimpleRequest{}, &testgrpc.SimpleResponse{})
+	if grpcwire.CodeOf(err) != grpcwire.Unknown || !strings.Contains(err.Error(), "text/html") {
+		t.Errorf("call to a web server: %v, want Unknown naming text/html", err)
 	}
 }
 
