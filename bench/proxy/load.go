@@ -369,6 +369,26 @@ func hapTLSSessions(url string) (resumed, full int64, err error) {
 	return resumed, full, nil
 }
 
+// relaySessions reads from a floor relay's CSV stats the sessions its frontend "relay" has taken.
+func relaySessions(url string) (int64, error) {
+	c := &http.Client{Timeout: 5 * time.Second}
+	resp, err := c.Get(url)
+	if err != nil {
+		return 0, fmt.Errorf("HAProxy stats: %w", err)
+	}
+	defer resp.Body.Close()
+	rows, err := csv.NewReader(resp.Body).ReadAll()
+	if err != nil {
+		return 0, fmt.Errorf("HAProxy stats: %w", err)
+	}
+	for _, r := range rows {
+		if len(r) >= 8 && r[0] == "relay" && r[1] == "FRONTEND" {
+			return strconv.ParseInt(r[7], 10, 64) // stot
+		}
+	}
+	return 0, errors.New("HAProxy stats lack frontend relay")
+}
+
 // connMsgSize is the message each connection sends (echoMagic first, so the sink echoes it).
 const connMsgSize = 64
 

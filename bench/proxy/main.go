@@ -3,8 +3,10 @@
 //
 // Paths: B0 direct (client → server); B1 one weft-proxy hop (its outbound listener on a "ClusterIP",
 // no iptables needed); B2 client sidecar → mTLS HTTP/2 → server sidecar → server (certificates from
-// files, --cert-dir); H1 and H2 the same through HAProxy. The proxies are configured by an in-process
-// xDS server (go-control-plane's snapshot cache) with the resource shapes weft-control emits.
+// files, --cert-dir); H1 and H2 the same through HAProxy; F1 and F2 the floor: the HTTP app behind one
+// and two no-op TCP relay processes (HAProxy mode tcp), what the machine charges for crossing one or
+// two more processes, measured in the latency phases and wrk only. The proxies are configured by an
+// in-process xDS server (go-control-plane's snapshot cache) with the resource shapes weft-control emits.
 //
 // Measured: open-loop HTTP/1.1 GETs of 1 KB at constant rates, latency from the intended send time
 // (p50/p99/p999 added over direct); closed-loop maximum (wrk); gRPC unary (closed loop); TCP bulk;
@@ -55,7 +57,7 @@ type options struct {
 
 func main() {
 	var o options
-	paths := flag.String("paths", "B0,B1,B2,H1,H2,A1,A2", "the paths to measure (B0 is the baseline of every ratio; A1/A2 only with -weft-proxy-before)")
+	paths := flag.String("paths", "B0,F1,F2,B1,B2,H1,H2,A1,A2", "the paths to measure (B0 is the baseline of every ratio; F1/F2 are one and two no-op TCP relay processes, the machine's floor; A1/A2 only with -weft-proxy-before)")
 	rates := flag.String("rates", "200,1000,2000", "open-loop request rates (requests/s), comma-separated")
 	flag.StringVar(&o.weftBin, "weft-proxy", "bin/weft-proxy", "the weft-proxy binary (make build)")
 	flag.StringVar(&o.weftBefore, "weft-proxy-before", "", "an earlier weft-proxy binary to measure in the same run as paths A1 and A2 (B1 and B2 through it), for before/after figures")
@@ -159,6 +161,9 @@ type results struct {
 	// the peer's SPIFFE identity, on the server's inbound and the client's outbound side.
 	mtlsIn, mtlsOut float64
 	mtlsErr         error
+	// relayed is, for F1 and F2, the sessions each relay process (client side first) took by the end
+	// of the open-loop phases: the evidence that the floor's traffic crossed each of them.
+	relayed map[string][]int64
 }
 
 func (r *results) fail(key, what string, err error) { r.errs[key+"/"+what] = err }
@@ -204,7 +209,7 @@ func run(ctx context.Context, o options) (*results, error) {
 	}
 	res := &results{opts: o, when: time.Now().UTC(), paths: t.paths, open: map[string]map[int]latencyStats{},
 		wrk: map[string]wrkResult{}, grpc: map[string]grpcResult{}, tcp: map[string]float64{}, conns: map[string]connResult{},
-		errs: map[string]error{}, procs: map[string]*procStats{}}
+		errs: map[string]error{}, procs: map[string]*procStats{}, relayed: map[string][]int64{}}
 	if t.haproxy != "" {
 		if out, err := exec.Command(t.haproxy, "-v").Output(); err == nil {
 			res.hap, _, _ = strings.Cut(string(out), "\n")
@@ -253,6 +258,9 @@ func run(ctx context.Context, o options) (*results, error) {
 			res.fail(p.key, "tcp", p.tcpErr)
 		}
 		live = append(live, p)
+		if p.floor {
+			continue // latency (and wrk) only: no RSS or CPU of the relays
+		}
 		ps := &procStats{}
 		for _, pr := range p.procs {
 			rss, anon, err := pr.mem()
@@ -297,7 +305,7 @@ func run(ctx context.Context, o options) (*results, error) {
 			openLoop(ctx, conns, p.http, rate, o.warm)
 			var sample *sampler
 			var prof *profiler
-			if rate == top {
+			if rate == top && !p.floor {
 				sample = startSampler(p.procs)
 				prof = profile("open"+strconv.Itoa(rate), p, o.open)
 			}
@@ -316,6 +324,16 @@ func run(ctx context.Context, o options) (*results, error) {
 			if st.errors > 0 {
 				logf("  %d of %d requests failed, first: %s", st.errors, st.errors+st.n, st.firstErr)
 			}
+		}
+	}
+
+	for _, p := range live {
+		for _, url := range p.relayStats {
+			n, err := relaySessions(url)
+			if err != nil {
+				res.fail(p.key, "relay", err)
+			}
+			res.relayed[p.key] = append(res.relayed[p.key], n)
 		}
 	}
 
@@ -364,6 +382,9 @@ func run(ctx context.Context, o options) (*results, error) {
 		}
 	}
 	for _, p := range live {
+		if p.floor {
+			continue
+		}
 		logf("gRPC unary: %s %s", p.key, p.name)
 		prof := profile("grpc", p, o.grpcDur)
 		g, err := grpcUnary(ctx, p.grpc, o.grpcInflight, o.grpcDur)
@@ -375,7 +396,7 @@ func run(ctx context.Context, o options) (*results, error) {
 		res.grpc[p.key] = g
 	}
 	for _, p := range live {
-		if p.tcpErr != nil {
+		if p.tcpErr != nil || p.floor {
 			continue
 		}
 		logf("TCP bulk: %s %s", p.key, p.name)
@@ -387,7 +408,7 @@ func run(ctx context.Context, o options) (*results, error) {
 		res.tcp[p.key] = g
 	}
 	for _, p := range live {
-		if p.tcpErr != nil {
+		if p.tcpErr != nil || p.floor {
 			continue
 		}
 		logf("new connections (%d workers): %s %s", o.connWorkers, p.key, p.name)

@@ -14,7 +14,8 @@ import (
 
 // TestSmoke runs the whole harness for a few seconds against a freshly built weft-proxy and the real
 // HAProxy and wrk: every path must carry HTTP/1.1, gRPC and TCP without one failure, every proxy must be
-// measured, and the report must hold all its tables. (No timing is asserted: speed is for the bench.)
+// measured, the floor paths must carry HTTP/1.1 through each of their relay processes, and the report
+// must hold all its tables. (No timing is asserted: speed is for the bench.)
 func TestSmoke(t *testing.T) {
 	goBin := prereq.Binary(t, "go")
 	haproxy := prereq.Binary(t, "haproxy")
@@ -29,7 +30,7 @@ func TestSmoke(t *testing.T) {
 	res, err := run(ctx, options{
 		weftBin: bin, haproxy: haproxy, wrk: wrk,
 		rates: []int{100}, openConns: 4, open: 200 * time.Millisecond, warm: 100 * time.Millisecond,
-		closed: time.Second, wrkThreads: 1, wrkConns: 4, wrkOnly: map[string]bool{"B0": true, "B2": true},
+		closed: time.Second, wrkThreads: 1, wrkConns: 4, wrkOnly: map[string]bool{"B0": true, "B2": true, "F1": true, "F2": true},
 		grpcDur: 200 * time.Millisecond, grpcInflight: 2, tcpDur: 200 * time.Millisecond,
 		connDur: time.Second, connWorkers: 4,
 		progress: &progress,
@@ -47,8 +48,12 @@ func TestSmoke(t *testing.T) {
 		if !ok || st.n == 0 || st.errors != 0 {
 			t.Errorf("%s open loop: %d ok, %d failed (%s)", k, st.n, st.errors, st.firstErr)
 		}
-		if w, ran := res.wrk[k]; (ran || k == "B0" || k == "B2") && (w.rps <= 0 || w.errors != 0) {
+		if w, ran := res.wrk[k]; (ran || k == "B0" || k == "B2" || k[0] == 'F') && (w.rps <= 0 || w.errors != 0) {
 			t.Errorf("%s wrk: %+v", k, w)
+		}
+		if k[0] == 'F' {
+			checkFloor(t, res, k, 4)
+			continue
 		}
 		if g := res.grpc[k]; g.rps <= 0 || g.errors != 0 {
 			t.Errorf("%s gRPC: %+v", k, g)
@@ -87,17 +92,47 @@ func TestSmoke(t *testing.T) {
 	var out bytes.Buffer
 	res.report(&out)
 	report := out.String()
-	for _, want := range []string{"### Against direct", "| max rps (wrk) |", "| TCP bulk Gbit/s |", "### weft-proxy against HAProxy", "### Targets (issue 4)", "| B1 max rps ≥ 60% of direct |",
+	for _, want := range []string{"### Against direct", "| F1 1 TCP relay | F2 2 TCP relays |", "#### B2's latency target against the machine's floor",
+		"| B2 over F2: what the two sidecars add beyond two relay processes | ", "| F2 (2 relay processes) over direct: the floor | ", "| max rps (wrk) |", "| TCP bulk Gbit/s |", "### weft-proxy against HAProxy", "### Targets (issue 4)", "| B1 max rps ≥ 60% of direct |",
 		"| new TCP connections/s (4 workers) |", "| B2 new mTLS connections ≥ 600/s (issue 5) |",
 		"| TLS sessions resumed between the proxies |"} {
 		if !strings.Contains(report, want) {
 			t.Errorf("report lacks %q:\n%s", want, report)
 		}
 	}
-	if strings.Count(report, "n/a") != 3 { // wrk ran on B0 and B2 only
+	if strings.Count(report, "n/a") != 3 { // wrk ran on B0, B2, F1 and F2 only
 		t.Errorf("report has missing numbers beyond the three unselected wrk runs:\n%s", report)
 	}
 	if t.Failed() {
 		t.Logf("progress:\n%s", progress.String())
+	}
+}
+
+// checkFloor checks a floor path: the open loop's connections went through each of its relay processes
+// (one for F1, two for F2), and it took part in nothing but the latency phases and wrk.
+func checkFloor(t *testing.T, res *results, key string, conns int64) {
+	t.Helper()
+	var p *path
+	for _, q := range res.paths {
+		if q.key == key {
+			p = q
+		}
+	}
+	if want := int(key[1] - '0'); p == nil || len(p.procs) != want || len(res.relayed[key]) != want {
+		t.Fatalf("%s: want %d relay processes, have %+v, sessions %v", key, want, p, res.relayed[key])
+	}
+	for i, n := range res.relayed[key] {
+		if n < conns {
+			t.Errorf("%s relay %s: %d sessions, want at least the open loop's %d connections", key, p.procs[i].name, n, conns)
+		}
+	}
+	if p.procs[0].pid() == p.procs[len(p.procs)-1].pid() && len(p.procs) > 1 {
+		t.Errorf("%s: its relays are one process", key)
+	}
+	_, g := res.grpc[key]
+	_, b := res.tcp[key]
+	_, c := res.conns[key]
+	if g || b || c || res.procs[key] != nil {
+		t.Errorf("%s measured beyond latency and wrk: gRPC %v, TCP bulk %v, new connections %v, proxies %v", key, g, b, c, res.procs[key] != nil)
 	}
 }

@@ -19,14 +19,15 @@ const (
 	targetConnsPerS = 600 // issue 5: new mTLS connections per second between two proxies
 )
 
-// columns are the paths in the order of the tables: each weft path beside its HAProxy twin.
-var columns = []string{"B0", "B1", "H1", "B2", "H2"}
+// columns are the paths in the order of the tables: direct, the floor (one and two no-op relay
+// processes), then each weft path beside its HAProxy twin.
+var columns = []string{"B0", "F1", "F2", "B1", "H1", "B2", "H2"}
 
 // beforeColumns are B1 and B2 through an earlier weft-proxy binary (-weft-proxy-before), when asked for.
 var beforeColumns = []string{"A1", "A2"}
 
 // columnNames head the tables.
-var columnNames = map[string]string{"B0": "B0 direct", "B1": "B1 weft", "H1": "H1 HAProxy", "B2": "B2 weft mTLS",
+var columnNames = map[string]string{"B0": "B0 direct", "F1": "F1 1 TCP relay", "F2": "F2 2 TCP relays", "B1": "B1 weft", "H1": "H1 HAProxy", "B2": "B2 weft mTLS",
 	"H2": "H2 HAProxy mTLS", "A1": "A1 weft before", "A2": "A2 weft mTLS before"}
 
 // cols are the columns of this run's tables.
@@ -113,12 +114,17 @@ func (r *results) openStat(key string, rate int) (latencyStats, bool) {
 
 // added is a path's latency percentile minus direct's at the same rate.
 func (r *results) added(key string, rate int, pick func(latencyStats) time.Duration) (time.Duration, bool) {
+	return r.over(key, "B0", rate, pick)
+}
+
+// over is a path's latency percentile minus another path's at the same rate.
+func (r *results) over(key, base string, rate int, pick func(latencyStats) time.Duration) (time.Duration, bool) {
 	st, ok := r.openStat(key, rate)
-	base, bok := r.openStat("B0", rate)
+	b, bok := r.openStat(base, rate)
 	if !ok || !bok {
 		return 0, false
 	}
-	return pick(st) - pick(base), true
+	return pick(st) - pick(b), true
 }
 
 func (r *results) report(w io.Writer) {
@@ -127,7 +133,8 @@ func (r *results) report(w io.Writer) {
 	top := o.rates[len(o.rates)-1]
 	fmt.Fprintf(w, "## weft-proxy beside direct and HAProxy\n\n")
 	fmt.Fprintf(w, "One run on loopback, %s, %d CPUs (GOMAXPROCS %d), %s. B0 direct; B1 one weft-proxy hop; "+
-		"B2 client sidecar → mTLS HTTP/2 → server sidecar; H1/H2 the same through HAProxy. HTTP/1.1 GET, 1 KB responses. "+
+		"B2 client sidecar → mTLS HTTP/2 → server sidecar; H1/H2 the same through HAProxy; F1/F2 the floor: one and two no-op TCP relay processes "+
+		"(HAProxy mode tcp, latency and wrk only). HTTP/1.1 GET, 1 KB responses. "+
 		"Open loop: %v per rate after %v warm-up, over %d keep-alive connections, latency from the intended send time. Closed loop: wrk -t%d -c%d, %d rounds of %v per path in rotated orders, median round shown with the rounds' range. "+
 		"gRPC unary 1 KB echo, %d in flight, %v. TCP bulk: one connection, %v. "+
 		"New connections: %d workers for %v, each connection through the TCP path: connect, 64-byte echo, close. "+
@@ -530,6 +537,40 @@ func (rw *reportWriter) targets() {
 	line(target, measured, okc && c.perSec >= targetConnsPerS && c.errors == 0, okc)
 	rssLine(fmt.Sprintf("RSS ≤ %.0f MB at 2000 rps, each weft-proxy%s", targetRSSLoadMB, cond(top != 2000, fmt.Sprintf(" (measured at %d rps)", top))), targetRSSLoadMB,
 		func(p *procStats) []int64 { return p.rssLoadKB })
+	rw.floor(rate)
+}
+
+// floor puts B2's latency target beside the machine's floor: what F2's two no-op relay processes add
+// over direct, and what B2's (and H2's) two proxies add beyond that.
+func (rw *reportWriter) floor(rate int) {
+	r, w := rw.r, rw.w
+	p50 := func(s latencyStats) time.Duration { return s.p50 }
+	p99 := func(s latencyStats) time.Duration { return s.p99 }
+	fmt.Fprintf(w, "\n#### B2's latency target against the machine's floor\n\n"+
+		"F1 and F2 put one and two no-op TCP relay processes (HAProxy mode tcp: no HTTP, no TLS) between the client and the app: "+
+		"what this machine charges for a request to cross one or two more processes (cross-process wake-ups), with no proxy work. "+
+		"B2 and H2 cross two proxy processes, so \"over F2\" is what their two proxies add beyond the machine's cost of two relay processes. "+
+		"The target (≤ %s p50, ≤ %s p99 over direct) is judged above, over direct. Each figure is the difference of two phases of "+
+		"the open loop; the generator wake-up lag rows above show how much the machine itself differed between them.\n\n",
+		addedMS(targetB2P50), addedMS(targetB2P99))
+	fmt.Fprintf(w, "| at %d rps | added p50 | added p99 |\n|---|---|---|\n", rate)
+	for _, l := range []struct{ label, key, base string }{
+		{"F1 (1 relay process) over direct", "F1", "B0"},
+		{"F2 (2 relay processes) over direct: the floor", "F2", "B0"},
+		{"B2 over direct", "B2", "B0"},
+		{"B2 over F2: what the two sidecars add beyond two relay processes", "B2", "F2"},
+		{"H2 over direct", "H2", "B0"},
+		{"H2 over F2: what HAProxy's two hops add beyond two relay processes", "H2", "F2"},
+	} {
+		cell := func(pick func(latencyStats) time.Duration) string {
+			d, ok := r.over(l.key, l.base, rate, pick)
+			if !ok {
+				return "—"
+			}
+			return addedMS(d)
+		}
+		fmt.Fprintf(w, "| %s | %s | %s |\n", l.label, cell(p50), cell(p99))
+	}
 }
 
 func cond(ok bool, s string) string {

@@ -30,6 +30,12 @@ type path struct {
 	// weftTCPServerAdmin is the admin address of B2's TCP server sidecar, whose tls_handshake_total
 	// counts resumed and full mTLS handshakes.
 	weftTCPServerAdmin string
+	// floor marks F1 and F2: no-op TCP relay processes in front of the HTTP app, measured only in the
+	// latency phases (and wrk) as the machine's cost of crossing one or two more processes.
+	floor bool
+	// relayStats are the CSV stats URLs of a floor path's relay processes, client side first: their
+	// frontend's session count shows the traffic went through each of them.
+	relayStats []string
 }
 
 const (
@@ -61,7 +67,7 @@ func (t *topology) stop() {
 	wg.Wait()
 }
 
-// build starts every proxy of the five paths. A path whose proxies do not come up keeps its error
+// build starts every proxy of the paths. A path whose proxies do not come up keeps its error
 // (the report says so) and the others go on.
 func (t *topology) build(ctx context.Context) error {
 	ca, err := newPKI()
@@ -83,7 +89,7 @@ func (t *topology) build(ctx context.Context) error {
 	h2 := &path{key: "H2", name: "HAProxy 2 hops mTLS"}
 	t.paths = []*path{b0, b1, b2, h1, h2}
 
-	// The four proxied paths come up side by side.
+	// The proxied paths come up side by side.
 	var wg sync.WaitGroup
 	if t.weftBin == "" {
 		b1.err = fmt.Errorf("weft-proxy binary not found (run make build)")
@@ -100,6 +106,17 @@ func (t *topology) build(ctx context.Context) error {
 		wg.Go(func() { h2.err = t.haproxyH2(ctx, h2) })
 	}
 	proxied := []*path{b1, b2, h1, h2}
+	// The floor: the same HTTP app behind one and two no-op TCP relay processes.
+	f1 := &path{key: "F1", name: "floor: 1 TCP relay process", floor: true}
+	f2 := &path{key: "F2", name: "floor: 2 TCP relay processes", floor: true}
+	t.paths = append(t.paths, f1, f2)
+	if t.haproxy == "" {
+		f1.err = fmt.Errorf("haproxy not installed (make apt)")
+		f2.err = f1.err
+	} else {
+		wg.Go(func() { f1.err = t.floorF1(ctx, f1) })
+		wg.Go(func() { f2.err = t.floorF2(ctx, f2) })
+	}
 	if t.before != "" {
 		a1 := &path{key: "A1", name: "weft 1 hop, before"}
 		a2 := &path{key: "A2", name: "weft 2 sidecars mTLS, before"}
@@ -350,6 +367,60 @@ func (t *topology) haproxyH1(ctx context.Context, p *path) error {
 		return err
 	}
 	p.procs = []*proc{pr}
+	return nil
+}
+
+// haproxyRelay starts one HAProxy process that relays TCP from bind to upstream (mode tcp: no HTTP
+// parsing, no TLS, a process hop and nothing else), with the same global settings (threads) as the
+// H paths' HAProxies, and a stats listener that counts the relay's sessions.
+func (t *topology) haproxyRelay(ctx context.Context, name, bind, upstream string) (*proc, string, error) {
+	stats, err := freeAddr("127.0.0.1")
+	if err != nil {
+		return nil, "", err
+	}
+	pr, err := t.startHAProxy(ctx, name, []string{
+		tcpFrontend("relay", bind, "", upstream, ""),
+		fmt.Sprintf("listen stats\n    mode http\n    bind %s\n    stats enable\n    stats uri /stats\n", stats),
+	}, []string{bind, stats})
+	if err != nil {
+		return nil, "", err
+	}
+	return pr, "http://" + stats + "/stats;csv", nil
+}
+
+// floorF1 is client → one relay process → the HTTP app.
+func (t *topology) floorF1(ctx context.Context, p *path) error {
+	var err error
+	if p.http, err = freeAddr("127.0.0.71"); err != nil {
+		return err
+	}
+	pr, stats, err := t.haproxyRelay(ctx, "haproxy-f1", p.http, t.be.http.String())
+	if err != nil {
+		return err
+	}
+	p.procs, p.relayStats = []*proc{pr}, []string{stats}
+	return nil
+}
+
+// floorF2 is client → relay process → relay process → the HTTP app: B2's and H2's two process hops,
+// plaintext, without the proxies' work.
+func (t *topology) floorF2(ctx context.Context, p *path) error {
+	srv, err := freeAddr("127.0.0.82")
+	if err != nil {
+		return err
+	}
+	server, sstats, err := t.haproxyRelay(ctx, "haproxy-f2-server", srv, t.be.http.String())
+	if err != nil {
+		return err
+	}
+	if p.http, err = freeAddr("127.0.0.81"); err != nil {
+		return err
+	}
+	client, cstats, err := t.haproxyRelay(ctx, "haproxy-f2-client", p.http, srv)
+	if err != nil {
+		return err
+	}
+	p.procs, p.relayStats = []*proc{client, server}, []string{cstats, sstats}
 	return nil
 }
 
