@@ -87,11 +87,22 @@ func openLoop(ctx context.Context, conns []*http.Client, addr string, rate int, 
 	var wg sync.WaitGroup
 	for w, client := range conns {
 		wg.Go(func() {
+			sl, err := newPreciseSleeper()
+			if err != nil {
+				for i := w; i < n; i += len(conns) {
+					errs[i] = err
+				}
+				return
+			}
+			defer sl.close()
 			for i := w; i < n; i += len(conns) {
 				intended := start.Add(time.Duration(i) * interval)
 				wake[i] = -1
 				if wait := time.Until(intended); wait > 0 {
-					time.Sleep(wait)
+					if err := sl.sleep(wait); err != nil {
+						errs[i] = err
+						continue
+					}
 					wake[i] = time.Since(intended)
 				}
 				if ctx.Err() != nil || time.Now().After(giveUp) {
