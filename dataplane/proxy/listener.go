@@ -201,7 +201,13 @@ func (p *Proxy) handleConn(c net.Conn, name string) {
 			cs = p.inbound
 		}
 		if tc, ok := conn.(*tls.Conn); ok && tc.ConnectionState().NegotiatedProtocol == "h2" {
-			cs.serve(conn, info) // HTTP/2 between proxies: net/http's server
+			// HTTP/2 between proxies: net/http's server, which takes it for HTTP/2 with prior
+			// knowledge (its handlers do not look at the request's TLS state: the peer is in info),
+			// so that its frames go through h2WriteConn (a gRPC response's HEADERS, DATA and
+			// trailers in one TLS record and one write instead of three). The socket's own
+			// coalescer (holdNext) is not armed then: it would hold the record that already has both.
+			info.sock = nil
+			cs.serve(newH2WriteConn(plainView{tc}, false), info)
 			return
 		}
 		p.serveHTTP1(conn, info, cs)
