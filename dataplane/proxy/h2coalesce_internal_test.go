@@ -67,27 +67,40 @@ func TestH2WriteConnHoldsOpenStreams(t *testing.T) {
 	wantWrites(3, "WINDOW_UPDATE after held HEADERS")
 
 	// A write that ends inside a frame is not held; the frame's end is found in the next one.
+	write(h2Frame(h2FrameHeaders, h2FlagEndHdrs, 5, []byte("head")))
+	wantWrites(3, "HEADERS of stream 5")
 	f := h2Frame(h2FrameData, 0, 5, payload)
 	write(f[:4]) // inside the frame header
 	wantWrites(4, "a write ending inside a frame header")
 	write(f[4:100])
 	wantWrites(5, "a write ending inside a payload")
 	write(f[100:])
-	wantWrites(5, "the rest of an open stream's DATA frame")
+	wantWrites(5, "the rest of stream 5's first DATA frame")
 	write(h2Frame(h2FrameData, h2FlagEndStrm, 5, nil))
 	wantWrites(6, "END_STREAM")
 
+	// A streaming call: its first message is held until what follows, its later ones are not
+	// (each goes at once, as net/http flushed it).
+	write(h2Frame(h2FrameHeaders, h2FlagEndHdrs, 9, []byte("head")))
+	write(h2Frame(h2FrameData, 0, 9, payload))
+	wantWrites(6, "HEADERS and first message of stream 9")
+	write(h2Frame(h2FrameData, 0, 11, payload)) // no HEADERS of its own written here
+	wantWrites(7, "a DATA frame of another stream that is not starting")
+	write(h2Frame(h2FrameData, 0, 9, payload))
+	wantWrites(8, "stream 9's second message")
+
 	// HEADERS without END_HEADERS (CONTINUATION follows) and bulk writes are not held.
 	write(h2Frame(h2FrameHeaders, 0, 7, []byte("part")))
-	wantWrites(7, "HEADERS without END_HEADERS")
+	wantWrites(9, "HEADERS without END_HEADERS")
 	write(h2Frame(0x9, h2FlagEndHdrs, 7, []byte("rest")))
-	wantWrites(8, "CONTINUATION")
-	write(h2Frame(h2FrameData, 0, 7, bytes.Repeat([]byte("b"), h2HoldBytes)))
-	wantWrites(9, "a DATA frame over h2HoldBytes")
+	wantWrites(10, "CONTINUATION")
+	write(h2Frame(h2FrameHeaders, h2FlagEndHdrs, 13, []byte("head")))
+	write(h2Frame(h2FrameData, 0, 13, bytes.Repeat([]byte("b"), h2HoldBytes)))
+	wantWrites(11, "a DATA frame over h2HoldBytes")
 
 	// Close writes what is held.
-	write(h2Frame(h2FrameData, 0, 7, payload))
-	wantWrites(9, "DATA of an open stream")
+	write(h2Frame(h2FrameHeaders, h2FlagEndHdrs, 15, []byte("head")))
+	wantWrites(11, "HEADERS of stream 15")
 	w.Close()
 	_ = b.SetReadDeadline(time.Now().Add(10 * time.Second))
 	got, err := io.ReadAll(b)
@@ -99,10 +112,14 @@ func TestH2WriteConnHoldsOpenStreams(t *testing.T) {
 // A held frame with nothing after it still goes out, holdMax after it was held.
 func TestH2WriteConnReleasesAlone(t *testing.T) {
 	a, b := tcpPair(t)
-	w := newH2WriteConn(a, false)
-	msg := h2Frame(h2FrameData, 0, 1, []byte("a streamed message"))
+	cc := &countingConn{Conn: a}
+	w := newH2WriteConn(cc, false)
+	msg := append(h2Frame(h2FrameHeaders, h2FlagEndHdrs, 1, []byte("head")), h2Frame(h2FrameData, 0, 1, []byte("a streamed message"))...)
 	if _, err := w.Write(msg); err != nil {
 		t.Fatal(err)
+	}
+	if cc.writes.Load() != 0 {
+		t.Fatal("a stream's first message was written at once")
 	}
 	_ = b.SetReadDeadline(time.Now().Add(10 * time.Second))
 	got := make([]byte, len(msg))
