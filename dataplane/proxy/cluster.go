@@ -55,6 +55,13 @@ func newClusterState(p *Proxy, name string) *clusterState {
 	h1.Protocols.SetHTTP1(true)
 	st.h1 = newH1Pool(dial, h1)
 	st.h2c = base()
+	st.h2c.DialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
+		c, err := dial(ctx, network, addr)
+		if err != nil {
+			return nil, err
+		}
+		return newH2WriteConn(newRawSockConn(c), true), nil // rawio.go, h2coalesce.go
+	}
 	st.h2c.Protocols = new(http.Protocols)
 	st.h2c.Protocols.SetUnencryptedHTTP2(true)
 	if p.identity != nil {

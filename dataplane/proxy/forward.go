@@ -84,13 +84,9 @@ func (p *Proxy) forward(sw *statusWriter, r *http.Request, rs *reqState) {
 		p.proxyErrorFor(sw, r, rs, err)
 		return
 	}
-	if p.forwardResponse(sw, bw, resp) && rs.info != nil && rs.info.sock != nil {
-		if _, h2 := bw.(h2Body); h2 {
-			// What net/http's HTTP/2 server writes when this handler returns: HEADERS, then one DATA
-			// frame ending the stream. Into one write (see coalescer).
-			rs.info.sock.holdNext()
-		}
-	}
+	// A small complete body (forwardResponse's result) needs nothing more here: on an h2c or mTLS
+	// HTTP/2 connection, h2WriteConn puts its HEADERS and DATA frames into one write.
+	_ = p.forwardResponse(sw, bw, resp)
 }
 
 // prepareForward makes r the upstream request: ReverseProxy's header rules, the cluster's authority

@@ -145,7 +145,14 @@ func (p *Proxy) serveHTTP1(c net.Conn, info *connInfo, cs *connServer) {
 	if next == stepHandover {
 		// net/http takes the connection over (its bytes so far included) and keeps it.
 		_ = c.SetReadDeadline(time.Time{})
-		cs.serve(&peekedConn{Conn: c, r: s.br}, info)
+		var hc net.Conn = &peekedConn{Conn: c, r: s.br}
+		if b, _ := s.br.Peek(min(s.br.Buffered(), len(h2cStart))); string(b) == h2cStart {
+			// h2c prior knowledge: raw reads and writes (rawio.go) and coalesced frames (h2coalesce.go).
+			raw := newRawSockConn(c)
+			s.fr.c = raw
+			hc = newH2WriteConn(&peekedConn{Conn: raw, r: s.br}, false)
+		}
+		cs.serve(hc, info)
 		return
 	}
 	fc.state.Store(fastClosed)

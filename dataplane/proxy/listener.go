@@ -26,8 +26,6 @@ type connInfo struct {
 	chain      *chainRT
 	tls        bool
 	peerID     string // the client's SPIFFE id (inbound mTLS)
-	// sock is the socket under an inbound mTLS connection, for its HTTP/2 handlers' holdNext.
-	sock *rawSockConn
 }
 
 type connKeyType struct{}
@@ -168,11 +166,9 @@ func (p *Proxy) handleConn(c net.Conn, name string) {
 	}
 	info.chain = chain
 	if chain.cfg.TLS != nil && p.identity != nil {
+		// HTTP/2 on it goes through an h2WriteConn (below, or at the fast path's handover), which
+		// puts a response's frames into one TLS record: the socket's own coalescer is not enabled.
 		under := newRawSockConn(conn)
-		if rs, ok := under.(*rawSockConn); ok && chain.cfg.HTTP != nil {
-			rs.enableCoalescing()
-			info.sock = rs
-		}
 		tc := tls.Server(under, p.serverTLS(chain.cfg.TLS.ALPN))
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		err := tc.HandshakeContext(ctx)
@@ -201,7 +197,11 @@ func (p *Proxy) handleConn(c net.Conn, name string) {
 			cs = p.inbound
 		}
 		if tc, ok := conn.(*tls.Conn); ok && tc.ConnectionState().NegotiatedProtocol == "h2" {
-			cs.serve(conn, info) // HTTP/2 between proxies: net/http's server
+			// HTTP/2 between proxies: net/http's server, which takes it for HTTP/2 with prior
+			// knowledge (its handlers do not look at the request's TLS state: the peer is in info),
+			// so that its frames go through h2WriteConn (a gRPC response's HEADERS, DATA and
+			// trailers in one TLS record and one write instead of three).
+			cs.serve(newH2WriteConn(plainView{tc}, false), info)
 			return
 		}
 		p.serveHTTP1(conn, info, cs)

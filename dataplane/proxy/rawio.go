@@ -192,8 +192,10 @@ func (s *rawSockConn) opError(op string, err error) error {
 	return &net.OpError{Op: op, Net: "tcp", Source: s.LocalAddr(), Addr: s.RemoteAddr(), Err: err}
 }
 
-// coalescer lets the server sidecar's handler put a response's HEADERS and DATA frames into one
-// write. net/http's HTTP/2 server writes them as two flushes, hence two TLS records in two system
+// coalescer (not armed by the proxy any more: the HTTP/2 connections over mTLS go through an
+// h2WriteConn, h2coalesce.go, which puts a response's frames into one TLS record; this, its
+// holdNext and its tests can go) lets the server sidecar's handler put a response's HEADERS and
+// DATA frames into one write. net/http's HTTP/2 server writes them as two flushes, hence two TLS records in two system
 // calls, which the client sidecar reads with two wake-ups: at handler return it queues HEADERS, its
 // serve loop writes and, finding nothing else queued, flushes them at once, and only then takes the
 // DATA frame. A handler that knows its response ends in exactly those two frames (forward: a small,

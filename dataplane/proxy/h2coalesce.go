@@ -1,0 +1,227 @@
+package proxy
+
+import (
+	"encoding/binary"
+	"net"
+	"slices"
+	"sync"
+	"time"
+)
+
+// h2WriteConn puts the frames net/http's HTTP/2 code flushes one at a time for one exchange into
+// fewer writes, on the plaintext (h2c) connections of the proxy: the client's connection to
+// net/http's server (outbound and inbound listeners) and the h2c connections of the Transport to
+// the app.
+//
+// Both ends of net/http's HTTP/2 flush after every frame of a gRPC call. The server's serve loop
+// flushes as soon as its queue is empty, and a handler's HEADERS, DATA and trailers reach it one at a
+// time (each waits for the one before to be written); the Transport flushes the request's HEADERS,
+// each DATA frame and the END_STREAM frame separately. So a unary gRPC call through the proxy was
+// six system calls, and six wake-ups of the peers, where it could be two; on loopback a write is
+// most of the cost of a small frame (the receiver's side of TCP runs inside the sender's system
+// call).
+//
+// The connection reads the frame headers of what it is asked to write. A write that ends with the
+// start of a stream's message — its HEADERS (END_HEADERS, no END_STREAM), or the first DATA frame
+// after them without END_STREAM — is held, because the same stream's next frame normally follows
+// within a few goroutine hand-offs (a unary call's DATA, then its END_STREAM or trailers); the next
+// write takes the held bytes along. A write ending with anything else — END_STREAM, a stream's later
+// DATA frames (the messages of a stream that goes on are not held back), SETTINGS, PING,
+// WINDOW_UPDATE, RST_STREAM, GOAWAY, a CONTINUATION — or in the middle of a frame, or holding more
+// than h2HoldBytes, is written at once with whatever is held. Held bytes are never stranded: holdMax
+// after they were first held (a streaming call's first message with nothing behind it) they are
+// written anyway, and Close writes them first. So the cost to a streaming call is its first message
+// waiting at most holdMax, once, and only when nothing else is written on the connection meanwhile.
+// Errors of a held write are reported by the next Write.
+type h2WriteConn struct {
+	net.Conn
+
+	mu      sync.Mutex
+	pending []byte
+	err     error
+	timer   *time.Timer
+	holdMax time.Duration // holdMax (tests change it)
+	parse   h2FrameScan
+}
+
+// h2HoldBytes bounds what is held: bulk transfers are written as they come.
+const h2HoldBytes = 4 << 10
+
+// clientPreface is what an HTTP/2 client writes before its first frame.
+const clientPreface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+// newH2WriteConn wraps c, an HTTP/2 connection without TLS; client says that this end writes the
+// client preface first (the Transport's end).
+func newH2WriteConn(c net.Conn, client bool) *h2WriteConn {
+	w := &h2WriteConn{Conn: c, holdMax: holdMax}
+	if client {
+		w.parse.preface = len(clientPreface)
+	}
+	return w
+}
+
+func (w *h2WriteConn) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.err != nil {
+		return 0, w.err
+	}
+	open := w.parse.scan(p)
+	if open && len(w.pending)+len(p) <= h2HoldBytes {
+		if len(w.pending) == 0 {
+			if w.timer == nil {
+				w.timer = time.AfterFunc(w.holdMax, w.release)
+			} else {
+				w.timer.Reset(w.holdMax)
+			}
+		}
+		w.pending = append(w.pending, p...)
+		return len(p), nil
+	}
+	if len(w.pending) == 0 {
+		return w.Conn.Write(p)
+	}
+	w.timer.Stop()
+	held := len(w.pending)
+	w.pending = append(w.pending, p...)
+	n, err := w.Conn.Write(w.pending)
+	w.reset()
+	if err != nil {
+		w.err = err
+		return max(0, n-held), err
+	}
+	return len(p), nil
+}
+
+// release writes what is held, holdMax after it was first held.
+func (w *h2WriteConn) release() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if len(w.pending) == 0 || w.err != nil {
+		return
+	}
+	if _, err := w.Conn.Write(w.pending); err != nil {
+		w.err = err
+	}
+	w.reset()
+}
+
+func (w *h2WriteConn) reset() {
+	if cap(w.pending) > 2*h2HoldBytes {
+		w.pending = nil
+		return
+	}
+	w.pending = w.pending[:0]
+}
+
+// Close writes held bytes (one attempt, unless a write is in progress: Close is what ends that),
+// then closes the connection.
+func (w *h2WriteConn) Close() error {
+	if w.mu.TryLock() {
+		if len(w.pending) > 0 && w.err == nil {
+			if w.timer != nil {
+				w.timer.Stop()
+			}
+			_ = w.Conn.SetWriteDeadline(time.Now().Add(100 * time.Millisecond))
+			_, _ = w.Conn.Write(w.pending)
+		}
+		w.reset()
+		w.err = net.ErrClosed
+		w.mu.Unlock()
+	}
+	return w.Conn.Close()
+}
+
+// h2FrameScan follows the frame boundaries of an HTTP/2 byte stream written in arbitrary pieces.
+type h2FrameScan struct {
+	preface int     // bytes of the client preface still to come
+	hdr     [9]byte // a frame header being read
+	nhdr    int
+	skip    int // payload bytes of the current frame still to come
+	typ     byte
+	flags   byte
+	first   bool // the current frame is the first DATA frame after its stream's HEADERS
+	// fresh are the streams whose HEADERS (without END_STREAM) were written and no DATA yet: the
+	// oldest are forgotten beyond h2FreshStreams (their first DATA frame is then written at once).
+	fresh []uint32
+}
+
+const h2FreshStreams = 64
+
+const (
+	h2FrameData    = 0x0
+	h2FrameHeaders = 0x1
+	h2FlagEndStrm  = 0x1
+	h2FlagEndHdrs  = 0x4
+)
+
+// scan consumes p and reports whether it ended exactly at the end of a HEADERS (with END_HEADERS) or
+// DATA frame without END_STREAM: a stream whose next frame is still to come.
+func (s *h2FrameScan) scan(p []byte) bool {
+	for len(p) > 0 {
+		switch {
+		case s.preface > 0:
+			n := min(s.preface, len(p))
+			s.preface -= n
+			p = p[n:]
+			s.typ = 0xff
+		case s.skip > 0:
+			n := min(s.skip, len(p))
+			s.skip -= n
+			p = p[n:]
+		default:
+			n := copy(s.hdr[s.nhdr:], p)
+			s.nhdr += n
+			p = p[n:]
+			if s.nhdr < len(s.hdr) {
+				return false
+			}
+			s.nhdr = 0
+			s.skip = int(s.hdr[0])<<16 | int(s.hdr[1])<<8 | int(s.hdr[2])
+			s.typ, s.flags = s.hdr[3], s.hdr[4]
+			s.frame(binary.BigEndian.Uint32(s.hdr[5:]) & (1<<31 - 1))
+		}
+	}
+	if s.skip > 0 || s.nhdr > 0 || s.preface > 0 {
+		return false
+	}
+	switch s.typ {
+	case h2FrameData:
+		return s.first && s.flags&h2FlagEndStrm == 0
+	case h2FrameHeaders:
+		return s.flags&(h2FlagEndStrm|h2FlagEndHdrs) == h2FlagEndHdrs
+	}
+	return false
+}
+
+// h2cStart is how a connection of HTTP/2 with prior knowledge begins.
+const h2cStart = "PRI * HTTP/2.0"
+
+// frame notes a frame header of stream id: which streams await their first DATA frame.
+func (s *h2FrameScan) frame(id uint32) {
+	s.first = false
+	switch s.typ {
+	case h2FrameHeaders:
+		if s.flags&h2FlagEndStrm != 0 {
+			s.forget(id)
+		} else if !slices.Contains(s.fresh, id) {
+			if len(s.fresh) == h2FreshStreams {
+				s.fresh = append(s.fresh[:0], s.fresh[1:]...)
+			}
+			s.fresh = append(s.fresh, id)
+		}
+	case h2FrameData:
+		if i := slices.Index(s.fresh, id); i >= 0 {
+			s.fresh = slices.Delete(s.fresh, i, i+1)
+			s.first = true
+		}
+	case 0x3: // RST_STREAM
+		s.forget(id)
+	}
+}
+
+func (s *h2FrameScan) forget(id uint32) {
+	if i := slices.Index(s.fresh, id); i >= 0 {
+		s.fresh = slices.Delete(s.fresh, i, i+1)
+	}
+}

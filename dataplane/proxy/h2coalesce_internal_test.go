@@ -1,0 +1,227 @@
+package proxy
+
+import (
+	"bytes"
+	"encoding/binary"
+	"io"
+	"net"
+	"net/http"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/weftmesh/weft/dataplane/config"
+)
+
+// countingConn counts the Write calls that reach a socket.
+type countingConn struct {
+	net.Conn
+	writes atomic.Int64
+}
+
+func (c *countingConn) Write(p []byte) (int, error) {
+	c.writes.Add(1)
+	return c.Conn.Write(p)
+}
+
+// h2Frame is one HTTP/2 frame: 9-byte header and payload.
+func h2Frame(typ, flags byte, stream uint32, payload []byte) []byte {
+	b := []byte{byte(len(payload) >> 16), byte(len(payload) >> 8), byte(len(payload)), typ, flags, 0, 0, 0, 0}
+	binary.BigEndian.PutUint32(b[5:], stream)
+	return append(b, payload...)
+}
+
+func TestH2WriteConnHoldsOpenStreams(t *testing.T) {
+	a, b := tcpPair(t)
+	cc := &countingConn{Conn: a}
+	w := newH2WriteConn(cc, false)
+	w.holdMax = time.Hour
+	var sent []byte
+	write := func(p []byte) {
+		t.Helper()
+		sent = append(sent, p...)
+		if n, err := w.Write(p); n != len(p) || err != nil {
+			t.Fatalf("Write = %d, %v", n, err)
+		}
+	}
+	wantWrites := func(n int64, what string) {
+		t.Helper()
+		if got := cc.writes.Load(); got != n {
+			t.Fatalf("%s: %d write calls, want %d", what, got, n)
+		}
+	}
+	payload := bytes.Repeat([]byte("g"), 1029)
+
+	// A gRPC response as net/http's server flushes it: HEADERS, DATA, trailers — one write.
+	write(h2Frame(h2FrameHeaders, h2FlagEndHdrs, 1, []byte("head")))
+	write(h2Frame(h2FrameData, 0, 1, payload))
+	wantWrites(0, "HEADERS and DATA of an open stream")
+	write(h2Frame(h2FrameHeaders, h2FlagEndHdrs|h2FlagEndStrm, 1, []byte("trailers")))
+	wantWrites(1, "trailers ending the stream")
+
+	// Control frames go at once, and take held bytes along.
+	write(h2Frame(0x4, 0, 0, nil)) // SETTINGS
+	wantWrites(2, "SETTINGS")
+	write(h2Frame(h2FrameHeaders, h2FlagEndHdrs, 3, []byte("head")))
+	write(h2Frame(0x8, 0, 0, []byte{0, 0, 1, 0})) // WINDOW_UPDATE
+	wantWrites(3, "WINDOW_UPDATE after held HEADERS")
+
+	// A write that ends inside a frame is not held; the frame's end is found in the next one.
+	write(h2Frame(h2FrameHeaders, h2FlagEndHdrs, 5, []byte("head")))
+	wantWrites(3, "HEADERS of stream 5")
+	f := h2Frame(h2FrameData, 0, 5, payload)
+	write(f[:4]) // inside the frame header
+	wantWrites(4, "a write ending inside a frame header")
+	write(f[4:100])
+	wantWrites(5, "a write ending inside a payload")
+	write(f[100:])
+	wantWrites(5, "the rest of stream 5's first DATA frame")
+	write(h2Frame(h2FrameData, h2FlagEndStrm, 5, nil))
+	wantWrites(6, "END_STREAM")
+
+	// A streaming call: its first message is held until what follows, its later ones are not
+	// (each goes at once, as net/http flushed it).
+	write(h2Frame(h2FrameHeaders, h2FlagEndHdrs, 9, []byte("head")))
+	write(h2Frame(h2FrameData, 0, 9, payload))
+	wantWrites(6, "HEADERS and first message of stream 9")
+	write(h2Frame(h2FrameData, 0, 11, payload)) // no HEADERS of its own written here
+	wantWrites(7, "a DATA frame of another stream that is not starting")
+	write(h2Frame(h2FrameData, 0, 9, payload))
+	wantWrites(8, "stream 9's second message")
+
+	// HEADERS without END_HEADERS (CONTINUATION follows) and bulk writes are not held.
+	write(h2Frame(h2FrameHeaders, 0, 7, []byte("part")))
+	wantWrites(9, "HEADERS without END_HEADERS")
+	write(h2Frame(0x9, h2FlagEndHdrs, 7, []byte("rest")))
+	wantWrites(10, "CONTINUATION")
+	write(h2Frame(h2FrameHeaders, h2FlagEndHdrs, 13, []byte("head")))
+	write(h2Frame(h2FrameData, 0, 13, bytes.Repeat([]byte("b"), h2HoldBytes)))
+	wantWrites(11, "a DATA frame over h2HoldBytes")
+
+	// Close writes what is held.
+	write(h2Frame(h2FrameHeaders, h2FlagEndHdrs, 15, []byte("head")))
+	wantWrites(11, "HEADERS of stream 15")
+	w.Close()
+	_ = b.SetReadDeadline(time.Now().Add(10 * time.Second))
+	got, err := io.ReadAll(b)
+	if err != nil || !bytes.Equal(got, sent) {
+		t.Fatalf("the peer read %d bytes (%v), want the %d written, in order", len(got), err, len(sent))
+	}
+}
+
+// A held frame with nothing after it still goes out, holdMax after it was held.
+func TestH2WriteConnReleasesAlone(t *testing.T) {
+	a, b := tcpPair(t)
+	cc := &countingConn{Conn: a}
+	w := newH2WriteConn(cc, false)
+	msg := append(h2Frame(h2FrameHeaders, h2FlagEndHdrs, 1, []byte("head")), h2Frame(h2FrameData, 0, 1, []byte("a streamed message"))...)
+	if _, err := w.Write(msg); err != nil {
+		t.Fatal(err)
+	}
+	if cc.writes.Load() != 0 {
+		t.Fatal("a stream's first message was written at once")
+	}
+	_ = b.SetReadDeadline(time.Now().Add(10 * time.Second))
+	got := make([]byte, len(msg))
+	if _, err := io.ReadFull(b, got); err != nil || !bytes.Equal(got, msg) {
+		t.Fatalf("read %q, %v; want the held frame after holdMax", got, err)
+	}
+}
+
+// The Transport's end starts with the client preface, which is not a frame.
+func TestH2WriteConnClientPreface(t *testing.T) {
+	a, _ := tcpPair(t)
+	cc := &countingConn{Conn: a}
+	w := newH2WriteConn(cc, true)
+	w.holdMax = time.Hour
+	if _, err := w.Write(append([]byte(clientPreface), h2Frame(0x4, 0, 0, nil)...)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.Write(h2Frame(h2FrameHeaders, h2FlagEndHdrs, 1, []byte("head"))); err != nil {
+		t.Fatal(err)
+	}
+	if n := cc.writes.Load(); n != 1 {
+		t.Fatalf("%d write calls after preface+SETTINGS and an open stream's HEADERS, want 1", n)
+	}
+}
+
+// What the coalescing is for: net/http's HTTP/2 server answering a gRPC-style response (headers,
+// a flushed message, trailers) on an h2c connection made one write call per frame; through
+// h2WriteConn, as the listeners' h2c connections are, one per response.
+func TestH2WriteConnCoalescesH2cResponse(t *testing.T) {
+	for _, coalesce := range []bool{false, true} {
+		p := New(Options{})
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		conns := make(chan *countingConn, 1)
+		srv := p.newHTTPServer(func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Content-Type", "application/grpc")
+			w.Header().Set("Trailer", "Grpc-Status")
+			w.WriteHeader(http.StatusOK)
+			_, _ = w.Write(bytes.Repeat([]byte("m"), 1029))
+			_ = http.NewResponseController(w).Flush()
+			w.Header().Set("Grpc-Status", "0")
+		})
+		go func() { _ = srv.Serve(wrapListener{l, coalesce, conns}) }()
+
+		st := newClusterState(p, "c")
+		st.cfg.Store(&config.Cluster{Name: "c", ConnectTimeout: 5 * time.Second})
+		var cnt *countingConn
+		var prev int64
+		for i := range 6 {
+			req, _ := http.NewRequest("GET", "http://"+l.Addr().String()+"/", nil)
+			resp, err := st.h2c.RoundTrip(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			body, err := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if err != nil || len(body) != 1029 || resp.Trailer.Get("Grpc-Status") != "0" {
+				t.Fatalf("%d-byte body, %v, trailers %v", len(body), err, resp.Trailer)
+			}
+			if cnt == nil {
+				cnt = <-conns
+			}
+			n := cnt.writes.Load()
+			if i > 0 { // the first response shares writes with the connection's SETTINGS
+				want := int64(3)
+				if coalesce {
+					want = 1
+				}
+				if n-prev != want {
+					t.Errorf("coalesce=%v: a response took %d write calls, want %d", coalesce, n-prev, want)
+				}
+			}
+			prev = n
+		}
+		st.close()
+		srv.Close()
+	}
+}
+
+// wrapListener counts the writes of accepted connections, optionally under an h2WriteConn.
+type wrapListener struct {
+	net.Listener
+	coalesce bool
+	conns    chan<- *countingConn
+}
+
+func (l wrapListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	cc := &countingConn{Conn: c}
+	select {
+	case l.conns <- cc:
+	default:
+	}
+	if !l.coalesce {
+		return cc, nil
+	}
+	w := newH2WriteConn(cc, false)
+	w.holdMax = time.Hour
+	return w, nil
+}
