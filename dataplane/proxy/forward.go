@@ -84,9 +84,8 @@ func (p *Proxy) forward(sw *statusWriter, r *http.Request, rs *reqState) {
 		p.proxyErrorFor(sw, r, rs, err)
 		return
 	}
-	// A small complete body (forwardResponse's result) needs nothing more here: on an h2c or mTLS
-	// HTTP/2 connection, h2WriteConn puts its HEADERS and DATA frames into one write.
-	_ = p.forwardResponse(sw, bw, resp)
+	p.forwardResponse(sw, bw, resp) // over HTTP/2, h2WriteConn puts its frames into few writes
+
 }
 
 // prepareForward makes r the upstream request: ReverseProxy's header rules, the cluster's authority
@@ -129,9 +128,8 @@ type h2Body struct {
 func (b h2Body) FlushError() error { return b.rc.Flush() }
 
 // forwardResponse sends resp to the client as ReverseProxy does; a body that breaks off panics with
-// http.ErrAbortHandler. bw writes to sw's ResponseWriter. It reports whether the response was a
-// small body (1 to h2BufferedBody bytes) without trailers, none of it flushed yet.
-func (p *Proxy) forwardResponse(sw *statusWriter, bw bodyWriter, resp *http.Response) (smallBody bool) {
+// http.ErrAbortHandler. bw writes to sw's ResponseWriter.
+func (p *Proxy) forwardResponse(sw *statusWriter, bw bodyWriter, resp *http.Response) {
 	removeHopByHop(resp.Header)
 	if fw, ok := bw.(*fastResponse); !ok || !fw.adoptHeader(resp.Header) {
 		copyHeader(sw.Header(), resp.Header)
@@ -145,7 +143,7 @@ func (p *Proxy) forwardResponse(sw *statusWriter, bw bodyWriter, resp *http.Resp
 		sw.Header().Add("Trailer", strings.Join(keys, ", "))
 	}
 	sw.WriteHeader(resp.StatusCode)
-	n, flushed, err := copyBody(bw, resp)
+	_, _, err := copyBody(bw, resp)
 	if err != nil {
 		resp.Body.Close()
 		p.log.Debug("response body copy failed", "err", err)
@@ -156,11 +154,11 @@ func (p *Proxy) forwardResponse(sw *statusWriter, bw bodyWriter, resp *http.Resp
 		_ = bw.FlushError() // so that the trailers can follow (chunked on HTTP/1.1)
 	}
 	if len(resp.Trailer) == 0 {
-		return !flushed && n > 0 && n <= h2BufferedBody
+		return
 	}
 	if len(resp.Trailer) == announced {
 		copyHeader(sw.Header(), resp.Trailer)
-		return false
+		return
 	}
 	for k, vv := range resp.Trailer {
 		k = http.TrailerPrefix + k
@@ -168,12 +166,7 @@ func (p *Proxy) forwardResponse(sw *statusWriter, bw bodyWriter, resp *http.Resp
 			sw.Header().Add(k, v)
 		}
 	}
-	return false
 }
-
-// h2BufferedBody is what net/http's HTTP/2 server buffers of a handler's body before it writes a
-// DATA frame (its handlerChunkWriteSize).
-const h2BufferedBody = 4 << 10
 
 // forward1xx passes an informational response on to the client, as ReverseProxy's client trace does.
 func (rs *reqState) forward1xx(code int, header textproto.MIMEHeader) error {

@@ -167,7 +167,7 @@ func (p *Proxy) handleConn(c net.Conn, name string) {
 	info.chain = chain
 	if chain.cfg.TLS != nil && p.identity != nil {
 		// HTTP/2 on it goes through an h2WriteConn (below, or at the fast path's handover), which
-		// puts a response's frames into one TLS record: the socket's own coalescer is not enabled.
+		// puts a response's frames into one TLS record.
 		under := newRawSockConn(conn)
 		tc := tls.Server(under, p.serverTLS(chain.cfg.TLS.ALPN))
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)

@@ -4,10 +4,8 @@ import (
 	"io"
 	"net"
 	"os"
-	"sync"
 	"sync/atomic"
 	"syscall"
-	"time"
 	"unsafe"
 )
 
@@ -122,7 +120,6 @@ type rawSockConn struct {
 	wn      int
 	werr    error
 
-	co     *coalescer   // nil: every Write is written at once
 	writes atomic.Int64 // write calls that wrote (what coalescing saves)
 }
 
@@ -148,13 +145,6 @@ func (s *rawSockConn) Read(p []byte) (int, error) {
 }
 
 func (s *rawSockConn) Write(p []byte) (int, error) {
-	if s.co != nil {
-		return s.co.write(s, p)
-	}
-	return s.writeNow(p)
-}
-
-func (s *rawSockConn) writeNow(p []byte) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
@@ -190,121 +180,4 @@ func (s *rawSockConn) opError(op string, err error) error {
 		err = oe.Err
 	}
 	return &net.OpError{Op: op, Net: "tcp", Source: s.LocalAddr(), Addr: s.RemoteAddr(), Err: err}
-}
-
-// coalescer (not armed by the proxy any more: the HTTP/2 connections over mTLS go through an
-// h2WriteConn, h2coalesce.go, which puts a response's frames into one TLS record; this, its
-// holdNext and its tests can go) lets the server sidecar's handler put a response's HEADERS and
-// DATA frames into one write. net/http's HTTP/2 server writes them as two flushes, hence two TLS records in two system
-// calls, which the client sidecar reads with two wake-ups: at handler return it queues HEADERS, its
-// serve loop writes and, finding nothing else queued, flushes them at once, and only then takes the
-// DATA frame. A handler that knows its response ends in exactly those two frames (forward: a small,
-// complete body without trailers) arms the connection with holdNext: the next record written is
-// held until the one after it, and both go in one write. Held bytes are never stranded: holdMax
-// after they were held (say, the client reset the stream and nothing followed) they are written
-// anyway, and Close writes them first. A record of another stream in between only moves which two
-// records go together; an arming that no write of its handler's follows (a reset stream) holds the
-// next record of any stream, as briefly. Errors of a held write are reported by the next Write.
-type coalescer struct {
-	mu      sync.Mutex
-	armed   bool
-	pending []byte
-	err     error
-	timer   *time.Timer
-	s       *rawSockConn
-	holdMax time.Duration // holdMax (tests change it)
-}
-
-// holdMax bounds how long a record is kept back (normally the next one follows within tens
-// of microseconds: a few goroutine hand-offs inside the process).
-const holdMax = 200 * time.Microsecond
-
-// enableCoalescing lets holdNext be used on s.
-func (s *rawSockConn) enableCoalescing() {
-	s.co = &coalescer{s: s, holdMax: holdMax}
-}
-
-// holdNext arms s (see coalescer); a no-op unless enableCoalescing was called.
-func (s *rawSockConn) holdNext() {
-	if co := s.co; co != nil {
-		co.mu.Lock()
-		co.armed = true
-		co.mu.Unlock()
-	}
-}
-
-func (co *coalescer) write(s *rawSockConn, p []byte) (int, error) {
-	co.mu.Lock()
-	if co.err != nil {
-		co.mu.Unlock()
-		return 0, co.err
-	}
-	if len(co.pending) == 0 {
-		if co.armed {
-			co.armed = false
-			co.pending = append(co.pending, p...)
-			// Held bytes always have a timer running (held ones can be new: another handler's
-			// holdNext may come while a write is held, and the write that releases it stops the timer).
-			if co.timer == nil {
-				co.timer = time.AfterFunc(co.holdMax, co.release)
-			} else {
-				co.timer.Reset(co.holdMax)
-			}
-			co.mu.Unlock()
-			return len(p), nil
-		}
-		// Nothing held, and nothing can be held until this Write returns (crypto/tls makes one at a
-		// time): write without the lock, so that holdNext does not wait for the socket (it waits
-		// only behind a write that releases held bytes).
-		co.mu.Unlock()
-		return s.writeNow(p)
-	}
-	defer co.mu.Unlock()
-	co.timer.Stop()
-	co.pending = append(co.pending, p...)
-	n, err := s.writeNow(co.pending)
-	held := len(co.pending) - len(p)
-	co.reset()
-	if err != nil {
-		co.err = err
-		return max(0, n-held), err
-	}
-	return len(p), nil
-}
-
-// release writes what is held, holdMax after it was held.
-func (co *coalescer) release() {
-	co.mu.Lock()
-	defer co.mu.Unlock()
-	if len(co.pending) == 0 || co.err != nil {
-		return
-	}
-	if _, err := co.s.writeNow(co.pending); err != nil {
-		co.err = err
-	}
-	co.reset()
-}
-
-// reset empties pending, keeping its array unless a large record came after the held one.
-func (co *coalescer) reset() {
-	if cap(co.pending) > 8<<10 {
-		co.pending = nil
-		return
-	}
-	co.pending = co.pending[:0]
-}
-
-// Close closes the socket. Bytes still held (a Close without crypto/tls's close_notify, whose write
-// would have taken them along) get one write attempt that does not wait; when a write is in progress,
-// Close is what ends it, so it does not wait for that either.
-func (s *rawSockConn) Close() error {
-	if co := s.co; co != nil && co.mu.TryLock() {
-		if len(co.pending) > 0 && co.err == nil {
-			_ = s.raw.Control(func(fd uintptr) { _, _ = rawWrite(int(fd), co.pending) })
-		}
-		co.reset()
-		co.armed = false
-		co.mu.Unlock()
-	}
-	return s.Conn.Close()
 }
