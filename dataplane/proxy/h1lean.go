@@ -38,6 +38,10 @@ type leanState struct {
 	out  []byte // the upstream request head
 	rs   reqState
 
+	// start and end are the request's monoNow readings: the clock is read when it starts and when its
+	// response is out, and every step in between (the pool's idle checks and returns) uses them.
+	start, end time.Duration
+
 	authority string // the last request's, kept to convert the Host only when it changes
 	dateSec   int64
 	date      []byte
@@ -64,7 +68,8 @@ func (s *h1Conn1) serveLean(head []byte) (handled, keep bool) {
 		return false, false
 	}
 	p, info := s.p, s.info
-	start := time.Now()
+	start := monoNow()
+	ls.start, ls.end = start, 0
 	rt := p.rt.Load()
 	if string(q.host) != ls.authority {
 		ls.authority = string(q.host)
@@ -94,7 +99,10 @@ func (s *h1Conn1) serveLean(head []byte) (handled, keep bool) {
 	_, _ = s.br.Discard(len(head))
 
 	rs := &ls.rs
-	*rs = reqState{info: info, authority: authority, start: start, route: route, cluster: cl, retry: route.Retry, timeout: route.Timeout}
+	*rs = reqState{info: info, authority: authority, route: route, cluster: cl, retry: route.Retry, timeout: route.Timeout}
+	if rs.timeout > 0 {
+		rs.start = time.Now() // the route deadline's base (a wall-clock time, for the connection's deadline)
+	}
 	if cl.cfg.LB == config.LBRingHash {
 		rs.hashKey = hashString(remoteIP(s.remote))
 	}
@@ -105,7 +113,10 @@ func (s *h1Conn1) serveLean(head []byte) (handled, keep bool) {
 		}
 	}()
 	code, grpcFail, keep := s.leanExchange(rs)
-	s.leanObserve(rs, code, grpcFail, start)
+	if ls.end == 0 {
+		ls.end = monoNow() // (leanCopy reads it when it returns the upstream connection)
+	}
+	s.leanObserve(rs, code, grpcFail, ls.end-start)
 	return true, keep
 }
 
@@ -132,7 +143,7 @@ func leanMatchRoute(vh *config.VirtualHost, path []byte) *config.Route {
 }
 
 // leanObserve is Metrics.observeHTTP for a lean request, with the connection's last series cached.
-func (s *h1Conn1) leanObserve(rs *reqState, code int, grpcFail bool, start time.Time) {
+func (s *h1Conn1) leanObserve(rs *reqState, code int, grpcFail bool, took time.Duration) {
 	m, ls := s.p.metrics, s.lean
 	key := m.key(s.p, rs)
 	if ls.series == nil || key != ls.seriesKey {
@@ -149,7 +160,7 @@ func (s *h1Conn1) leanObserve(rs *reqState, code int, grpcFail bool, start time.
 		ls.resps = respCache{rk, m.respSeriesOf(hs, key, rk)}
 	}
 	ls.resps.rs.total.Inc()
-	ls.resps.rs.latency.Update(float64(time.Since(start).Microseconds()) / 1000)
+	ls.resps.rs.latency.Update(float64(took.Microseconds()) / 1000)
 }
 
 // leanExchange is roundTrip and the forwarder for a lean request: it returns the status the client
@@ -190,7 +201,11 @@ func (s *h1Conn1) leanExchange(rs *reqState) (code int, grpcFail, keep bool) {
 				dl, tryDL = t, true
 			}
 		}
-		pc, resp, err := s.leanTry(st.h1, h.addrStr, dl)
+		now := ls.start
+		if attempt > 0 {
+			now = monoNow()
+		}
+		pc, resp, err := s.leanTry(st.h1, h.addrStr, dl, now)
 		routeExpired := !routeDL.IsZero() && !time.Now().Before(routeDL)
 		tryTimeout := err != nil && tryDL && !routeExpired && isTimeoutErr(err)
 		status := 0
@@ -332,13 +347,13 @@ func (s *h1Conn1) leanWriter(closeAfter bool) *fastResponse {
 // with the head parsed into s.lean.resp and still in pc's buffer; otherwise net/http's parse of it
 // (its body returns pc to the pool at its end). A kept-alive connection the server had closed is
 // replaced by a new one once, as h1Pool.roundTripHook does.
-func (s *h1Conn1) leanTry(pool *h1Pool, addr string, dl time.Time) (*h1Conn, *http.Response, error) {
+func (s *h1Conn1) leanTry(pool *h1Pool, addr string, dl time.Time, now time.Duration) (*h1Conn, *http.Response, error) {
 	for a := 0; ; a++ {
-		pc, reused, err := pool.getDeadline(addr, a > 0, dl)
+		pc, reused, err := pool.getDeadline(addr, a > 0, dl, now)
 		if err != nil {
 			return nil, nil, err
 		}
-		resp, err := s.leanRoundTrip(pool, pc, dl)
+		resp, err := s.leanRoundTrip(pool, pc, dl, now)
 		if err == nil {
 			return pc, resp, nil
 		}
@@ -354,14 +369,14 @@ func (s *h1Conn1) leanTry(pool *h1Pool, addr string, dl time.Time) (*h1Conn, *ht
 	}
 }
 
-func (s *h1Conn1) leanRoundTrip(pool *h1Pool, pc *h1Conn, dl time.Time) (*http.Response, error) {
+func (s *h1Conn1) leanRoundTrip(pool *h1Pool, pc *h1Conn, dl time.Time, now time.Duration) (*http.Response, error) {
 	ls := s.lean
 	if !dl.Equal(pc.dl) {
 		_ = pc.c.SetDeadline(dl)
 		pc.dl = dl
 	}
 	_, _ = pc.bw.Write(ls.out)
-	pc.ww.arm = pc.br.Buffered() == 0 && (pc.idleAt.IsZero() || time.Since(pc.idleAt) < time.Second)
+	pc.ww.arm = pc.br.Buffered() == 0 && pc.recentlyUsed(now)
 	err := pc.bw.Flush()
 	pc.ww.arm = false
 	if err != nil {
@@ -436,7 +451,7 @@ func (s *h1Conn1) leanDiscard(pool *h1Pool, pc *h1Conn, resp *http.Response, hea
 		pc.c.Close()
 		return
 	}
-	pool.put(pc)
+	pool.put(pc, monoNow())
 }
 
 // leanForwardResponse sends a response net/http parsed as the forwarder does.
@@ -507,8 +522,9 @@ func (s *h1Conn1) leanCopy(pool *h1Pool, pc *h1Conn, headReq, closeAfter bool) (
 		_, _ = br.Discard(int(m))
 		n -= m
 	}
+	ls.end = monoNow()
 	if r.keep {
-		pool.put(pc)
+		pool.put(pc, ls.end)
 	} else {
 		pc.c.Close()
 	}

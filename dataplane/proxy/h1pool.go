@@ -47,8 +47,8 @@ type h1Conn struct {
 	ww     *writeThenWait // under bw
 	br     *bufio.Reader
 	bw     *bufio.Writer
-	idleAt time.Time
-	dl     time.Time // the connection's deadline (the lean path's timeouts), zero for none
+	idleAt time.Duration // monoNow when it last went idle, 0 before its first request
+	dl     time.Time     // the connection's deadline (the lean path's timeouts), zero for none
 }
 
 func newH1Pool(dial func(ctx context.Context, network, addr string) (net.Conn, error), fallback *http.Transport) *h1Pool {
@@ -125,7 +125,7 @@ func (e *staleConnError) Unwrap() error { return e.err }
 // get returns an idle connection to addr, or dials one (always with fresh).
 func (p *h1Pool) get(ctx context.Context, addr string, fresh bool) (*h1Conn, bool, error) {
 	if !fresh {
-		if pc := p.getIdle(addr); pc != nil {
+		if pc := p.getIdle(addr, monoNow()); pc != nil {
 			return pc, true, nil
 		}
 	}
@@ -133,10 +133,11 @@ func (p *h1Pool) get(ctx context.Context, addr string, fresh bool) (*h1Conn, boo
 	return pc, false, err
 }
 
-// getDeadline is get for the lean path: a dial ends at dl (zero: none).
-func (p *h1Pool) getDeadline(addr string, fresh bool, dl time.Time) (*h1Conn, bool, error) {
+// getDeadline is get for the lean path: a dial ends at dl (zero: none); now is monoNow (the
+// request's start).
+func (p *h1Pool) getDeadline(addr string, fresh bool, dl time.Time, now time.Duration) (*h1Conn, bool, error) {
 	if !fresh {
-		if pc := p.getIdle(addr); pc != nil {
+		if pc := p.getIdle(addr, now); pc != nil {
 			return pc, true, nil
 		}
 	}
@@ -150,9 +151,8 @@ func (p *h1Pool) getDeadline(addr string, fresh bool, dl time.Time) (*h1Conn, bo
 	return pc, false, err
 }
 
-// getIdle returns the most recently used idle connection to addr, or nil.
-func (p *h1Pool) getIdle(addr string) *h1Conn {
-	now := time.Now()
+// getIdle returns the most recently used idle connection to addr, or nil; now is monoNow.
+func (p *h1Pool) getIdle(addr string, now time.Duration) *h1Conn {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	for {
@@ -163,7 +163,7 @@ func (p *h1Pool) getIdle(addr string) *h1Conn {
 		pc := list[len(list)-1]
 		list[len(list)-1] = nil
 		p.idle[addr] = list[:len(list)-1]
-		if now.Sub(pc.idleAt) < h1IdleTimeout {
+		if now-pc.idleAt < h1IdleTimeout {
 			return pc
 		}
 		pc.c.Close()
@@ -179,9 +179,9 @@ func (p *h1Pool) dialConn(ctx context.Context, addr string) (*h1Conn, error) {
 	return &h1Conn{addr: addr, c: c, ww: ww, br: bufio.NewReaderSize(newRawReader(c), h1BufSize), bw: bufio.NewWriterSize(ww, h1BufSize)}, nil
 }
 
-// put returns a connection whose response was read to the end, closing idle ones that timed out.
-func (p *h1Pool) put(pc *h1Conn) {
-	now := time.Now()
+// put returns a connection whose response was read to the end, closing idle ones that timed out;
+// now is monoNow.
+func (p *h1Pool) put(pc *h1Conn, now time.Duration) {
 	pc.idleAt = now
 	p.mu.Lock()
 	if p.closed {
@@ -190,7 +190,7 @@ func (p *h1Pool) put(pc *h1Conn) {
 		return
 	}
 	list := p.idle[pc.addr]
-	for len(list) > 0 && now.Sub(list[0].idleAt) >= h1IdleTimeout {
+	for len(list) > 0 && now-list[0].idleAt >= h1IdleTimeout {
 		list[0].c.Close()
 		list = list[1:]
 	}
@@ -216,6 +216,13 @@ func (p *h1Pool) close() {
 		}
 	}
 	p.fallback.CloseIdleConnections()
+}
+
+// recentlyUsed reports whether pc is new or went idle less than a second before now (monoNow): a
+// connection the server is unlikely to have closed, whose request's last write may arm the wait for
+// the response (writewait.go).
+func (pc *h1Conn) recentlyUsed(now time.Duration) bool {
+	return pc.idleAt == 0 || now-pc.idleAt < time.Second
 }
 
 // aLongTimeAgo is a deadline in the past: it interrupts a blocked read or write at once.
@@ -251,7 +258,7 @@ func (pc *h1Conn) roundTrip(p *h1Pool, req *http.Request, got1xx func(int, textp
 	// The request's last bytes go out with the wait for the response armed (writewait.go), unless
 	// bytes of the server are already buffered (then the read must not wait for more) or the
 	// connection sat idle long enough for the server to have closed it.
-	pc.ww.arm = pc.br.Buffered() == 0 && (pc.idleAt.IsZero() || time.Since(pc.idleAt) < time.Second)
+	pc.ww.arm = pc.br.Buffered() == 0 && pc.recentlyUsed(monoNow())
 	err := pc.bw.Flush()
 	pc.ww.arm = false
 	if err != nil {
@@ -347,7 +354,7 @@ func (b *h1Body) finish(complete bool) {
 		return
 	}
 	if b.stop() && complete && b.keep && !b.cancelled.Load() {
-		b.pool.put(b.pc)
+		b.pool.put(b.pc, monoNow())
 		return
 	}
 	b.pc.c.Close()

@@ -126,8 +126,8 @@ func (p *Proxy) serveHTTP1(c net.Conn, info *connInfo, cs *connServer) {
 	s := &h1Conn1{p: p, fc: fc, c: c, info: info, remote: c.RemoteAddr().String(), fr: &fdReader{c: c}}
 	s.br = bufio.NewReaderSize(s.fr, h1ServerBuf)
 	s.bw = bufio.NewWriterSize(s.fr, h1ServerBuf)
-	s.idleSet = time.Now()
-	_ = c.SetReadDeadline(s.idleSet.Add(h1ServerIdleTimeout))
+	s.idleSet = monoNow()
+	_ = c.SetReadDeadline(time.Now().Add(h1ServerIdleTimeout))
 	next := stepWait
 	if raw := rawConnOf(c); raw != nil {
 		err := raw.Read(func(fd uintptr) bool {
@@ -169,9 +169,9 @@ type h1Conn1 struct {
 	fr      *fdReader
 	br      *bufio.Reader
 	bw      *bufio.Writer
-	active  bool      // a request is being read or served (fc.state is fastActive)
-	head    bool      // the read-header deadline is set
-	idleSet time.Time // when the idle deadline was last set
+	active  bool          // a request is being read or served (fc.state is fastActive)
+	head    bool          // the read-header deadline is set
+	idleSet time.Duration // when the idle deadline was last set (monoNow)
 	lean    *leanState
 }
 
@@ -230,8 +230,15 @@ func (s *h1Conn1) serve() step {
 		}
 		// The idle deadline is moved at most once a second (moving it is a timer update per request):
 		// a connection idles between h1ServerIdleTimeout-1s and h1ServerIdleTimeout.
-		if now := time.Now(); s.head || now.Sub(s.idleSet) >= time.Second {
-			_ = s.c.SetReadDeadline(now.Add(h1ServerIdleTimeout))
+		now := time.Duration(0)
+		if handled {
+			now = s.lean.end // the lean request's end: no clock read of its own
+		}
+		if now == 0 {
+			now = monoNow()
+		}
+		if s.head || now-s.idleSet >= time.Second {
+			_ = s.c.SetReadDeadline(time.Now().Add(h1ServerIdleTimeout))
 			s.idleSet = now
 		}
 		s.active, s.head = false, false

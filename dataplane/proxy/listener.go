@@ -131,6 +131,7 @@ func (p *Proxy) serveListener(l net.Listener, name string) error {
 			}
 			return err
 		}
+		kickProcs() // a burst of load mostly starts with new connections (procs.go)
 		go p.handleConn(c, name)
 	}
 }
