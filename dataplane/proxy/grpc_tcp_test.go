@@ -3,6 +3,7 @@ package proxy_test
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"io"
 	"net"
 	"net/netip"
@@ -209,5 +210,71 @@ func TestGRPCClientsGetProxyErrorsAsGRPCStatus(t *testing.T) {
 	}
 	if v := metricValue(t, sc.reg, "response_total", map[string]string{"target_cluster": svc.cluster(), "classification": "failure"}); v != 1 {
 		t.Errorf("response_total{failure} = %v", v)
+	}
+}
+
+// gRPC through both sidecars over mTLS (h2c to the client sidecar, HTTP/2 over mTLS between them,
+// h2c to the app, each written through an h2WriteConn): streams the client cancels mid-call
+// (RST_STREAM), before or after their first response, leave the connections serving the next call;
+// messages around h2HoldBytes and much larger than it, and calls in parallel, come back intact.
+func TestGRPCOverMTLSResetsSizesParallel(t *testing.T) {
+	svc, _, _ := meshOverMTLS(t, "127.0.0.91", "127.0.0.92", startGRPCBackend(t))
+	cc, err := grpc.NewClient("passthrough:///"+svc.authority(), grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "tcp", svc.lis.Addr().String())
+		}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	client := testpb.NewTestServiceClient(cc)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	unary := func(body []byte) {
+		t.Helper()
+		resp, err := client.UnaryCall(ctx, &testpb.SimpleRequest{Payload: &testpb.Payload{Body: body}})
+		if err != nil || !bytes.Equal(resp.GetPayload().GetBody(), body) {
+			t.Fatalf("unary call of %d bytes: %d bytes back, %v", len(body), len(resp.GetPayload().GetBody()), err)
+		}
+	}
+	for i := range 10 {
+		sctx, scancel := context.WithCancel(ctx)
+		stream, err := client.FullDuplexCall(sctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := stream.Send(&testpb.StreamingOutputCallRequest{Payload: &testpb.Payload{Body: []byte("m")}}); err != nil {
+			t.Fatal(err)
+		}
+		if i%2 == 1 {
+			if _, err := stream.Recv(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		scancel()
+		unary([]byte("after reset " + strconv.Itoa(i)))
+	}
+	for _, n := range []int{0, 1, 4000, 4096 - 5, 4096, 4097, 16384, 100_000, 3 << 20} {
+		unary(bytes.Repeat([]byte{'s'}, n))
+	}
+	errs := make(chan error, 16)
+	for g := range 16 {
+		go func() {
+			for j := range 20 {
+				want := "call " + strconv.Itoa(g) + "/" + strconv.Itoa(j)
+				resp, err := client.UnaryCall(ctx, &testpb.SimpleRequest{Payload: &testpb.Payload{Body: []byte(want)}})
+				if err != nil || string(resp.GetPayload().GetBody()) != want {
+					errs <- fmt.Errorf("%s: %q, %v", want, resp.GetPayload().GetBody(), err)
+					return
+				}
+			}
+			errs <- nil
+		}()
+	}
+	for range 16 {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
 	}
 }

@@ -2,15 +2,20 @@ package proxy
 
 import (
 	"bytes"
+	"context"
+	"crypto/tls"
 	"encoding/binary"
 	"io"
+	"math/rand/v2"
 	"net"
 	"net/http"
+	"slices"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/weftmesh/weft/dataplane/config"
+	"github.com/weftmesh/weft/dataplane/testpki"
 )
 
 // countingConn counts the Write calls that reach a socket.
@@ -224,4 +229,196 @@ func (l wrapListener) Accept() (net.Conn, error) {
 	w := newH2WriteConn(cc, false)
 	w.holdMax = time.Hour
 	return w, nil
+}
+
+// h2FrameScan against a model of its rule, over frames of every kind (padded and prioritized
+// HEADERS, CONTINUATION, PUSH_PROMISE, RST_STREAM, control frames, frames larger than a write, more
+// fresh streams than h2FreshStreams) interleaved across streams and written in arbitrary pieces (the
+// client preface and frame headers split too): at the end of each piece it reports "held" exactly
+// when the piece ends a HEADERS frame with END_HEADERS and without END_STREAM, or the first DATA
+// frame without END_STREAM after such HEADERS of its stream (no RST_STREAM or END_STREAM between).
+func TestH2FrameScanModel(t *testing.T) {
+	type frame struct {
+		end        int
+		typ, flags byte
+		id         uint32
+	}
+	for seed := range uint64(200) {
+		r := rand.New(rand.NewPCG(seed, 7))
+		client := seed%2 == 0
+		var stream []byte
+		if client {
+			stream = append(stream, clientPreface...)
+		}
+		var frames []frame
+		for range 1000 {
+			id := uint32(1 + 2*r.IntN(1000))
+			typ := []byte{0, 0, 0, 1, 1, 1, 2, 3, 4, 5, 6, 8, 9, 0x42}[r.IntN(14)]
+			n := r.IntN(40)
+			if r.IntN(20) == 0 {
+				n = 5000 + r.IntN(20000)
+			}
+			stream = append(stream, h2Frame(typ, byte(r.IntN(256)), id, make([]byte, n))...)
+			frames = append(frames, frame{len(stream), typ, stream[len(stream)-n-5], id})
+		}
+		// The model: streams awaiting their first DATA frame, oldest first.
+		held := map[int]bool{}
+		var fresh []uint32
+		forget := func(id uint32) {
+			if i := slices.Index(fresh, id); i >= 0 {
+				fresh = slices.Delete(fresh, i, i+1)
+			}
+		}
+		for _, f := range frames {
+			switch f.typ {
+			case h2FrameHeaders:
+				if f.flags&h2FlagEndStrm != 0 {
+					forget(f.id)
+				} else if !slices.Contains(fresh, f.id) {
+					fresh = append(fresh, f.id)
+					if len(fresh) > h2FreshStreams {
+						fresh = fresh[1:]
+					}
+				}
+				held[f.end] = f.flags&(h2FlagEndStrm|h2FlagEndHdrs) == h2FlagEndHdrs
+			case h2FrameData:
+				if slices.Contains(fresh, f.id) {
+					forget(f.id)
+					held[f.end] = f.flags&h2FlagEndStrm == 0
+				}
+			case 0x3:
+				forget(f.id)
+			}
+		}
+		var s h2FrameScan
+		if client {
+			s.preface = len(clientPreface)
+		}
+		for off := 0; off < len(stream); {
+			n := 1 + r.IntN(60)
+			if r.IntN(3) == 0 { // up to the end of the frame in progress
+				i := slices.IndexFunc(frames, func(f frame) bool { return f.end > off })
+				n = frames[i].end - off
+			}
+			n = min(n, len(stream)-off)
+			got := s.scan(stream[off : off+n])
+			off += n
+			if got != held[off] {
+				t.Fatalf("seed %d: a write ending at byte %d: scan says held=%v, want %v", seed, off, got, held[off])
+			}
+		}
+	}
+}
+
+// Close ends a write stuck on a peer that does not read — Write's own, or the timer's release of
+// held bytes — instead of waiting for it; the stuck write then fails. On a plain socket and under
+// TLS (the inbound listener's plainView).
+func TestH2WriteConnCloseEndsStuckWrite(t *testing.T) {
+	ca := testpki.NewCA("test")
+	client := New(Options{Identity: testpki.Identity{Leaf: ca.Issue("spiffe://cluster.local/ns/a/sa/client"), CA: ca}})
+	server := New(Options{Identity: testpki.Identity{Leaf: ca.Issue("spiffe://cluster.local/ns/a/sa/server"), CA: ca}})
+	tlsPair := func(t *testing.T) (net.Conn, net.Conn) {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer l.Close()
+		accepted := make(chan net.Conn, 1)
+		go func() {
+			c, err := l.Accept()
+			if err != nil {
+				accepted <- nil
+				return
+			}
+			tc := tls.Server(newRawSockConn(c), server.serverTLS(nil))
+			if tc.Handshake() != nil {
+				tc.Close()
+				accepted <- nil
+				return
+			}
+			accepted <- plainView{tc}
+		}()
+		st := newClusterState(client, "c")
+		st.cfg.Store(&config.Cluster{Name: "c", ConnectTimeout: 5 * time.Second})
+		peer, err := client.dialTLS(context.Background(), st, l.Addr().String(), []string{"h2"}, false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c := <-accepted
+		if c == nil {
+			t.Fatal("TLS handshake failed")
+		}
+		t.Cleanup(func() { peer.Close(); c.Close() })
+		return c, peer
+	}
+	rawPair := func(t *testing.T) (net.Conn, net.Conn) {
+		a, b := tcpPair(t)
+		return newRawSockConn(a), b
+	}
+	for _, tc := range []struct {
+		name    string
+		pair    func(*testing.T) (net.Conn, net.Conn)
+		release bool
+	}{
+		{"raw/Write", rawPair, false},
+		{"raw/release", rawPair, true},
+		{"tls/Write", tlsPair, false},
+		{"tls/release", tlsPair, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, _ := tc.pair(t) // the peer never reads
+			w := newH2WriteConn(c, false)
+			w.holdMax = time.Millisecond
+			stuck := make(chan error, 1)
+			if tc.release {
+				// Held frames, each released by the timer, until a release finds the socket full and
+				// waits (holding w.mu, so the next Write waits too).
+				go func() {
+					for id := uint32(1); ; id += 2 {
+						if _, err := w.Write(h2Frame(h2FrameHeaders, h2FlagEndHdrs, id, make([]byte, 4000))); err != nil {
+							stuck <- err
+							return
+						}
+					}
+				}()
+			} else {
+				// 64 MB in one Write, more than the socket buffers hold.
+				big := h2Frame(h2FrameData, 0, 1, make([]byte, 1<<24-1))
+				big = bytes.Repeat(big, 4)
+				go func() {
+					_, err := w.Write(big)
+					stuck <- err
+				}()
+			}
+			// Wait until w.mu stays held: a write is stuck on the socket.
+			deadline := time.Now().Add(30 * time.Second)
+			for free := 0; ; {
+				if time.Now().After(deadline) {
+					t.Fatal("no write got stuck")
+				}
+				if w.mu.TryLock() {
+					w.mu.Unlock()
+					free = 0
+				} else if free++; free > 200 {
+					break
+				}
+				time.Sleep(100 * time.Microsecond)
+			}
+			closed := make(chan error, 1)
+			go func() { closed <- w.Close() }()
+			select {
+			case <-closed:
+			case <-time.After(30 * time.Second):
+				t.Fatal("Close waits for a write stuck on the socket")
+			}
+			select {
+			case err := <-stuck:
+				if err == nil {
+					t.Fatal("the stuck write succeeded after Close")
+				}
+			case <-time.After(30 * time.Second):
+				t.Fatal("the stuck write goes on after Close")
+			}
+		})
+	}
 }
