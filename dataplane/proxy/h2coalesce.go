@@ -1,9 +1,7 @@
 package proxy
 
 import (
-	"encoding/binary"
 	"net"
-	"slices"
 	"sync"
 	"time"
 )
@@ -21,19 +19,22 @@ import (
 // most of the cost of a small frame (the receiver's side of TCP runs inside the sender's system
 // call).
 //
-// The connection reads the frame headers of what it is asked to write. A write that ends with the
-// start of a stream's message — its HEADERS (END_HEADERS, no END_STREAM), or the first DATA frame
-// after them without END_STREAM — is held, because the same stream's next frame normally follows
-// within a few goroutine hand-offs (a unary call's DATA, then its END_STREAM or trailers); the next
-// write takes the held bytes along. A write ending with anything else — END_STREAM, a stream's later
-// DATA frames (the messages of a stream that goes on are not held back), SETTINGS, PING,
-// WINDOW_UPDATE, RST_STREAM, GOAWAY, a CONTINUATION — or in the middle of a frame, or holding more
-// than h2HoldBytes, is written at once with whatever is held. Held bytes are never stranded: holdMax
-// after they were first held (a streaming call's first message with nothing behind it) they are
-// written anyway, and Close writes them first. So the cost to a streaming call is its first message
-// waiting once, about 1 ms in an otherwise idle proxy (see holdMax), and only when nothing else is
-// written on the connection meanwhile; likewise the head of a response whose body is slow to come.
-// Errors of a held write are reported by the next Write.
+// The connection reads the frame headers of what it is asked to write. A write that ends with a
+// stream's HEADERS (END_HEADERS, no END_STREAM) is held, because the same stream's next frame
+// normally follows within a few goroutine hand-offs (a call's first DATA frame: a response's message,
+// a request's body); the next write takes the held bytes along. A write ending with anything else —
+// a DATA frame (a message is never held back: a streaming call's messages go at once, the first one
+// included), END_STREAM, SETTINGS, PING, WINDOW_UPDATE, RST_STREAM, GOAWAY, a CONTINUATION — or in the
+// middle of a frame, or holding more than h2HoldBytes, is written at once with whatever is held. So a
+// unary gRPC call's response is two writes (HEADERS and message, then trailers) where net/http made
+// three, and its request through the h2c Transport two where it made three. Held bytes are never
+// stranded: holdMax after they were first held (a head whose body is slow to come, such as an event
+// stream's or a call whose client waits for the server to speak first) they are written anyway, and
+// Close writes them first: the cost to such a stream is its head waiting once, about 1 ms in an
+// otherwise idle proxy (see holdMax), and only when nothing else is written on the connection
+// meanwhile. (Holding a stream's first DATA frame too made a unary call one write, but a streaming
+// call's first message then waited at each hop that held it: ~4 ms over two sidecars.) Errors of a
+// held write are reported by the next Write.
 type h2WriteConn struct {
 	net.Conn
 
@@ -148,13 +149,7 @@ type h2FrameScan struct {
 	skip    int // payload bytes of the current frame still to come
 	typ     byte
 	flags   byte
-	first   bool // the current frame is the first DATA frame after its stream's HEADERS
-	// fresh are the streams whose HEADERS (without END_STREAM) were written and no DATA yet: the
-	// oldest are forgotten beyond h2FreshStreams (their first DATA frame is then written at once).
-	fresh []uint32
 }
-
-const h2FreshStreams = 64
 
 const (
 	h2FrameData    = 0x0
@@ -163,8 +158,8 @@ const (
 	h2FlagEndHdrs  = 0x4
 )
 
-// scan consumes p and reports whether it ended exactly at the end of a HEADERS (with END_HEADERS) or
-// DATA frame without END_STREAM: a stream whose next frame is still to come.
+// scan consumes p and reports whether it ended exactly at the end of a HEADERS frame with
+// END_HEADERS and without END_STREAM: a stream whose first DATA frame is still to come.
 func (s *h2FrameScan) scan(p []byte) bool {
 	for len(p) > 0 {
 		switch {
@@ -187,49 +182,13 @@ func (s *h2FrameScan) scan(p []byte) bool {
 			s.nhdr = 0
 			s.skip = int(s.hdr[0])<<16 | int(s.hdr[1])<<8 | int(s.hdr[2])
 			s.typ, s.flags = s.hdr[3], s.hdr[4]
-			s.frame(binary.BigEndian.Uint32(s.hdr[5:]) & (1<<31 - 1))
 		}
 	}
 	if s.skip > 0 || s.nhdr > 0 || s.preface > 0 {
 		return false
 	}
-	switch s.typ {
-	case h2FrameData:
-		return s.first && s.flags&h2FlagEndStrm == 0
-	case h2FrameHeaders:
-		return s.flags&(h2FlagEndStrm|h2FlagEndHdrs) == h2FlagEndHdrs
-	}
-	return false
+	return s.typ == h2FrameHeaders && s.flags&(h2FlagEndStrm|h2FlagEndHdrs) == h2FlagEndHdrs
 }
 
 // h2cStart is how a connection of HTTP/2 with prior knowledge begins.
 const h2cStart = "PRI * HTTP/2.0"
-
-// frame notes a frame header of stream id: which streams await their first DATA frame.
-func (s *h2FrameScan) frame(id uint32) {
-	s.first = false
-	switch s.typ {
-	case h2FrameHeaders:
-		if s.flags&h2FlagEndStrm != 0 {
-			s.forget(id)
-		} else if !slices.Contains(s.fresh, id) {
-			if len(s.fresh) == h2FreshStreams {
-				s.fresh = append(s.fresh[:0], s.fresh[1:]...)
-			}
-			s.fresh = append(s.fresh, id)
-		}
-	case h2FrameData:
-		if i := slices.Index(s.fresh, id); i >= 0 {
-			s.fresh = slices.Delete(s.fresh, i, i+1)
-			s.first = true
-		}
-	case 0x3: // RST_STREAM
-		s.forget(id)
-	}
-}
-
-func (s *h2FrameScan) forget(id uint32) {
-	if i := slices.Index(s.fresh, id); i >= 0 {
-		s.fresh = slices.Delete(s.fresh, i, i+1)
-	}
-}

@@ -57,55 +57,53 @@ func TestH2WriteConnHoldsOpenStreams(t *testing.T) {
 	}
 	payload := bytes.Repeat([]byte("g"), 1029)
 
-	// A gRPC response as net/http's server flushes it: HEADERS, DATA, trailers — one write.
+	// A gRPC response as net/http's server flushes it: HEADERS, DATA, trailers — two writes.
 	write(h2Frame(h2FrameHeaders, h2FlagEndHdrs, 1, []byte("head")))
+	wantWrites(0, "HEADERS of an open stream")
 	write(h2Frame(h2FrameData, 0, 1, payload))
-	wantWrites(0, "HEADERS and DATA of an open stream")
+	wantWrites(1, "the stream's message, with its HEADERS")
 	write(h2Frame(h2FrameHeaders, h2FlagEndHdrs|h2FlagEndStrm, 1, []byte("trailers")))
-	wantWrites(1, "trailers ending the stream")
+	wantWrites(2, "trailers ending the stream")
 
 	// Control frames go at once, and take held bytes along.
 	write(h2Frame(0x4, 0, 0, nil)) // SETTINGS
-	wantWrites(2, "SETTINGS")
+	wantWrites(3, "SETTINGS")
 	write(h2Frame(h2FrameHeaders, h2FlagEndHdrs, 3, []byte("head")))
 	write(h2Frame(0x8, 0, 0, []byte{0, 0, 1, 0})) // WINDOW_UPDATE
-	wantWrites(3, "WINDOW_UPDATE after held HEADERS")
+	wantWrites(4, "WINDOW_UPDATE after held HEADERS")
 
 	// A write that ends inside a frame is not held; the frame's end is found in the next one.
-	write(h2Frame(h2FrameHeaders, h2FlagEndHdrs, 5, []byte("head")))
-	wantWrites(3, "HEADERS of stream 5")
-	f := h2Frame(h2FrameData, 0, 5, payload)
+	f := h2Frame(h2FrameHeaders, h2FlagEndHdrs, 5, payload)
 	write(f[:4]) // inside the frame header
-	wantWrites(4, "a write ending inside a frame header")
+	wantWrites(5, "a write ending inside a frame header")
 	write(f[4:100])
-	wantWrites(5, "a write ending inside a payload")
+	wantWrites(6, "a write ending inside a payload")
 	write(f[100:])
-	wantWrites(5, "the rest of stream 5's first DATA frame")
+	wantWrites(6, "the rest of stream 5's HEADERS")
 	write(h2Frame(h2FrameData, h2FlagEndStrm, 5, nil))
-	wantWrites(6, "END_STREAM")
+	wantWrites(7, "END_STREAM")
 
-	// A streaming call: its first message is held until what follows, its later ones are not
-	// (each goes at once, as net/http flushed it).
+	// A streaming call: no message is held, the first included.
 	write(h2Frame(h2FrameHeaders, h2FlagEndHdrs, 9, []byte("head")))
 	write(h2Frame(h2FrameData, 0, 9, payload))
-	wantWrites(6, "HEADERS and first message of stream 9")
-	write(h2Frame(h2FrameData, 0, 11, payload)) // no HEADERS of its own written here
-	wantWrites(7, "a DATA frame of another stream that is not starting")
+	wantWrites(8, "HEADERS and first message of stream 9")
 	write(h2Frame(h2FrameData, 0, 9, payload))
-	wantWrites(8, "stream 9's second message")
+	wantWrites(9, "stream 9's second message")
 
-	// HEADERS without END_HEADERS (CONTINUATION follows) and bulk writes are not held.
+	// HEADERS without END_HEADERS (CONTINUATION follows), HEADERS ending the stream, and bulk
+	// writes are not held.
 	write(h2Frame(h2FrameHeaders, 0, 7, []byte("part")))
-	wantWrites(9, "HEADERS without END_HEADERS")
+	wantWrites(10, "HEADERS without END_HEADERS")
 	write(h2Frame(0x9, h2FlagEndHdrs, 7, []byte("rest")))
-	wantWrites(10, "CONTINUATION")
-	write(h2Frame(h2FrameHeaders, h2FlagEndHdrs, 13, []byte("head")))
-	write(h2Frame(h2FrameData, 0, 13, bytes.Repeat([]byte("b"), h2HoldBytes)))
-	wantWrites(11, "a DATA frame over h2HoldBytes")
+	wantWrites(11, "CONTINUATION")
+	write(h2Frame(h2FrameHeaders, h2FlagEndHdrs|h2FlagEndStrm, 11, []byte("head")))
+	wantWrites(12, "HEADERS with END_STREAM (a GET)")
+	write(h2Frame(h2FrameHeaders, h2FlagEndHdrs, 13, bytes.Repeat([]byte("b"), h2HoldBytes)))
+	wantWrites(13, "HEADERS over h2HoldBytes")
 
 	// Close writes what is held.
 	write(h2Frame(h2FrameHeaders, h2FlagEndHdrs, 15, []byte("head")))
-	wantWrites(11, "HEADERS of stream 15")
+	wantWrites(13, "HEADERS of stream 15")
 	w.Close()
 	_ = b.SetReadDeadline(time.Now().Add(10 * time.Second))
 	got, err := io.ReadAll(b)
@@ -119,12 +117,12 @@ func TestH2WriteConnReleasesAlone(t *testing.T) {
 	a, b := tcpPair(t)
 	cc := &countingConn{Conn: a}
 	w := newH2WriteConn(cc, false)
-	msg := append(h2Frame(h2FrameHeaders, h2FlagEndHdrs, 1, []byte("head")), h2Frame(h2FrameData, 0, 1, []byte("a streamed message"))...)
+	msg := h2Frame(h2FrameHeaders, h2FlagEndHdrs, 1, []byte("head of an event stream"))
 	if _, err := w.Write(msg); err != nil {
 		t.Fatal(err)
 	}
 	if cc.writes.Load() != 0 {
-		t.Fatal("a stream's first message was written at once")
+		t.Fatal("a stream's HEADERS were written at once")
 	}
 	_ = b.SetReadDeadline(time.Now().Add(10 * time.Second))
 	got := make([]byte, len(msg))
@@ -152,7 +150,8 @@ func TestH2WriteConnClientPreface(t *testing.T) {
 
 // What the coalescing is for: net/http's HTTP/2 server answering a gRPC-style response (headers,
 // a flushed message, trailers) on an h2c connection made one write call per frame; through
-// h2WriteConn, as the listeners' h2c connections are, one per response.
+// h2WriteConn, as the listeners' h2c connections are, two per response (HEADERS with the message,
+// then the trailers).
 func TestH2WriteConnCoalescesH2cResponse(t *testing.T) {
 	for _, coalesce := range []bool{false, true} {
 		p := New(Options{})
@@ -193,7 +192,7 @@ func TestH2WriteConnCoalescesH2cResponse(t *testing.T) {
 			if i > 0 { // the first response shares writes with the connection's SETTINGS
 				want := int64(3)
 				if coalesce {
-					want = 1
+					want = 2
 				}
 				if n-prev != want {
 					t.Errorf("coalesce=%v: a response took %d write calls, want %d", coalesce, n-prev, want)
@@ -232,11 +231,10 @@ func (l wrapListener) Accept() (net.Conn, error) {
 }
 
 // h2FrameScan against a model of its rule, over frames of every kind (padded and prioritized
-// HEADERS, CONTINUATION, PUSH_PROMISE, RST_STREAM, control frames, frames larger than a write, more
-// fresh streams than h2FreshStreams) interleaved across streams and written in arbitrary pieces (the
-// client preface and frame headers split too): at the end of each piece it reports "held" exactly
-// when the piece ends a HEADERS frame with END_HEADERS and without END_STREAM, or the first DATA
-// frame without END_STREAM after such HEADERS of its stream (no RST_STREAM or END_STREAM between).
+// HEADERS, CONTINUATION, PUSH_PROMISE, RST_STREAM, control frames, frames larger than a write)
+// interleaved across streams and written in arbitrary pieces (the client preface and frame headers
+// split too): at the end of each piece it reports "held" exactly when the piece ends a HEADERS frame
+// with END_HEADERS and without END_STREAM.
 func TestH2FrameScanModel(t *testing.T) {
 	type frame struct {
 		end        int
@@ -261,33 +259,11 @@ func TestH2FrameScanModel(t *testing.T) {
 			stream = append(stream, h2Frame(typ, byte(r.IntN(256)), id, make([]byte, n))...)
 			frames = append(frames, frame{len(stream), typ, stream[len(stream)-n-5], id})
 		}
-		// The model: streams awaiting their first DATA frame, oldest first.
+		// The model.
 		held := map[int]bool{}
-		var fresh []uint32
-		forget := func(id uint32) {
-			if i := slices.Index(fresh, id); i >= 0 {
-				fresh = slices.Delete(fresh, i, i+1)
-			}
-		}
 		for _, f := range frames {
-			switch f.typ {
-			case h2FrameHeaders:
-				if f.flags&h2FlagEndStrm != 0 {
-					forget(f.id)
-				} else if !slices.Contains(fresh, f.id) {
-					fresh = append(fresh, f.id)
-					if len(fresh) > h2FreshStreams {
-						fresh = fresh[1:]
-					}
-				}
+			if f.typ == h2FrameHeaders {
 				held[f.end] = f.flags&(h2FlagEndStrm|h2FlagEndHdrs) == h2FlagEndHdrs
-			case h2FrameData:
-				if slices.Contains(fresh, f.id) {
-					forget(f.id)
-					held[f.end] = f.flags&h2FlagEndStrm == 0
-				}
-			case 0x3:
-				forget(f.id)
 			}
 		}
 		var s h2FrameScan
