@@ -4,13 +4,10 @@ import (
 	"bytes"
 	"context"
 	"io"
-	"net"
 	"net/http"
 	"strconv"
 	"testing"
 
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 	testpb "google.golang.org/grpc/interop/grpc_testing"
 )
 
@@ -52,16 +49,7 @@ func BenchmarkGRPCUnaryHop(b *testing.B) {
 		{"proxy", svc.ip + ":" + strconv.Itoa(svc.port)},
 	} {
 		b.Run(tc.name, func(b *testing.B) {
-			cc, err := grpc.NewClient("passthrough:///"+svc.authority(),
-				grpc.WithTransportCredentials(insecure.NewCredentials()),
-				grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) {
-					var d net.Dialer
-					return d.DialContext(ctx, "tcp", tc.addr)
-				}))
-			if err != nil {
-				b.Fatal(err)
-			}
-			defer cc.Close()
+			cc := grpcClient(b, svc.authority(), tc.addr)
 			client := testpb.NewTestServiceClient(cc)
 			req := &testpb.SimpleRequest{Payload: &testpb.Payload{Body: bytes.Repeat([]byte("x"), 1024)}}
 			b.ReportAllocs()

@@ -64,16 +64,7 @@ func startGRPCBackend(t testing.TB) netip.AddrPort {
 func TestGRPCUnaryStreamingDeadlines(t *testing.T) {
 	svc := newService(t, "grpc.shop.svc.cluster.local", "127.0.0.17", startGRPCBackend(t))
 	_, sc := mesh(t, svc)
-	cc, err := grpc.NewClient("passthrough:///"+svc.authority(),
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) {
-			var d net.Dialer
-			return d.DialContext(ctx, "tcp", svc.ip+":"+strconv.Itoa(svc.port))
-		}))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cc.Close()
+	cc := grpcClient(t, svc.authority(), svc.ip+":"+strconv.Itoa(svc.port))
 	client := testpb.NewTestServiceClient(cc)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -188,19 +179,11 @@ func TestOpaqueTCP(t *testing.T) {
 func TestGRPCClientsGetProxyErrorsAsGRPCStatus(t *testing.T) {
 	svc := newService(t, "grpc-empty.shop.svc.cluster.local", "127.0.0.49")
 	_, sc := mesh(t, svc)
-	cc, err := grpc.NewClient("passthrough:///"+svc.authority(), grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) {
-			var d net.Dialer
-			return d.DialContext(ctx, "tcp", svc.lis.Addr().String())
-		}))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cc.Close()
+	cc := grpcClient(t, svc.authority(), svc.lis.Addr().String())
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	var hdr metadata.MD // a trailers-only response: its metadata arrives as trailers
-	_, err = testpb.NewTestServiceClient(cc).UnaryCall(ctx, &testpb.SimpleRequest{}, grpc.Trailer(&hdr))
+	_, err := testpb.NewTestServiceClient(cc).UnaryCall(ctx, &testpb.SimpleRequest{}, grpc.Trailer(&hdr))
 	want := "cluster " + svc.cluster() + " has no ready endpoints"
 	if status.Code(err) != codes.Unavailable || status.Convert(err).Message() != want {
 		t.Fatalf("got %v, want UNAVAILABLE %q", err, want)
@@ -219,15 +202,7 @@ func TestGRPCClientsGetProxyErrorsAsGRPCStatus(t *testing.T) {
 // messages around h2HoldBytes and much larger than it, and calls in parallel, come back intact.
 func TestGRPCOverMTLSResetsSizesParallel(t *testing.T) {
 	svc, _, _ := meshOverMTLS(t, "127.0.0.91", "127.0.0.92", startGRPCBackend(t))
-	cc, err := grpc.NewClient("passthrough:///"+svc.authority(), grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) {
-			var d net.Dialer
-			return d.DialContext(ctx, "tcp", svc.lis.Addr().String())
-		}))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cc.Close()
+	cc := grpcClient(t, svc.authority(), svc.lis.Addr().String())
 	client := testpb.NewTestServiceClient(cc)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
@@ -277,4 +252,20 @@ func TestGRPCOverMTLSResetsSizesParallel(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+}
+
+// grpcClient is a grpc-go client that sends authority's calls, in plaintext, to addr (a proxy's
+// listener or the app); it is closed when the test ends.
+func grpcClient(tb testing.TB, authority, addr string) *grpc.ClientConn {
+	tb.Helper()
+	cc, err := grpc.NewClient("passthrough:///"+authority, grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "tcp", addr)
+		}))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { cc.Close() })
+	return cc
 }

@@ -16,7 +16,6 @@ import (
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	testpb "google.golang.org/grpc/interop/grpc_testing"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
@@ -271,20 +270,12 @@ func TestGRPCAndTCPOverMTLS(t *testing.T) {
 	client.outboundAt(tc.lis)
 	client.waitReady(t)
 
-	cc, err := grpc.NewClient("passthrough:///"+g.authority(), grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) {
-			var d net.Dialer
-			return d.DialContext(ctx, "tcp", g.lis.Addr().String())
-		}))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cc.Close()
+	cc := grpcClient(t, g.authority(), g.lis.Addr().String())
 	gc := testpb.NewTestServiceClient(cc)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	var trailer metadata.MD
-	_, err = gc.UnaryCall(ctx, &testpb.SimpleRequest{Payload: &testpb.Payload{Body: []byte("fail")}}, grpc.Trailer(&trailer))
+	_, err := gc.UnaryCall(ctx, &testpb.SimpleRequest{Payload: &testpb.Payload{Body: []byte("fail")}}, grpc.Trailer(&trailer))
 	if status.Code(err) != codes.NotFound || len(trailer.Get("why")) == 0 {
 		t.Fatalf("gRPC status over mTLS: %v %v", err, trailer)
 	}
