@@ -518,25 +518,18 @@ func UnaryHandler[Req, Res any, PReq interface {
 	*Res
 	proto.Message
 }](fn func(context.Context, PReq) (PRes, error)) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		r, cancel, ok := accept(w, r)
-		if !ok {
-			return
-		}
-		defer cancel()
-		s := &ServerStream{r: r, w: w}
+	return StreamHandler(func(s *ServerStream) error {
 		req := PReq(new(Req))
-		err := s.Recv(req)
-		if err == io.EOF {
-			err = Errorf(Internal, "the client sent no request message")
+		if err := s.Recv(req); err == io.EOF {
+			return Errorf(Internal, "the client sent no request message")
+		} else if err != nil {
+			return err
 		}
-		if err == nil {
-			var res PRes
-			if res, err = fn(r.Context(), req); err == nil {
-				err = s.Send(res)
-			}
+		res, err := fn(s.Context(), req)
+		if err != nil {
+			return err
 		}
-		finish(s, err)
+		return s.Send(res)
 	})
 }
 
