@@ -1,7 +1,8 @@
 // Package kubeenv runs a real Kubernetes control plane for tests: etcd (Debian's etcd-server) and a
-// kube-apiserver built from the Go module proxy (see build-apiserver.sh), both on free loopback ports.
+// kube-apiserver built from the Go module proxy (see build-kube.sh), both on free loopback ports, and in
+// cluster mode the real controllers next to them.
 //
-// One instance is shared per test package and started on first use:
+// One instance of each mode is shared per test package and started on first use:
 //
 //	func TestMain(m *testing.M) { os.Exit(kubeenv.Main(m)) }
 //
@@ -10,10 +11,19 @@
 //		client := env.Client              // a ready kubernetes.Interface
 //	}
 //
-// There is no controller-manager, scheduler or kubelet: tests create EndpointSlices themselves, and the
-// ServiceAccount admission plugin is off so that Pods need no ServiceAccount object. ServiceAccount token
-// signing is on: TokenRequest and TokenReview work. A missing prerequisite skips the test with a message
-// naming `make deps`, or fails it under WEFT_REQUIRE_ALL=1.
+// Get is the apiserver-only mode (starts in ~2 s): there is no controller-manager, scheduler or kubelet,
+// tests create EndpointSlices themselves, and the ServiceAccount admission plugin is off so that Pods
+// need no ServiceAccount object. ServiceAccount token signing is on: TokenRequest and TokenReview work.
+//
+// GetCluster is the cluster mode (starts in ~5 s): kube-controller-manager (Deployments → ReplicaSets →
+// Pods, EndpointSlices, ServiceAccounts and their tokens, namespace deletion, garbage collection),
+// kube-scheduler, and kwok playing the kubelet of one fake Node: scheduled Pods become Running and
+// Ready with an IP from PodCIDR, without containers. The ServiceAccount admission plugin is on, as in a
+// real cluster. Pod IPs are not loopback (EndpointSlices reject 127.0.0.0/8), so nothing answers on
+// them unless a test makes network namespaces with those addresses.
+//
+// A missing prerequisite skips the test with a message naming `make deps`, or fails it under
+// WEFT_REQUIRE_ALL=1.
 package kubeenv
 
 import (
@@ -56,20 +66,38 @@ type Env struct {
 	Dir string
 	// ServiceAccountIssuer is the issuer of ServiceAccount tokens.
 	ServiceAccountIssuer string
+	// Kubeconfig is a kubeconfig file for the admin user, for tools such as kubectl.
+	Kubeconfig string
+	// CAFile is the PEM file of the cluster's CA (the apiserver's serving certificate's issuer).
+	CAFile string
+	// Cluster reports the cluster mode (GetCluster): controllers, scheduler and kwok run.
+	Cluster bool
+	// PodCIDR is where kwok takes Pod IPs from (cluster mode).
+	PodCIDR string
+	// NodeName is the fake Node that Pods are scheduled to (cluster mode).
+	NodeName string
 
+	bin             string // the folder with the Kubernetes binaries (build-kube.sh)
 	etcd, apiserver *exec.Cmd
+	controllers     []*exec.Cmd     // kube-controller-manager, kube-scheduler, kwok
 	apiserverExited <-chan struct{} // closed when the current apiserver process has exited
 	apiserverBin    string
 	apiserverArgs   []string
 	apiserverLog    string
 }
 
+// instance is one lazily started environment of a mode.
+type instance struct {
+	env     *Env
+	err     error
+	started bool
+}
+
 var (
-	mu       sync.Mutex
-	shared   *Env
-	startErr error
-	started  bool
-	inMain   bool
+	mu      sync.Mutex
+	shared  instance // Get
+	cluster instance // GetCluster
+	inMain  bool
 )
 
 // Main runs the package's tests and stops the shared environment afterwards. Call it from TestMain.
@@ -80,16 +108,30 @@ func Main(m *testing.M) int {
 	code := m.Run()
 	mu.Lock()
 	defer mu.Unlock()
-	if shared != nil {
-		shared.stop()
-		shared = nil
+	for _, in := range []*instance{&shared, &cluster} {
+		if in.env != nil {
+			in.env.stop()
+			in.env = nil
+		}
 	}
 	return code
 }
 
-// Get returns the package's shared environment, starting it on first use. It stops the test (skip, or
-// failure under WEFT_REQUIRE_ALL=1) when etcd or kube-apiserver is not installed.
+// Get returns the package's shared apiserver-only environment, starting it on first use. It stops the
+// test (skip, or failure under WEFT_REQUIRE_ALL=1) when etcd or kube-apiserver is not installed.
 func Get(t testing.TB) *Env {
+	t.Helper()
+	return get(t, &shared, false)
+}
+
+// GetCluster returns the package's shared cluster-mode environment (controllers, scheduler, kwok),
+// starting it on first use; see the package comment.
+func GetCluster(t testing.TB) *Env {
+	t.Helper()
+	return get(t, &cluster, true)
+}
+
+func get(t testing.TB, in *instance, clusterMode bool) *Env {
 	t.Helper()
 	mu.Lock()
 	defer mu.Unlock()
@@ -100,50 +142,66 @@ func Get(t testing.TB) *Env {
 	if err != nil {
 		prereq.Missing(t, "etcd is not installed (Debian package etcd-server); run `make deps`")
 	}
-	apiserverBin, err := APIServerPath()
+	bin, err := binDir(clusterMode)
 	if err != nil {
-		prereq.Missing(t, "%v; run `make deps` (builds kube-apiserver once, about ten minutes)", err)
+		prereq.Missing(t, "%v; run `make deps` (builds the Kubernetes binaries once, about fifteen minutes)", err)
 	}
-	if !started {
-		started = true
-		shared, startErr = start(etcdBin, apiserverBin)
+	if !in.started {
+		in.started = true
+		in.env, in.err = start(etcdBin, bin, clusterMode)
 	}
-	if startErr != nil {
-		t.Fatalf("starting the test Kubernetes control plane: %v", startErr)
+	if in.err != nil {
+		t.Fatalf("starting the test Kubernetes control plane: %v", in.err)
 	}
-	return shared
+	return in.env
 }
 
-// APIServerPath finds the kube-apiserver binary: $WEFT_KUBE_APISERVER, else the cache that
-// build-apiserver.sh fills, keyed by the Kubernetes version of apiserver/go.mod and the Go version.
-func APIServerPath() (string, error) {
-	if p := os.Getenv("WEFT_KUBE_APISERVER"); p != "" {
-		if _, err := os.Stat(p); err != nil {
-			return "", fmt.Errorf("WEFT_KUBE_APISERVER=%s: %w", p, err)
+// KwokVersion is the kwok release build-kube.sh builds.
+const KwokVersion = "v0.8.0"
+
+// binDir finds the folder of Kubernetes binaries that build-kube.sh fills: $WEFT_KUBE_BIN, else the
+// cache keyed by the Kubernetes version of kube/go.mod and the Go version. It checks that the binaries
+// of the mode are there.
+func binDir(clusterMode bool) (string, error) {
+	dir := os.Getenv("WEFT_KUBE_BIN")
+	if dir == "" {
+		version, err := kubernetesVersion()
+		if err != nil {
+			return "", err
 		}
-		return p, nil
+		cache := os.Getenv("WEFT_CACHE_DIR")
+		if cache == "" {
+			base := os.Getenv("XDG_CACHE_HOME")
+			if base == "" {
+				home, err := os.UserHomeDir()
+				if err != nil {
+					return "", err
+				}
+				base = filepath.Join(home, ".cache")
+			}
+			cache = filepath.Join(base, "weft")
+		}
+		dir = filepath.Join(cache, "kubernetes", version+"-"+runtime.Version())
 	}
-	version, err := kubernetesVersion()
+	need := []string{"kube-apiserver"}
+	if clusterMode {
+		need = append(need, "kube-controller-manager", "kube-scheduler", "kubectl", filepath.Join("kwok-"+KwokVersion, "kwok"))
+	}
+	for _, b := range need {
+		if _, err := os.Stat(filepath.Join(dir, b)); err != nil {
+			return "", fmt.Errorf("%s is not built (looked for %s)", filepath.Base(b), filepath.Join(dir, b))
+		}
+	}
+	return dir, nil
+}
+
+// KubectlPath is the kubectl of the harness's Kubernetes version, or an error naming `make deps`.
+func KubectlPath() (string, error) {
+	dir, err := binDir(true)
 	if err != nil {
 		return "", err
 	}
-	cache := os.Getenv("WEFT_CACHE_DIR")
-	if cache == "" {
-		base := os.Getenv("XDG_CACHE_HOME")
-		if base == "" {
-			home, err := os.UserHomeDir()
-			if err != nil {
-				return "", err
-			}
-			base = filepath.Join(home, ".cache")
-		}
-		cache = filepath.Join(base, "weft")
-	}
-	p := filepath.Join(cache, "kube-apiserver", version+"-"+runtime.Version(), "kube-apiserver")
-	if _, err := os.Stat(p); err != nil {
-		return "", fmt.Errorf("kube-apiserver %s is not built (looked for %s)", version, p)
-	}
-	return p, nil
+	return filepath.Join(dir, "kubectl"), nil
 }
 
 // kubernetesVersion reads the k8s.io/kubernetes version that apiserver/go.mod requires.
@@ -152,7 +210,7 @@ func kubernetesVersion() (string, error) {
 	if !ok {
 		return "", errors.New("cannot locate the kubeenv sources")
 	}
-	gomod := filepath.Join(filepath.Dir(self), "apiserver", "go.mod")
+	gomod := filepath.Join(filepath.Dir(self), "kube", "go.mod")
 	data, err := os.ReadFile(gomod)
 	if err != nil {
 		return "", err
@@ -166,7 +224,7 @@ func kubernetesVersion() (string, error) {
 	return "", fmt.Errorf("%s does not require k8s.io/kubernetes", gomod)
 }
 
-func start(etcdBin, apiserverBin string) (_ *Env, err error) {
+func start(etcdBin, bin string, clusterMode bool) (_ *Env, err error) {
 	base := ""
 	if st, err := os.Stat("/dev/shm"); err == nil && st.IsDir() {
 		base = "/dev/shm" // etcd fsyncs; memory makes it fast
@@ -175,7 +233,7 @@ func start(etcdBin, apiserverBin string) (_ *Env, err error) {
 	if err != nil {
 		return nil, err
 	}
-	env := &Env{Dir: dir, ServiceAccountIssuer: "https://kubernetes.default.svc.cluster.local"}
+	env := &Env{Dir: dir, ServiceAccountIssuer: "https://kubernetes.default.svc.cluster.local", Cluster: clusterMode, bin: bin}
 	defer func() {
 		if err != nil {
 			env.stop()
@@ -209,7 +267,8 @@ func start(etcdBin, apiserverBin string) (_ *Env, err error) {
 	}
 
 	securePort := freePort()
-	env.apiserverBin = apiserverBin
+	env.CAFile = pki.caCert
+	env.apiserverBin = filepath.Join(bin, "kube-apiserver")
 	env.apiserverLog = filepath.Join(dir, "kube-apiserver.log")
 	env.apiserverArgs = []string{
 		"--etcd-servers=" + etcdURL,
@@ -224,13 +283,16 @@ func start(etcdBin, apiserverBin string) (_ *Env, err error) {
 		"--service-account-signing-key-file=" + pki.saKey,
 		"--service-cluster-ip-range=10.96.0.0/16",
 		"--authorization-mode=RBAC",
-		"--disable-admission-plugins=ServiceAccount",
 		"--endpoint-reconciler-type=none",
 		"--enable-priority-and-fairness=false",
 		"--allow-privileged=true",
 		"--profiling=false",
 		"--cert-dir=" + filepath.Join(dir, "apiserver-certs"),
 		"-v=1",
+	}
+	if !clusterMode {
+		// Pods need no ServiceAccount object: there is no controller to create the default one.
+		env.apiserverArgs = append(env.apiserverArgs, "--disable-admission-plugins=ServiceAccount")
 	}
 	env.Config = &rest.Config{
 		Host: "https://127.0.0.1:" + strconv.Itoa(securePort),
@@ -248,6 +310,15 @@ func start(etcdBin, apiserverBin string) (_ *Env, err error) {
 	env.Client, err = kubernetes.NewForConfig(env.Config)
 	if err != nil {
 		return nil, err
+	}
+	env.Kubeconfig = filepath.Join(dir, "admin.kubeconfig")
+	if err := writeKubeconfig(env.Kubeconfig, env.Config.Host, pki); err != nil {
+		return nil, err
+	}
+	if clusterMode {
+		if err := env.startControllers(pki); err != nil {
+			return nil, err
+		}
 	}
 	return env, nil
 }
@@ -301,6 +372,9 @@ func (e *Env) waitReady(timeout time.Duration) error {
 }
 
 func (e *Env) stop() {
+	for _, c := range e.controllers {
+		stopProcess(c)
+	}
 	stopProcess(e.apiserver)
 	stopProcess(e.etcd)
 	if e.Dir != "" {

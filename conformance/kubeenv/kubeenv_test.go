@@ -2,7 +2,10 @@ package kubeenv_test
 
 import (
 	"context"
+	"fmt"
+	"net"
 	"os"
+	"strings"
 	"testing"
 	"time"
 
@@ -134,5 +137,127 @@ func TestServiceAccountTokens(t *testing.T) {
 	}
 	if other := review("someone-else"); other.Status.Authenticated {
 		t.Errorf("token authenticated for an audience it was not minted for")
+	}
+}
+
+// TestClusterDeploymentToEndpoints proves cluster mode has real controllers: a Deployment applied with
+// kubectl becomes 3 Running Pods with IPs (ReplicaSet controller, scheduler, kwok), each with the
+// ServiceAccount token volume (admission), and its Service gets one EndpointSlice with 3 ready
+// endpoints (EndpointSlice controller); scaling to 1 leaves 1 endpoint.
+func TestClusterDeploymentToEndpoints(t *testing.T) {
+	env := kubeenv.GetCluster(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	const ns = "harness"
+	env.CreateNamespace(t, ns, nil)
+	manifest := `apiVersion: apps/v1
+kind: Deployment
+metadata: {name: echo, namespace: harness}
+spec:
+  replicas: 3
+  selector: {matchLabels: {app: echo}}
+  template:
+    metadata: {labels: {app: echo}}
+    spec:
+      terminationGracePeriodSeconds: 0
+      containers:
+      - name: echo
+        image: example.invalid/echo:1
+        ports: [{containerPort: 8080, name: http}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: echo, namespace: harness}
+spec:
+  selector: {app: echo}
+  ports: [{name: http, port: 80, targetPort: http}]
+`
+	if out, err := env.Kubectl(ctx, strings.NewReader(manifest), "apply", "--server-side", "-f", "-"); err != nil {
+		t.Fatal(err)
+	} else {
+		t.Logf("kubectl apply: %s", strings.TrimSpace(out))
+	}
+
+	running := func(want int) []corev1.Pod {
+		t.Helper()
+		var pods []corev1.Pod
+		waitFor(ctx, t, fmt.Sprintf("%d Running pods with IPs", want), func() bool {
+			list, err := env.Client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: "app=echo"})
+			if err != nil {
+				return false
+			}
+			pods = pods[:0]
+			for _, p := range list.Items {
+				if p.DeletionTimestamp == nil && p.Status.Phase == corev1.PodRunning && p.Status.PodIP != "" {
+					pods = append(pods, p)
+				}
+			}
+			return len(pods) == want && len(list.Items) == want
+		}, env)
+		return pods
+	}
+	readyEndpoints := func(want int) {
+		t.Helper()
+		waitFor(ctx, t, fmt.Sprintf("one EndpointSlice with %d ready endpoints", want), func() bool {
+			list, err := env.Client.DiscoveryV1().EndpointSlices(ns).List(ctx, metav1.ListOptions{LabelSelector: discoveryv1.LabelServiceName + "=echo"})
+			if err != nil || len(list.Items) != 1 {
+				return false
+			}
+			ready := 0
+			for _, ep := range list.Items[0].Endpoints {
+				if ep.Conditions.Ready != nil && *ep.Conditions.Ready {
+					ready++
+				}
+			}
+			return ready == want && len(list.Items[0].Endpoints) == want
+		}, env)
+	}
+
+	pods := running(3)
+	_, cidr, _ := net.ParseCIDR(env.PodCIDR)
+	for _, p := range pods {
+		if ip := net.ParseIP(p.Status.PodIP); ip == nil || !cidr.Contains(ip) {
+			t.Errorf("pod %s has IP %q, want one in %s", p.Name, p.Status.PodIP, env.PodCIDR)
+		}
+		if p.Spec.NodeName != env.NodeName {
+			t.Errorf("pod %s is on node %q, want %q", p.Name, p.Spec.NodeName, env.NodeName)
+		}
+		if p.Spec.ServiceAccountName != "default" || !hasTokenVolume(p) {
+			t.Errorf("pod %s has no ServiceAccount token volume (serviceAccountName %q)", p.Name, p.Spec.ServiceAccountName)
+		}
+	}
+	readyEndpoints(3)
+
+	if _, err := env.Kubectl(ctx, nil, "-n", ns, "scale", "deployment/echo", "--replicas=1"); err != nil {
+		t.Fatal(err)
+	}
+	running(1)
+	readyEndpoints(1)
+}
+
+func hasTokenVolume(p corev1.Pod) bool {
+	for _, v := range p.Spec.Volumes {
+		if v.Projected == nil {
+			continue
+		}
+		for _, s := range v.Projected.Sources {
+			if s.ServiceAccountToken != nil {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// waitFor polls cond until it holds or ctx ends, then fails naming what it waited for, with the
+// controllers' logs.
+func waitFor(ctx context.Context, t *testing.T, what string, cond func() bool, env *kubeenv.Env) {
+	t.Helper()
+	for !cond() {
+		select {
+		case <-ctx.Done():
+			t.Fatalf("timed out waiting for %s\nkube-controller-manager:\n%s\nkwok:\n%s", what, env.Logs("kube-controller-manager"), env.Logs("kwok"))
+		case <-time.After(100 * time.Millisecond):
+		}
 	}
 }

@@ -1,5 +1,5 @@
 // Command kube-apiserver is the upstream kube-apiserver, built from the Go module proxy so that the
-// tests in conformance/kubeenv run against a real API server. See ../kubeenv.go for how it is started.
+// tests in conformance/kubeenv run against a real API server. See ../../kubeenv.go for how it is started.
 package main
 
 import (
@@ -10,6 +10,5 @@ import (
 )
 
 func main() {
-	command := app.NewAPIServerCommand()
-	os.Exit(cli.Run(command))
+	os.Exit(cli.Run(app.NewAPIServerCommand()))
 }
