@@ -14,6 +14,8 @@ PROTOC_GEN_GO_VERSION := v1.36.12
 PROTOC_GEN_GO_GRPC_VERSION := v1.6.2
 STATICCHECK_MODULE_VERSION := v0.8.2
 GRPCURL_VERSION := v1.9.4
+# helm: the version go.mod renders the chart with (helm lint, and the test that helm template agrees).
+HELM_VERSION := $(shell awk '$$1 == "helm.sh/helm/v4" {print $$2}' go.mod)
 
 APT_PACKAGES := etcd-server iptables nftables iproute2 haproxy wrk ca-certificates git make
 GO_TEST_FLAGS ?= -count=1 -timeout=30m
@@ -80,7 +82,7 @@ apt:
 	  DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
 
-tools: $(TOOLS)/.stamp-$(BUF_VERSION)-$(PROTOC_GEN_GO_VERSION)-$(PROTOC_GEN_GO_GRPC_VERSION)-$(STATICCHECK_MODULE_VERSION)-$(GRPCURL_VERSION)
+tools: $(TOOLS)/.stamp-$(BUF_VERSION)-$(PROTOC_GEN_GO_VERSION)-$(PROTOC_GEN_GO_GRPC_VERSION)-$(STATICCHECK_MODULE_VERSION)-$(GRPCURL_VERSION)-$(HELM_VERSION)
 
 $(TOOLS)/.stamp-%:
 	@mkdir -p $(TOOLS)
@@ -89,6 +91,7 @@ $(TOOLS)/.stamp-%:
 	GOBIN=$(TOOLS) go install google.golang.org/grpc/cmd/protoc-gen-go-grpc@$(PROTOC_GEN_GO_GRPC_VERSION)
 	GOBIN=$(TOOLS) go install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_MODULE_VERSION)
 	GOBIN=$(TOOLS) go install github.com/fullstorydev/grpcurl/cmd/grpcurl@$(GRPCURL_VERSION)
+	GOBIN=$(TOOLS) go install helm.sh/helm/v4/cmd/helm@$(HELM_VERSION)
 	@rm -f $(TOOLS)/.stamp-*; touch $@
 
 # kube-apiserver, kube-controller-manager, kube-scheduler, kubectl and kwok for conformance/kubeenv,

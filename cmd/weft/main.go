@@ -27,6 +27,8 @@ func newRootCmd() *cobra.Command {
 	}
 	root.SetVersionTemplate(buildinfo.String("weft") + "\n")
 	root.AddCommand(newVersionCmd())
+	root.AddCommand(newInstallCmd())
+	root.AddCommand(newUninstallCmd())
 	root.AddCommand(newIdentityCmd())
 	root.AddCommand(newDemoCmd())
 	root.AddCommand(newConformanceCmd())
