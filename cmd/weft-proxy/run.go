@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -94,6 +95,19 @@ func newRunCmd() *command {
 	return cmd
 }
 
+// checkDialAddr rejects an address the proxy could never dial (it would retry it forever): it must be
+// host:port with a host and a port from 1 to 65535.
+func checkDialAddr(flag, addr string) error {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil || host == "" {
+		return fmt.Errorf("%s %q: want host:port, such as weft-control.weft.svc:15012", flag, addr)
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+		return fmt.Errorf("%s %q: the port must be a number from 1 to 65535", flag, addr)
+	}
+	return nil
+}
+
 func (o runOptions) validate() error {
 	var missing []string
 	if o.xdsAddr == "" {
@@ -108,8 +122,13 @@ func (o runOptions) validate() error {
 	if len(missing) > 0 {
 		return fmt.Errorf("missing %s: weft-proxy needs to know its control plane and its pod", strings.Join(missing, ", "))
 	}
-	if _, _, err := net.SplitHostPort(o.xdsAddr); err != nil {
-		return fmt.Errorf("--xds-addr %q: want host:port", o.xdsAddr)
+	if err := checkDialAddr("--xds-addr", o.xdsAddr); err != nil {
+		return err
+	}
+	if o.identityAddr != "" {
+		if err := checkDialAddr("--identity-addr", o.identityAddr); err != nil {
+			return err
+		}
 	}
 	if o.certDir != "" && o.identityAddr != "" {
 		return errors.New("--cert-dir and --identity-addr both give a certificate: choose one")

@@ -154,6 +154,22 @@ func TestRunFlagErrors(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "--xds-addr") || !strings.Contains(err.Error(), "--pod-name") {
 		t.Fatalf("missing flags: %v", err)
 	}
+	for addr, want := range map[string]string{
+		"127.0.0.1:99999": `--xds-addr "127.0.0.1:99999": the port must be a number from 1 to 65535`,
+		"127.0.0.1:0":     `--xds-addr "127.0.0.1:0": the port must be a number from 1 to 65535`,
+		"127.0.0.1:xds":   `--xds-addr "127.0.0.1:xds": the port must be a number`,
+		":15012":          `--xds-addr ":15012": want host:port`,
+		"127.0.0.1":       `--xds-addr "127.0.0.1": want host:port`,
+	} {
+		err = run(context.Background(), runOptions{xdsAddr: addr, podName: "a", namespace: "b", logLevel: "info"})
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("--xds-addr %s: %v, want %q", addr, err, want)
+		}
+	}
+	err = run(context.Background(), runOptions{xdsAddr: "127.0.0.1:1", identityAddr: "cp:70000", podName: "a", namespace: "b", logLevel: "info"})
+	if err == nil || !strings.Contains(err.Error(), `--identity-addr "cp:70000": the port must be`) {
+		t.Errorf("--identity-addr cp:70000: %v", err)
+	}
 	err = run(context.Background(), runOptions{xdsAddr: "127.0.0.1:1", podName: "a", namespace: "b", logLevel: "loud"})
 	if err == nil || !strings.Contains(err.Error(), "--log-level") {
 		t.Fatalf("bad level: %v", err)

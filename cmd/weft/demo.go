@@ -34,6 +34,15 @@ three in bin/).`,
 			if block < 0 || block > 255 {
 				return fmt.Errorf("--block %d: want 0 to 255 (the demo uses 127.<block>.0.0/16)", block)
 			}
+			if o.RPS < 1 {
+				return fmt.Errorf("--rps %d: want at least 1 request per second", o.RPS)
+			}
+			if o.Interval <= 0 {
+				return fmt.Errorf("--interval %v: want a positive duration such as 2s", o.Interval)
+			}
+			if o.Duration < 0 {
+				return fmt.Errorf("--duration %v: want 0 (until Ctrl-C) or a positive duration such as 30s", o.Duration)
+			}
 			if o.FailRate < 0 || o.FailRate > 1 {
 				return fmt.Errorf("--fail-rate %v: want a share between 0 and 1", o.FailRate)
 			}

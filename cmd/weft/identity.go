@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"path/filepath"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -43,6 +44,16 @@ issuer under the same anchor; a running weft-control picks it up without a resta
 			}
 			if err := identity.ValidateTrustDomain(o.TrustDomain); err != nil {
 				return fmt.Errorf("--trust-domain: %w", err)
+			}
+			// Zero means "the default" inside identity.BootstrapOptions; a user who typed 0 or a negative
+			// lifetime meant something else and would get a CA that is expired or far longer-lived.
+			for _, l := range []struct {
+				flag string
+				d    time.Duration
+			}{{"anchor-lifetime", o.AnchorLifetime}, {"issuer-lifetime", o.IssuerLifetime}} {
+				if l.d < time.Hour {
+					return fmt.Errorf("--%s %v: want at least 1h (such as 87600h for ten years, 8760h for one)", l.flag, l.d)
+				}
 			}
 			if rotateIssuer {
 				if !cmd.Flags().Changed("trust-domain") {

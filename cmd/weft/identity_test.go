@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -50,5 +51,28 @@ func TestIdentityBootstrap(t *testing.T) {
 	}
 	if _, err := runWeft(t, "identity", "bootstrap"); err == nil || !strings.Contains(err.Error(), "--out is required") {
 		t.Fatalf("bootstrap without --out: %v", err)
+	}
+}
+
+// TestIdentityBootstrapLifetimes: a lifetime of zero, below an hour or negative is a mistake named by
+// its flag, and nothing is written (a negative anchor lifetime once wrote an expired CA and exited 0).
+func TestIdentityBootstrapLifetimes(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--anchor-lifetime", "-1h"}, "--anchor-lifetime -1h0m0s: want at least 1h"},
+		{[]string{"--issuer-lifetime", "0s"}, "--issuer-lifetime 0s: want at least 1h"},
+		{[]string{"--issuer-lifetime", "30m"}, "--issuer-lifetime 30m0s: want at least 1h"},
+		{[]string{"--rotate-issuer", "--issuer-lifetime", "-5m"}, "--issuer-lifetime -5m0s: want at least 1h"},
+	} {
+		dir := filepath.Join(t.TempDir(), "ca")
+		_, err := runWeft(t, append([]string{"identity", "bootstrap", "--out", dir}, tc.args...)...)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("bootstrap %s: %v, want an error containing %q", strings.Join(tc.args, " "), err, tc.want)
+		}
+		if _, statErr := os.Stat(dir); !os.IsNotExist(statErr) {
+			t.Errorf("bootstrap %s wrote %s", strings.Join(tc.args, " "), dir)
+		}
 	}
 }
