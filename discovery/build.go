@@ -16,6 +16,9 @@ type Objects struct {
 	Services       []*corev1.Service
 	EndpointSlices []*discoveryv1.EndpointSlice
 	Pods           []*corev1.Pod
+	// Ignored names the documents of other kinds that ParseObjects skipped ("document 3 (Deployment
+	// default/web)"), for a warning: they may share the file, but they may also be a typo of a kind.
+	Ignored []string
 }
 
 // Build turns objects into a State. It is a pure function: the same objects in any order give an

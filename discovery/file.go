@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -13,6 +14,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"strings"
 	"time"
 
 	"github.com/fsnotify/fsnotify"
@@ -36,11 +38,17 @@ func LoadFile(path string) (*State, error) {
 	if err != nil {
 		return nil, fmt.Errorf("reading discovery file: %w", err)
 	}
+	s, _, err := parseFile(path, data)
+	return s, err
+}
+
+// parseFile builds the State of a discovery file's content and names the documents it ignored.
+func parseFile(path string, data []byte) (*State, []string, error) {
 	objs, err := ParseObjects(data)
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
+		return nil, nil, fmt.Errorf("%s: %w", path, err)
 	}
-	return Build(objs), nil
+	return Build(objs), objs.Ignored, nil
 }
 
 // ParseObjects decodes multi-document Kubernetes YAML. Unknown fields are errors, so a typo does not
@@ -60,8 +68,12 @@ func ParseObjects(data []byte) (Objects, error) {
 			n--
 			continue
 		}
-		if err := decodeDocument(doc, &objs); err != nil {
+		ignored, err := decodeDocument(doc, &objs)
+		if err != nil {
 			return objs, fmt.Errorf("document %d%w", n, err)
+		}
+		if ignored != "" {
+			objs.Ignored = append(objs.Ignored, fmt.Sprintf("document %d%s", n, ignored))
 		}
 	}
 }
@@ -75,19 +87,20 @@ type docHeader struct {
 	} `json:"metadata"`
 }
 
-// decodeDocument appends the object of one YAML document. Its errors start with what follows
-// "document N" in a message: " (Kind ns/name): field: problem".
-func decodeDocument(doc []byte, objs *Objects) error {
+// decodeDocument appends the object of one YAML document, or returns " (Kind ns/name)" for a kind it
+// does not read. Its errors start with what follows "document N" in a message: " (Kind ns/name):
+// field: problem".
+func decodeDocument(doc []byte, objs *Objects) (ignored string, _ error) {
 	js, err := yaml.YAMLToJSON(doc)
 	if err != nil {
-		return fmt.Errorf(": not valid YAML: %w", err)
+		return "", fmt.Errorf(": not valid YAML: %w", err)
 	}
 	if bytes.Equal(bytes.TrimSpace(js), []byte("null")) {
-		return nil
+		return "", nil
 	}
 	var h docHeader
 	if err := json.Unmarshal(js, &h); err != nil {
-		return fmt.Errorf(": not a Kubernetes object (a mapping with apiVersion and kind): %w", err)
+		return "", fmt.Errorf(": not a Kubernetes object (a mapping with apiVersion and kind): %w", err)
 	}
 	if h.Metadata.Namespace == "" {
 		h.Metadata.Namespace = "default"
@@ -96,7 +109,7 @@ func decodeDocument(doc []byte, objs *Objects) error {
 	var fieldErr error
 	switch h.Kind {
 	case "":
-		return fmt.Errorf(": kind: missing; every document needs apiVersion and kind")
+		return "", fmt.Errorf(": kind: missing; every document needs apiVersion and kind")
 	case "Namespace":
 		where = fmt.Sprintf(" (Namespace %s)", h.Metadata.Name)
 		var o corev1.Namespace
@@ -126,12 +139,12 @@ func decodeDocument(doc []byte, objs *Objects) error {
 			objs.Pods = append(objs.Pods, &o)
 		}
 	default:
-		return nil // other kinds (Deployments, ConfigMaps, ...) may share the file; they are not ours
+		return where, nil // other kinds (Deployments, ConfigMaps, ...) may share the file; they are not ours
 	}
 	if fieldErr != nil {
-		return fmt.Errorf("%s: %w", where, fieldErr)
+		return "", fmt.Errorf("%s: %w", where, fieldErr)
 	}
-	return nil
+	return "", nil
 }
 
 func strictJSON(js []byte, into any) error {
@@ -229,8 +242,11 @@ type FileSource struct {
 }
 
 // Run loads the file (an error here is returned: a bad file at startup is a startup problem), then
-// watches its directory and publishes each new, different State. Only Run's goroutine touches its
-// state.
+// watches it and publishes each new, different State. The watch is on the file's directory (editors
+// and Kubernetes ConfigMap mounts replace the file by renaming, or swap the mount's ..data link), but
+// only events that name the file or the mount's links lead to a read, and a content already read is
+// not parsed again: a rejected file is logged once per content, and documents of kinds Weft does not
+// read are warned about once per content. Only Run's goroutine touches its state.
 func (f *FileSource) Run(ctx context.Context, publish func(*State)) error {
 	log := f.Logger
 	if log == nil {
@@ -245,14 +261,19 @@ func (f *FileSource) Run(ctx context.Context, publish func(*State)) error {
 		return fmt.Errorf("watching %s: %w", f.Path, err)
 	}
 	defer w.Close()
-	// Watch the directory: editors and Kubernetes ConfigMap mounts replace the file by renaming.
 	if err := w.Add(filepath.Dir(f.Path)); err != nil {
 		return fmt.Errorf("watching %s: %w", f.Path, err)
 	}
-	last, err := LoadFile(f.Path)
+	data, err := os.ReadFile(f.Path)
+	if err != nil {
+		return fmt.Errorf("reading discovery file: %w", err)
+	}
+	last, ignored, err := parseFile(f.Path, data)
 	if err != nil {
 		return err
 	}
+	warnIgnored(log, f.Path, ignored)
+	read := sha256.Sum256(data) // the content last read, good or not
 	publish(last)
 
 	timer := time.NewTimer(time.Hour)
@@ -266,17 +287,32 @@ func (f *FileSource) Run(ctx context.Context, publish func(*State)) error {
 				return nil
 			}
 			log.Warn("watching discovery file", "file", f.Path, "error", err)
-		case _, ok := <-w.Events:
+		case ev, ok := <-w.Events:
 			if !ok {
 				return nil
 			}
-			timer.Reset(quiet)
+			if concernsFile(f.Path, ev.Name) {
+				timer.Reset(quiet)
+			}
 		case <-timer.C:
-			s, err := LoadFile(f.Path)
+			data, err := os.ReadFile(f.Path)
+			if err != nil {
+				if sum := sha256.Sum256(nil); sum != read {
+					read = sum
+					log.Error("discovery file unreadable; still serving the last good one", "error", err)
+				}
+				continue
+			}
+			if sha256.Sum256(data) == read {
+				continue
+			}
+			read = sha256.Sum256(data)
+			s, ignored, err := parseFile(f.Path, data)
 			if err != nil {
 				log.Error("discovery file rejected; still serving the last good one", "error", err)
 				continue
 			}
+			warnIgnored(log, f.Path, ignored)
 			if reflect.DeepEqual(s, last) {
 				continue
 			}
@@ -284,5 +320,18 @@ func (f *FileSource) Run(ctx context.Context, publish func(*State)) error {
 			log.Info("discovery file reloaded", "file", f.Path, "services", len(s.Services), "pods", len(s.Pods))
 			publish(s)
 		}
+	}
+}
+
+// concernsFile reports whether a change to name (in the watched directory) may have changed the file
+// at path: the file itself, or a ConfigMap mount's "..data" links behind it.
+func concernsFile(path, name string) bool {
+	return filepath.Clean(name) == filepath.Clean(path) || strings.HasPrefix(filepath.Base(name), "..")
+}
+
+func warnIgnored(log *slog.Logger, path string, ignored []string) {
+	if len(ignored) > 0 {
+		log.Warn("discovery file: documents of kinds Weft does not read (it reads Namespace, Service, EndpointSlice, Pod) are ignored",
+			"file", path, "ignored", strings.Join(ignored, ", "))
 	}
 }

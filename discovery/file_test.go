@@ -2,6 +2,7 @@ package discovery
 
 import (
 	"context"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -168,5 +169,110 @@ func TestFileSourceKeepsLastGood(t *testing.T) {
 	svc, _ := got[len(got)-1].Service("default", "echo")
 	if len(got) != 2 || len(svc.Endpoints) != 2 || svc.Endpoints[1].Address != "127.0.0.4" {
 		t.Fatalf("published %d states, last endpoints %+v", len(got), svc.Endpoints)
+	}
+}
+
+func TestParseObjectsNamesIgnoredDocuments(t *testing.T) {
+	objs, err := ParseObjects([]byte("apiVersion: v1\nkind: Namespace\nmetadata: {name: a}\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web, namespace: a}\n---\napiVersion: v1\nkind: Servcie\nmetadata: {name: typo}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"document 2 (Deployment a/web)", "document 3 (Servcie default/typo)"}
+	if d := cmp.Diff(want, objs.Ignored); d != "" {
+		t.Errorf("Ignored (-want +got):\n%s", d)
+	}
+}
+
+// logCount is a slog handler that counts records by message.
+type logCount struct {
+	mu sync.Mutex
+	n  map[string]int
+}
+
+func (l *logCount) Enabled(context.Context, slog.Level) bool { return true }
+func (l *logCount) Handle(_ context.Context, r slog.Record) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.n[r.Message]++
+	return nil
+}
+func (l *logCount) WithAttrs([]slog.Attr) slog.Handler { return l }
+func (l *logCount) WithGroup(string) slog.Handler      { return l }
+func (l *logCount) count(msg string) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.n[msg]
+}
+
+// TestFileSourceWatchesTheFileAlone: changes to other files in the folder do not re-read the discovery
+// file, and a rejected content is logged once however often it is written again (a user saw 20
+// identical errors in 2 s in /tmp). Documents of kinds Weft does not read are warned about once.
+func TestFileSourceWatchesTheFileAlone(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "mesh.yaml")
+	example, err := os.ReadFile("../deploy/examples/echo.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	replace := func(name string, b []byte) {
+		t.Helper()
+		tmp := name + ".tmp"
+		if err := os.WriteFile(tmp, b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(tmp, name); err != nil {
+			t.Fatal(err)
+		}
+	}
+	withDeployment := append(append([]byte{}, example...), []byte("\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\n")...)
+	replace(path, withDeployment)
+
+	logs := &logCount{n: map[string]int{}}
+	published := make(chan *State, 10)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error)
+	src := &FileSource{Path: path, Quiet: 20 * time.Millisecond, Logger: slog.New(logs)}
+	go func() { done <- src.Run(ctx, func(s *State) { published <- s }) }()
+	defer func() { cancel(); <-done }()
+	next := func(what string) *State {
+		t.Helper()
+		select {
+		case s := <-published:
+			return s
+		case <-time.After(10 * time.Second):
+			t.Fatalf("timed out waiting for %s", what)
+			return nil
+		}
+	}
+	next("the first state")
+
+	bad := []byte(strings.Replace(string(example), "port: 8080\n    appProtocol", "port: nope\n    appProtocol", 1))
+	for i := 0; i < 5; i++ {
+		replace(path, bad)
+		replace(filepath.Join(dir, "other.txt"), []byte{byte(i)})
+	}
+	// A good edit after the bad ones is the next published State; by then every earlier event was handled.
+	good := []byte(strings.Replace(string(withDeployment), `["127.0.0.3"]`, `["127.0.0.4"]`, 1))
+	replace(path, good)
+	s := next("the good edit")
+	if svc, _ := s.Service("default", "echo"); len(svc.Endpoints) != 2 || svc.Endpoints[1].Address != "127.0.0.4" {
+		t.Fatalf("published endpoints %+v, want the good edit's", svc.Endpoints)
+	}
+	if n := logs.count("discovery file rejected; still serving the last good one"); n > 1 {
+		t.Errorf("the same rejected content was logged %d times, want at most once", n)
+	}
+	// Writes to other files only: nothing is read, so nothing is logged or published.
+	before := logs.count("discovery file: documents of kinds Weft does not read (it reads Namespace, Service, EndpointSlice, Pod) are ignored")
+	if before < 1 || before > 2 {
+		t.Errorf("ignored-kind warning logged %d times for 2 contents, want 1 or 2", before)
+	}
+	for i := 0; i < 5; i++ {
+		replace(filepath.Join(dir, "other.txt"), []byte{byte(10 + i)})
+	}
+	replace(path, good) // same content again: read, not parsed
+	replace(path, example)
+	next("the edit without the Deployment")
+	if after := logs.count("discovery file: documents of kinds Weft does not read (it reads Namespace, Service, EndpointSlice, Pod) are ignored"); after != before {
+		t.Errorf("ignored-kind warnings went from %d to %d for contents without a new ignored document", before, after)
 	}
 }

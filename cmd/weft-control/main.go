@@ -89,6 +89,12 @@ func run(ctx context.Context, c config) error {
 	if c.debounce <= 0 || c.debounceMax < c.debounce {
 		return fmt.Errorf("--debounce %v / --debounce-max %v: want 0 < debounce <= debounce-max", c.debounce, c.debounceMax)
 	}
+	if c.kubeconfig != "" && c.discoveryFile != "" {
+		return errors.New("--kubeconfig and --discovery-file both say where Services come from: choose one (--discovery-file is local mode, with no cluster)")
+	}
+	if c.identity.tokens != "" && c.identity.dir == "" {
+		return errors.New("--identity-tokens stands in for TokenReview of the identity CA, which is off: add --identity-dir (weft identity bootstrap --out DIR makes one)")
+	}
 
 	// With the identity CA on, inbound is strict (mutual TLS only) unless a workload opts out.
 	srv := server.New(server.Options{Logger: log, Translate: xds.Options{TrustDomain: c.trustDomain, Strict: c.identity.dir != ""}})

@@ -59,6 +59,11 @@ current-context: x
 		{"missing kubeconfig", func(c *config) { c.kubeconfig = filepath.Join(dir, "none") }, "reading kubeconfig"},
 		{"apiserver unreachable", func(c *config) { c.kubeconfig = unreachable }, "the Kubernetes API server at https://127.0.0.1:1 does not answer"},
 		{"bad debounce", func(c *config) { c.debounce = 2 * time.Second }, "--debounce 2s / --debounce-max 1s"},
+		{"two sources", func(c *config) { c.discoveryFile = "../../deploy/examples/echo.yaml"; c.kubeconfig = unreachable }, "--kubeconfig and --discovery-file both say where Services come from: choose one"},
+		{"tokens without CA", func(c *config) {
+			c.discoveryFile = "../../deploy/examples/echo.yaml"
+			c.identity.tokens = filepath.Join(dir, "tokens")
+		}, "--identity-tokens stands in for TokenReview of the identity CA, which is off: add --identity-dir"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c := baseConfig(t)
