@@ -150,11 +150,12 @@ func renderError(err error) error {
 	return fmt.Errorf("rendering the chart: %w", err)
 }
 
-// YAML joins manifests as `helm template` prints them: each after "---" and a "# Source:" comment.
+// YAML joins manifests as `helm template` prints them: each after "---" and a "# Source:" comment,
+// the whole ending in one newline.
 func YAML(ms []Manifest) string {
 	var b strings.Builder
 	for _, m := range ms {
 		fmt.Fprintf(&b, "---\n# Source: %s\n%s\n", m.Source, m.Content)
 	}
-	return b.String()
+	return strings.TrimSpace(b.String()) + "\n"
 }
