@@ -28,8 +28,8 @@ func pod(annotations map[string]string, mutate ...func(*corev1.Pod)) *corev1.Pod
 
 func TestPodOptions(t *testing.T) {
 	withSkips := iptables.DefaultOptions()
-	withSkips.SkipInboundPorts = []iptables.PortRange{{8000, 8100}, {22, 22}} // as written; Rules sorts
-	withSkips.SkipOutboundPorts = []iptables.PortRange{{5432, 5432}}
+	withSkips.SkipInboundPorts = []iptables.PortRange{{From: 8000, To: 8100}, {From: 22, To: 22}} // as written; Rules sorts
+	withSkips.SkipOutboundPorts = []iptables.PortRange{{From: 5432, To: 5432}}
 	withSkips.SkipSubnets = []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8"), netip.MustParsePrefix("169.254.169.254/32")}
 
 	for _, tc := range []struct {
