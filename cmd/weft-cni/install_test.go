@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -12,9 +13,12 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	appsv1 "k8s.io/api/apps/v1"
 	"k8s.io/client-go/tools/clientcmd"
+	"sigs.k8s.io/yaml"
 
 	"github.com/weftmesh/weft/conformance/netns"
+	"github.com/weftmesh/weft/deploy/charts"
 )
 
 // nodeDirs makes a node's CNI folders (bin, net.d) and a ServiceAccount token and CA, as the
@@ -224,5 +228,58 @@ func TestInstallBadInput(t *testing.T) {
 		if err == nil || !strings.Contains(string(out), tc.want) || len(lines) != 1 {
 			t.Errorf("weft-cni %q = %v:\n%s\nwant one line containing %q", tc.args, err, out, tc.want)
 		}
+	}
+}
+
+// TestChartArgsAreInstallFlags renders the chart's DaemonSet in CNI mode and checks that weft-cni
+// install accepts its arguments and writes the node's own paths into the configuration.
+func TestChartArgsAreInstallFlags(t *testing.T) {
+	ch, err := charts.Load("v1.2.3")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ms, err := charts.Render(ch, "weft", map[string]any{"cni": map[string]any{"enabled": true},
+		"identity": map[string]any{"trustAnchorsPEM": "A\n", "issuerCertPEM": "C\n", "issuerKeyPEM": "K\n"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ds *appsv1.DaemonSet
+	for _, m := range ms {
+		if m.Kind == "DaemonSet" && m.Name == "weft-cni" {
+			ds = &appsv1.DaemonSet{}
+			if err := yaml.Unmarshal([]byte(m.Content), ds); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if ds == nil {
+		t.Fatal("the chart renders no DaemonSet weft-cni with cni.enabled")
+	}
+	c := ds.Spec.Template.Spec.Containers[0]
+	if len(c.Args) == 0 || c.Args[0] != "install" {
+		t.Fatalf("DaemonSet args = %q, want install first", c.Args)
+	}
+	t.Setenv("KUBERNETES_SERVICE_HOST", "10.96.0.1")
+	t.Setenv("KUBERNETES_SERVICE_PORT", "443")
+	f, err := parseInstallFlags(c.Args[1:], io.Discard)
+	if err != nil {
+		t.Fatalf("weft-cni install rejects the chart's args %q: %v", c.Args, err)
+	}
+	in := &installer{f: f}
+	if got := in.hostPath(filepath.Join(f.netDir, KubeconfigFile)); got != "/etc/cni/net.d/"+KubeconfigFile {
+		t.Errorf("kubeconfig path written into the conflist = %q, want the node's /etc/cni/net.d/%s", got, KubeconfigFile)
+	}
+	mounted := map[string]bool{}
+	for _, m := range c.VolumeMounts {
+		mounted[m.MountPath] = true
+	}
+	if !mounted[f.binDir] || !mounted[f.netDir] {
+		t.Errorf("the DaemonSet mounts %v, not both %s and %s", c.VolumeMounts, f.binDir, f.netDir)
+	}
+	if f.apiserver != "https://10.96.0.1:443" {
+		t.Errorf("apiserver = %q", f.apiserver)
+	}
+	if a := ds.Spec.Template.Spec.AutomountServiceAccountToken; a != nil && !*a {
+		t.Error("the DaemonSet does not mount its ServiceAccount token, which the plugin's kubeconfig needs")
 	}
 }
