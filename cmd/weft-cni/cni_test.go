@@ -6,8 +6,10 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -35,18 +37,20 @@ func TestMain(m *testing.M) { os.Exit(kubeenv.Main(m)) }
 // the plugins; ptp puts the host side of each Pod's veth there), a CNI bin folder with ptp, host-local
 // and the weft-cni that `weft-cni install` copied there, and the conflist it patched.
 type cniNode struct {
-	host     *netns.Pod
-	binDir   string
-	netDir   string
-	cacheDir string
-	conflist *libcni.NetworkConfigList
-	confPath string
-	weftBin  string
-	cni      *libcni.CNIConfig
-	pods     int
+	host      *netns.Pod
+	binDir    string
+	netDir    string
+	cacheDir  string
+	conflist  *libcni.NetworkConfigList
+	confPath  string
+	weftBin   string
+	cni       *libcni.CNIConfig
+	apiserver string // the apiserver's URL as the plugin reaches it
+	pods      int
 }
 
-// podNS is a bare network namespace, as a runtime makes for a Pod sandbox before calling CNI ADD.
+// podNS is a network namespace with only loopback up, as a runtime makes for a Pod sandbox before
+// calling CNI ADD.
 func (n *cniNode) podNS(t *testing.T, name string) *netns.Pod {
 	t.Helper()
 	n.pods++
@@ -56,6 +60,10 @@ func (n *cniNode) podNS(t *testing.T, name string) *netns.Pod {
 		t.Fatalf("ip netns add %s: %v: %s", p.NS, err, out)
 	}
 	t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", p.NS).Run() })
+	// containerd and CRI-O bring the sandbox's loopback up themselves (not through the conflist).
+	if out, err := exec.Command("ip", "-n", p.NS, "link", "set", "lo", "up").CombinedOutput(); err != nil {
+		t.Fatalf("ip -n %s link set lo up: %v: %s", p.NS, err, out)
+	}
 	return p
 }
 
@@ -75,9 +83,60 @@ func (n *cniNode) inHost(t *testing.T, fn func() error) error {
 	return n.host.Do(fn)
 }
 
+// apiFixture is the apiserver side: where it is, a ServiceAccount token allowed to get Pods (as the
+// chart's ClusterRole weft-cni allows), and a namespace to create Pods in.
+type apiFixture struct {
+	host, caFile, token, ns string
+	createPod               func(t *testing.T, name string, annotations map[string]string, containers ...string)
+}
+
+// kubeFixture is a real kube-apiserver (kubeenv) with a namespace and the weft-cni ServiceAccount.
+func kubeFixture(t *testing.T, prefix string) apiFixture {
+	t.Helper()
+	env := kubeenv.Get(t)
+	ns := fmt.Sprintf("%s-%d", prefix, time.Now().UnixNano()%1e9)
+	env.CreateNamespace(t, ns, nil)
+	ctx := context.Background()
+	c := env.Client
+	sa, err := c.CoreV1().ServiceAccounts(ns).Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "weft-cni"}}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	role := "weft-cni-test-" + ns
+	if _, err := c.RbacV1().ClusterRoles().Create(ctx, &rbacv1.ClusterRole{ObjectMeta: metav1.ObjectMeta{Name: role},
+		Rules: []rbacv1.PolicyRule{{APIGroups: []string{""}, Resources: []string{"pods"}, Verbs: []string{"get"}}}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.RbacV1().ClusterRoleBindings().Create(ctx, &rbacv1.ClusterRoleBinding{ObjectMeta: metav1.ObjectMeta{Name: role},
+		RoleRef:  rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "ClusterRole", Name: role},
+		Subjects: []rbacv1.Subject{{Kind: "ServiceAccount", Name: sa.Name, Namespace: ns}}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = c.RbacV1().ClusterRoleBindings().Delete(context.Background(), role, metav1.DeleteOptions{})
+		_ = c.RbacV1().ClusterRoles().Delete(context.Background(), role, metav1.DeleteOptions{})
+	})
+	exp := int64(3600)
+	tr, err := c.CoreV1().ServiceAccounts(ns).CreateToken(ctx, sa.Name, &authenticationv1.TokenRequest{Spec: authenticationv1.TokenRequestSpec{ExpirationSeconds: &exp}}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return apiFixture{host: env.Config.Host, caFile: env.CAFile, token: tr.Status.Token, ns: ns,
+		createPod: func(t *testing.T, name string, annotations map[string]string, containers ...string) {
+			t.Helper()
+			p := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name, Annotations: annotations}}
+			for _, c := range containers {
+				p.Spec.Containers = append(p.Spec.Containers, corev1.Container{Name: c, Image: "example.com/" + c})
+			}
+			if _, err := env.Client.CoreV1().Pods(ns).Create(context.Background(), p, metav1.CreateOptions{}); err != nil {
+				t.Fatal(err)
+			}
+		}}
+}
+
 // setUpNode prepares a node whose conflist chains ptp (with host-local) and weft-cni, installed by
-// `weft-cni install --once` with a ServiceAccount token of the real apiserver.
-func setUpNode(t *testing.T, env *kubeenv.Env, ns string) *cniNode {
+// `weft-cni install --once` with the fixture's ServiceAccount token.
+func setUpNode(t *testing.T, api apiFixture) *cniNode {
 	t.Helper()
 	nw := netns.New(t)
 	n := &cniNode{host: nw.Bridge}
@@ -107,38 +166,14 @@ func setUpNode(t *testing.T, env *kubeenv.Env, ns string) *cniNode {
   ]
 }
 `, filepath.Join(dir, "ipam")))
-
-	// The DaemonSet's ServiceAccount: allowed to get Pods, as the chart's ClusterRole weft-cni.
-	ctx := context.Background()
-	c := env.Client
-	sa, err := c.CoreV1().ServiceAccounts(ns).Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "weft-cni"}}, metav1.CreateOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	role := "weft-cni-test-" + ns
-	if _, err := c.RbacV1().ClusterRoles().Create(ctx, &rbacv1.ClusterRole{ObjectMeta: metav1.ObjectMeta{Name: role},
-		Rules: []rbacv1.PolicyRule{{APIGroups: []string{""}, Resources: []string{"pods"}, Verbs: []string{"get"}}}}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := c.RbacV1().ClusterRoleBindings().Create(ctx, &rbacv1.ClusterRoleBinding{ObjectMeta: metav1.ObjectMeta{Name: role},
-		RoleRef:  rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "ClusterRole", Name: role},
-		Subjects: []rbacv1.Subject{{Kind: "ServiceAccount", Name: sa.Name, Namespace: ns}}}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		_ = c.RbacV1().ClusterRoleBindings().Delete(context.Background(), role, metav1.DeleteOptions{})
-		_ = c.RbacV1().ClusterRoles().Delete(context.Background(), role, metav1.DeleteOptions{})
-	})
-	exp := int64(3600)
-	tr, err := c.CoreV1().ServiceAccounts(ns).CreateToken(ctx, sa.Name, &authenticationv1.TokenRequest{Spec: authenticationv1.TokenRequestSpec{ExpirationSeconds: &exp}}, metav1.CreateOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
 	tokenFile := filepath.Join(dir, "token")
-	writeFile(t, tokenFile, tr.Status.Token)
+	writeFile(t, tokenFile, api.token)
 
+	// The apiserver listens on the test's loopback; the plugins run in the host namespace, where a
+	// relay on the same address and another port stands for the node's route to the apiserver.
+	n.apiserver = relay(t, n.host, api.host)
 	out, err := exec.Command(n.weftBin, "install", "--once", "--cni-bin-dir", n.binDir, "--cni-net-dir", n.netDir,
-		"--apiserver", env.Config.Host, "--token-file", tokenFile, "--ca-file", env.CAFile).CombinedOutput()
+		"--apiserver", n.apiserver, "--token-file", tokenFile, "--ca-file", api.caFile).CombinedOutput()
 	if err != nil {
 		t.Fatalf("weft-cni install --once: %v\n%s", err, out)
 	}
@@ -152,15 +187,37 @@ func setUpNode(t *testing.T, env *kubeenv.Env, ns string) *cniNode {
 	return n
 }
 
-func createPod(t *testing.T, env *kubeenv.Env, ns, name string, annotations map[string]string, containers ...string) {
+// relay listens in ns on the address of the URL u (an https://IP:port on the test's loopback), on
+// another port, and copies each connection to u's address from the test's own namespace. It returns
+// the URL of the relay (the same IP, so the apiserver's certificate still matches).
+func relay(t *testing.T, ns *netns.Pod, u string) string {
 	t.Helper()
-	p := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name, Annotations: annotations}}
-	for _, c := range containers {
-		p.Spec.Containers = append(p.Spec.Containers, corev1.Container{Name: c, Image: "example.com/" + c})
-	}
-	if _, err := env.Client.CoreV1().Pods(ns).Create(context.Background(), p, metav1.CreateOptions{}); err != nil {
+	parsed, err := url.Parse(u)
+	if err != nil {
 		t.Fatal(err)
 	}
+	target := parsed.Host
+	ln := ns.Listen(t, "tcp", net.JoinHostPort(parsed.Hostname(), "0"))
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				up, err := net.Dial("tcp", target)
+				if err != nil {
+					return
+				}
+				defer up.Close()
+				go func() { _, _ = io.Copy(up, c); up.(*net.TCPConn).CloseWrite() }()
+				_, _ = io.Copy(c, up)
+			}()
+		}
+	}()
+	parsed.Host = ln.Addr().String()
+	return parsed.String()
 }
 
 // lineServer answers every connection on ln with one line made by reply.
@@ -208,16 +265,18 @@ func natTable(t *testing.T, p *netns.Pod) string {
 // with the Pods in a real apiserver, and checks where real connections land.
 func TestPluginRedirectsMeshedPods(t *testing.T) {
 	prereq.Root(t)
+	testPluginRedirectsMeshedPods(t, kubeFixture(t, "cni"))
+}
+
+func testPluginRedirectsMeshedPods(t *testing.T, api apiFixture) {
 	prereq.Binary(t, "iptables-nft-save")
 	prereq.Binary(t, "iptables-legacy-save")
-	env := kubeenv.Get(t)
-	ns := fmt.Sprintf("cni-%d", time.Now().UnixNano()%1e9)
-	env.CreateNamespace(t, ns, nil)
-	node := setUpNode(t, env, ns)
+	node := setUpNode(t, api)
 	proxyBin := netns.GoBuild(t, "./cmd/weft-proxy")
+	ns := api.ns
 
-	createPod(t, env, ns, "web", map[string]string{AnnotationSkipOutboundPorts: "5432", AnnotationSkipInboundPorts: "9090"}, "app", ProxyContainer)
-	createPod(t, env, ns, "plain", nil, "app")
+	api.createPod(t, "web", map[string]string{AnnotationSkipOutboundPorts: "5432", AnnotationSkipInboundPorts: "9090"}, "app", ProxyContainer)
+	api.createPod(t, "plain", nil, "app")
 	ctx := context.Background()
 
 	// ADD for both Pods.
@@ -402,12 +461,14 @@ func execPlugin(t *testing.T, node *cniNode, command, netnsPath, ns, pod string,
 // annotation, or an apiserver it cannot read, give a CNI error that says what to do.
 func TestPluginPassesThePreviousResult(t *testing.T) {
 	prereq.Root(t)
-	env := kubeenv.Get(t)
-	ns := fmt.Sprintf("cni-pass-%d", time.Now().UnixNano()%1e9)
-	env.CreateNamespace(t, ns, nil)
-	node := setUpNode(t, env, ns)
-	createPod(t, env, ns, "plain", nil, "app")
-	createPod(t, env, ns, "bad", map[string]string{AnnotationSkipOutboundPorts: "5432,mysql"}, "app", ProxyContainer)
+	testPluginPassesThePreviousResult(t, kubeFixture(t, "cni-pass"))
+}
+
+func testPluginPassesThePreviousResult(t *testing.T, api apiFixture) {
+	node := setUpNode(t, api)
+	ns := api.ns
+	api.createPod(t, "plain", nil, "app")
+	api.createPod(t, "bad", map[string]string{AnnotationSkipOutboundPorts: "5432,mysql"}, "app", ProxyContainer)
 
 	prev := `{"cniVersion":"1.0.0","interfaces":[{"name":"eth0","mac":"aa:bb:cc:dd:ee:ff","sandbox":"/var/run/netns/x"}],"ips":[{"address":"10.45.0.7/24","gateway":"10.45.0.1","interface":0}],"routes":[{"dst":"0.0.0.0/0"}],"dns":{"nameservers":["10.96.0.10"]}}`
 	conf := func(prevResult string) []byte {
@@ -465,7 +526,7 @@ func TestPluginPassesThePreviousResult(t *testing.T) {
 	// An apiserver that does not answer: a "try again later" error naming the Pod.
 	kc := filepath.Join(node.netDir, KubeconfigFile)
 	b := readFile(t, kc)
-	writeFile(t, kc, strings.Replace(b, env.Config.Host, "https://127.0.0.1:1", 1))
+	writeFile(t, kc, strings.Replace(b, node.apiserver, "https://127.0.0.1:1", 1))
 	out, err = execPlugin(t, node, "ADD", p.Path(), ns, "plain", conf(prev))
 	if code, msg := cniErr(out); err == nil || code != 11 || !strings.Contains(msg, "reading Pod "+ns+"/plain") {
 		t.Errorf("ADD with the apiserver away = %v, code %d %q; want code 11 naming the Pod", err, code, msg)

@@ -69,8 +69,11 @@ func (p *plugin) interception(ctx context.Context, c Conf, args *skel.CmdArgs) (
 		return nil, ref, "", cniError(types.ErrTryAgainLater, fmt.Errorf("reading Pod %s/%s to learn whether it is meshed: %w", ref.Namespace, ref.Name, err))
 	}
 	opts, reason, err := podOptions(pod)
-	if err != nil || reason != "" {
-		return nil, ref, reason, cniError(types.ErrInvalidNetworkConfig, err)
+	if err != nil {
+		return nil, ref, "", cniError(types.ErrInvalidNetworkConfig, err)
+	}
+	if reason != "" {
+		return nil, ref, reason, nil
 	}
 	rules, err := iptables.Rules(opts)
 	if err != nil {
@@ -123,10 +126,10 @@ func (p *plugin) cmdCheck(args *skel.CmdArgs) error {
 	if err != nil || rs == nil {
 		return err
 	}
-	a := &iptables.Applier{Mode: mode, Log: p.log}
+	a := &iptables.Applier{Mode: mode, Log: p.log.With("pod", ref.Namespace+"/"+ref.Name)}
 	err = ns.WithNetNSPath(args.Netns, func(ns.NetNS) error { return a.Check(ctx, *rs) })
 	if err != nil {
-		return cniError(types.ErrInternal, fmt.Errorf("Pod %s/%s is meshed but its network namespace %s lacks the interception (the Pod's traffic bypasses the proxy; recreate the Pod): %w", ref.Namespace, ref.Name, args.Netns, err))
+		return cniError(types.ErrInternal, fmt.Errorf("the meshed Pod %s/%s has a network namespace %s that lacks the interception (the Pod's traffic bypasses the proxy; recreate the Pod): %w", ref.Namespace, ref.Name, args.Netns, err))
 	}
 	return nil
 }
@@ -144,7 +147,11 @@ func (p *plugin) cmdDel(args *skel.CmdArgs) error {
 	if _, err := os.Stat(args.Netns); errors.Is(err, os.ErrNotExist) {
 		return nil // the namespace, and the rules with it, are gone
 	}
-	a := &iptables.Applier{Mode: mode, Log: p.log}
+	log := p.log
+	if ref, err := parseArgs(args.Args); err == nil && ref.Name != "" {
+		log = log.With("pod", ref.Namespace+"/"+ref.Name)
+	}
+	a := &iptables.Applier{Mode: mode, Log: log}
 	err = ns.WithNetNSPath(args.Netns, func(ns.NetNS) error {
 		_, err := a.Remove(context.Background())
 		return err
