@@ -531,4 +531,12 @@ func testPluginPassesThePreviousResult(t *testing.T, api apiFixture) {
 	if code, msg := cniErr(out); err == nil || code != 11 || !strings.Contains(msg, "reading Pod "+ns+"/plain") {
 		t.Errorf("ADD with the apiserver away = %v, code %d %q; want code 11 naming the Pod", err, code, msg)
 	}
+	// A token the apiserver does not accept (say, the DaemonSet's Pod was deleted): the same, with the
+	// apiserver's word.
+	writeFile(t, kc, b)
+	writeFile(t, filepath.Join(node.netDir, TokenFile), "not-a-token")
+	out, err = execPlugin(t, node, "ADD", p.Path(), ns, "plain", conf(prev))
+	if code, msg := cniErr(out); err == nil || code != 11 || !strings.Contains(msg, "Unauthorized") {
+		t.Errorf("ADD with a bad token = %v, code %d %q; want code 11 saying Unauthorized", err, code, msg)
+	}
 }

@@ -104,6 +104,7 @@ func runInstall(ctx context.Context, args []string, stdout, stderr io.Writer) er
 			in.exclude = append(in.exclude, ns)
 		}
 	}
+	in.removeStaleTemp()
 	if f.once {
 		conf, err := in.ensure()
 		if err != nil {
@@ -243,6 +244,16 @@ func (in *installer) ensure() (string, error) {
 	}
 	in.log.Info("chained weft-cni to the node's CNI configuration", "file", filepath.Join(in.f.netDir, p.Write), "replaced", p.Remove)
 	return p.Write, nil
+}
+
+// removeStaleTemp deletes the temporary files of a run that was killed while writing.
+func (in *installer) removeStaleTemp() {
+	for _, dir := range []string{in.f.binDir, in.f.netDir} {
+		stale, _ := filepath.Glob(filepath.Join(dir, ".weft-cni-*"))
+		for _, f := range stale {
+			_ = os.Remove(f)
+		}
+	}
 }
 
 // uninstall takes weft-cni out of every configuration in the folder and removes its files.

@@ -97,6 +97,7 @@ func TestInstallWatchesAndUninstalls(t *testing.T) {
 	writeFile(t, primary, kindnet)
 	writeFile(t, filepath.Join(d.netd, "99-loopback.conf"), `{"cniVersion":"0.3.1","name":"lo","type":"loopback"}`)
 
+	writeFile(t, filepath.Join(d.netd, ".weft-cni-1234"), "half a file from a killed run")
 	cmd := exec.Command(bin, d.args("--resync", "1s", "--exclude-namespaces", "kube-system, weft")...)
 	var logs bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &logs, &logs
