@@ -465,6 +465,8 @@ func TestPluginPassesThePreviousResult(t *testing.T) {
 }
 
 func testPluginPassesThePreviousResult(t *testing.T, api apiFixture) {
+	prereq.Binary(t, "iptables-nft-save")
+	prereq.Binary(t, "iptables-legacy-save")
 	node := setUpNode(t, api)
 	ns := api.ns
 	api.createPod(t, "plain", nil, "app")

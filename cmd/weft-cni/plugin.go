@@ -25,7 +25,7 @@ import (
 // apiTimeout bounds the plugin's one apiserver request.
 const apiTimeout = 15 * time.Second
 
-// plugin holds what the CNI commands need from outside, so tests can give their own.
+// plugin holds what the CNI commands need from outside (main gives the real ones).
 type plugin struct {
 	log *slog.Logger
 	// getPod reads a Pod with the kubeconfig named in the plugin's configuration.
