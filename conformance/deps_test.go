@@ -65,6 +65,12 @@ var depRules = []depRule{
 		why:    "weft-proxy keeps its metrics with VictoriaMetrics/metrics, which writes the Prometheus text format from plain counters: client_golang links its protobuf data model, expfmt and procfs, about 1 MB of idle resident memory in every pod (bench/proxy), and its collectors package links database/sql",
 	},
 	{
+		covers:  []string{module + "/cmd/weft-cni"},
+		banned:  []string{"google.golang.org/grpc", "github.com/envoyproxy/", "github.com/cncf/xds", "helm.sh/", "k8s.io/client-go/kubernetes", module + "/discovery", module + "/xds", module + "/deploy", module + "/identity"},
+		allowed: []string{"k8s.io/client-go/kubernetes/scheme", "k8s.io/client-go/kubernetes/typed/core/v1"},
+		why:     "weft-cni is executed by the container runtime for every Pod sandbox on every node: it carries the iptables rule builder and reads one Pod (client-go's typed core/v1 client, not the whole clientset), never the control plane, xDS, gRPC or the chart renderer",
+	},
+	{
 		covers: []string{module + "/identity"},
 		banned: []string{module + "/xds", module + "/discovery", module + "/dataplane", module + "/deploy"},
 		why:    "identity is a leaf: the CA and the certificate client are used by both planes and must depend on neither",

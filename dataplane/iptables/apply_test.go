@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -91,6 +92,20 @@ func (f *fakeIPTables) Run(_ context.Context, stdin, path string, args ...string
 			case strings.HasPrefix(line, "-A "):
 				c, r, _ := strings.Cut(strings.TrimPrefix(line, "-A "), " ")
 				t[c] = append(t[c], r)
+			case strings.HasPrefix(line, "-D "):
+				c, r, _ := strings.Cut(strings.TrimPrefix(line, "-D "), " ")
+				i := slices.Index(t[c], r)
+				if i < 0 {
+					return "", fmt.Errorf("%s: -D %s %s: no such rule", name, c, r)
+				}
+				t[c] = slices.Delete(t[c], i, i+1)
+			case strings.HasPrefix(line, "-X "):
+				c := strings.TrimPrefix(line, "-X ")
+				if len(t[c]) != 0 {
+					return "", fmt.Errorf("%s: -X %s: chain not empty", name, c)
+				}
+				delete(t, c)
+				f.order[m] = slices.DeleteFunc(f.order[m], func(s string) bool { return s == c })
 			}
 		}
 		return "", nil

@@ -78,7 +78,7 @@ func Validate(ctx context.Context, o ValidateOptions) error {
 	}()
 
 	notRedirected := func(why string) error {
-		return fmt.Errorf("outbound interception does not work: a connection to %s was not redirected to the proxy's outbound port %d (%s); check that `weft-proxy init` ran in this pod's network namespace with --outbound-port %d and that %s is not a skipped port or subnet",
+		return fmt.Errorf("outbound interception does not work: a connection to %s was not redirected to the proxy's outbound port %d (%s); check that `weft-proxy init` ran in this pod's network namespace with --outbound-port %d (in CNI mode: that the node's CNI configuration chains the weft-cni plugin, whose DaemonSet runs on this node) and that %s is not a skipped port or subnet",
 			o.ConnectAddr, o.OutboundPort, why, o.OutboundPort, o.ConnectAddr)
 	}
 	var d net.Dialer
