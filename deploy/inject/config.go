@@ -51,6 +51,7 @@ func ParseConfig(data []byte) (Config, error) {
 		msg := err.Error()
 		msg = strings.TrimPrefix(msg, "error unmarshaling JSON: ")
 		msg = strings.TrimPrefix(msg, "while decoding JSON: ")
+		msg = strings.TrimPrefix(msg, "json: ")
 		return Config{}, errors.New(msg)
 	}
 	if c.LogLevel == "" {
