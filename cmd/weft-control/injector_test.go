@@ -196,10 +196,14 @@ func TestInjectorServesAdmission(t *testing.T) {
 	if pod == nil || !inject.HasProxy(&pod.Spec) {
 		t.Fatal("a Pod in a namespace with weft.io/inject=enabled was not injected")
 	}
+	got := ""
 	for _, e := range pod.Spec.InitContainers[1].Env {
-		if e.Name == "TRUST_ANCHORS" && e.Value != string(anchors) {
-			t.Errorf("TRUST_ANCHORS is not the CA's ca.crt")
+		if e.Name == "TRUST_ANCHORS" {
+			got = e.Value
 		}
+	}
+	if got != string(anchors) {
+		t.Errorf("the proxy's TRUST_ANCHORS is %q, want the CA's ca.crt", got)
 	}
 	if pod, resp := review("inj-meshed", map[string]string{inject.AnnotationSkipInboundPorts: "ssh"}); pod != nil || len(resp.Warnings) != 1 || !strings.Contains(resp.Warnings[0], inject.AnnotationSkipInboundPorts) {
 		t.Errorf("bad annotation: patched %v, warnings %q: want no patch and a warning naming the annotation", pod != nil, resp.Warnings)
