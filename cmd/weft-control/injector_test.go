@@ -19,6 +19,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/utils/ptr"
 
 	"github.com/weftmesh/weft/conformance/kubeenv"
 	"github.com/weftmesh/weft/deploy/inject"
@@ -132,11 +133,12 @@ func TestInjectorServesAdmission(t *testing.T) {
 	client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
 		TLSClientConfig: &tls.Config{RootCAs: roots, ServerName: "weft-injector.weft.svc", MinVersion: tls.VersionTLS12},
 	}}
+	owner := metav1.OwnerReference{APIVersion: "apps/v1", Kind: "ReplicaSet", Name: "web-5d8f", UID: "rs-uid-1", Controller: ptr.To(true)}
 	review := func(ns string, ann map[string]string) (*corev1.Pod, *admissionv1.AdmissionResponse) {
 		t.Helper()
 		pod := &corev1.Pod{
 			TypeMeta:   metav1.TypeMeta{APIVersion: "v1", Kind: "Pod"},
-			ObjectMeta: metav1.ObjectMeta{GenerateName: "web-", Namespace: ns, Annotations: ann},
+			ObjectMeta: metav1.ObjectMeta{GenerateName: "web-", Namespace: ns, Annotations: ann, OwnerReferences: []metav1.OwnerReference{owner}},
 			Spec:       corev1.PodSpec{ServiceAccountName: "default", Containers: []corev1.Container{{Name: "web", Image: "web:1"}}},
 		}
 		raw, err := json.Marshal(pod)
@@ -207,6 +209,22 @@ func TestInjectorServesAdmission(t *testing.T) {
 	}
 	if pod, resp := review("inj-meshed", map[string]string{inject.AnnotationSkipInboundPorts: "ssh"}); pod != nil || len(resp.Warnings) != 1 || !strings.Contains(resp.Warnings[0], inject.AnnotationSkipInboundPorts) {
 		t.Errorf("bad annotation: patched %v, warnings %q: want no patch and a warning naming the annotation", pod != nil, resp.Warnings)
+	}
+	// The owner of a Pod admitted without the proxy gets a Warning Event saying why (kubectl describe rs).
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		evs, err := env.Client.CoreV1().Events("inj-meshed").List(context.Background(), metav1.ListOptions{FieldSelector: "involvedObject.name=web-5d8f"})
+		if err == nil && len(evs.Items) > 0 {
+			ev := evs.Items[0]
+			if ev.Reason != ReasonNotInjected || ev.Type != corev1.EventTypeWarning || ev.InvolvedObject.Kind != "ReplicaSet" || !strings.Contains(ev.Message, inject.AnnotationSkipInboundPorts) {
+				t.Errorf("event %s %s on %s: %q", ev.Type, ev.Reason, ev.InvolvedObject.Kind, ev.Message)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no Event on the Pod's ReplicaSet (last error %v)", err)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 	if pod, _ := review("inj-plain", nil); pod != nil {
 		t.Error("a Pod in a plain namespace was injected")
