@@ -110,6 +110,11 @@ func (w *Webhook) Review(ctx context.Context, req *admissionv1.AdmissionRequest)
 	if err != nil {
 		return w.problem(ctx, resp, req, &pod, err.Error())
 	}
+	if res.Injected && pod.Spec.ServiceAccountName == "" {
+		// The ServiceAccount admission plugin, which runs before webhooks, always sets it; without it
+		// the projected token would make the Pod invalid.
+		return w.problem(ctx, resp, req, &pod, "the Pod has no serviceAccountName (is the ServiceAccount admission plugin off?): the proxy needs a ServiceAccount token")
+	}
 	if !res.Injected {
 		w.log().Debug("injector: not injected", "namespace", req.Namespace, "pod", podName(&pod), "reason", res.Reason)
 		return resp
