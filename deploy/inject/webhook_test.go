@@ -31,8 +31,10 @@ func testWebhook(t *testing.T, namespaces map[string]map[string]string, reports 
 			}
 			return ann, nil
 		},
-		Report: func(_ context.Context, _ *corev1.Pod, ns, problem string) { *reports = append(*reports, reported{ns, problem}) },
-		Log:    slog.New(slog.DiscardHandler),
+		Report: func(_ context.Context, _ *corev1.Pod, ns, problem string) {
+			*reports = append(*reports, reported{ns, problem})
+		},
+		Log: slog.New(slog.DiscardHandler),
 	}
 }
 
