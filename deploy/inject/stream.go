@@ -265,7 +265,7 @@ func applyOp(root *yaml.Node, op Op) error {
 				return fmt.Errorf("%q not found", t)
 			}
 			next = &yaml.Node{Kind: yaml.MappingNode, Tag: "!!map"}
-			parent.Content = append(parent.Content, &yaml.Node{Kind: yaml.ScalarNode, Tag: "!!str", Value: t}, next)
+			addKey(parent, t, next)
 		}
 		grandparent, parent = parent, next
 		ancestors = append(ancestors, next)
@@ -304,7 +304,7 @@ func applyOp(root *yaml.Node, op Op) error {
 		if op.Op != "add" {
 			return fmt.Errorf("%q not found", last)
 		}
-		parent.Content = append(parent.Content, &yaml.Node{Kind: yaml.ScalarNode, Tag: "!!str", Value: last}, value)
+		addKey(parent, last, value)
 		return nil
 	case yaml.SequenceNode:
 		n := len(parent.Content)
@@ -326,6 +326,21 @@ func applyOp(root *yaml.Node, op Op) error {
 		return nil
 	}
 	return fmt.Errorf("%q is inside a scalar", last)
+}
+
+// addKey adds key: value to a mapping: at the end, except metadata, which goes before spec as
+// Kubernetes writes it.
+func addKey(m *yaml.Node, key string, value *yaml.Node) {
+	k := &yaml.Node{Kind: yaml.ScalarNode, Tag: "!!str", Value: key}
+	if key == "metadata" {
+		for i := 0; i+1 < len(m.Content); i += 2 {
+			if m.Content[i].Value == "spec" {
+				m.Content = append(m.Content[:i], append([]*yaml.Node{k, value}, m.Content[i:]...)...)
+				return
+			}
+		}
+	}
+	m.Content = append(m.Content, k, value)
 }
 
 // pruneEmpty removes the empty mapping m from the mapping parent.
