@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"os"
 	"strings"
 	"time"
 
@@ -77,9 +78,11 @@ func startIdentity(ctx context.Context, c identityConfig, trustDomain string, ku
 		return nil, err
 	}
 
-	self := identity.ID{TrustDomain: trustDomain, Namespace: "weft-system", ServiceAccount: "weft-control"}
+	ns := ownNamespace()
+	self := identity.ID{TrustDomain: trustDomain, Namespace: ns, ServiceAccount: "weft-control"}
 	host, _, _ := net.SplitHostPort(c.addr)
-	names := []string{"weft-control.weft-system.svc", "weft-control.weft-system.svc.cluster.local", "localhost", "127.0.0.1"}
+	// The proxies check the name of the injector's controlPlaneAddr: weft-control.<namespace>.svc.
+	names := []string{"weft-control." + ns + ".svc", "weft-control." + ns + ".svc.cluster.local", "localhost", "127.0.0.1"}
 	if host != "" && !strings.HasPrefix(host, "0.") && host != "::" {
 		names = append(names, host)
 	}
@@ -211,4 +214,19 @@ func checkNode(trustDomain string, peer identity.ID, nodeID string, md *structpb
 		return status.Errorf(codes.PermissionDenied, "client certificate is %s but node %q asks config for %s", peer, nodeID, want)
 	}
 	return nil
+}
+
+// namespaceFile is where a Pod finds its own namespace (the ServiceAccount volume).
+var namespaceFile = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
+
+// ownNamespace is the namespace weft-control runs in: POD_NAMESPACE, else the ServiceAccount volume's,
+// else weft (the chart's default).
+func ownNamespace() string {
+	if ns := os.Getenv("POD_NAMESPACE"); ns != "" {
+		return ns
+	}
+	if b, err := os.ReadFile(namespaceFile); err == nil && len(strings.TrimSpace(string(b))) > 0 {
+		return strings.TrimSpace(string(b))
+	}
+	return "weft"
 }

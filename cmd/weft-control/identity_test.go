@@ -221,3 +221,26 @@ func TestLeafLifetimeMustBePositive(t *testing.T) {
 		t.Fatalf("error = %v, want a clear --identity-leaf-lifetime message", err)
 	}
 }
+
+// TestOwnNamespace: the serving certificate of :15012 names weft-control in the namespace it runs in
+// (the proxies check weft-control.<namespace>.svc), from POD_NAMESPACE, else the ServiceAccount volume.
+func TestOwnNamespace(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "namespace")
+	old := namespaceFile
+	namespaceFile = file
+	defer func() { namespaceFile = old }()
+	t.Setenv("POD_NAMESPACE", "")
+	if got := ownNamespace(); got != "weft" {
+		t.Errorf("nothing known: %q, want weft", got)
+	}
+	if err := os.WriteFile(file, []byte("mesh-system\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if got := ownNamespace(); got != "mesh-system" {
+		t.Errorf("from the ServiceAccount volume: %q", got)
+	}
+	t.Setenv("POD_NAMESPACE", "other")
+	if got := ownNamespace(); got != "other" {
+		t.Errorf("from POD_NAMESPACE: %q", got)
+	}
+}

@@ -20,8 +20,10 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/weftmesh/weft/cmd/internal/buildinfo"
+	"github.com/weftmesh/weft/deploy/inject"
 	"github.com/weftmesh/weft/discovery"
 	"github.com/weftmesh/weft/discovery/kube"
+	"github.com/weftmesh/weft/identity"
 	"github.com/weftmesh/weft/xds"
 	"github.com/weftmesh/weft/xds/server"
 )
@@ -44,6 +46,7 @@ type config struct {
 	debounceMax   time.Duration
 	logLevel      string
 	identity      identityConfig
+	injector      injectorConfig
 }
 
 func newRootCmd() *cobra.Command {
@@ -75,6 +78,9 @@ func newRootCmd() *cobra.Command {
 	f.StringVar(&c.identity.dir, "identity-dir", "", "CA directory (what weft identity bootstrap writes): turns the identity CA on (issuer reloaded on change)")
 	f.StringVar(&c.identity.tokens, "identity-tokens", "", "local mode: file of token,namespace,serviceaccount lines that stands in for TokenReview")
 	f.DurationVar(&c.identity.leaf, "identity-leaf-lifetime", 24*time.Hour, "lifetime of the workload certificates the CA issues (proxies renew at about 70% of it)")
+	f.StringVar(&c.injector.addr, "injector-addr", "", "address of the proxy injector, the mutating admission webhook (HTTPS, path /inject; :15017 in a cluster); off when empty; needs --identity-dir and Kubernetes")
+	f.StringVar(&c.injector.config, "injector-config", "", "the injector's proxy defaults: config.yaml of the weft-config ConfigMap")
+	f.StringSliceVar(&c.injector.certDNS, "injector-cert-dns", nil, "DNS names of the injector's serving certificate: the webhook Service's, weft-injector.<namespace>.svc (repeatable or comma-separated)")
 	root.SetVersionTemplate(buildinfo.String("weft-control") + "\n")
 	return root
 }
@@ -155,6 +161,22 @@ func run(ctx context.Context, c config) error {
 		}
 	}
 
+	var inj *injector
+	if c.injector.addr != "" {
+		var ca *identity.CA
+		if ident != nil {
+			ca = ident.ca
+		}
+		if inj, err = startInjector(ctx, c.injector, ca, kubeClient, log); err != nil {
+			xdsLis.Close()
+			adminLis.Close()
+			if ident != nil {
+				ident.lis.Close()
+			}
+			return err
+		}
+	}
+
 	g := grpc.NewServer(append(server.GRPCServerOptions(),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
 		grpc.MaxConcurrentStreams(1<<20),
@@ -162,7 +184,7 @@ func run(ctx context.Context, c config) error {
 	srv.Register(g)
 	httpSrv := &http.Server{Handler: srv.AdminHandler(), ReadHeaderTimeout: 10 * time.Second}
 
-	errc := make(chan error, 4)
+	errc := make(chan error, 5)
 	go func() { errc <- g.Serve(xdsLis) }()
 	if ident != nil {
 		go func() { errc <- ident.g.Serve(ident.lis) }()
@@ -173,6 +195,14 @@ func run(ctx context.Context, c config) error {
 			errc <- err
 		}
 	}()
+	if inj != nil {
+		go func() {
+			if err := inj.srv.Serve(inj.lis); !errors.Is(err, http.ErrServerClosed) {
+				errc <- err
+			}
+		}()
+		log.Info("injector serving", "addr", inj.lis.Addr().String(), "path", inject.WebhookPath, "cert_names", c.injector.certDNS)
+	}
 	go func() { errc <- src.Run(ctx, srv.Update) }()
 	log.Info("weft-control serving", "xds", xdsLis.Addr().String(), "admin", adminLis.Addr().String(), "mode", mode(c))
 
@@ -185,6 +215,9 @@ func run(ctx context.Context, c config) error {
 	shutdown, done := context.WithTimeout(context.Background(), 5*time.Second)
 	defer done()
 	_ = httpSrv.Shutdown(shutdown)
+	if inj != nil {
+		_ = inj.srv.Shutdown(shutdown)
+	}
 	stopped := make(chan struct{})
 	go func() {
 		g.GracefulStop()

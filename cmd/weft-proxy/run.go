@@ -41,6 +41,7 @@ type runOptions struct {
 	drainTimeout                                        time.Duration
 	// identity from the control plane (Certify on :15012)
 	identityAddr, tokenFile, trustBundleFile, trustDomain string
+	trustAnchors                                          string
 	xdsTLS                                                bool
 	// local mode (weft demo): inbound ports bound on the pod IP, the app on another loopback address
 	inboundBindPodIP bool
@@ -83,6 +84,7 @@ func newRunCmd() *command {
 	f.StringVar(&o.identityAddr, "identity-addr", envOr("IDENTITY_ADDR", ""), "weft-control's Certify service host:port (15012) to get and renew the workload certificate (env IDENTITY_ADDR)")
 	f.StringVar(&o.tokenFile, "token-file", "/var/run/secrets/weft/token", "projected ServiceAccount token for --identity-addr")
 	f.StringVar(&o.trustBundleFile, "trust-bundle-file", "/var/run/secrets/weft/ca.crt", "trust anchors (PEM) for --identity-addr")
+	f.StringVar(&o.trustAnchors, "trust-anchors", envOr("TRUST_ANCHORS", ""), "trust anchors for --identity-addr as PEM text, in place of --trust-bundle-file (env TRUST_ANCHORS, set by the injector)")
 	f.StringVar(&o.trustDomain, "trust-domain", envOr("TRUST_DOMAIN", "cluster.local"), "SPIFFE trust domain (env TRUST_DOMAIN)")
 	f.BoolVar(&o.xdsTLS, "xds-tls", envOr("XDS_TLS", "") == "true", "talk xDS over mTLS with the workload certificate (control plane port 15012; env XDS_TLS=true)")
 	f.BoolVar(&o.inboundBindPodIP, "inbound-bind-pod-ip", false, "local mode, no iptables: bind <pod-ip>:<port> for each port of the inbound listener and serve it as if redirected")
@@ -157,7 +159,11 @@ func identitySource(o runOptions, log *slog.Logger) (dataplane.Identity, func(co
 		if err != nil {
 			return nil, nil, fmt.Errorf("workload identity from --trust-domain, --namespace and --service-account: %w", err)
 		}
-		c, err := workload.New(workload.Config{Addr: o.identityAddr, Identity: id, TokenFile: o.tokenFile, TrustBundleFile: o.trustBundleFile, Logger: log})
+		cfg := workload.Config{Addr: o.identityAddr, Identity: id, TokenFile: o.tokenFile, TrustBundleFile: o.trustBundleFile, Logger: log}
+		if o.trustAnchors != "" {
+			cfg.TrustBundleFile, cfg.TrustBundlePEM = "", []byte(o.trustAnchors)
+		}
+		c, err := workload.New(cfg)
 		if err != nil {
 			return nil, nil, err
 		}

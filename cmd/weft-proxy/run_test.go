@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/netip"
@@ -196,6 +197,26 @@ func TestRunIdentityFlagErrors(t *testing.T) {
 	o.identityAddr, o.trustDomain, o.serviceAccount = "127.0.0.1:15012", "cluster.local", "Not_A_Valid_Name"
 	if err := run(context.Background(), o); err == nil || !strings.Contains(err.Error(), "--service-account") {
 		t.Fatalf("bad service account: %v", err)
+	}
+}
+
+// TestTrustAnchorsFromEnvironment: the anchors the injector passes as TRUST_ANCHORS take the place of
+// --trust-bundle-file (absent in an injected Pod), and text that is not PEM is a clear error.
+func TestTrustAnchorsFromEnvironment(t *testing.T) {
+	ca := testpki.NewCA("mesh")
+	log := slog.New(slog.DiscardHandler)
+	o := runOptions{identityAddr: "127.0.0.1:15012", trustDomain: "cluster.local", namespace: "shop", serviceAccount: "web",
+		tokenFile: "/var/run/secrets/weft/token", trustBundleFile: "/nonexistent/ca.crt", trustAnchors: string(ca.PEM)}
+	id, _, err := identitySource(o, log)
+	if err != nil {
+		t.Fatalf("TRUST_ANCHORS set: %v", err)
+	}
+	if !id.TrustBundle().Equal(ca.Pool()) {
+		t.Error("the trust bundle is not TRUST_ANCHORS")
+	}
+	o.trustAnchors = "not PEM"
+	if _, _, err := identitySource(o, log); err == nil || !strings.Contains(err.Error(), "trust anchors") {
+		t.Errorf("bad TRUST_ANCHORS: %v", err)
 	}
 }
 

@@ -29,6 +29,8 @@ func newRootCmd() *cobra.Command {
 	root.AddCommand(newVersionCmd())
 	root.AddCommand(newInstallCmd())
 	root.AddCommand(newUninstallCmd())
+	root.AddCommand(newInjectCmd())
+	root.AddCommand(newUninjectCmd())
 	root.AddCommand(newIdentityCmd())
 	root.AddCommand(newDemoCmd())
 	root.AddCommand(newConformanceCmd())

@@ -56,6 +56,10 @@ type Config struct {
 	// TrustBundle, the peers. It is read again at every renewal and every BundleRefresh, so that a new
 	// anchor (a ConfigMap update during an anchor rotation) is trusted long before the next renewal.
 	TrustBundleFile string
+	// TrustBundlePEM holds the trust anchors (PEM) when TrustBundleFile is empty: the injector gives them
+	// to the proxy in its environment (TRUST_ANCHORS). Later bundles come from SetTrustBundle (the
+	// control plane's ROOTCA).
+	TrustBundlePEM []byte
 	// BundleRefresh is how often TrustBundleFile is re-read between renewals (default 1m).
 	BundleRefresh time.Duration
 	// MinBackoff and MaxBackoff bound the waits between failed attempts (defaults 1s and 30s).
@@ -306,9 +310,17 @@ func checkResponse(resp *certifypb.CertifyResponse, key *ecdsa.PrivateKey, want 
 
 func (c *Client) loadTrustBundle() error {
 	if c.cfg.TrustBundleFile == "" {
-		if c.roots.Load() == nil {
+		if c.roots.Load() != nil {
+			return nil
+		}
+		if len(c.cfg.TrustBundlePEM) == 0 {
 			return errors.New("trust bundle file is empty: set it to the mesh's ca.crt (what `weft identity bootstrap` wrote)")
 		}
+		pool, err := parseBundle(c.cfg.TrustBundlePEM)
+		if err != nil {
+			return fmt.Errorf("trust anchors: %w", err)
+		}
+		c.roots.Store(pool)
 		return nil
 	}
 	data, err := os.ReadFile(c.cfg.TrustBundleFile)

@@ -482,3 +482,29 @@ func TestNewRejectsBadConfig(t *testing.T) {
 		}
 	}
 }
+
+// TestTrustBundlePEM: the anchors given as text (the injector's TRUST_ANCHORS) verify the CA as a file
+// would, and text that is not PEM is refused at New.
+func TestTrustBundlePEM(t *testing.T) {
+	tc := newTestCA(t, time.Hour)
+	pem, err := os.ReadFile(filepath.Join(tc.dir, identity.BundleFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tokenFile := filepath.Join(t.TempDir(), "token")
+	writeFile(t, tokenFile, "tok-web\n")
+	cfg := Config{Addr: tc.addr, Identity: webID, TokenFile: tokenFile, TrustBundlePEM: pem, MinBackoff: 50 * time.Millisecond, Logger: slog.New(slog.DiscardHandler)}
+	c, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- c.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	waitReady(t, c)
+	cfg.TrustBundlePEM = []byte("not a certificate")
+	if _, err := New(cfg); err == nil {
+		t.Error("New accepted trust anchors that are not PEM")
+	}
+}
