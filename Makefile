@@ -16,6 +16,9 @@ STATICCHECK_MODULE_VERSION := v0.8.2
 GRPCURL_VERSION := v1.9.4
 # helm: the version go.mod renders the chart with (helm lint, and the test that helm template agrees).
 HELM_VERSION := $(shell awk '$$1 == "helm.sh/helm/v4" {print $$2}' go.mod)
+# crane: go-containerregistry's CLI at the version go.mod builds the images with (deploy/images' test
+# checks the archives with crane validate).
+CRANE_VERSION := $(shell awk '$$1 == "github.com/google/go-containerregistry" {print $$2}' go.mod)
 
 APT_PACKAGES := etcd-server iptables nftables iproute2 haproxy wrk ca-certificates git make
 GO_TEST_FLAGS ?= -count=1 -timeout=30m
@@ -24,7 +27,7 @@ GO_TEST_FLAGS ?= -count=1 -timeout=30m
 # workspace of its own, its Go code generated beside it.
 MIRRORS := dataplane/internal/xdsproto identity/workload/internal/certifypb
 
-.PHONY: all build test lint unit proto proto-check deps apt tools kube demo bench bench-control bench-proxy bench-identity clean
+.PHONY: all build images test lint unit proto proto-check deps apt tools kube demo bench bench-control bench-proxy bench-identity clean
 
 all: build
 
@@ -43,6 +46,15 @@ build:
 	go build -ldflags '$(LDFLAGS)' -o bin/ ./cmd/weft-control ./cmd/weft
 	$(PROXY_BUILD) -ldflags '$(LDFLAGS)' -o bin/ ./cmd/weft-proxy
 	CGO_ENABLED=0 go build -ldflags '$(LDFLAGS)' -o bin/ ./cmd/weft-cni
+
+## images: the container images of weft-control, weft-proxy (and weft-cni) as docker archives in
+## bin/images/NAME.tar (docker load, kind load image-archive, ctr images import) and one OCI layout in
+## bin/images/oci, tagged ghcr.io/weftmesh/NAME:$(VERSION) as weft install names them; no Docker needed.
+## Static binaries for this machine's architecture on a distroless-style base, reproducible
+## (SOURCE_DATE_EPOCH, default 0): the same sources give the same digests. REGISTRY=... retags them.
+REGISTRY ?= ghcr.io/weftmesh
+images:
+	go run ./deploy/images --version '$(VERSION)' --registry '$(REGISTRY)' --ldflags '$(LDFLAGS)' --out bin/images
 
 ## test: everything CI runs — lint, unit and integration tests (real kube-apiserver), fuzz seed corpora.
 test: lint unit
@@ -85,7 +97,7 @@ apt:
 	  DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
 
-tools: $(TOOLS)/.stamp-$(BUF_VERSION)-$(PROTOC_GEN_GO_VERSION)-$(PROTOC_GEN_GO_GRPC_VERSION)-$(STATICCHECK_MODULE_VERSION)-$(GRPCURL_VERSION)-$(HELM_VERSION)
+tools: $(TOOLS)/.stamp-$(BUF_VERSION)-$(PROTOC_GEN_GO_VERSION)-$(PROTOC_GEN_GO_GRPC_VERSION)-$(STATICCHECK_MODULE_VERSION)-$(GRPCURL_VERSION)-$(HELM_VERSION)-$(CRANE_VERSION)
 
 $(TOOLS)/.stamp-%:
 	@mkdir -p $(TOOLS)
@@ -95,6 +107,7 @@ $(TOOLS)/.stamp-%:
 	GOBIN=$(TOOLS) go install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_MODULE_VERSION)
 	GOBIN=$(TOOLS) go install github.com/fullstorydev/grpcurl/cmd/grpcurl@$(GRPCURL_VERSION)
 	GOBIN=$(TOOLS) go install helm.sh/helm/v4/cmd/helm@$(HELM_VERSION)
+	GOBIN=$(TOOLS) go install github.com/google/go-containerregistry/cmd/crane@$(CRANE_VERSION)
 	@rm -f $(TOOLS)/.stamp-*; touch $@
 
 # kube-apiserver, kube-controller-manager, kube-scheduler, kubectl and kwok for conformance/kubeenv,
