@@ -161,6 +161,12 @@ func installOutput(cmd *cobra.Command, output, pipeHint string) (io.Writer, func
 	if err != nil {
 		return nil, nil, fmt.Errorf("-o: %w", err)
 	}
+	// O_CREATE's mode applies only to a new file: an existing one keeps its own until made 0600 here,
+	// before the key is written into it.
+	if err := f.Chmod(0o600); err != nil {
+		f.Close()
+		return nil, nil, fmt.Errorf("-o %s: %w", output, err)
+	}
 	return f, f.Close, nil
 }
 
@@ -228,9 +234,17 @@ func installValues(o installOptions, flags *pflag.FlagSet, files [][]byte, ident
 	}
 	vals := map[string]any{"image": map[string]any{"tag": o.tag}}
 	for i, b := range files {
-		var file map[string]any
-		if err := yaml.Unmarshal(b, &file); err != nil {
-			return nil, fmt.Errorf("--values %s: %w", o.valueFiles[i], err)
+		var doc any
+		if err := yaml.Unmarshal(b, &doc); err != nil {
+			return nil, fmt.Errorf("--values %s is not YAML: %s", o.valueFiles[i], strings.TrimPrefix(err.Error(), "error converting YAML to JSON: "))
+		}
+		file, ok := doc.(map[string]any)
+		if !ok && doc != nil {
+			what := "single value"
+			if _, list := doc.([]any); list {
+				what = "list"
+			}
+			return nil, fmt.Errorf("--values %s: want a map of chart values such as controlPlane: {replicas: 2}, not a %s (the values: deploy/charts/weft/values.yaml)", o.valueFiles[i], what)
 		}
 		vals = chartutil.MergeTables(file, vals)
 	}
