@@ -43,6 +43,8 @@ type Spec struct {
 	Package string   // Go package to build, relative to the module root: ./cmd/weft-control
 	User    int      // uid (and gid) the image runs as
 	GoEnv   []string // extra go build environment, such as GOEXPERIMENT
+	// Iptables adds this machine's iptables (see IptablesLayer) for a binary that runs it.
+	Iptables bool
 }
 
 // Options apply to every image.
@@ -52,6 +54,7 @@ type Options struct {
 	Arch           string    // GOARCH, the image's architecture (linux only)
 	Created        time.Time // every timestamp in the image (SOURCE_DATE_EPOCH, or 0)
 	CACertificates []byte    // /etc/ssl/certs/ca-certificates.crt
+	HostRoot       string    // where IptablesLayer copies from: "/" ("" means "/")
 }
 
 // Built is an image and the tag it is written under.
@@ -101,10 +104,20 @@ func Build(spec Spec, bin string, o Options) (Built, error) {
 		return Built{}, err
 	}
 	created := v1.Time{Time: o.Created}
-	img, err := mutate.Append(empty.Image,
-		mutate.Addendum{Layer: base, History: v1.History{Created: created, CreatedBy: "weft deploy/images: base", Comment: "users, groups, CA certificates, /tmp"}},
-		mutate.Addendum{Layer: app, History: v1.History{Created: created, CreatedBy: "weft deploy/images: " + spec.Package}},
-	)
+	layers := []mutate.Addendum{{Layer: base, History: v1.History{Created: created, CreatedBy: "weft deploy/images: base", Comment: "users, groups, CA certificates, /tmp"}}}
+	if spec.Iptables {
+		root := o.HostRoot
+		if root == "" {
+			root = "/"
+		}
+		ipt, err := IptablesLayer(root, o.Arch, o.Created)
+		if err != nil {
+			return Built{}, err
+		}
+		layers = append(layers, mutate.Addendum{Layer: ipt, History: v1.History{Created: created, CreatedBy: "weft deploy/images: iptables", Comment: "this machine's iptables-nft and iptables-legacy with their libraries, for weft-proxy init"}})
+	}
+	layers = append(layers, mutate.Addendum{Layer: app, History: v1.History{Created: created, CreatedBy: "weft deploy/images: " + spec.Package}})
+	img, err := mutate.Append(empty.Image, layers...)
 	if err != nil {
 		return Built{}, err
 	}
@@ -227,12 +240,13 @@ func baseLayer(o Options) (v1.Layer, error) {
 	})
 }
 
-// entry is one file or (path ending in /) folder of a layer.
+// entry is one file, (path ending in /) folder, or (link set) symlink of a layer.
 type entry struct {
 	path string
 	mode int64
 	uid  int
 	data []byte
+	link string
 }
 
 // layerOf makes a layer of entries, in the order given, every timestamp at created.
@@ -248,9 +262,12 @@ func layerOf(created time.Time, entries []entry) (v1.Layer, error) {
 			ModTime: created,
 			Format:  tar.FormatPAX,
 		}
-		if strings.HasSuffix(e.path, "/") {
+		switch {
+		case e.link != "":
+			h.Typeflag, h.Linkname, h.Mode = tar.TypeSymlink, e.link, 0o777
+		case strings.HasSuffix(e.path, "/"):
 			h.Typeflag = tar.TypeDir
-		} else {
+		default:
 			h.Typeflag = tar.TypeReg
 			h.Size = int64(len(e.data))
 		}

@@ -274,3 +274,85 @@ func keys[V any](m map[string]V) []string {
 	}
 	return ks
 }
+
+// TestProxyImageRunsInit runs what the weft-init container runs, from the weft-proxy image's own file
+// system: `weft-proxy init` chrooted into the image, in a new network namespace, with each iptables
+// backend; the image's iptables then lists the redirection. It proves that the image's iptables,
+// its extension modules and its libraries are complete.
+func TestProxyImageRunsInit(t *testing.T) {
+	prereq.Root(t)
+	unshare := prereq.Binary(t, "unshare")
+	var spec Spec
+	for _, s := range images {
+		if s.Name == "weft-proxy" {
+			spec = s
+		}
+	}
+	if !spec.Iptables {
+		t.Fatal("the weft-proxy image has no iptables, which weft-proxy init needs")
+	}
+	bin := filepath.Join(t.TempDir(), "weft-proxy")
+	if err := GoBuild(filepath.Join("..", ".."), spec, runtime.GOARCH, "", bin); err != nil {
+		t.Fatal(err)
+	}
+	certs, err := os.ReadFile(HostCACertificates)
+	if err != nil {
+		prereq.Missing(t, "%v (Debian's ca-certificates; make apt)", err)
+	}
+	o := testOptions(time.Unix(0, 0))
+	o.CACertificates = certs
+	built, err := Build(spec, bin, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rootfs := t.TempDir()
+	unpack(t, built.Image, rootfs)
+	for _, mode := range []string{"nft", "legacy"} {
+		script := `chroot "$1" /usr/local/bin/weft-proxy init --iptables-mode "$2" && chroot "$1" /usr/sbin/iptables-"$2"-save -t nat`
+		out, err := exec.Command(unshare, "--net", "sh", "-c", script, "sh", rootfs, mode).CombinedOutput()
+		if err != nil {
+			t.Fatalf("weft-proxy init --iptables-mode %s in the image: %v\n%s", mode, err, out)
+		}
+		for _, want := range []string{"iptables programmed (" + mode + " backend)", "-m owner --uid-owner 2102 -j RETURN", "-j REDIRECT --to-ports 15001", "-j REDIRECT --to-ports 15006"} {
+			if !strings.Contains(string(out), want) {
+				t.Errorf("%s: the output lacks %q:\n%s", mode, want, out)
+			}
+		}
+	}
+}
+
+// unpack writes the image's file system under dir, as a container runtime would.
+func unpack(t *testing.T, img v1.Image, dir string) {
+	t.Helper()
+	rc := mutate.Extract(img)
+	defer rc.Close()
+	tr := tar.NewReader(rc)
+	for {
+		h, err := tr.Next()
+		if err == io.EOF {
+			return
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		p := filepath.Join(dir, filepath.Clean("/"+h.Name))
+		// Extract yields the top layer first: a file may come before its folder's entry.
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		switch h.Typeflag {
+		case tar.TypeDir:
+			err = os.MkdirAll(p, os.FileMode(h.Mode&0o777))
+		case tar.TypeSymlink:
+			err = os.Symlink(h.Linkname, p)
+		case tar.TypeReg:
+			var data []byte
+			if data, err = io.ReadAll(tr); err == nil {
+				err = os.WriteFile(p, data, os.FileMode(h.Mode&0o777))
+			}
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+}

@@ -24,8 +24,9 @@ import (
 // tree is skipped.
 var images = []Spec{
 	{Name: "weft-control", Package: "./cmd/weft-control", User: NonRootUID},
-	// weft-proxy is built as the Makefile's PROXY_BUILD builds it (see there why).
-	{Name: "weft-proxy", Package: "./cmd/weft-proxy", User: ProxyUID, GoEnv: []string{"GOEXPERIMENT=nogreenteagc"}},
+	// weft-proxy is built as the Makefile's PROXY_BUILD builds it (see there why); its image is also the
+	// weft-init container's (weft-proxy init), which runs iptables.
+	{Name: "weft-proxy", Package: "./cmd/weft-proxy", User: ProxyUID, GoEnv: []string{"GOEXPERIMENT=nogreenteagc"}, Iptables: true},
 	// weft-cni copies itself onto the node (the chart's DaemonSet runs it as root).
 	{Name: "weft-cni", Package: "./cmd/weft-cni", User: 0},
 }
