@@ -163,3 +163,27 @@ func TestInstallOutputFile(t *testing.T) {
 		}
 	}
 }
+
+// TestInstallDeterministic: with the same CA (--identity-dir) and flags, weft install prints the same
+// bytes, so re-running `weft install --identity-dir DIR | kubectl apply -f -` changes nothing on the
+// cluster (conformance/install applies them twice).
+func TestInstallDeterministic(t *testing.T) {
+	ca := filepath.Join(t.TempDir(), "ca")
+	if _, err := runWeft(t, "identity", "bootstrap", "--out", ca); err != nil {
+		t.Fatal(err)
+	}
+	first, err := runWeft(t, "install", "--identity-dir", ca, "--cni", "--replicas", "2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	second, err := runWeft(t, "install", "--identity-dir", ca, "--cni", "--replicas", "2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if first != second {
+		t.Error("two renders with the same CA and flags differ")
+	}
+	if !strings.Contains(first, "replicas: 2") || !strings.Contains(first, "kind: DaemonSet") {
+		t.Error("the flags did not reach the manifests")
+	}
+}
