@@ -2,13 +2,17 @@ package main
 
 import (
 	"archive/tar"
+	"context"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
 	"strings"
+	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -275,6 +279,32 @@ func keys[V any](m map[string]V) []string {
 	return ks
 }
 
+// proxyImage is the real weft-proxy image, built once for the tests that run it, at version v1.2.3.
+var proxyImage = sync.OnceValues(func() (Built, error) {
+	var spec Spec
+	for _, s := range images {
+		if s.Name == "weft-proxy" {
+			spec = s
+		}
+	}
+	dir, err := os.MkdirTemp("", "weft-images-test-")
+	if err != nil {
+		return Built{}, err
+	}
+	defer os.RemoveAll(dir)
+	bin := filepath.Join(dir, "weft-proxy")
+	if err := GoBuild(filepath.Join("..", ".."), spec, runtime.GOARCH, "-X github.com/weftmesh/weft/cmd/internal/buildinfo.Version=v1.2.3", bin); err != nil {
+		return Built{}, err
+	}
+	certs, err := os.ReadFile(HostCACertificates)
+	if err != nil {
+		return Built{}, fmt.Errorf("%w (Debian's ca-certificates; make apt)", err)
+	}
+	o := testOptions(time.Unix(0, 0))
+	o.CACertificates = certs
+	return Build(spec, bin, o)
+})
+
 // TestProxyImageRunsInit runs what the weft-init container runs, from the weft-proxy image's own file
 // system: `weft-proxy init` chrooted into the image, in a new network namespace, with each iptables
 // backend; the image's iptables then lists the redirection. It proves that the image's iptables,
@@ -282,28 +312,12 @@ func keys[V any](m map[string]V) []string {
 func TestProxyImageRunsInit(t *testing.T) {
 	prereq.Root(t)
 	unshare := prereq.Binary(t, "unshare")
-	var spec Spec
-	for _, s := range images {
-		if s.Name == "weft-proxy" {
-			spec = s
-		}
+	built, err := proxyImage()
+	if err != nil {
+		t.Fatal(err)
 	}
-	if !spec.Iptables {
+	if !built.Spec.Iptables {
 		t.Fatal("the weft-proxy image has no iptables, which weft-proxy init needs")
-	}
-	bin := filepath.Join(t.TempDir(), "weft-proxy")
-	if err := GoBuild(filepath.Join("..", ".."), spec, runtime.GOARCH, "", bin); err != nil {
-		t.Fatal(err)
-	}
-	certs, err := os.ReadFile(HostCACertificates)
-	if err != nil {
-		prereq.Missing(t, "%v (Debian's ca-certificates; make apt)", err)
-	}
-	o := testOptions(time.Unix(0, 0))
-	o.CACertificates = certs
-	built, err := Build(spec, bin, o)
-	if err != nil {
-		t.Fatal(err)
 	}
 	rootfs := t.TempDir()
 	unpack(t, built.Image, rootfs)
@@ -318,6 +332,91 @@ func TestProxyImageRunsInit(t *testing.T) {
 				t.Errorf("%s: the output lacks %q:\n%s", mode, want, out)
 			}
 		}
+	}
+}
+
+// TestContainerdRunsImage: the docker archive of the real weft-proxy image imports into containerd
+// with `ctr images import` (what `kind load image-archive` runs on a kind node) under its tag, keeps
+// its image ID (the config digest) with the image's user, and runs as a container (runc).
+func TestContainerdRunsImage(t *testing.T) {
+	prereq.Root(t)
+	containerd := prereq.Binary(t, "containerd")
+	ctr := prereq.Binary(t, "ctr")
+	prereq.Binary(t, "runc")
+	built, err := proxyImage()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := t.TempDir()
+	if err := Write(out, []Built{built}); err != nil {
+		t.Fatal(err)
+	}
+
+	dir := t.TempDir()
+	sock := filepath.Join(dir, "containerd.sock")
+	config := fmt.Sprintf(`version = 2
+root = %q
+state = %q
+disabled_plugins = ["io.containerd.grpc.v1.cri"]
+[grpc]
+  address = %q
+[ttrpc]
+  address = %q
+`, filepath.Join(dir, "root"), filepath.Join(dir, "state"), sock, filepath.Join(dir, "ttrpc.sock"))
+	if err := os.WriteFile(filepath.Join(dir, "config.toml"), []byte(config), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	logFile, err := os.Create(filepath.Join(dir, "containerd.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer logFile.Close()
+	daemon := exec.Command(containerd, "--config", filepath.Join(dir, "config.toml"))
+	daemon.Stdout, daemon.Stderr = logFile, logFile
+	daemon.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	if err := daemon.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = daemon.Process.Signal(syscall.SIGTERM)
+		_ = daemon.Wait()
+	})
+	ctrRun := func(args ...string) (string, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		out, err := exec.CommandContext(ctx, ctr, append([]string{"--address", sock}, args...)...).CombinedOutput()
+		return string(out), err
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		if _, err := ctrRun("version"); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			log, _ := os.ReadFile(filepath.Join(dir, "containerd.log"))
+			t.Fatalf("containerd did not start:\n%s", log)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+
+	if out, err := ctrRun("images", "import", filepath.Join(out, "weft-proxy.tar")); err != nil {
+		t.Fatalf("ctr images import: %v\n%s", err, out)
+	}
+	tag := built.Tag.String()
+	list, err := ctrRun("images", "ls")
+	if err != nil || !strings.Contains(list, tag+" ") {
+		t.Fatalf("ctr images ls does not list %s (%v):\n%s", tag, err, list)
+	}
+	id, err := built.Image.ConfigName()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg, err := ctrRun("content", "get", id.String()); err != nil || !strings.Contains(cfg, `"User":"2102:2102"`) {
+		t.Errorf("containerd does not hold the image config %s (%v):\n%.300s", id, err, cfg)
+	}
+	run, err := ctrRun("run", "--rm", tag, "weft-test-proxy", "/usr/local/bin/weft-proxy", "version")
+	if err != nil || !strings.HasPrefix(run, "weft-proxy v1.2.3 ") {
+		t.Errorf("ctr run %s weft-proxy version: %v\n%s", tag, err, run)
 	}
 }
 
