@@ -306,9 +306,11 @@ var proxyImage = sync.OnceValues(func() (Built, error) {
 })
 
 // TestProxyImageRunsInit runs what the weft-init container runs, from the weft-proxy image's own file
-// system: `weft-proxy init` chrooted into the image, in a new network namespace, with each iptables
-// backend; the image's iptables then lists the redirection. It proves that the image's iptables,
-// its extension modules and its libraries are complete.
+// system: `weft-proxy init` chrooted into the image, read-only as the injected container has it
+// (readOnlyRootFilesystem), in a new network namespace, with each iptables backend; the image's
+// iptables then lists the redirection. It proves that the image's iptables, its extension modules and
+// its libraries are complete. The legacy backend takes the lock /run/xtables.lock, so it needs /run
+// writable (an emptyDir in a Pod); nft and auto do not.
 func TestProxyImageRunsInit(t *testing.T) {
 	prereq.Root(t)
 	unshare := prereq.Binary(t, "unshare")
@@ -321,15 +323,25 @@ func TestProxyImageRunsInit(t *testing.T) {
 	}
 	rootfs := t.TempDir()
 	unpack(t, built.Image, rootfs)
-	for _, mode := range []string{"nft", "legacy"} {
-		script := `chroot "$1" /usr/local/bin/weft-proxy init --iptables-mode "$2" && chroot "$1" /usr/sbin/iptables-"$2"-save -t nat`
-		out, err := exec.Command(unshare, "--net", "sh", "-c", script, "sh", rootfs, mode).CombinedOutput()
+	const script = `set -e
+mount --bind "$1" "$1"
+mount -o remount,bind,ro "$1"
+if [ "$3" = writable-run ]; then mount -t tmpfs tmpfs "$1/run"; fi
+chroot "$1" /usr/local/bin/weft-proxy init --iptables-mode "$2"
+chroot "$1" /usr/sbin/iptables-save -t nat
+chroot "$1" /usr/sbin/iptables-legacy-save -t nat`
+	for _, tc := range []struct{ mode, run, backend string }{
+		{"nft", "read-only", "nft"},
+		{"auto", "read-only", "nft"},
+		{"legacy", "writable-run", "legacy"},
+	} {
+		out, err := exec.Command(unshare, "--net", "--mount", "sh", "-c", script, "sh", rootfs, tc.mode, tc.run).CombinedOutput()
 		if err != nil {
-			t.Fatalf("weft-proxy init --iptables-mode %s in the image: %v\n%s", mode, err, out)
+			t.Fatalf("weft-proxy init --iptables-mode %s in the read-only image (/run %s): %v\n%s", tc.mode, tc.run, err, out)
 		}
-		for _, want := range []string{"iptables programmed (" + mode + " backend)", "-m owner --uid-owner 2102 -j RETURN", "-j REDIRECT --to-ports 15001", "-j REDIRECT --to-ports 15006"} {
+		for _, want := range []string{"iptables programmed (" + tc.backend + " backend)", "-m owner --uid-owner 2102 -j RETURN", "-j REDIRECT --to-ports 15001", "-j REDIRECT --to-ports 15006"} {
 			if !strings.Contains(string(out), want) {
-				t.Errorf("%s: the output lacks %q:\n%s", mode, want, out)
+				t.Errorf("--iptables-mode %s: the output lacks %q:\n%s", tc.mode, want, out)
 			}
 		}
 	}
