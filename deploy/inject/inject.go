@@ -21,6 +21,7 @@ const (
 	InitContainer     = "weft-init"     // weft-proxy init: programs iptables (not in CNI mode)
 	ValidateContainer = "weft-validate" // weft-proxy validate: checks the CNI plugin's redirection (CNI mode)
 	TokenVolume       = "weft-token"    // the projected ServiceAccount token for the CA
+	InitRunVolume     = "weft-init-run" // weft-init's writable /run (iptables-legacy's lock file) under a read-only root
 	TokenDir          = "/var/run/secrets/weft"
 	TokenFile         = "token" // in TokenDir: weft-proxy run's default --token-file
 	TokenAudience     = "identity.weft.io"
@@ -233,6 +234,10 @@ func mutate(pod *corev1.Pod, o options, cfg Config) {
 		first = append(first, validateContainer(o, cfg))
 	} else {
 		first = append(first, initContainer(o, cfg))
+		pod.Spec.Volumes = append(pod.Spec.Volumes, corev1.Volume{
+			Name:         InitRunVolume,
+			VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{Medium: corev1.StorageMediumMemory, SizeLimit: ptr.To(resource.MustParse("1Mi"))}},
+		})
 	}
 	proxy := proxyContainer(o, cfg)
 	if cfg.NativeSidecars {
@@ -346,6 +351,8 @@ func initContainer(o options, cfg Config) corev1.Container {
 			},
 			SeccompProfile: &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeRuntimeDefault},
 		},
+		// iptables-legacy takes a lock in /run/xtables.lock; the root stays read-only.
+		VolumeMounts:             []corev1.VolumeMount{{Name: InitRunVolume, MountPath: "/run"}},
 		TerminationMessagePolicy: corev1.TerminationMessageFallbackToLogsOnError,
 	}
 }
@@ -386,7 +393,7 @@ func Uninject(meta *metav1.ObjectMeta, spec *corev1.PodSpec) bool {
 		changed = changed || len(spec.Containers) != n
 	}
 	if n := len(spec.Volumes); n > 0 {
-		spec.Volumes = slices.DeleteFunc(spec.Volumes, func(v corev1.Volume) bool { return v.Name == TokenVolume })
+		spec.Volumes = slices.DeleteFunc(spec.Volumes, func(v corev1.Volume) bool { return v.Name == TokenVolume || v.Name == InitRunVolume })
 		changed = changed || len(spec.Volumes) != n
 		if len(spec.Volumes) == 0 {
 			spec.Volumes = nil
