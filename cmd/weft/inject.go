@@ -64,7 +64,7 @@ func newUninjectCmd() *cobra.Command {
 		Use:   "uninject FILE|-",
 		Short: "Remove Weft from the workloads of a manifest: kubectl get deploy -o yaml | weft uninject - | kubectl apply -f -",
 		Long: `Undo weft inject, either form: remove the weft-proxy, weft-init and weft-validate containers, the
-weft-token volume, the weft.io/control-plane-ns label, the weft.io/proxy-version annotation and
+weft-token and weft-init-run volumes, the weft.io/control-plane-ns label, the weft.io/proxy-version annotation and
 weft.io/inject: enabled from the Pod templates of a YAML stream (weft.io/inject: disabled stays). Other
 documents and fields are kept as they are.`,
 		Args: cobra.ExactArgs(1),

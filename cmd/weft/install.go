@@ -86,7 +86,7 @@ write them with -o FILE.`,
 	f := cmd.Flags()
 	f.StringVar(&o.namespace, "namespace", charts.DefaultNamespace, "namespace of the control plane")
 	f.StringVar(&o.registry, "registry", "ghcr.io/weftmesh", "registry of the weft-control, weft-proxy and weft-cni images")
-	f.StringVar(&o.tag, "tag", buildinfo.Version, "tag of the images (default: this CLI's version)")
+	f.StringVar(&o.tag, "tag", buildinfo.Version, "tag of the images (this CLI's version unless set)")
 	f.IntVar(&o.replicas, "replicas", 3, "replicas of weft-control")
 	f.StringVar(&o.trustDomain, "trust-domain", identity.DefaultTrustDomain, "SPIFFE trust domain of workload identities")
 	f.StringVar(&o.logLevel, "log-level", "info", "log level of weft-control (debug, info, warn, error)")

@@ -373,7 +373,7 @@ func validateContainer(o options, cfg Config) corev1.Container {
 	}
 }
 
-// Uninject removes what Inject and `weft inject` added: the Weft containers, the token volume, the
+// Uninject removes what Inject and `weft inject` added: the Weft containers, the token and /run volumes, the
 // label and annotation of an injected Pod, and weft.io/inject: enabled. It reports whether anything
 // changed. weft.io/inject: disabled stays (a user's choice).
 func Uninject(meta *metav1.ObjectMeta, spec *corev1.PodSpec) bool {
