@@ -2,6 +2,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"os"
 
@@ -12,6 +13,9 @@ import (
 
 func main() {
 	if err := newRootCmd().Execute(); err != nil {
+		if errors.Is(err, errChecksFailed) {
+			os.Exit(1) // weft check printed why
+		}
 		fmt.Fprintln(os.Stderr, "weft:", err)
 		os.Exit(1)
 	}
@@ -29,6 +33,7 @@ func newRootCmd() *cobra.Command {
 	root.AddCommand(newVersionCmd())
 	root.AddCommand(newInstallCmd())
 	root.AddCommand(newUninstallCmd())
+	root.AddCommand(newCheckCmd())
 	root.AddCommand(newIdentityCmd())
 	root.AddCommand(newDemoCmd())
 	root.AddCommand(newConformanceCmd())
