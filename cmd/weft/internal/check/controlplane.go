@@ -351,7 +351,7 @@ func hasProxy(p *corev1.Pod) bool {
 func (t *Target) material(ctx context.Context) (identity.Material, error) {
 	s, err := t.Client.CoreV1().Secrets(t.Namespace).Get(ctx, IdentitySecret, metav1.GetOptions{})
 	if apierrors.IsNotFound(err) {
-		return identity.Material{}, fmt.Errorf("Secret %s/%s does not exist: weft-control has no CA", t.Namespace, IdentitySecret)
+		return identity.Material{}, fmt.Errorf("the Secret %s/%s does not exist: weft-control has no CA", t.Namespace, IdentitySecret)
 	}
 	if err != nil {
 		return identity.Material{}, fmt.Errorf("reading Secret %s/%s: %w", t.Namespace, IdentitySecret, err)
@@ -365,7 +365,7 @@ func (t *Target) material(ctx context.Context) (identity.Material, error) {
 	}
 	if len(missing) > 0 {
 		sort.Strings(missing)
-		return m, fmt.Errorf("Secret %s/%s lacks %s", t.Namespace, IdentitySecret, strings.Join(missing, ", "))
+		return m, fmt.Errorf("the Secret %s/%s lacks %s", t.Namespace, IdentitySecret, strings.Join(missing, ", "))
 	}
 	return m, nil
 }
