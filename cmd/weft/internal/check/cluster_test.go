@@ -573,6 +573,7 @@ func TestChecksOnACluster(t *testing.T) {
 		})
 		expect(t, got, "cp-pods", Fail, "no weft-control Pod")
 		expect(t, got, "xds-ready", Fail, "GET /ready")
+		expect(t, got, "xds-replicas-ready", Fail, "no weft-control Pod")
 
 		scale(1)
 		cp := ControlPlaneChecks(tg)[:4] // the namespace, config, Deployment and Pods

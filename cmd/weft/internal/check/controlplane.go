@@ -88,6 +88,7 @@ func ControlPlaneChecks(t *Target) []Check {
 		{ID: "identity-issuer-60d", Section: SectionIdentity, Description: "the issuer certificate is valid for at least 60 days", Run: t.identityCheck(checkIssuer60d)},
 
 		{ID: "xds-ready", Section: SectionXDS, Description: "weft-control answers /ready through its Service (xDS is serving)", Run: t.checkXDSReady},
+		{ID: "xds-replicas-ready", Section: SectionXDS, Description: "every weft-control replica answers /ready", Run: t.checkXDSReplicas},
 	}
 }
 
@@ -399,6 +400,26 @@ func (t *Target) checkXDSReady(ctx context.Context) Result {
 			fmt.Sprintf("kubectl -n %s logs deployment/%s (has discovery synced? can it reach the apiserver?)", t.Namespace, ControlPlaneName))
 	}
 	_ = body
+	return Passed()
+}
+
+func (t *Target) checkXDSReplicas(ctx context.Context) Result {
+	pods, err := t.controlPods(ctx)
+	if err != nil {
+		return Failed(fmt.Sprintf("listing the weft-control Pods: %v", err), "")
+	}
+	if len(pods) == 0 {
+		return Failed(fmt.Sprintf("no weft-control Pod in namespace %s", t.Namespace), fmt.Sprintf("kubectl -n %s describe deployment/%s", t.Namespace, ControlPlaneName))
+	}
+	var bad []string
+	for _, p := range pods {
+		if _, err := t.Admin.Pod(ctx, t.Namespace, p.Name, "/ready"); err != nil {
+			bad = append(bad, fmt.Sprintf("%s: %s", p.Name, trimBody(err.Error())))
+		}
+	}
+	if len(bad) > 0 {
+		return Failed(strings.Join(bad, "\n"), fmt.Sprintf("kubectl -n %s logs POD (has discovery synced? can it reach the apiserver?)", t.Namespace))
+	}
 	return Passed()
 }
 

@@ -171,9 +171,11 @@ func TestDataPlane(t *testing.T) {
 	tg.Admin = mapAdmin{
 		"weft-control-a/debug/connections": `{"connections":[{"node":"api.shop","identity":"spiffe://cluster.local/ns/shop/sa/default"}]}`,
 		"weft-control-b/debug/connections": `{"connections":[{"node":"web.shop"}]}`,
+		"weft-control-a/ready":             "ready\n",
 	}
 	checks := DataPlaneChecks(tg)
 	wantResult(t, "proxy-pods-ready", run1(t, checks, "proxy-pods-ready"), Pass, "")
+	wantResult(t, "xds-replicas-ready", run1(t, ControlPlaneChecks(tg), "xds-replicas-ready"), Fail, "weft-control-b: the server is currently unable")
 	wantResult(t, "proxy-version", run1(t, checks, "proxy-version"), Warn, "shop/web runs proxy v0, the control plane v1")
 	wantResult(t, "proxy-connected", run1(t, checks, "proxy-connected"), Pass, "")
 	wantResult(t, "proxy-identity", run1(t, checks, "proxy-identity"), Warn, "shop/web: connected without a workload certificate")
