@@ -88,11 +88,23 @@ func expect(t *testing.T, got map[string]Outcome, id string, want Status, says s
 // expectAllPass asserts every check passed.
 func expectAllPass(t *testing.T, rep Report) {
 	t.Helper()
-	for _, o := range rep.Outcomes {
-		if o.Status != Pass {
-			t.Errorf("%s (%s) = %s: %s (hint: %s)", o.ID, o.Description, o.Status, o.Message, o.Hint)
-		}
+	for _, bad := range notPassed(rep) {
+		t.Error(bad)
 	}
+}
+
+// notPassed lists the checks that did not pass. The harness's kube-apiserver is built without a
+// version stamp (it reports v0.0.0-master), which k8s-version can only warn about: that warning is
+// expected.
+func notPassed(rep Report) []string {
+	var bad []string
+	for _, o := range rep.Outcomes {
+		if o.Status == Pass || o.ID == "k8s-version" && o.Status == Warn && strings.Contains(o.Message, "without a version stamp") {
+			continue
+		}
+		bad = append(bad, fmt.Sprintf("%s (%s) = %s: %s (hint: %s)", o.ID, o.Description, o.Status, o.Message, o.Hint))
+	}
+	return bad
 }
 
 // eventually polls cond until it holds or the deadline passes.
@@ -227,7 +239,7 @@ func (n *podNet) ip(args ...string) {
 }
 
 // serve serves h on addr inside the namespace (TLS when cert is set) until the test ends.
-func (n *podNet) serve(addr string, h http.Handler, cert *tls.Certificate) {
+func (n *podNet) serve(addr string, h http.Handler, cert *tls.Certificate) *http.Server {
 	n.t.Helper()
 	ln := n.pod.Listen(n.t, "tcp", addr)
 	if cert != nil {
@@ -236,6 +248,7 @@ func (n *podNet) serve(addr string, h http.Handler, cert *tls.Certificate) {
 	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
 	go func() { _ = srv.Serve(ln) }()
 	n.t.Cleanup(func() { srv.Close() })
+	return srv
 }
 
 // standInInjector stands in for weft-control's injector (being written on another branch): a Pod
@@ -374,8 +387,9 @@ func TestPreChecks(t *testing.T) {
 	for _, id := range []string{"pre-rbac-namespaces", "pre-rbac-clusterroles", "pre-rbac-mutatingwebhookconfigurations", "pre-rbac-secrets", "pre-rbac-deployments"} {
 		expect(t, got, id, Fail, "you may not create")
 	}
-	expect(t, got, "k8s-version", Pass, "")
+	expect(t, got, "k8s-api-reachable", Pass, "")
 	expect(t, got, "pre-namespace", Warn, "cannot tell")
+	expect(t, got, "pre-native-sidecars", Warn, "cannot tell")
 }
 
 var authTokenRequest = authenticationv1.TokenRequest{Spec: authenticationv1.TokenRequestSpec{ExpirationSeconds: ptr(int64(600))}}
@@ -421,8 +435,10 @@ func TestChecksOnACluster(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	net1.serve(netip.AddrPortFrom(cpIP, 15017).String(), standInInjector(t, testVersion), webhookCert)
-	net1.serve(netip.AddrPortFrom(injectorIP, 443).String(), standInInjector(t, testVersion), webhookCert)
+	injectors := []*http.Server{
+		net1.serve(netip.AddrPortFrom(cpIP, 15017).String(), standInInjector(t, testVersion), webhookCert),
+		net1.serve(netip.AddrPortFrom(injectorIP, 443).String(), standInInjector(t, testVersion), webhookCert),
+	}
 	t.Logf("weft-control Pod %s at %s, Service %s at %s: served in network namespace %s", cpPod, cpIP, InjectorName, injectorIP, net1.name)
 
 	xdsCert, err := ca.ServingCertificate(identity.ID{}, "127.0.0.1")
@@ -472,12 +488,7 @@ func TestChecksOnACluster(t *testing.T) {
 		var rep Report
 		eventually(t, "every check passes", 60*time.Second, func() (bool, string) {
 			rep = Runner{Timeout: 20 * time.Second}.Run(ctx, all())
-			var bad []string
-			for _, o := range rep.Outcomes {
-				if o.Status != Pass {
-					bad = append(bad, o.ID+": "+o.Message)
-				}
-			}
+			bad := notPassed(rep)
 			return len(bad) == 0, strings.Join(bad, "; ")
 		})
 		var text strings.Builder
@@ -544,6 +555,12 @@ func TestChecksOnACluster(t *testing.T) {
 	t.Run("webhook Service deleted", func(t *testing.T) {
 		if err := c.CoreV1().Services(cpNS).Delete(ctx, InjectorName, metav1.DeleteOptions{}); err != nil {
 			t.Fatal(err)
+		}
+		// The apiserver keeps its connection to the injector open and goes on using it (as through
+		// kube-proxy's conntrack on a real cluster): only a new connection finds the Service gone.
+		// The injector drops its connections, as a restart of weft-control would.
+		for _, s := range injectors {
+			s.SetKeepAlivesEnabled(false)
 		}
 		rep, got := outcomes(t, ControlPlaneChecks(tg))
 		expect(t, got, "webhook-service", Fail, "Service weft/weft-injector does not exist")

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	authorizationv1 "k8s.io/api/authorization/v1"
+	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/version"
@@ -55,8 +56,9 @@ type Target struct {
 	Clock   ServerClock
 	Admin   Admin
 
-	server *version.Version // the apiserver's version (k8s-api-reachable)
-	cfg    *proxyConfig     // weft-config (cp-config)
+	server    *version.Version // the apiserver's version (k8s-api-reachable)
+	serverRaw string           // as it reports it
+	cfg       *proxyConfig     // weft-config (cp-config)
 }
 
 func (t *Target) now() time.Time {
@@ -117,7 +119,7 @@ func (t *Target) checkReachable(ctx context.Context) Result {
 	if err != nil {
 		return Failed(fmt.Sprintf("the apiserver reports version %q, which is not a version: %v", info, err), "")
 	}
-	t.server = v
+	t.server, t.serverRaw = v, info
 	return Passed()
 }
 
@@ -149,9 +151,17 @@ func isNilRESTClient(rc rest.Interface) bool {
 	return ok && c == nil
 }
 
+// unstamped is true for a Kubernetes built without its version (go build of k8s.io/kubernetes from
+// the module proxy reports v0.0.0-master+$Format:%H$): its version says nothing.
+func unstamped(v *version.Version) bool { return v.Major() == 0 && v.Minor() == 0 }
+
 func (t *Target) checkVersion(context.Context) Result {
 	if t.server == nil {
 		return Failed("the apiserver's version is not known", kubeconfigHint)
+	}
+	if unstamped(t.server) {
+		return Warned(fmt.Sprintf("the apiserver reports version %s, a build without a version stamp: cannot tell whether it is %s or later", t.serverRaw, MinKubernetes),
+			"pre-native-sidecars tries the feature itself; kubectl version shows what the cluster runs")
 	}
 	if !t.server.AtLeast(MinKubernetes) {
 		return Failed(fmt.Sprintf("the cluster runs Kubernetes %s; Weft needs %s or later (native sidecars)", t.server, MinKubernetes),
@@ -324,13 +334,29 @@ func (t *Target) checkAdmissionAPI(ctx context.Context) Result {
 		"enable the MutatingAdmissionWebhook admission plugin of the apiserver")
 }
 
-func (t *Target) checkNativeSidecars(context.Context) Result {
-	if t.server == nil {
-		return Warned("the apiserver's version is not known", "")
+func (t *Target) checkNativeSidecars(ctx context.Context) Result {
+	hint := "install with --native-sidecars=false: the proxy then runs as an ordinary container"
+	// The feature itself: an apiserver without SidecarContainers drops an init container's
+	// restartPolicy. A user who may not create Pods there falls back on the version.
+	if t.ProbeNamespace != "" {
+		always := corev1.ContainerRestartPolicyAlways
+		probe := ProbePod(t.ProbeNamespace)
+		delete(probe.Annotations, InjectAnnotation)
+		probe.Spec.InitContainers = []corev1.Container{{Name: "sidecar", Image: probe.Spec.Containers[0].Image, RestartPolicy: &always}}
+		got, err := t.Client.CoreV1().Pods(t.ProbeNamespace).Create(ctx, probe, metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}})
+		if err == nil {
+			if len(got.Spec.InitContainers) == 1 && got.Spec.InitContainers[0].RestartPolicy != nil && *got.Spec.InitContainers[0].RestartPolicy == always {
+				return Passed()
+			}
+			return Warned("the apiserver dropped the restartPolicy of a native sidecar in a dry-run Pod: the SidecarContainers feature is off", hint)
+		}
+	}
+	if t.server == nil || unstamped(t.server) {
+		return Warned("cannot tell: the apiserver's version is not known, and a dry-run Pod could not be created in --probe-namespace",
+			"run weft check --pre as a user who may create Pods in --probe-namespace; without native sidecars, install with --native-sidecars=false")
 	}
 	if t.server.AtLeast(MinKubernetes) {
 		return Passed()
 	}
-	return Warned(fmt.Sprintf("Kubernetes %s has no native sidecars on by default (SidecarContainers is beta from 1.29)", t.server),
-		"install with --native-sidecars=false: the proxy then runs as an ordinary container")
+	return Warned(fmt.Sprintf("Kubernetes %s has no native sidecars on by default (SidecarContainers is beta from 1.29)", t.server), hint)
 }

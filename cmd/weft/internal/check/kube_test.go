@@ -14,6 +14,7 @@ import (
 	apiversion "k8s.io/apimachinery/pkg/version"
 	fakediscovery "k8s.io/client-go/discovery/fake"
 	"k8s.io/client-go/kubernetes/fake"
+	k8stesting "k8s.io/client-go/testing"
 )
 
 // The checks on a fake clientset: the logic and messages of each; the cluster tests show them on a
@@ -50,6 +51,7 @@ func TestVersionChecks(t *testing.T) {
 		{"v1.36.3", Pass, Pass, "", ""},
 		{"v1.29.0-eks-1234", Pass, Pass, "", ""},
 		{"v1.28.9", Fail, Warn, "runs Kubernetes 1.28.9; Weft needs 1.29 or later", "--native-sidecars=false"},
+		{"v0.0.0-master+$Format:%H$", Warn, Warn, "a build without a version stamp", ""},
 	} {
 		c := fake.NewClientset()
 		c.Discovery().(*fakediscovery.FakeDiscovery).FakedServerVersion = &apiversion.Info{GitVersion: tc.server}
@@ -73,6 +75,27 @@ type fakeClock struct {
 func (f fakeClock) ServerTime(context.Context) (time.Time, time.Time, time.Duration, error) {
 	now := time.Date(2027, 1, 1, 0, 0, 0, 0, time.UTC)
 	return now.Add(f.skew), now, 500 * time.Millisecond, f.err
+}
+
+// TestNativeSidecarProbe: the dry-run Pod tells, whatever the version says: an apiserver without the
+// feature drops the init container's restartPolicy.
+func TestNativeSidecarProbe(t *testing.T) {
+	c := fake.NewClientset()
+	c.Discovery().(*fakediscovery.FakeDiscovery).FakedServerVersion = &apiversion.Info{GitVersion: "v1.28.9"}
+	tg := &Target{Namespace: "weft", ProbeNamespace: "default", Client: c}
+	run1(t, KubernetesChecks(tg), "k8s-api-reachable")
+	wantResult(t, "a 1.28 apiserver that keeps restartPolicy", run1(t, PreChecks(tg), "pre-native-sidecars"), Pass, "")
+
+	c = fake.NewClientset()
+	c.PrependReactor("create", "pods", func(a k8stesting.Action) (bool, runtime.Object, error) {
+		p := a.(k8stesting.CreateAction).GetObject().(*corev1.Pod).DeepCopy()
+		for i := range p.Spec.InitContainers {
+			p.Spec.InitContainers[i].RestartPolicy = nil
+		}
+		return true, p, nil
+	})
+	tg.Client = c
+	wantResult(t, "an apiserver that drops it", run1(t, PreChecks(tg), "pre-native-sidecars"), Warn, "the SidecarContainers feature is off")
 }
 
 func TestClockSkew(t *testing.T) {
