@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -430,7 +431,13 @@ func TestChecksOnACluster(t *testing.T) {
 	net1 := newPodNet(t, cpIP, injectorIP)
 	xdsSrv := server.New(server.Options{})
 	xdsSrv.Update(&discovery.State{})
-	net1.serve(netip.AddrPortFrom(cpIP, 15014).String(), xdsSrv.AdminHandler(), nil)
+	// The admin handler can be swapped for a server that never synced (the xDS-not-serving fault).
+	var admin atomic.Pointer[http.Handler]
+	synced := xdsSrv.AdminHandler()
+	admin.Store(&synced)
+	net1.serve(netip.AddrPortFrom(cpIP, 15014).String(), http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		(*admin.Load()).ServeHTTP(w, r)
+	}), nil)
 	webhookCert, err := ca.ServingCertificate(identity.ID{}, InjectorName+"."+cpNS+".svc")
 	if err != nil {
 		t.Fatal(err)
@@ -498,6 +505,48 @@ func TestChecksOnACluster(t *testing.T) {
 		}
 		p.Summary(rep)
 		t.Logf("weft check --proxy on a good install:\n%s", text.String())
+	})
+
+	t.Run("the weft CLI", func(t *testing.T) {
+		weft := netns.GoBuild(t, "./cmd/weft")
+		run := func(args ...string) (string, int) {
+			cmd := exec.Command(weft, append([]string{"check", "--kubeconfig", env.Kubeconfig, "--context", "weft-test"}, args...)...)
+			out, err := cmd.CombinedOutput()
+			code := 0
+			if ee, ok := err.(*exec.ExitError); ok {
+				code = ee.ExitCode()
+			} else if err != nil {
+				t.Fatal(err)
+			}
+			return string(out), code
+		}
+		out, code := run("--proxy", "--namespace", appNS, "-o", "json")
+		var rep JSONReport
+		if err := json.Unmarshal([]byte(out), &rep); err != nil || code != 0 || !rep.Success {
+			t.Errorf("weft check --proxy -o json: exit %d, success %v, %v:\n%s", code, rep.Success, err, out)
+		}
+		if n := len(rep.Sections); n == 0 || rep.Sections[n-1].Name != SectionDataPlane {
+			t.Errorf("weft check --proxy: sections %+v", rep.Sections)
+		}
+		out, code = run("--probe-namespace", "nowhere")
+		if code != 1 || !strings.Contains(out, "× the apiserver calls the webhook and it injects the proxy") || !strings.Contains(out, "hint: name an existing namespace with --probe-namespace") {
+			t.Errorf("weft check --probe-namespace nowhere: exit %d:\n%s", code, out)
+		}
+		out, code = run("--context", "nonesuch")
+		if code != 1 || !strings.Contains(out, "× can initialize the client") {
+			t.Errorf("weft check --context nonesuch: exit %d:\n%s", code, out)
+		}
+	})
+
+	t.Run("xDS not serving", func(t *testing.T) {
+		notSynced := server.New(server.Options{}).AdminHandler()
+		admin.Store(&notSynced)
+		_, got := outcomes(t, ControlPlaneChecks(tg))
+		expect(t, got, "xds-ready", Fail, "not ready: discovery has not synced")
+		expect(t, got, "xds-replicas-ready", Fail, cpPod+": ")
+		admin.Store(&synced)
+		_, got = outcomes(t, ControlPlaneChecks(tg))
+		expect(t, got, "xds-ready", Pass, "")
 	})
 
 	t.Run("pre checks warn that weft is there", func(t *testing.T) {

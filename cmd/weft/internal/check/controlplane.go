@@ -51,12 +51,25 @@ type APIServerProxy struct{ Client kubernetes.Interface }
 
 // Service implements Admin.
 func (a APIServerProxy) Service(ctx context.Context, namespace, path string) ([]byte, error) {
-	return a.Client.CoreV1().Services(namespace).ProxyGet("http", ControlPlaneName, AdminPort, path, nil).DoRaw(ctx)
+	return withBody(a.Client.CoreV1().Services(namespace).ProxyGet("http", ControlPlaneName, AdminPort, path, nil).DoRaw(ctx))
 }
 
 // Pod implements Admin.
 func (a APIServerProxy) Pod(ctx context.Context, namespace, pod, path string) ([]byte, error) {
-	return a.Client.CoreV1().Pods(namespace).ProxyGet("http", pod, AdminPort, path, nil).DoRaw(ctx)
+	return withBody(a.Client.CoreV1().Pods(namespace).ProxyGet("http", pod, AdminPort, path, nil).DoRaw(ctx))
+}
+
+// withBody adds what weft-control answered (such as "not ready: discovery has not synced") to
+// client-go's generic error for a status it does not know ("the server is currently unable to handle
+// the request" for a 503).
+func withBody(body []byte, err error) ([]byte, error) {
+	if err == nil {
+		return body, nil
+	}
+	if b := strings.TrimSpace(string(body)); b != "" && !strings.HasPrefix(b, "{") && !strings.Contains(err.Error(), b) {
+		return body, fmt.Errorf("%w: %s", err, trimBody(b))
+	}
+	return body, err
 }
 
 // proxyConfig is what the checks read of weft-config's config.yaml.
