@@ -130,7 +130,7 @@ func runCheck(cmd *cobra.Command, o checkOptions) error {
 		}
 	} else {
 		p := &check.TextPrinter{W: out}
-		runner.Progress = p.Print
+		runner.Progress, runner.Waiting = p.Print, p.Waiting
 		report = runner.Run(cmd.Context(), checks)
 		p.Summary(report)
 	}

@@ -130,6 +130,9 @@ type Runner struct {
 	Now func() time.Time
 	// Progress, if set, is called with each outcome as it is known (to print as we go).
 	Progress func(Outcome)
+	// Waiting, if set, is called when a failing check is about to be retried, with its failure so far
+	// and how long it may still be retried.
+	Waiting func(o Outcome, left time.Duration)
 }
 
 // Run runs the checks in order and returns every outcome. A failed Fatal check skips every check
@@ -165,6 +168,9 @@ func (r Runner) Run(ctx context.Context, checks []Check) Report {
 				o.Result = runOne(ctx, c, timeout)
 				if o.Status != Fail || ctx.Err() != nil || !now().Add(interval).Before(deadline) {
 					break
+				}
+				if r.Waiting != nil {
+					r.Waiting(o, deadline.Sub(now()))
 				}
 				t := time.NewTimer(interval)
 				select {

@@ -129,6 +129,17 @@ func TestWaitRetriesUntilPass(t *testing.T) {
 		t.Errorf("with --wait: %s after %d attempts, want success after 3", o.Status, o.Attempts)
 	}
 
+	// The text output says once that it waits, then gives the outcome.
+	calls = 0
+	var text bytes.Buffer
+	p := &TextPrinter{W: &text}
+	rep = Runner{Wait: time.Minute, Interval: time.Millisecond, Progress: p.Print, Waiting: p.Waiting}.Run(context.Background(), []Check{flaky})
+	p.Summary(rep)
+	want := "s\n-\n… becomes ready: not yet (retrying for up to 1m0s)\n√ becomes ready\n\nStatus check results are √\n"
+	if diff := cmp.Diff(want, text.String()); diff != "" {
+		t.Errorf("--wait text (-want +got):\n%s", diff)
+	}
+
 	calls = 0
 	rep = Runner{}.Run(context.Background(), []Check{flaky})
 	if o := rep.Outcomes[0]; o.Status != Fail || o.Attempts != 1 {

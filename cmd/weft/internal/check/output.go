@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"time"
 )
 
 // DocBase is where each check's documentation lives: DocBase + "#" + id.
@@ -27,13 +28,7 @@ func (p *TextPrinter) Print(o Outcome) {
 	if o.Status == Skip {
 		return
 	}
-	if o.Section != p.section || !p.started {
-		if p.started {
-			fmt.Fprintln(p.W)
-		}
-		fmt.Fprintf(p.W, "%s\n%s\n", o.Section, strings.Repeat("-", len(o.Section)))
-		p.section, p.started = o.Section, true
-	}
+	p.header(o.Section)
 	fmt.Fprintf(p.W, "%s %s\n", o.Status.Symbol(), o.Description)
 	if o.Status == Pass {
 		return
@@ -47,6 +42,26 @@ func (p *TextPrinter) Print(o Outcome) {
 		fmt.Fprintf(p.W, "    hint: %s\n", o.Hint)
 	}
 	fmt.Fprintf(p.W, "    see %s for hints\n", DocURL(o.ID))
+}
+
+func (p *TextPrinter) header(section string) {
+	if section != p.section || !p.started {
+		if p.started {
+			fmt.Fprintln(p.W)
+		}
+		fmt.Fprintf(p.W, "%s\n%s\n", section, strings.Repeat("-", len(section)))
+		p.section, p.started = section, true
+	}
+}
+
+// Waiting writes, on a check's first failed attempt under --wait, that it is being retried.
+func (p *TextPrinter) Waiting(o Outcome, left time.Duration) {
+	if o.Attempts != 1 {
+		return
+	}
+	p.header(o.Section)
+	msg, _, _ := strings.Cut(o.Message, "\n")
+	fmt.Fprintf(p.W, "… %s: %s (retrying for up to %s)\n", o.Description, msg, left.Round(time.Second))
 }
 
 // Summary writes the last line: "Status check results are √" or × with what failed.
