@@ -57,7 +57,7 @@ in the control plane's namespace.`,
 	f.BoolVar(&o.proxy, "proxy", false, "also check the meshed Pods' proxies")
 	f.StringVarP(&o.namespace, "namespace", "n", "", "namespace of the control plane (default weft); with --proxy, the namespace of the meshed Pods to check (default: every namespace)")
 	f.StringVar(&o.cpNamespace, "control-plane-namespace", "", "namespace of the control plane, in every mode (default weft, or --namespace without --proxy)")
-	f.StringVar(&o.probeNamespace, "probe-namespace", "default", "namespace of the dry-run Pod that checks the injector")
+	f.StringVar(&o.probeNamespace, "probe-namespace", "default", "namespace of the dry-run Pods that try the injector (and, with --pre, native sidecars)")
 	f.StringVar(&o.kubeconfig, "kubeconfig", "", "kubeconfig file (default: $KUBECONFIG or ~/.kube/config)")
 	f.StringVar(&o.context, "context", "", "kubeconfig context (default: the current one)")
 	f.StringVarP(&o.output, "output", "o", "table", "output format: table or json")
