@@ -11,14 +11,16 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
-	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
 	discoverypb "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/protobuf/types/known/structpb"
 	admissionv1 "k8s.io/api/admission/v1"
 	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -35,10 +37,8 @@ import (
 	"github.com/weftmesh/weft/conformance/netns"
 	"github.com/weftmesh/weft/conformance/prereq"
 	"github.com/weftmesh/weft/deploy/charts"
-	"github.com/weftmesh/weft/discovery"
 	"github.com/weftmesh/weft/identity"
 	"github.com/weftmesh/weft/xds"
-	"github.com/weftmesh/weft/xds/server"
 )
 
 func TestMain(m *testing.M) { os.Exit(kubeenv.Main(m)) }
@@ -252,6 +252,91 @@ func (n *podNet) serve(addr string, h http.Handler, cert *tls.Certificate) *http
 	return srv
 }
 
+// runControl runs the weft-control binary inside the namespace, serving on ip (admin 15014, xDS
+// 15010, xDS and identity over mTLS 15012) with the CA in --identity-dir. The apiserver listens on the
+// host's loopback, out of the namespace's reach: a forwarder on the host side of the veth stands in
+// for the node's route to it. It returns a function that stops the process (also done at cleanup).
+func (n *podNet) runControl(t *testing.T, env *kubeenv.Env, m identity.Material, ip netip.Addr) (stop func()) {
+	t.Helper()
+	bin := netns.GoBuild(t, "./cmd/weft-control")
+	dir := t.TempDir()
+	for name, data := range map[string][]byte{identity.BundleFile: m.Bundle, identity.IssuerCertFile: m.IssuerCert, identity.IssuerKeyFile: m.IssuerKey} {
+		if err := os.WriteFile(filepath.Join(dir, name), data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	apiserver := strings.TrimPrefix(env.Config.Host, "https://")
+	fwd, err := net.Listen("tcp", hostSide+":0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { fwd.Close() })
+	go func() {
+		for {
+			in, err := fwd.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer in.Close()
+				out, err := net.Dial("tcp", apiserver)
+				if err != nil {
+					return
+				}
+				defer out.Close()
+				go func() { _, _ = io.Copy(out, in) }()
+				_, _ = io.Copy(in, out)
+			}()
+		}
+	}()
+	kc, err := clientcmd.LoadFromFile(env.Kubeconfig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, cl := range kc.Clusters {
+		cl.Server, cl.TLSServerName = "https://"+fwd.Addr().String(), "localhost"
+	}
+	kubeconfig := filepath.Join(dir, "kubeconfig")
+	if err := clientcmd.WriteToFile(*kc, kubeconfig); err != nil {
+		t.Fatal(err)
+	}
+
+	logPath := filepath.Join(dir, "weft-control.log")
+	logFile, err := os.Create(logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin, "--kubeconfig="+kubeconfig,
+		"--xds-addr="+netip.AddrPortFrom(ip, 15010).String(),
+		"--admin-addr="+netip.AddrPortFrom(ip, 15014).String(),
+		"--identity-addr="+netip.AddrPortFrom(ip, 15012).String(),
+		"--identity-dir="+dir, "--trust-domain="+testTD)
+	cmd.Stdout, cmd.Stderr = logFile, logFile
+	if err := n.pod.Do(cmd.Start); err != nil {
+		t.Fatalf("starting weft-control: %v", err)
+	}
+	done := make(chan struct{})
+	go func() { _ = cmd.Wait(); logFile.Close(); close(done) }()
+	stop = func() {
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			_ = cmd.Process.Kill()
+			<-done
+		}
+	}
+	t.Cleanup(func() {
+		stop()
+		if t.Failed() {
+			b, _ := os.ReadFile(logPath)
+			t.Logf("weft-control's log:\n%s", b)
+		}
+	})
+	return stop
+}
+
 // standInInjector stands in for weft-control's injector (being written on another branch): a Pod
 // annotated weft.io/inject=enabled gets a weft-proxy native sidecar and the proxy-version annotation,
 // as the shared contract says.
@@ -285,7 +370,8 @@ func standInInjector(t *testing.T, version string) http.Handler {
 	})
 }
 
-// proxyStream is a meshed Pod's proxy connected to the xDS server over mTLS as node <pod>.<ns>.
+// proxyStream is a meshed Pod's proxy connected to weft-control's xDS over mTLS (port 15012) as node
+// <pod>.<ns> with its workload certificate.
 func proxyStream(t *testing.T, addr string, ca *identity.CA, bundle *identity.Issuer, pod, ns string) context.CancelFunc {
 	t.Helper()
 	cert, err := ca.ServingCertificate(identity.ID{TrustDomain: testTD, Namespace: ns, ServiceAccount: "default"})
@@ -293,7 +379,7 @@ func proxyStream(t *testing.T, addr string, ca *identity.CA, bundle *identity.Is
 		t.Fatal(err)
 	}
 	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{
-		Certificates: []tls.Certificate{*cert}, RootCAs: bundle.TrustBundle(), ServerName: "127.0.0.1",
+		Certificates: []tls.Certificate{*cert}, RootCAs: bundle.TrustBundle(),
 	})))
 	if err != nil {
 		t.Fatal(err)
@@ -304,7 +390,11 @@ func proxyStream(t *testing.T, addr string, ca *identity.CA, bundle *identity.Is
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := s.Send(&discoverypb.DiscoveryRequest{Node: &core.Node{Id: pod + "." + ns}, TypeUrl: xds.ClusterType}); err != nil {
+	md, err := structpb.NewStruct(map[string]any{"NAMESPACE": ns, "POD_NAME": pod, "SERVICE_ACCOUNT": "default", "CLIENT_KIND": "weft"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Send(&discoverypb.DiscoveryRequest{Node: &core.Node{Id: pod + "." + ns, Metadata: md}, TypeUrl: xds.ClusterType}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := s.Recv(); err != nil {
@@ -398,12 +488,13 @@ var authTokenRequest = authenticationv1.TokenRequest{Spec: authenticationv1.Toke
 func ptr[T any](v T) *T { return &v }
 
 // TestChecksOnACluster installs Weft on the harness's cluster (the chart, applied server-side), puts
-// the control plane's Pod IP (and the injector Service's ClusterIP) on a network namespace where the
-// test serves weft-control's real admin handler and a stand-in injector, meshes a Pod through the
-// webhook and connects its "proxy" over mTLS; every check passes. Then it makes each fault and
-// watches its check fail with a hint: a proxy not connected, an issuer expiring (warning) and
-// expired, a wrong webhook caBundle, the webhook Service deleted, the control plane scaled to 0; and
-// --wait waits for it to come back.
+// the weft-control Pod's IP (and the injector Service's ClusterIP) on a network namespace where the
+// real weft-control binary runs with the install's CA, beside a stand-in injector; meshes a Pod
+// through the webhook and connects its "proxy" to weft-control over mTLS. Every check passes, through
+// the real paths (the apiserver's service and pod proxies to the Pod IP, the webhook at its
+// ClusterIP). Then it makes each fault and watches its check fail with a hint: a proxy not connected,
+// an issuer expiring (warning) and expired, a wrong webhook caBundle, the webhook Service deleted,
+// weft-control not serving, the control plane scaled to 0; and --wait waits for it to come back.
 func TestChecksOnACluster(t *testing.T) {
 	env := kubeenv.GetCluster(t)
 	prereq.Root(t)
@@ -423,21 +514,13 @@ func TestChecksOnACluster(t *testing.T) {
 	}
 	ca.SetIssuer(issuer)
 
-	// weft-control, as far as the checks see it: the real xDS server's admin handler at the Pod's
-	// IP, a stand-in injector at the Pod's IP and the injector Service's ClusterIP, xDS over mTLS on
-	// loopback for the test's proxy.
+	// weft-control at its Pod's IP: the real binary, run in a network namespace that holds the IP,
+	// with the CA in --identity-dir; beside it a stand-in injector at the Pod's IP and at the injector
+	// Service's ClusterIP (weft-control on this branch has no injector yet).
 	cpPod, cpIP := podIP(t, c, cpNS, ControlPlaneLabel)
 	injectorIP := serviceIP(t, c, cpNS, InjectorName)
 	net1 := newPodNet(t, cpIP, injectorIP)
-	xdsSrv := server.New(server.Options{})
-	xdsSrv.Update(&discovery.State{})
-	// The admin handler can be swapped for a server that never synced (the xDS-not-serving fault).
-	var admin atomic.Pointer[http.Handler]
-	synced := xdsSrv.AdminHandler()
-	admin.Store(&synced)
-	net1.serve(netip.AddrPortFrom(cpIP, 15014).String(), http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		(*admin.Load()).ServeHTTP(w, r)
-	}), nil)
+	stopControl := net1.runControl(t, env, good.material, cpIP)
 	webhookCert, err := ca.ServingCertificate(identity.ID{}, InjectorName+"."+cpNS+".svc")
 	if err != nil {
 		t.Fatal(err)
@@ -447,21 +530,6 @@ func TestChecksOnACluster(t *testing.T) {
 		net1.serve(netip.AddrPortFrom(injectorIP, 443).String(), standInInjector(t, testVersion), webhookCert),
 	}
 	t.Logf("weft-control Pod %s at %s, Service %s at %s: served in network namespace %s", cpPod, cpIP, InjectorName, injectorIP, net1.name)
-
-	xdsCert, err := ca.ServingCertificate(identity.ID{}, "127.0.0.1")
-	if err != nil {
-		t.Fatal(err)
-	}
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	g := grpc.NewServer(grpc.Creds(credentials.NewTLS(&tls.Config{
-		Certificates: []tls.Certificate{*xdsCert}, ClientCAs: issuer.TrustBundle(), ClientAuth: tls.RequireAndVerifyClientCert,
-	})))
-	xdsSrv.Register(g)
-	go func() { _ = g.Serve(lis) }()
-	t.Cleanup(g.Stop)
 
 	// A meshed Pod, injected by the webhook through the real apiserver.
 	env.CreateNamespace(t, appNS, nil)
@@ -483,7 +551,7 @@ func TestChecksOnACluster(t *testing.T) {
 		t.Fatalf("the injected Pod's annotations: %v", created.Annotations)
 	}
 	podIP(t, c, appNS, "app=web")
-	disconnect := proxyStream(t, lis.Addr().String(), ca, issuer, "web", appNS)
+	disconnect := proxyStream(t, netip.AddrPortFrom(cpIP, 15012).String(), ca, issuer, "web", appNS)
 
 	tg := target(t, env)
 	tg.ProxyNamespace = appNS
@@ -536,17 +604,6 @@ func TestChecksOnACluster(t *testing.T) {
 		if code != 1 || !strings.Contains(out, "× can initialize the client") {
 			t.Errorf("weft check --context nonesuch: exit %d:\n%s", code, out)
 		}
-	})
-
-	t.Run("xDS not serving", func(t *testing.T) {
-		notSynced := server.New(server.Options{}).AdminHandler()
-		admin.Store(&notSynced)
-		_, got := outcomes(t, ControlPlaneChecks(tg))
-		expect(t, got, "xds-ready", Fail, "not ready: discovery has not synced")
-		expect(t, got, "xds-replicas-ready", Fail, cpPod+": ")
-		admin.Store(&synced)
-		_, got = outcomes(t, ControlPlaneChecks(tg))
-		expect(t, got, "xds-ready", Pass, "")
 	})
 
 	t.Run("pre checks warn that weft is there", func(t *testing.T) {
@@ -617,6 +674,14 @@ func TestChecksOnACluster(t *testing.T) {
 		if rep.Success() {
 			t.Error("a deleted webhook Service passed")
 		}
+	})
+
+	t.Run("weft-control not serving", func(t *testing.T) {
+		stopControl() // the process is gone; kwok keeps its Pod Ready
+		_, got := outcomes(t, ControlPlaneChecks(tg))
+		expect(t, got, "cp-pods", Pass, "")
+		expect(t, got, "xds-ready", Fail, "connection refused")
+		expect(t, got, "xds-replicas-ready", Fail, cpPod+": ")
 	})
 
 	t.Run("control plane scaled to 0, then --wait", func(t *testing.T) {

@@ -3,6 +3,7 @@ package check
 import (
 	"context"
 	"crypto/x509"
+	"encoding/json"
 	"fmt"
 	"sort"
 	"strings"
@@ -66,7 +67,12 @@ func withBody(body []byte, err error) ([]byte, error) {
 	if err == nil {
 		return body, nil
 	}
-	if b := strings.TrimSpace(string(body)); b != "" && !strings.HasPrefix(b, "{") && !strings.Contains(err.Error(), b) {
+	b := strings.TrimSpace(string(body))
+	var st metav1.Status
+	if strings.HasPrefix(b, "{") && json.Unmarshal(body, &st) == nil {
+		b = st.Message // the apiserver's own: "error trying to reach service: dial tcp ...: connection refused"
+	}
+	if b != "" && !strings.Contains(err.Error(), b) {
 		return body, fmt.Errorf("%w: %s", err, trimBody(b))
 	}
 	return body, err
