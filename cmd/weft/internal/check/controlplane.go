@@ -413,12 +413,10 @@ func (t *Target) identityCheck(f func(m identity.Material, trustDomain string, n
 }
 
 func (t *Target) checkXDSReady(ctx context.Context) Result {
-	body, err := t.Admin.Service(ctx, t.Namespace, "/ready")
-	if err != nil {
+	if _, err := t.Admin.Service(ctx, t.Namespace, "/ready"); err != nil {
 		return Failed(fmt.Sprintf("GET /ready on Service %s/%s port %s through the apiserver: %v", t.Namespace, ControlPlaneName, AdminPort, trimBody(err.Error())),
 			fmt.Sprintf("kubectl -n %s logs deployment/%s (has discovery synced? can it reach the apiserver?)", t.Namespace, ControlPlaneName))
 	}
-	_ = body
 	return Passed()
 }
 

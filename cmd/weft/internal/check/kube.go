@@ -318,8 +318,7 @@ func (t *Target) checkCanCreate(ctx context.Context, group, resource, kind, name
 	return Failed(msg, "install Weft as a cluster administrator (weft install creates cluster-wide RBAC and a webhook)")
 }
 
-func (t *Target) checkAdmissionAPI(ctx context.Context) Result {
-	_ = ctx
+func (t *Target) checkAdmissionAPI(context.Context) Result {
 	list, err := t.Client.Discovery().ServerResourcesForGroupVersion("admissionregistration.k8s.io/v1")
 	if err != nil {
 		return Failed(fmt.Sprintf("the apiserver does not serve admissionregistration.k8s.io/v1: %v", err),
