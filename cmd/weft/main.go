@@ -2,6 +2,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"os"
 
@@ -12,6 +13,9 @@ import (
 
 func main() {
 	if err := newRootCmd().Execute(); err != nil {
+		if errors.Is(err, errChecksFailed) {
+			os.Exit(1) // weft check printed why
+		}
 		fmt.Fprintln(os.Stderr, "weft:", err)
 		os.Exit(1)
 	}
@@ -31,6 +35,7 @@ func newRootCmd() *cobra.Command {
 	root.AddCommand(newUninstallCmd())
 	root.AddCommand(newInjectCmd())
 	root.AddCommand(newUninjectCmd())
+	root.AddCommand(newCheckCmd())
 	root.AddCommand(newIdentityCmd())
 	root.AddCommand(newDemoCmd())
 	root.AddCommand(newConformanceCmd())

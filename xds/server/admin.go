@@ -12,7 +12,8 @@ import (
 )
 
 // AdminHandler serves /ready (200 once synced, else 503), /metrics (Prometheus) and /debug/ (JSON:
-// /debug/state, the discovery State; /debug/clients, every connected client's sync status).
+// /debug/state, the discovery State; /debug/clients, every connected client's sync status;
+// /debug/connections, the connected nodes, which `weft check --proxy` reads).
 func (s *Server) AdminHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /ready", func(w http.ResponseWriter, _ *http.Request) {
@@ -27,7 +28,7 @@ func (s *Server) AdminHandler() http.Handler {
 		writeJSON(w, map[string]any{
 			"version_prefix": s.prefix,
 			"synced":         s.Synced(),
-			"endpoints":      []string{"/debug/state", "/debug/clients"},
+			"endpoints":      []string{"/debug/state", "/debug/clients", "/debug/connections"},
 		})
 	})
 	mux.HandleFunc("GET /debug/state", func(w http.ResponseWriter, _ *http.Request) {
@@ -35,6 +36,9 @@ func (s *Server) AdminHandler() http.Handler {
 	})
 	mux.HandleFunc("GET /debug/clients", func(w http.ResponseWriter, _ *http.Request) {
 		writeJSON(w, s.clients.summary())
+	})
+	mux.HandleFunc("GET /debug/connections", func(w http.ResponseWriter, _ *http.Request) {
+		writeJSON(w, Connections{Connections: s.clients.connections()})
 	})
 	return mux
 }
@@ -65,6 +69,60 @@ type TypeStatus struct {
 	Wildcard     bool     `json:"wildcard,omitempty"`
 	Requested    []string `json:"requested,omitempty"`
 	NACK         string   `json:"nack,omitempty"`
+}
+
+// Connections is the body of /debug/connections: the xDS clients connected to this replica, one entry
+// per node (a node with several streams, such as per-type ones, is listed once), sorted by node id.
+// Streams that have not yet said who they are are left out.
+type Connections struct {
+	Connections []Connection `json:"connections"`
+}
+
+// Connection is one connected node.
+type Connection struct {
+	// Node is the node id, <pod>.<namespace> for a sidecar.
+	Node string `json:"node"`
+	Kind string `json:"kind"`
+	// Streams is how many xDS streams the node has open to this replica.
+	Streams int `json:"streams"`
+	// ConnectedSince is when its oldest open stream opened.
+	ConnectedSince time.Time `json:"connected_since"`
+	// Identity is the SPIFFE ID of the client certificate, on the mTLS port; empty on plaintext.
+	Identity string `json:"identity,omitempty"`
+	// CertificateExpiry is the NotAfter of the client certificate the oldest mTLS stream was opened
+	// with (a proxy that renews its certificate keeps its stream, so this is the handshake's).
+	CertificateExpiry *time.Time `json:"certificate_expiry,omitempty"`
+}
+
+func (t *tracker) connections() []Connection {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	byNode := map[string]*Connection{}
+	for _, st := range t.streams {
+		if st.node == nil || st.node.GetId() == "" {
+			continue
+		}
+		c, ok := byNode[st.node.GetId()]
+		if !ok {
+			c = &Connection{Node: st.node.GetId(), Kind: string(st.proxy.Kind), ConnectedSince: st.connectedAt}
+			byNode[c.Node] = c
+		}
+		c.Streams++
+		if !st.connectedAt.After(c.ConnectedSince) {
+			c.ConnectedSince = st.connectedAt
+		}
+		if st.peer.id != "" && (c.CertificateExpiry == nil || !st.connectedAt.After(c.ConnectedSince)) {
+			c.Identity = st.peer.id
+			exp := st.peer.notAfter.UTC()
+			c.CertificateExpiry = &exp
+		}
+	}
+	out := make([]Connection, 0, len(byNode))
+	for _, c := range byNode {
+		out = append(out, *c)
+	}
+	slices.SortFunc(out, func(a, b Connection) int { return strings.Compare(a.Node, b.Node) })
+	return out
 }
 
 func (t *tracker) summary() []ClientStatus {

@@ -85,6 +85,9 @@ type Server struct {
 
 	xds     serverv3.Server
 	clients *tracker
+	// adsIDs numbers our SotW ADS streams across every grpc.Server the Server is registered on
+	// (weft-control serves it on two ports): the tracker keys streams by id.
+	adsIDs  atomic.Int64
 	metrics *metrics
 }
 

@@ -8,7 +8,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	discoverypb "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
@@ -168,7 +167,6 @@ func (w *watchers) notify() {
 type ads struct {
 	gcp discoverypb.AggregatedDiscoveryServiceServer
 	srv *Server
-	ids atomic.Int64
 }
 
 // adsStream is the state of one SotW ADS stream: mu guards everything but wake, which caches
@@ -218,7 +216,7 @@ type sotwType struct {
 
 func (a *ads) StreamAggregatedResources(st discoverypb.AggregatedDiscoveryService_StreamAggregatedResourcesServer) error {
 	s := a.srv
-	as := &adsStream{s: s, id: a.ids.Add(1), ctx: st.Context(), st: st, node: &core.Node{}, wake: make(chan struct{}, 1)}
+	as := &adsStream{s: s, id: s.adsIDs.Add(1), ctx: st.Context(), st: st, node: &core.Node{}, wake: make(chan struct{}, 1)}
 	as.proxy = xds.ProxyFromNode(as.node)
 	if err := s.clients.OnStreamOpen(st.Context(), as.id, ""); err != nil {
 		s.clients.OnStreamClosed(as.id, as.node)

@@ -14,6 +14,8 @@ import (
 	discoverypb "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	statuspb "github.com/envoyproxy/go-control-plane/envoy/service/status/v3"
 	matcher "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/peer"
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -37,7 +39,35 @@ type streamState struct {
 	node        *core.Node
 	proxy       xds.Proxy
 	connectedAt time.Time
+	peer        peerCert // the client certificate of an mTLS stream; zero on plaintext
 	types       map[string]*typeState
+}
+
+// peerCert is what a stream's client certificate says, read once when the stream opens.
+type peerCert struct {
+	id       string    // the SPIFFE ID (URI SAN)
+	notAfter time.Time // zero when there was no client certificate
+}
+
+// peerCertOf reads the verified client certificate of a stream's context (an mTLS port), if any.
+func peerCertOf(ctx context.Context) peerCert {
+	p, ok := peer.FromContext(ctx)
+	if !ok {
+		return peerCert{}
+	}
+	info, ok := p.AuthInfo.(credentials.TLSInfo)
+	if !ok || len(info.State.PeerCertificates) == 0 {
+		return peerCert{}
+	}
+	leaf := info.State.PeerCertificates[0]
+	pc := peerCert{notAfter: leaf.NotAfter}
+	for _, u := range leaf.URIs {
+		if u.Scheme == "spiffe" {
+			pc.id = u.String()
+			break
+		}
+	}
+	return pc
 }
 
 type typeState struct {
@@ -75,14 +105,14 @@ type sentRecord struct {
 
 func newTracker(s *Server) *tracker { return &tracker{s: s, streams: map[int64]*streamState{}} }
 
-func (t *tracker) open(id int64, delta bool) error {
+func (t *tracker) open(ctx context.Context, id int64, delta bool) error {
 	if !t.s.Synced() {
 		t.s.metrics.rejectedStreams.Inc()
 		return errNotSynced
 	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	t.streams[id] = &streamState{id: id, delta: delta, connectedAt: t.s.now(), types: map[string]*typeState{}}
+	t.streams[id] = &streamState{id: id, delta: delta, connectedAt: t.s.now(), peer: peerCertOf(ctx), types: map[string]*typeState{}}
 	return nil
 }
 
@@ -172,12 +202,14 @@ func (t *tracker) ackOrNack(st *streamState, typeURL, nonce, version string, err
 
 // OnStreamOpen implements the go-control-plane callbacks: streams opened before the first State
 // get Unavailable, so proxies keep their last configuration and retry.
-func (t *tracker) OnStreamOpen(_ context.Context, id int64, _ string) error { return t.open(id, false) }
+func (t *tracker) OnStreamOpen(ctx context.Context, id int64, _ string) error {
+	return t.open(ctx, id, false)
+}
 
 func (t *tracker) OnStreamClosed(id int64, _ *core.Node) { t.closed(id) }
 
-func (t *tracker) OnDeltaStreamOpen(_ context.Context, id int64, _ string) error {
-	return t.open(id, true)
+func (t *tracker) OnDeltaStreamOpen(ctx context.Context, id int64, _ string) error {
+	return t.open(ctx, id, true)
 }
 
 func (t *tracker) OnDeltaStreamClosed(id int64, _ *core.Node) { t.closed(id) }
