@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/weftmesh/weft/conformance/kubeenv"
 	"github.com/weftmesh/weft/conformance/prebuilt"
 )
 
@@ -48,7 +49,7 @@ var controlBinary = sync.OnceValues(func() (string, error) {
 var buildDir string
 
 func TestMain(m *testing.M) {
-	code := m.Run()
+	code := kubeenv.Main(m)
 	if buildDir != "" {
 		os.RemoveAll(buildDir)
 	}
