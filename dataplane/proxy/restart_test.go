@@ -230,4 +230,3 @@ func TestConnectionBeforeFirstConfigWaits(t *testing.T) {
 		t.Fatal("the early request was not served after the configuration arrived")
 	}
 }
-
