@@ -112,7 +112,8 @@ func (p *Proxy) Update(s *config.Snapshot) {
 // waits for it. A proxy that starts (or restarts) listens at once, and its configuration arrives in
 // parts (listeners before their routes): a request served in between would get a 503 "no route" or a
 // closed connection, though the proxy would have served it a moment later. Past the wait, it is
-// served with whatever configuration there is (refused: new pods fail closed).
+// served with whatever configuration there is (refused: new pods fail closed), and later connections
+// no longer wait.
 const firstConfigWait = 10 * time.Second
 
 // awaitConfig waits for the first complete configuration, at most firstConfigWait.
@@ -125,6 +126,9 @@ func (p *Proxy) awaitConfig() {
 	select {
 	case <-p.configured:
 	case <-t.C:
+		// The wait is spent once: a configuration that stays incomplete must not delay every later
+		// connection by firstConfigWait.
+		p.configuredMu.Do(func() { p.hasConfig.Store(true); close(p.configured) })
 	}
 }
 
