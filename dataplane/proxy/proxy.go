@@ -114,14 +114,16 @@ func (p *Proxy) Update(s *config.Snapshot) {
 // closed connection, though the proxy would have served it a moment later. Past the wait, it is
 // served with whatever configuration there is (refused: new pods fail closed), and later connections
 // no longer wait.
-const firstConfigWait = 10 * time.Second
+var firstConfigWait atomic.Int64 // nanoseconds; 10 s (tests shorten it)
+
+func init() { firstConfigWait.Store(int64(10 * time.Second)) }
 
 // awaitConfig waits for the first complete configuration, at most firstConfigWait.
 func (p *Proxy) awaitConfig() {
 	if p.hasConfig.Load() {
 		return
 	}
-	t := time.NewTimer(firstConfigWait)
+	t := time.NewTimer(time.Duration(firstConfigWait.Load()))
 	defer t.Stop()
 	select {
 	case <-p.configured:

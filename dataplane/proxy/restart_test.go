@@ -15,6 +15,7 @@ import (
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 
+	"github.com/weftmesh/weft/dataplane/proxy"
 	"github.com/weftmesh/weft/dataplane/testpki"
 	fx "github.com/weftmesh/weft/dataplane/xdsfixture"
 )
@@ -228,5 +229,33 @@ func TestConnectionBeforeFirstConfigWaits(t *testing.T) {
 		}
 	case <-time.After(15 * time.Second):
 		t.Fatal("the early request was not served after the configuration arrived")
+	}
+}
+
+// TestNoControlPlaneFailsClosed (security.md §6 item 6, new pods): a sidecar that starts while the
+// control plane is unreachable is not ready, and a request to it fails (its connection is closed) once
+// the wait for a first configuration is spent; nothing is forwarded anywhere.
+func TestNoControlPlaneFailsClosed(t *testing.T) {
+	defer proxy.SetFirstConfigWait(proxy.SetFirstConfigWait(300 * time.Millisecond))
+	b := startBackend(t, "b", "127.0.0.1:0")
+	svc := newService(t, echoFQDN, "127.0.0.134", b.addr)
+	dead := closedPort(t)
+	sc := startSidecar(t, dead.String(), clientNode, nil)
+	sc.outboundAt(svc.lis)
+	start := time.Now()
+	resp, err := clientFor(svc).Get("http://" + svc.authority() + "/new-pod")
+	if err == nil {
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		t.Fatalf("a sidecar without a control plane answered %s %q", resp.Status, body)
+	}
+	if took := time.Since(start); took < 300*time.Millisecond {
+		t.Errorf("the request failed after %v, before the wait for a configuration (300ms) was spent", took)
+	}
+	if ok, why := sc.p.Ready(); ok {
+		t.Errorf("a sidecar without a configuration is ready (%s)", why)
+	}
+	if b.hits.Load() != 0 {
+		t.Errorf("the backend got %d requests from a sidecar without a configuration", b.hits.Load())
 	}
 }
