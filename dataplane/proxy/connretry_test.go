@@ -35,7 +35,7 @@ func connectRetries(t testing.TB, sc *sidecar, cluster string) float64 {
 
 // TestConnectFailureRetriedOnAnotherEndpoint: with one of two endpoints a closed port and no retry
 // policy on the route, every request succeeds — over the lean HTTP/1.1 path, the fast path's
-// forwarder, the explicit proxy (the case), HTTP/1.1 with a body (sized and chunked), gRPC
+// forwarder, the HTTP/2 forwarder (h2c GETs), the explicit proxy (the case), HTTP/1.1 with a body (sized and chunked), gRPC
 // and opaque TCP — each connection refused being tried again on the other endpoint and counted.
 func TestConnectFailureRetriedOnAnotherEndpoint(t *testing.T) {
 	const n = 40
@@ -87,6 +87,11 @@ func TestConnectFailureRetriedOnAnotherEndpoint(t *testing.T) {
 		proxy.SetLeanOff(true)
 		defer proxy.SetLeanOff(false)
 		check(t, httpSvc.cluster(), getOK(c))
+	})
+	t.Run("http2-forwarder", func(t *testing.T) { // h2c GETs: the HTTP/2 forwarder (h2forward.go)
+		h2 := &http.Transport{Protocols: new(http.Protocols)}
+		h2.Protocols.SetUnencryptedHTTP2(true)
+		check(t, httpSvc.cluster(), getOK(&http.Client{Transport: resolve(h2, httpSvc), Timeout: 10 * time.Second}))
 	})
 	t.Run("explicit-proxy", func(t *testing.T) { check(t, httpSvc.cluster(), getOK(sc.proxyClient())) })
 	t.Run("http1-body", func(t *testing.T) {
