@@ -35,8 +35,9 @@ func connectRetries(t testing.TB, sc *sidecar, cluster string) float64 {
 
 // TestConnectFailureRetriedOnAnotherEndpoint: with one of two endpoints a closed port and no retry
 // policy on the route, every request succeeds — over the lean HTTP/1.1 path, the fast path's
-// forwarder, the HTTP/2 forwarder (h2c GETs), the explicit proxy (the case), HTTP/1.1 with a body (sized and chunked), gRPC
-// and opaque TCP — each connection refused being tried again on the other endpoint and counted.
+// forwarder, the HTTP/2 forwarder (h2c GETs), the explicit proxy (the case), HTTP/1.1 with a
+// body (sized and chunked), gRPC and opaque TCP — each connection refused being tried again on the
+// other endpoint and counted.
 func TestConnectFailureRetriedOnAnotherEndpoint(t *testing.T) {
 	const n = 40
 	dead := closedPort(t)
