@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -10,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -175,20 +177,64 @@ func TestWithRealWeftControl(t *testing.T) {
 		}
 		return hits[0].Load() == h0
 	})
-	// Kill weft-control, keep serving, restart it.
+	// Kill weft-control, keep serving, restart it (security.md §6 items 6 and 7).
+	before := configWithoutVersions(t, o.adminAddr)
+	acks := xdsACKs(t, o.adminAddr)
 	stop()
+	down := time.Now()
 	n := ok.Load()
-	waitFor(t, "traffic with the control plane down", func() bool { return ok.Load() > n+50 })
-	startWeftControl(t, bin, file, xdsAddr)
-	waitFor(t, "xDS reconnected", func() bool {
+	waitFor(t, "the proxy to see the control plane gone", func() bool {
 		_, body, _ := httpGet("http://" + o.adminAddr + "/xds")
-		return strings.Contains(body, `"connected": true`)
+		return strings.Contains(body, `"connected": false`)
 	})
+	waitFor(t, "traffic with the control plane down", func() bool { return ok.Load() > n+500 })
+	startWeftControl(t, bin, file, xdsAddr)
+	waitFor(t, "xDS reconnected and a response from the new weft-control ACKed", func() bool {
+		_, body, _ := httpGet("http://" + o.adminAddr + "/xds")
+		return strings.Contains(body, `"connected": true`) && xdsACKs(t, o.adminAddr) > acks
+	})
+	outage := time.Since(down)
+	servedDown := ok.Load() - n
+	// The restarted control plane, with the world unchanged, gives the same configuration.
+	if after := configWithoutVersions(t, o.adminAddr); after != before {
+		t.Errorf("the configuration after the control-plane restart differs from before:\nbefore: %s\nafter: %s", before, after)
+	}
 	n = ok.Load()
 	waitFor(t, "traffic after the restart", func() bool { return ok.Load() > n+50 })
 	tcancel()
 	<-tdone
+	t.Logf("control plane killed and restarted under traffic: %d requests, %d failed; %d of them from the kill to the new weft-control's config ACKed (%v)",
+		ok.Load()+failed.Load(), failed.Load(), servedDown, outage.Round(time.Millisecond))
 	if failed.Load() > 0 {
 		t.Fatalf("%d of %d requests failed; last: %v", failed.Load(), failed.Load()+ok.Load(), lastErr.Load())
 	}
+}
+
+// configWithoutVersions is the proxy's /config_dump with every version_info blanked (versions differ
+// across control-plane restarts by design; the resources must not).
+func configWithoutVersions(t *testing.T, admin string) string {
+	t.Helper()
+	code, body, err := httpGet("http://" + admin + "/config_dump")
+	if err != nil || code != 200 {
+		t.Fatalf("/config_dump: %d %v", code, err)
+	}
+	return versionInfo.ReplaceAllString(body, `"version_info":""`)
+}
+
+var versionInfo = regexp.MustCompile(`"version_info":\s*"[^"]*"`)
+
+// xdsACKs is the proxy's count of ACKed xDS responses (/xds).
+func xdsACKs(t *testing.T, admin string) uint64 {
+	t.Helper()
+	_, body, err := httpGet("http://" + admin + "/xds")
+	if err != nil {
+		t.Fatalf("/xds: %v", err)
+	}
+	var st struct {
+		ACKs uint64 `json:"acks"`
+	}
+	if err := json.Unmarshal([]byte(body), &st); err != nil {
+		t.Fatalf("/xds: %v: %s", err, body)
+	}
+	return st.ACKs
 }

@@ -189,11 +189,17 @@ func (s *h1Conn1) leanExchange(rs *reqState) (code int, grpcFail, keep bool) {
 			h.active.Add(-1)
 		}
 	}()
+	var tried triedHosts
+	var next *host // the endpoint of a connect-failure retry (connretry.go)
 	for attempt := 0; ; attempt++ {
-		h = cl.pick(rs.hashKey)
+		h, next = next, nil
+		if h == nil {
+			h = cl.pick(rs.hashKey)
+		}
 		if h == nil {
 			return s.leanError(http.StatusServiceUnavailable, "cluster "+cl.cfg.Name+" has no ready endpoints", closeAfter)
 		}
+		tried.add(h)
 		h.active.Add(1)
 		dl, tryDL := routeDL, false
 		if perTry {
@@ -222,6 +228,15 @@ func (s *h1Conn1) leanExchange(rs *reqState) (code int, grpcFail, keep bool) {
 		}
 		if !routeExpired {
 			cl.outcome(h, status)
+		}
+		if err != nil && !routeExpired && neverSent(err) {
+			if next = cl.pickUntried(&tried); next != nil {
+				h.active.Add(-1)
+				h = nil
+				p.metrics.connectRetry(cl.cfg.Name)
+				attempt-- // not one of the policy's retries
+				continue
+			}
 		}
 		if attempt < retryCount(retry) && !routeExpired && leanRetriable(retry, status, grpc, err, tryTimeout) && p.retryAllowed(cl) {
 			if err == nil {

@@ -37,6 +37,7 @@ type reqState struct {
 	// w1xx takes the informational responses of the upstream (set by the forwarder of forward.go,
 	// which has no httptrace.ClientTrace in the request's context).
 	w1xx http.ResponseWriter
+	body guardBody // roundTrip's guard of the request body (connretry.go)
 }
 
 // origProtoHeader carries the application's protocol across an HTTP/2 hop between two proxies.
@@ -296,9 +297,9 @@ func (p *Proxy) roundTrip(rs *reqState, out *http.Request) (*http.Response, erro
 	}
 	retry := rs.retry
 	var replay []byte
-	var touched *touchBody
-	if retry != nil && retry.NumRetries > 0 && out.Body != nil && out.Body != http.NoBody {
-		if out.ContentLength > 0 && out.ContentLength <= 64<<10 {
+	var guard *guardBody // the request body, kept for a resend after a connection never made
+	if out.Body != nil && out.Body != http.NoBody {
+		if retry != nil && retry.NumRetries > 0 && out.ContentLength > 0 && out.ContentLength <= 64<<10 {
 			b, err := io.ReadAll(out.Body)
 			if err != nil {
 				st.active.Add(-1)
@@ -307,22 +308,29 @@ func (p *Proxy) roundTrip(rs *reqState, out *http.Request) (*http.Response, erro
 			replay = b
 			out.Body = io.NopCloser(bytes.NewReader(b))
 		} else {
-			touched = &touchBody{ReadCloser: out.Body}
-			out.Body = touched
+			guard = &rs.body
+			guard.rc = out.Body
+			out.Body = guard
 		}
 	}
 	transport := p.transportFor(rs, out)
 	ctx := out.Context()
+	var tried triedHosts
+	var next *host // the endpoint of a connect-failure retry
 	for attempt := 0; ; attempt++ {
 		var h *host
 		if rs.target != "" {
 			out.URL.Host = rs.target
 		} else {
-			h = cl.pick(rs.hashKey)
+			h, next = next, nil
+			if h == nil {
+				h = cl.pick(rs.hashKey)
+			}
 			if h == nil {
 				st.active.Add(-1)
 				return nil, &proxyErr{http.StatusServiceUnavailable, "cluster " + cl.cfg.Name + " has no ready endpoints"}
 			}
+			tried.add(h)
 			out.URL.Host = h.addrStr
 			h.active.Add(1)
 		}
@@ -353,8 +361,20 @@ func (p *Proxy) roundTrip(rs *reqState, out *http.Request) (*http.Response, erro
 		if h != nil && ctx.Err() == nil {
 			cl.outcome(h, status)
 		}
+		if err != nil && h != nil && ctx.Err() == nil && neverSent(err) && (guard == nil || !guard.read.Load()) {
+			if next = cl.pickUntried(&tried); next != nil {
+				cancelTry()
+				h.active.Add(-1)
+				if replay != nil {
+					out.Body = io.NopCloser(bytes.NewReader(replay))
+				}
+				p.metrics.connectRetry(cl.cfg.Name)
+				attempt-- // not one of the policy's retries
+				continue
+			}
+		}
 		if attempt < retryCount(retry) && ctx.Err() == nil && retriable(retry, resp, err) &&
-			(touched == nil || !touched.read.Load()) && p.retryAllowed(cl) {
+			(guard == nil || !guard.read.Load()) && p.retryAllowed(cl) {
 			if resp != nil {
 				_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
 				resp.Body.Close()
@@ -370,6 +390,9 @@ func (p *Proxy) roundTrip(rs *reqState, out *http.Request) (*http.Response, erro
 			ok := sleepCtx(ctx, backoff(retry, attempt))
 			st.retries.Add(-1)
 			if !ok {
+				if guard != nil {
+					guard.release()
+				}
 				st.active.Add(-1)
 				return nil, p.roundTripError(ctx, rs, out.URL.Host, ctx.Err())
 			}
@@ -379,6 +402,9 @@ func (p *Proxy) roundTrip(rs *reqState, out *http.Request) (*http.Response, erro
 			cancelTry()
 			if h != nil {
 				h.active.Add(-1)
+			}
+			if guard != nil {
+				guard.release()
 			}
 			st.active.Add(-1)
 			if retry != nil && retry.PerTryTimeout > 0 && errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil {
@@ -500,17 +526,6 @@ func (p *Proxy) transportFor(rs *reqState, r *http.Request) http.RoundTripper {
 		return st.h2c
 	}
 	return st.h1
-}
-
-// touchBody records whether a request body was read (then it cannot be replayed for a retry).
-type touchBody struct {
-	io.ReadCloser
-	read atomic.Bool
-}
-
-func (b *touchBody) Read(p []byte) (int, error) {
-	b.read.Store(true)
-	return b.ReadCloser.Read(p)
 }
 
 // doneBody ends the request's hold on its cluster and host once, when the response body ends or is

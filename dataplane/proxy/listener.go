@@ -146,6 +146,7 @@ func addrPort(a net.Addr) netip.AddrPort {
 
 // handleConn matches a new connection to a filter chain of the listener and hands it to HTTP or TCP.
 func (p *Proxy) handleConn(c net.Conn, name string) {
+	p.awaitConfig()
 	rt := p.rt.Load()
 	lr := rt.listeners[name]
 	if lr == nil {

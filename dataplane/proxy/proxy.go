@@ -49,6 +49,12 @@ type Proxy struct {
 	clusterStates map[string]*clusterState
 	hosts         map[string]*host
 
+	// configured is closed, and hasConfig set, when the first complete configuration is installed:
+	// connections accepted before it wait for it (firstConfigWait) rather than meet a partial one.
+	configured   chan struct{}
+	hasConfig    atomic.Bool
+	configuredMu sync.Once
+
 	draining atomic.Bool
 	servers  []*http.Server
 	mu       sync.Mutex // guards listeners, servers, tunnels
@@ -77,6 +83,7 @@ func New(opts Options) *Proxy {
 		clusterStates: map[string]*clusterState{},
 		hosts:         map[string]*host{},
 		tunnels:       map[net.Conn]struct{}{},
+		configured:    make(chan struct{}),
 	}
 	p.rp = &httputil.ReverseProxy{
 		Rewrite:      p.rewrite,
@@ -96,6 +103,35 @@ func (p *Proxy) Update(s *config.Snapshot) {
 	p.updateMu.Lock()
 	defer p.updateMu.Unlock()
 	p.rt.Store(p.buildRuntime(s))
+	if s.Complete {
+		p.configuredMu.Do(func() { p.hasConfig.Store(true); close(p.configured) })
+	}
+}
+
+// firstConfigWait bounds how long a connection accepted before the first complete configuration
+// waits for it. A proxy that starts (or restarts) listens at once, and its configuration arrives in
+// parts (listeners before their routes): a request served in between would get a 503 "no route" or a
+// closed connection, though the proxy would have served it a moment later. Past the wait, it is
+// served with whatever configuration there is (refused: new pods fail closed), and later connections
+// no longer wait.
+var firstConfigWait atomic.Int64 // nanoseconds; 10 s (tests shorten it)
+
+func init() { firstConfigWait.Store(int64(10 * time.Second)) }
+
+// awaitConfig waits for the first complete configuration, at most firstConfigWait.
+func (p *Proxy) awaitConfig() {
+	if p.hasConfig.Load() {
+		return
+	}
+	t := time.NewTimer(time.Duration(firstConfigWait.Load()))
+	defer t.Stop()
+	select {
+	case <-p.configured:
+	case <-t.C:
+		// The wait is spent once: a configuration that stays incomplete must not delay every later
+		// connection by firstConfigWait.
+		p.configuredMu.Do(func() { p.hasConfig.Store(true); close(p.configured) })
+	}
 }
 
 // Snapshot returns the configuration in use.
@@ -129,6 +165,7 @@ func (p *Proxy) ServeInbound(l net.Listener) error { return p.serveListener(l, "
 // authority through the outbound route configurations and clusters.
 func (p *Proxy) ServeHTTPProxy(l net.Listener) error {
 	srv := p.newHTTPServer(func(w http.ResponseWriter, r *http.Request) {
+		p.awaitConfig()
 		p.serveHTTP(w, r, &connInfo{direction: "outbound", explicit: true})
 	})
 	p.track(l, srv)

@@ -11,44 +11,47 @@ import (
 	"github.com/weftmesh/weft/dataplane/config"
 )
 
-// dialCluster connects to an endpoint of a cluster (trying up to three endpoints on connect failure),
-// with mTLS when the cluster asks for it and we have an identity.
+// dialCluster connects to an endpoint of a cluster, with mTLS when the cluster asks for it and we
+// have an identity. A connection that cannot be made (refused, unreachable, timed out, a failed
+// handshake) is tried on another endpoint not yet tried, up to maxConnectTries (connretry.go); the
+// error names the last failure.
 func (p *Proxy) dialCluster(ctx context.Context, cl *clusterRT, target string, key uint64, alpn []string) (net.Conn, string, bool, error) {
-	var lastErr error
-	addr := target
-	for attempt := 0; attempt < 3; attempt++ {
-		if target == "" {
-			h := cl.pick(key)
-			if h == nil {
-				return nil, "", false, &proxyErr{http.StatusServiceUnavailable, "cluster " + cl.cfg.Name + " has no ready endpoints"}
-			}
-			addr = h.addrStr
-			var c net.Conn
-			var err error
-			useTLS := cl.cfg.TLS != nil && p.identity != nil
-			if useTLS {
-				c, err = p.dialTLS(ctx, cl.state, addr, alpn, false)
-			} else {
-				d := net.Dialer{Timeout: cl.cfg.ConnectTimeout}
-				c, err = d.DialContext(ctx, "tcp", addr)
-			}
-			if err == nil {
-				cl.outcome(h, 200)
-				return c, addr, useTLS, nil
-			}
-			cl.outcome(h, 0)
-			lastErr = err
-			continue
-		}
+	if target != "" {
 		d := net.Dialer{Timeout: cl.cfg.ConnectTimeout}
-		c, err := d.DialContext(ctx, "tcp", addr)
-		if err == nil {
-			return c, addr, false, nil
+		c, err := d.DialContext(ctx, "tcp", target)
+		if err != nil {
+			return nil, target, false, p.roundTripError(ctx, &reqState{cluster: cl}, target, err)
 		}
-		lastErr = err
-		break
+		return c, target, false, nil
 	}
-	return nil, addr, false, p.roundTripError(ctx, &reqState{cluster: cl}, addr, lastErr)
+	var tried triedHosts
+	h := cl.pick(key)
+	if h == nil {
+		return nil, "", false, &proxyErr{http.StatusServiceUnavailable, "cluster " + cl.cfg.Name + " has no ready endpoints"}
+	}
+	for {
+		tried.add(h)
+		var c net.Conn
+		var err error
+		useTLS := cl.cfg.TLS != nil && p.identity != nil
+		if useTLS {
+			c, err = p.dialTLS(ctx, cl.state, h.addrStr, alpn, false)
+		} else {
+			d := net.Dialer{Timeout: cl.cfg.ConnectTimeout}
+			c, err = d.DialContext(ctx, "tcp", h.addrStr)
+		}
+		if err == nil {
+			cl.outcome(h, 200)
+			return c, h.addrStr, useTLS, nil
+		}
+		cl.outcome(h, 0)
+		next := cl.pickUntried(&tried)
+		if next == nil || ctx.Err() != nil {
+			return nil, h.addrStr, false, p.roundTripError(ctx, &reqState{cluster: cl}, h.addrStr, err)
+		}
+		p.metrics.connectRetry(cl.cfg.Name)
+		h = next
+	}
 }
 
 // proxyTCP forwards an opaque TCP connection to a cluster.
@@ -81,7 +84,7 @@ func (p *Proxy) proxyTCP(c net.Conn, info *connInfo, clusterName string) {
 	if cl.cfg.LB == config.LBRingHash {
 		key = hashString(remoteIP(c.RemoteAddr().String()))
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), cl.cfg.ConnectTimeout+time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), maxConnectTries*cl.cfg.ConnectTimeout+time.Second)
 	up, addr, upTLS, err := p.dialCluster(ctx, cl, target, key, nil)
 	cancel()
 	if err != nil {

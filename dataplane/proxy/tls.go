@@ -153,7 +153,7 @@ func (p *Proxy) dialTLS(ctx context.Context, st *clusterState, addr string, alpn
 	tc := tls.Client(newRawSockConn(raw), conf)
 	if err := tc.HandshakeContext(ctx); err != nil {
 		raw.Close()
-		return nil, fmt.Errorf("mTLS handshake with %s: %w", addr, err)
+		return nil, &handshakeError{addr, err}
 	}
 	p.metrics.observeHandshake("outbound", tc.ConnectionState().DidResume)
 	return tc, nil
