@@ -130,6 +130,9 @@ func (p *Proxy) serveHTTP(w http.ResponseWriter, r *http.Request, info *connInfo
 	sw := &statusWriter{ResponseWriter: w}
 	defer func() { p.metrics.observeHTTP(p, rs, sw.code, sw.Header(), start) }()
 
+	if r.ProtoMajor == 1 {
+		http1Framing(w, r)
+	}
 	if info.direction == "inbound" && r.Header.Get(origProtoHeader) != "" {
 		rs.origH1 = r.Header.Get(origProtoHeader) == "HTTP/1.1"
 		r.Header.Del(origProtoHeader)
@@ -311,6 +314,11 @@ func (p *Proxy) roundTrip(rs *reqState, out *http.Request) (*http.Response, erro
 			out.Body = touched
 		}
 	}
+	if touched == nil && out.Body != nil && out.Body != http.NoBody {
+		// Only to tell the client's broken body (400) from an upstream failure (502).
+		touched = &touchBody{ReadCloser: out.Body, replayed: true}
+		out.Body = touched
+	}
 	transport := p.transportFor(rs, out)
 	ctx := out.Context()
 	for attempt := 0; ; attempt++ {
@@ -354,7 +362,7 @@ func (p *Proxy) roundTrip(rs *reqState, out *http.Request) (*http.Response, erro
 			cl.outcome(h, status)
 		}
 		if attempt < retryCount(retry) && ctx.Err() == nil && retriable(retry, resp, err) &&
-			(touched == nil || !touched.read.Load()) && p.retryAllowed(cl) {
+			(touched == nil || touched.replayed || !touched.read.Load()) && p.retryAllowed(cl) {
 			if resp != nil {
 				_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
 				resp.Body.Close()
@@ -383,6 +391,10 @@ func (p *Proxy) roundTrip(rs *reqState, out *http.Request) (*http.Response, erro
 			st.active.Add(-1)
 			if retry != nil && retry.PerTryTimeout > 0 && errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil {
 				return nil, &proxyErr{http.StatusGatewayTimeout, fmt.Sprintf("upstream timeout after %s (per try)", retry.PerTryTimeout)}
+			}
+			if berr := touched.bodyErr(); berr != nil {
+				// The client's body broke (bad chunked framing, the client went away): its fault.
+				return nil, &proxyErr{http.StatusBadRequest, "reading the request body: " + berr.Error()}
 			}
 			return nil, p.roundTripError(ctx, rs, out.URL.Host, err)
 		}
@@ -506,11 +518,28 @@ func (p *Proxy) transportFor(rs *reqState, r *http.Request) http.RoundTripper {
 type touchBody struct {
 	io.ReadCloser
 	read atomic.Bool
+	// replayed: the body is not the retry's concern (it is replayed from memory, or not retried).
+	replayed bool
+	err      atomic.Pointer[error] // the first read error other than io.EOF
 }
 
 func (b *touchBody) Read(p []byte) (int, error) {
 	b.read.Store(true)
-	return b.ReadCloser.Read(p)
+	n, err := b.ReadCloser.Read(p)
+	if err != nil && err != io.EOF {
+		b.err.CompareAndSwap(nil, &err)
+	}
+	return n, err
+}
+
+func (b *touchBody) bodyErr() error {
+	if b == nil {
+		return nil
+	}
+	if e := b.err.Load(); e != nil {
+		return *e
+	}
+	return nil
 }
 
 // doneBody ends the request's hold on its cluster and host once, when the response body ends or is
@@ -546,4 +575,25 @@ func (b *doneBody) Close() error {
 	err := b.ReadCloser.Close()
 	b.done()
 	return err
+}
+
+// http1Framing applies the proxy's smuggling rules to an HTTP/1 request on net/http's server (the fast
+// path refuses such heads itself: ambiguousHead).
+//
+// A chunked request closes its connection after the response. net/http lets Transfer-Encoding win
+// over a Content-Length sent with it (RFC 9112 §6.3), and would then read what follows the last chunk
+// as the next request: the request another parser, framing by the Content-Length, would have taken for
+// body (CL.TE smuggling). What follows is never read as a request.
+//
+// An "Upgrade: h2c" is dropped (as Envoy does): the request goes upstream as plain HTTP/1.1, never as
+// an upgrade that would turn the connection into an HTTP/2 one past the proxy's routing (Go
+// CVE-2022-41721's class).
+func http1Framing(w http.ResponseWriter, r *http.Request) {
+	if len(r.TransferEncoding) > 0 {
+		w.Header().Set("Connection", "close")
+	}
+	if hasToken(r.Header["Upgrade"], "h2c") {
+		r.Header.Del("Upgrade")
+		r.Header.Del("Http2-Settings")
+	}
 }
