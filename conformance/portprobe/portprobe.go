@@ -7,8 +7,14 @@
 package portprobe
 
 import (
+	"bytes"
+	"crypto/ecdsa"
 	"crypto/rand"
 	"crypto/tls"
+	"crypto/x509"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
@@ -249,5 +255,42 @@ func From(src netip.Addr, addr string) Dialer {
 	return func() (net.Conn, error) {
 		d := net.Dialer{Timeout: 10 * time.Second, LocalAddr: &net.TCPAddr{IP: src.AsSlice()}}
 		return d.Dial("tcp", addr)
+	}
+}
+
+// NoPrivateKey fails the test if dump (what an admin endpoint or CSDS served) holds a private key: a
+// PEM "PRIVATE KEY" block, or any of keyPEM's keys as DER bytes, in base64 or hex, or as the bare
+// private scalar (an ECDSA key's D, in bytes, base64 or hex).
+func NoPrivateKey(t testing.TB, what string, dump, keyPEM []byte) {
+	t.Helper()
+	if bytes.Contains(dump, []byte("PRIVATE KEY")) {
+		t.Errorf("%s holds a PEM private key", what)
+	}
+	rest := keyPEM
+	for {
+		var block *pem.Block
+		block, rest = pem.Decode(rest)
+		if block == nil {
+			break
+		}
+		forms := [][]byte{block.Bytes}
+		if k, err := x509.ParsePKCS8PrivateKey(block.Bytes); err == nil {
+			if ek, ok := k.(*ecdsa.PrivateKey); ok {
+				if d, err := ek.Bytes(); err == nil {
+					forms = append(forms, d)
+				}
+			}
+		} else if ek, err := x509.ParseECPrivateKey(block.Bytes); err == nil {
+			if d, err := ek.Bytes(); err == nil {
+				forms = append(forms, d)
+			}
+		}
+		for _, f := range forms {
+			for _, enc := range [][]byte{f, []byte(base64.StdEncoding.EncodeToString(f)), []byte(base64.RawURLEncoding.EncodeToString(f)), []byte(hex.EncodeToString(f))} {
+				if bytes.Contains(dump, enc) {
+					t.Errorf("%s holds the private key's bytes (%d bytes of key material)", what, len(f))
+				}
+			}
+		}
 	}
 }
