@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
 	"io"
 	"net"
 	"net/http"
@@ -24,8 +26,14 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/types/known/structpb"
+	admissionv1 "k8s.io/api/admission/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 
+	"github.com/weftmesh/weft/conformance/kubeenv"
 	"github.com/weftmesh/weft/conformance/portprobe"
+	"github.com/weftmesh/weft/deploy/inject"
 	"github.com/weftmesh/weft/identity"
 	"github.com/weftmesh/weft/identity/workload"
 	identitypb "github.com/weftmesh/weft/proto/weft/identity/v1"
@@ -296,4 +304,94 @@ func TestControlPlaneAdminExposure(t *testing.T) {
 		b, _ := protojson.Marshal(resp)
 		portprobe.NoPrivateKey(t, "CSDS on the "+name+" port", b, keys)
 	}
+}
+
+// TestGarbageOnTheInjector sends garbage to the injector's HTTPS port (15017) of weft-control running
+// against a real apiserver: random bytes, plaintext HTTP/1 to the TLS port, half a TLS hello, a TLS
+// handshake and then nothing, a half-open request head over TLS, 2000 connections that send nothing,
+// and an AdmissionReview over the 4 MiB body cap (413). Each connection is closed (handshake and
+// read-header timeout 1 s here, 10 s by default; idle 2 s here, 5 min by default) and a real
+// AdmissionReview is answered all along.
+func TestGarbageOnTheInjector(t *testing.T) {
+	env := kubeenv.Get(t)
+	env.CreateNamespace(t, "inj-garbage", nil)
+	caDir := filepath.Join(t.TempDir(), "ca")
+	if err := identity.Bootstrap(caDir, identity.BootstrapOptions{TrustDomain: "cluster.local"}); err != nil {
+		t.Fatal(err)
+	}
+	anchors, err := os.ReadFile(filepath.Join(caDir, "ca.crt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := baseConfig(t)
+	c.kubeconfig = env.Kubeconfig
+	c.identity = identityConfig{addr: freeAddr(t), dir: caDir, leaf: time.Hour}
+	c.injector = injectorConfig{addr: freeAddr(t), config: writeTemp(t, "config.yaml", injectorConfigYAML), certDNS: []string{"weft-injector.weft.svc"}}
+	c.limits = serverLimits{handshake: time.Second, idle: 2 * time.Second}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- run(ctx, c) }()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("run: %v", err)
+			}
+		case <-time.After(20 * time.Second):
+			t.Error("weft-control did not stop")
+		}
+	})
+	waitReady(t, "http://"+c.adminAddr+"/ready")
+
+	roots := x509.NewCertPool()
+	roots.AppendCertsFromPEM(anchors)
+	client := &http.Client{Timeout: 20 * time.Second, Transport: &http.Transport{
+		TLSClientConfig: &tls.Config{RootCAs: roots, ServerName: "weft-injector.weft.svc", MinVersion: tls.VersionTLS12},
+	}}
+	url := "https://" + c.injector.addr + inject.WebhookPath
+	raw, _ := json.Marshal(&corev1.Pod{TypeMeta: metav1.TypeMeta{APIVersion: "v1", Kind: "Pod"},
+		ObjectMeta: metav1.ObjectMeta{Name: "web", Namespace: "inj-garbage"},
+		Spec:       corev1.PodSpec{ServiceAccountName: "default", Containers: []corev1.Container{{Name: "web", Image: "web:1"}}}})
+	review, _ := json.Marshal(admissionv1.AdmissionReview{
+		TypeMeta: metav1.TypeMeta{APIVersion: "admission.k8s.io/v1", Kind: "AdmissionReview"},
+		Request: &admissionv1.AdmissionRequest{UID: "uid-garbage", Kind: metav1.GroupVersionKind{Version: "v1", Kind: "Pod"},
+			Resource: metav1.GroupVersionResource{Version: "v1", Resource: "pods"}, Namespace: "inj-garbage",
+			Operation: admissionv1.Create, Object: runtime.RawExtension{Raw: raw}},
+	})
+	real := func() {
+		t.Helper()
+		resp, err := client.Post(url, "application/json", bytes.NewReader(review))
+		if err != nil {
+			t.Fatalf("a real AdmissionReview: %v", err)
+		}
+		defer resp.Body.Close()
+		var out admissionv1.AdmissionReview
+		if err := json.NewDecoder(resp.Body).Decode(&out); err != nil || out.Response == nil || !out.Response.Allowed || out.Response.UID != "uid-garbage" {
+			t.Fatalf("a real AdmissionReview: %s, %v, %+v", resp.Status, err, out.Response)
+		}
+	}
+	real()
+
+	dial := portprobe.TCP(c.injector.addr)
+	t.Logf("random bytes: closed after %v", portprobe.RandomBytes(t, dial, 4096))
+	t.Logf("plaintext HTTP/1 to the TLS port: closed after %v", portprobe.Send(t, "plaintext to TLS", dial, portprobe.HTTP1))
+	t.Logf("half a TLS hello: closed after %v", portprobe.HalfOpen(t, dial, portprobe.PartialTLSHello))
+	t.Logf("a TLS handshake, then nothing: closed after %v", portprobe.TLSHello(t, dial))
+	tlsDial := func() (net.Conn, error) {
+		return tls.Dial("tcp", c.injector.addr, &tls.Config{RootCAs: roots, ServerName: "weft-injector.weft.svc", MinVersion: tls.VersionTLS12, NextProtos: []string{"http/1.1"}})
+	}
+	t.Logf("half-open head over TLS: closed after %v", portprobe.HalfOpen(t, tlsDial, portprobe.PartialHTTP1))
+
+	resp, err := client.Post(url, "application/json", bytes.NewReader(bytes.Repeat([]byte(" "), inject.MaxRequestBytes+1)))
+	if err != nil {
+		t.Fatalf("an AdmissionReview over the cap: %v", err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusRequestEntityTooLarge {
+		t.Errorf("an AdmissionReview of %d bytes: %s, want 413", inject.MaxRequestBytes+1, resp.Status)
+	}
+	const idle = 2000
+	t.Logf("%d idle connections: all closed %v after they opened", idle, portprobe.Idle(t, dial, idle, real))
+	real()
 }
