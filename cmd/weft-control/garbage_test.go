@@ -395,3 +395,30 @@ func TestGarbageOnTheInjector(t *testing.T) {
 	t.Logf("%d idle connections: all closed %v after they opened", idle, portprobe.Idle(t, dial, idle, real))
 	real()
 }
+
+// TestH2FloodsOnTheXDSPort sends HTTP/2 floods to the plaintext xDS port, frame by frame: Rapid Reset
+// (10000 ADS streams opened and reset at once), a CONTINUATION flood (a header block that never ends),
+// and 10000 PINGs and 10000 SETTINGS. weft-control stays up and serves ADS after each; the
+// CONTINUATION flood is cut by gRPC's header list limit (16 MiB) before the test's 64 MiB.
+func TestH2FloodsOnTheXDSPort(t *testing.T) {
+	cp := startControlPlane(t, serverLimits{}, "")
+	dial := portprobe.TCP(cp.c.xdsAddr)
+	const ads = "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources"
+	askCDS(t, cp.plainConn(t))
+	r := portprobe.RapidReset(t, dial, ads, 10000)
+	t.Logf("rapid reset, 10000 streams: %d bytes in %v, cut by the server: %v", r.Bytes, r.Took, r.Cut)
+	askCDS(t, cp.plainConn(t))
+	const max = 64 << 20
+	r = portprobe.ContinuationFlood(t, dial, ads, max)
+	t.Logf("CONTINUATION flood: %d bytes in %v, cut by the server: %v", r.Bytes, r.Took, r.Cut)
+	if !r.Cut || r.Bytes >= max {
+		t.Errorf("CONTINUATION flood: %d bytes taken, cut %v: want the connection cut before %d bytes", r.Bytes, r.Cut, max)
+	}
+	askCDS(t, cp.plainConn(t))
+	r = portprobe.PingFlood(t, dial, 10000)
+	t.Logf("PING flood, 10000: %d bytes in %v, cut by the server: %v", r.Bytes, r.Took, r.Cut)
+	askCDS(t, cp.plainConn(t))
+	r = portprobe.SettingsFlood(t, dial, 10000)
+	t.Logf("SETTINGS flood, 10000: %d bytes in %v, cut by the server: %v", r.Bytes, r.Took, r.Cut)
+	askCDS(t, cp.plainConn(t))
+}

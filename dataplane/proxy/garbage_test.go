@@ -79,3 +79,38 @@ func TestGarbageOnProxyListeners(t *testing.T) {
 		})
 	}
 }
+
+// TestH2FloodsOnTheOutboundListener sends HTTP/2 floods (h2c with prior knowledge) to the outbound
+// listener, frame by frame: Rapid Reset (10000 streams opened and reset at once), a CONTINUATION flood,
+// and 10000 PINGs and SETTINGS. The proxy (net/http's HTTP/2 server) stays up and serves a real request
+// after each; the CONTINUATION flood is cut by the 64 KiB head limit, long before the test's 64 MiB.
+func TestH2FloodsOnTheOutboundListener(t *testing.T) {
+	app := startBackend(t, "app", "127.0.0.1:0")
+	svc := newService(t, echoFQDN, "127.0.0.94", app.addr)
+	mesh(t, svc)
+	real := func() {
+		t.Helper()
+		resp, body := get(t, clientFor(svc), "http://"+svc.authority()+"/real")
+		if resp.StatusCode != 200 {
+			t.Fatalf("a real request: %d %q", resp.StatusCode, body)
+		}
+	}
+	dial := portprobe.TCP(svc.lis.Addr().String())
+	real()
+	r := portprobe.RapidReset(t, dial, "/", 10000)
+	t.Logf("rapid reset, 10000 streams: %d bytes in %v, cut by the proxy: %v; the app got %d requests", r.Bytes, r.Took, r.Cut, app.hits.Load()-1)
+	real()
+	const max = 64 << 20
+	r = portprobe.ContinuationFlood(t, dial, "/", max)
+	t.Logf("CONTINUATION flood: %d bytes in %v, cut by the proxy: %v", r.Bytes, r.Took, r.Cut)
+	if !r.Cut || r.Bytes >= max {
+		t.Errorf("CONTINUATION flood: %d bytes taken, cut %v: want the connection cut before %d bytes", r.Bytes, r.Cut, max)
+	}
+	real()
+	r = portprobe.PingFlood(t, dial, 10000)
+	t.Logf("PING flood, 10000: %d bytes in %v, cut by the proxy: %v", r.Bytes, r.Took, r.Cut)
+	real()
+	r = portprobe.SettingsFlood(t, dial, 10000)
+	t.Logf("SETTINGS flood, 10000: %d bytes in %v, cut by the proxy: %v", r.Bytes, r.Took, r.Cut)
+	real()
+}
