@@ -15,7 +15,6 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
-	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/structpb"
@@ -44,7 +43,7 @@ type identityPlane struct {
 // startIdentity loads the CA (a broken directory fails here, before anything listens), and prepares the
 // mTLS port. In Kubernetes mode tokens are checked with TokenReview and each issued certificate is recorded
 // as an Event; in local mode the tokens file stands in.
-func startIdentity(ctx context.Context, c identityConfig, trustDomain string, kube kubernetes.Interface, xdsSrv *server.Server, log *slog.Logger) (*identityPlane, error) {
+func startIdentity(ctx context.Context, c identityConfig, trustDomain string, kube kubernetes.Interface, xdsSrv *server.Server, limits serverLimits, log *slog.Logger) (*identityPlane, error) {
 	if c.leaf <= 0 {
 		return nil, fmt.Errorf("--identity-leaf-lifetime %v: want a positive duration such as 24h or 10s", c.leaf)
 	}
@@ -86,12 +85,10 @@ func startIdentity(ctx context.Context, c identityConfig, trustDomain string, ku
 	if host != "" && !strings.HasPrefix(host, "0.") && host != "::" {
 		names = append(names, host)
 	}
-	g := grpc.NewServer(append(server.GRPCServerOptions(),
+	g := grpc.NewServer(append(limits.grpcServerOptions(),
 		grpc.Creds(credentials.NewTLS(ca.ServerTLSConfig(self, names...))),
 		grpc.StreamInterceptor(authorizeXDS(trustDomain)),
 		grpc.UnaryInterceptor(authorizeFetch(trustDomain)),
-		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
-		grpc.MaxConcurrentStreams(1<<20),
 	)...)
 	identity.NewServer(ca, auth, opts...).Register(g)
 	xdsSrv.Register(g) // also registers reflection and CSDS

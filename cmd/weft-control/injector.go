@@ -46,7 +46,7 @@ const ReasonNotInjected = "WeftNotInjected"
 // and prepares the webhook: TLS with a serving certificate from the CA's issuer (renewed as the
 // issuer rotates), namespace annotations from an informer (then the API, for a namespace the informer
 // has not seen yet), and Events on the owners of Pods it could not mesh.
-func startInjector(ctx context.Context, c injectorConfig, ca *identity.CA, client kubernetes.Interface, log *slog.Logger) (*injector, error) {
+func startInjector(ctx context.Context, c injectorConfig, ca *identity.CA, client kubernetes.Interface, limits serverLimits, log *slog.Logger) (*injector, error) {
 	if c.config == "" {
 		return nil, errors.New("--injector-addr needs --injector-config (the weft-config ConfigMap's config.yaml)")
 	}
@@ -147,9 +147,11 @@ func startInjector(ctx context.Context, c injectorConfig, ca *identity.CA, clien
 	srv := &http.Server{
 		Handler:           mux,
 		TLSConfig:         tlsConfig,
-		ReadHeaderTimeout: 10 * time.Second,
+		ReadHeaderTimeout: limits.handshake, // the TLS handshake too
 		ReadTimeout:       30 * time.Second,
 		WriteTimeout:      30 * time.Second,
+		IdleTimeout:       limits.idle,
+		MaxHeaderBytes:    maxHeaderBytes,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
 	}
 	return &injector{srv: srv, lis: tls.NewListener(lis, tlsConfig)}, nil

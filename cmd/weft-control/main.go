@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"os/signal"
 	"syscall"
@@ -47,6 +48,52 @@ type config struct {
 	logLevel      string
 	identity      identityConfig
 	injector      injectorConfig
+	limits        serverLimits // not flags: defaultLimits, shortened by tests
+}
+
+// serverLimits are the timeouts and caps of weft-control's ports (xDS 15010, mTLS 15012, admin 15014,
+// injector 15017).
+type serverLimits struct {
+	// handshake bounds the start of a connection: on the gRPC ports the TLS handshake and the HTTP/2
+	// preface (grpc.ConnectionTimeout), on the HTTP ports the TLS handshake and the request head
+	// (ReadHeaderTimeout). A connection that sends nothing, or half a preface, is closed after it.
+	handshake time.Duration
+	// idle closes a connection without a request or stream for this long (gRPC: MaxConnectionIdle,
+	// GOAWAY then close; HTTP: IdleTimeout between requests).
+	idle time.Duration
+}
+
+var defaultLimits = serverLimits{handshake: 10 * time.Second, idle: 5 * time.Minute}
+
+const (
+	// maxRecvMsgBytes caps one gRPC message on the xDS and mTLS ports (DiscoveryRequest, Certify): gRPC's
+	// default, said here. A larger one is refused with ResourceExhausted.
+	maxRecvMsgBytes = 4 << 20
+	// maxHeaderBytes caps a request head on the admin and injector ports (431 above it).
+	maxHeaderBytes = 64 << 10
+	// maxAdminBodyBytes caps a request body on the admin port (it takes none).
+	maxAdminBodyBytes = 64 << 10
+)
+
+func (l serverLimits) orDefault() serverLimits {
+	if l.handshake <= 0 {
+		l.handshake = defaultLimits.handshake
+	}
+	if l.idle <= 0 {
+		l.idle = defaultLimits.idle
+	}
+	return l
+}
+
+// grpcServerOptions are the options of both gRPC servers (the plaintext xDS port and the mTLS port).
+func (l serverLimits) grpcServerOptions() []grpc.ServerOption {
+	return append(server.GRPCServerOptions(),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
+		grpc.KeepaliveParams(keepalive.ServerParameters{MaxConnectionIdle: l.idle}),
+		grpc.ConnectionTimeout(l.handshake),
+		grpc.MaxRecvMsgSize(maxRecvMsgBytes),
+		grpc.MaxConcurrentStreams(1<<20),
+	)
 }
 
 func newRootCmd() *cobra.Command {
@@ -98,6 +145,7 @@ func run(ctx context.Context, c config) error {
 	if c.kubeconfig != "" && c.discoveryFile != "" {
 		return errors.New("--kubeconfig and --discovery-file both say where Services come from: choose one (--discovery-file is local mode, with no cluster)")
 	}
+	c.limits = c.limits.orDefault()
 	if c.identity.tokens != "" && c.identity.dir == "" {
 		return errors.New("--identity-tokens stands in for TokenReview of the identity CA, which is off: add --identity-dir (weft identity bootstrap --out DIR makes one)")
 	}
@@ -154,7 +202,7 @@ func run(ctx context.Context, c config) error {
 			adminLis.Close()
 			return errors.New("--trust-bundle and --identity-dir both give the trust bundle: choose one")
 		}
-		if ident, err = startIdentity(ctx, c.identity, c.trustDomain, kubeClient, srv, log); err != nil {
+		if ident, err = startIdentity(ctx, c.identity, c.trustDomain, kubeClient, srv, c.limits, log); err != nil {
 			xdsLis.Close()
 			adminLis.Close()
 			return err
@@ -167,7 +215,7 @@ func run(ctx context.Context, c config) error {
 		if ident != nil {
 			ca = ident.ca
 		}
-		if inj, err = startInjector(ctx, c.injector, ca, kubeClient, log); err != nil {
+		if inj, err = startInjector(ctx, c.injector, ca, kubeClient, c.limits, log); err != nil {
 			xdsLis.Close()
 			adminLis.Close()
 			if ident != nil {
@@ -177,12 +225,14 @@ func run(ctx context.Context, c config) error {
 		}
 	}
 
-	g := grpc.NewServer(append(server.GRPCServerOptions(),
-		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
-		grpc.MaxConcurrentStreams(1<<20),
-	)...)
+	g := grpc.NewServer(c.limits.grpcServerOptions()...)
 	srv.Register(g)
-	httpSrv := &http.Server{Handler: srv.AdminHandler(), ReadHeaderTimeout: 10 * time.Second}
+	httpSrv := &http.Server{
+		Handler:           adminHandler(srv.AdminHandler()),
+		ReadHeaderTimeout: c.limits.handshake,
+		IdleTimeout:       c.limits.idle,
+		MaxHeaderBytes:    maxHeaderBytes,
+	}
 
 	errc := make(chan error, 5)
 	go func() { errc <- g.Serve(xdsLis) }()
@@ -253,4 +303,25 @@ func listen(flag, addr string) (net.Listener, error) {
 		return nil, fmt.Errorf("%s %s: %w", flag, addr, err)
 	}
 	return l, nil
+}
+
+// adminHandler serves /ready and /metrics to whoever reaches --admin-addr (the kubelet's probes and
+// Prometheus come from the pod network) and everything else, /debug/ (the mesh's whole state, its
+// clients), to loopback clients only: inside the pod, or through kubectl port-forward, which arrives
+// on loopback.
+func adminHandler(h http.Handler) http.Handler {
+	h = http.MaxBytesHandler(h, maxAdminBodyBytes)
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/ready" && r.URL.Path != "/metrics" && !fromLoopback(r) {
+			http.Error(w, r.URL.Path+" is served to loopback clients only (use kubectl port-forward to reach it)", http.StatusForbidden)
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
+}
+
+// fromLoopback reports whether the request's peer (never a header) is a loopback address.
+func fromLoopback(r *http.Request) bool {
+	ap, err := netip.ParseAddrPort(r.RemoteAddr)
+	return err == nil && ap.Addr().Unmap().IsLoopback()
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -52,7 +53,17 @@ type runOptions struct {
 	gcPercent    int
 	gcPercentSet bool
 	memoryLimit  string
+	// not flags: the admin server's read-header and idle timeouts (defaults below; tests shorten them)
+	adminHeaderTimeout, adminIdleTimeout time.Duration
 }
+
+// The admin server's timeouts: a connection whose request head is not whole 10 s after it opened (or
+// after its first byte, between requests) is closed, as is one that sends nothing for 2 minutes
+// between requests (the kubelet's probes and Prometheus reconnect or come back well within it).
+const (
+	defaultAdminHeaderTimeout = 10 * time.Second
+	defaultAdminIdleTimeout   = 2 * time.Minute
+)
 
 func envOr(name, def string) string {
 	if v := os.Getenv(name); v != "" {
@@ -76,7 +87,7 @@ func newRunCmd() *command {
 	f.StringVar(&o.namespace, "namespace", envOr("POD_NAMESPACE", ""), "this pod's namespace (env POD_NAMESPACE)")
 	f.StringVar(&o.podIP, "pod-ip", envOr("POD_IP", ""), "this pod's IP (env POD_IP)")
 	f.StringVar(&o.serviceAccount, "service-account", envOr("SERVICE_ACCOUNT", ""), "this pod's service account (env SERVICE_ACCOUNT)")
-	f.StringVar(&o.adminAddr, "admin-addr", "0.0.0.0:15000", "admin server address (/ready, /live, /metrics, /config_dump, /clusters, /shutdown)")
+	f.StringVar(&o.adminAddr, "admin-addr", "0.0.0.0:15000", "admin server address (/ready, /live, /metrics to anyone; /config_dump, /clusters, /xds, /shutdown to loopback clients only)")
 	f.StringVar(&o.httpProxyAddr, "http-proxy-addr", "", "explicit HTTP proxy address (off when empty; 127.0.0.1:4140 by convention)")
 	f.StringVar(&o.outboundAddr, "outbound-addr", "0.0.0.0:15001", "transparent outbound listener address (off when empty)")
 	f.StringVar(&o.inboundAddr, "inbound-addr", "0.0.0.0:15006", "inbound listener address (off when empty)")
@@ -360,7 +371,9 @@ func run(ctx context.Context, o runOptions) error {
 		Handler: admin.Handler(admin.Options{Proxy: p, XDS: xc, Metrics: writeMetrics, Shutdown: func() {
 			shutdownOnce.Do(func() { close(shutdown) })
 		}}),
-		ReadHeaderTimeout: 10 * time.Second,
+		ReadHeaderTimeout: cmp.Or(o.adminHeaderTimeout, defaultAdminHeaderTimeout),
+		IdleTimeout:       cmp.Or(o.adminIdleTimeout, defaultAdminIdleTimeout),
+		MaxHeaderBytes:    admin.MaxHeaderBytes,
 	}
 	if adminL != nil {
 		go func() {

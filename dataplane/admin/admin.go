@@ -1,6 +1,7 @@
 // Package admin is weft-proxy's admin server (--admin-addr, 15000 by convention): /ready, /live,
 // /metrics, /config_dump (Envoy's JSON format, with versions), /clusters and POST /shutdown; and, in a
-// binary built with -tags weftpprof only, Go's profiler under /debug/pprof/ (see pprof.go).
+// binary built with -tags weftpprof only, Go's profiler under /debug/pprof/ (see pprof.go). Only
+// /ready, /live and /metrics answer clients off loopback (Public).
 package admin
 
 import (
@@ -9,6 +10,7 @@ import (
 	"io"
 	"maps"
 	"net/http"
+	"net/netip"
 	"slices"
 
 	"google.golang.org/protobuf/encoding/protojson"
@@ -40,8 +42,40 @@ type Options struct {
 	Shutdown func()
 }
 
-// Handler returns the admin endpoints.
+// Public are the endpoints anyone who reaches the admin port may call: the kubelet's probes (/ready,
+// /live) and Prometheus (/metrics) come from the pod network. The rest (/config_dump, /clusters, /xds,
+// POST /shutdown, /debug/) are served to loopback clients only: the pod's own containers, weft-proxy
+// await, and kubectl port-forward (which arrives on loopback). The port itself is never intercepted
+// (iptables returns it before the inbound redirect), so a remote client's address is its own.
+var Public = []string{"/ready", "/live", "/metrics"}
+
+// MaxBodyBytes caps a request body (no endpoint reads one); MaxHeaderBytes is the server's head cap
+// that weft-proxy sets.
+const (
+	MaxBodyBytes   = 64 << 10
+	MaxHeaderBytes = 64 << 10
+)
+
+// Handler returns the admin endpoints, the non-public ones for loopback clients only.
 func Handler(o Options) http.Handler {
+	mux := handler(o)
+	h := http.MaxBytesHandler(mux, MaxBodyBytes)
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !slices.Contains(Public, r.URL.Path) && !FromLoopback(r) {
+			http.Error(w, r.URL.Path+" is served to loopback clients only (from inside the pod, or through kubectl port-forward)", http.StatusForbidden)
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
+}
+
+// FromLoopback reports whether the request's peer (its address, never a header) is on loopback.
+func FromLoopback(r *http.Request) bool {
+	ap, err := netip.ParseAddrPort(r.RemoteAddr)
+	return err == nil && ap.Addr().Unmap().IsLoopback()
+}
+
+func handler(o Options) *http.ServeMux {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /ready", func(w http.ResponseWriter, _ *http.Request) {
 		ok, why := o.Proxy.Ready()

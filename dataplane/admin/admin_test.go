@@ -68,3 +68,34 @@ func TestMetricsUncompressed(t *testing.T) {
 		t.Errorf("/metrics body lacks weft_test_total 1:\n%s", b)
 	}
 }
+
+// TestWhoMayCallWhat: /ready, /live and /metrics answer any client; /config_dump, /clusters, /xds,
+// POST /shutdown and anything else (/debug/) only loopback clients (IPv4, IPv6, IPv4-mapped): a peer
+// from the pod network gets 403, whatever its headers say.
+func TestWhoMayCallWhat(t *testing.T) {
+	shut := 0
+	h := admin.Handler(admin.Options{Proxy: fakeProxy{}, Shutdown: func() { shut++ }})
+	for _, tc := range []struct {
+		method, path string
+		public       bool
+	}{
+		{"GET", "/ready", true}, {"GET", "/live", true}, {"GET", "/metrics", true},
+		{"GET", "/config_dump", false}, {"GET", "/clusters", false}, {"GET", "/xds", false},
+		{"POST", "/shutdown", false}, {"GET", "/debug/pprof/", false}, {"GET", "/nope", false},
+	} {
+		for _, remote := range []string{"127.0.0.1:40000", "[::1]:40000", "[::ffff:127.0.0.1]:40000", "10.44.0.5:40000", "192.0.2.2:40000", "[fd00::2]:40000"} {
+			r := httptest.NewRequest(tc.method, tc.path, nil)
+			r.RemoteAddr = remote
+			r.Header.Set("X-Forwarded-For", "127.0.0.1")
+			w := httptest.NewRecorder()
+			h.ServeHTTP(w, r)
+			loopback := strings.Contains(remote, "127.0.0.1") || strings.HasPrefix(remote, "[::1]")
+			if refused := w.Code == http.StatusForbidden; refused != (!tc.public && !loopback) {
+				t.Errorf("%s %s from %s: %d", tc.method, tc.path, remote, w.Code)
+			}
+		}
+	}
+	if shut != 3 {
+		t.Errorf("POST /shutdown ran %d times, want 3 (the loopback clients)", shut)
+	}
+}

@@ -93,15 +93,33 @@ func neverSent(err error) bool {
 // guardBody is a request body that can be sent again after a connection that was never made: the
 // Close a transport makes when its dial fails is held back while nothing was read (net/http's
 // Transport closes the body then); read says whether a byte was taken (then it cannot be resent).
+// It also keeps the first read error, to tell the client's broken body (400) from an upstream
+// failure (502).
 type guardBody struct {
 	rc     io.ReadCloser
 	read   atomic.Bool
-	closed atomic.Bool // a Close held back
+	closed atomic.Bool           // a Close held back
+	err    atomic.Pointer[error] // the first read error other than io.EOF
 }
 
 func (b *guardBody) Read(p []byte) (int, error) {
 	b.read.Store(true)
-	return b.rc.Read(p)
+	n, err := b.rc.Read(p)
+	if err != nil && err != io.EOF {
+		b.err.CompareAndSwap(nil, &err)
+	}
+	return n, err
+}
+
+// bodyErr is the body's first read error, or nil (also for no guard).
+func (b *guardBody) bodyErr() error {
+	if b == nil {
+		return nil
+	}
+	if e := b.err.Load(); e != nil {
+		return *e
+	}
+	return nil
 }
 
 func (b *guardBody) Close() error {

@@ -36,9 +36,16 @@ import (
 // with its upstream response or its route timeout, as in most event-loop proxies.
 
 const (
-	h1ServerBuf         = 4 << 10
-	h1ServerIdleTimeout = 5 * time.Minute  // as newHTTPServer's IdleTimeout
-	h1ReadHeaderTimeout = 30 * time.Second // as newHTTPServer's ReadHeaderTimeout
+	h1ServerBuf = 4 << 10
+	// DefaultIdleTimeout closes a client connection that sends no request for this long (a new one
+	// that sends nothing, or a kept-alive one between requests); DefaultReadHeaderTimeout closes one
+	// whose request head is not whole this long after its first byte (slowloris). Both paths (the fast
+	// path here and net/http's server) use the proxy's values (Options).
+	DefaultIdleTimeout       = 5 * time.Minute
+	DefaultReadHeaderTimeout = 30 * time.Second
+	// MaxHeaderBytes caps a request head on net/http's server (431 above it), as Envoy's default
+	// max_request_headers_kb (60 KiB); the fast path's heads are at most h1ServerBuf.
+	MaxHeaderBytes = 64 << 10
 )
 
 // fastConns tracks the connections on the fast path, for a graceful drain.
@@ -127,7 +134,7 @@ func (p *Proxy) serveHTTP1(c net.Conn, info *connInfo, cs *connServer) {
 	s.br = bufio.NewReaderSize(s.fr, h1ServerBuf)
 	s.bw = bufio.NewWriterSize(s.fr, h1ServerBuf)
 	s.idleSet = monoNow()
-	_ = c.SetReadDeadline(time.Now().Add(h1ServerIdleTimeout))
+	_ = c.SetReadDeadline(time.Now().Add(p.idleTimeout))
 	next := stepWait
 	if raw := rawConnOf(c); raw != nil {
 		err := raw.Read(func(fd uintptr) bool {
@@ -206,6 +213,10 @@ func (s *h1Conn1) serve() step {
 		if err == errWouldBlock {
 			return stepWait
 		}
+		if err == errAmbiguousHead {
+			s.badRequest()
+			return stepClose
+		}
 		if err != nil || !fastHead(head) {
 			return stepHandover
 		}
@@ -218,8 +229,13 @@ func (s *h1Conn1) serve() step {
 			if err == nil && !validHost(req.Host) {
 				err = errors.New("malformed Host header")
 			}
+			if err == nil && (req.ContentLength != 0 || len(req.TransferEncoding) > 0) {
+				// fastHead saw no body: a parser that finds one reads the head differently, and the
+				// body's bytes would be taken for the next request.
+				err = errors.New("request body the fast path did not see")
+			}
 			if err != nil {
-				_, _ = io.WriteString(s.c, "HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\n\r\n400 Bad Request")
+				s.badRequest()
 				return stepClose
 			}
 			req.RemoteAddr = s.remote
@@ -229,7 +245,7 @@ func (s *h1Conn1) serve() step {
 			return stepClose
 		}
 		// The idle deadline is moved at most once a second (moving it is a timer update per request):
-		// a connection idles between h1ServerIdleTimeout-1s and h1ServerIdleTimeout.
+		// a connection idles between the idle timeout - 1s and the idle timeout.
 		now := time.Duration(0)
 		if handled {
 			now = s.lean.end // the lean request's end: no clock read of its own
@@ -238,7 +254,7 @@ func (s *h1Conn1) serve() step {
 			now = monoNow()
 		}
 		if s.head || now-s.idleSet >= time.Second {
-			_ = s.c.SetReadDeadline(time.Now().Add(h1ServerIdleTimeout))
+			_ = s.c.SetReadDeadline(time.Now().Add(s.p.idleTimeout))
 			s.idleSet = now
 		}
 		s.active, s.head = false, false
@@ -251,21 +267,30 @@ func (s *h1Conn1) serve() step {
 	}
 }
 
+func (s *h1Conn1) badRequest() {
+	_, _ = io.WriteString(s.c, "HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\n\r\n400 Bad Request")
+}
+
 // peekHead returns the request line and headers (through the blank line) from the read buffer,
-// reading more as needed; errWouldBlock when more must be waited for, another error when they do not
-// fit in the buffer or the read fails.
+// reading more as needed; errWouldBlock when more must be waited for, errAmbiguousHead for a head
+// that parsers may split differently (answered 400), another error when it does not fit in the
+// buffer or the read fails.
 func (s *h1Conn1) peekHead() ([]byte, error) {
 	br := s.br
 	for {
 		b, _ := br.Peek(br.Buffered())
-		if i := bytes.Index(b, []byte("\r\n\r\n")); i >= 0 {
-			return b[:i+4], nil
+		end := bytes.Index(b, []byte("\r\n\r\n"))
+		if ambiguousHead(b, end) {
+			return nil, errAmbiguousHead
+		}
+		if end >= 0 {
+			return b[:end+4], nil
 		}
 		if br.Buffered() >= h1ServerBuf {
 			return nil, errHeadTooLarge
 		}
 		if !s.head {
-			_ = s.c.SetReadDeadline(time.Now().Add(h1ReadHeaderTimeout))
+			_ = s.c.SetReadDeadline(time.Now().Add(s.p.readHeaderTimeout))
 			s.head = true
 		}
 		if _, err := br.Peek(br.Buffered() + 1); err != nil {
@@ -274,7 +299,64 @@ func (s *h1Conn1) peekHead() ([]byte, error) {
 	}
 }
 
-var errHeadTooLarge = errors.New("request head larger than the fast path's buffer")
+var (
+	errHeadTooLarge  = errors.New("request head larger than the fast path's buffer")
+	errAmbiguousHead = errors.New("ambiguous request head")
+)
+
+// ambiguousHead reports whether the head in b (through end, the index of its blank line, or all of b
+// when it is not whole yet) is one that HTTP/1.1 parsers disagree on, the stuff of request smuggling
+// (RFC 9112 §11.2): a bare LF or CR as a line end (Go CVE-2025-22871's class), an obs-fold line, a
+// header name that is not a token (a space before the colon), a Transfer-Encoding other than one
+// "chunked", a Transfer-Encoding with a Content-Length, or more than one Content-Length. Such a request gets a 400 and the connection closes, as Envoy does.
+func ambiguousHead(b []byte, end int) bool {
+	if end >= 0 {
+		b = b[:end+2]
+	}
+	var cl, te int
+	first := true
+	for len(b) > 0 {
+		i := bytes.IndexByte(b, '\n')
+		if i < 0 {
+			return bytes.IndexByte(b, '\r') >= 0 && bytes.IndexByte(b, '\r') < len(b)-1 // a CR not before LF
+		}
+		if i == 0 || b[i-1] != '\r' || bytes.IndexByte(b[:i-1], '\r') >= 0 {
+			return true // a bare LF, or a CR inside a line
+		}
+		line := b[:i-1]
+		b = b[i+1:]
+		if first {
+			first = false
+			continue
+		}
+		if len(line) > 0 && (line[0] == ' ' || line[0] == '\t') {
+			return true // obs-fold
+		}
+		name, val, ok := bytes.Cut(line, []byte(":"))
+		if !ok || len(name) == 0 {
+			return true
+		}
+		for _, c := range name {
+			if !tokenByte(c) {
+				return true // "Transfer-Encoding : chunked" is a header to some and not to others
+			}
+		}
+		switch {
+		case asciiEqualFold(name, "Content-Length"):
+			cl++
+		case asciiEqualFold(name, "Transfer-Encoding"):
+			te++
+			if !asciiEqualFold(bytes.Trim(val, " \t"), "chunked") {
+				return true
+			}
+		}
+	}
+	return cl > 1 || te > 1 || cl > 0 && te > 0
+}
+
+func asciiEqualFold(b []byte, s string) bool {
+	return len(b) == len(s) && strings.EqualFold(string(b), s)
+}
 
 // fdReader reads and writes a client connection: with direct set (inside RawConn.Read's callback,
 // which holds the connection's read lock) by raw system calls on fd (rawio.go), errWouldBlock for a

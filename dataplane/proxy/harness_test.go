@@ -34,8 +34,15 @@ type sidecar struct {
 
 func startSidecar(t testing.TB, cpAddr string, node xdsclient.Node, id dataplane.Identity) *sidecar {
 	t.Helper()
+	return startSidecarWith(t, cpAddr, node, proxy.Options{Identity: id})
+}
+
+// startSidecarWith is startSidecar with the proxy's options (its identity, timeouts).
+func startSidecarWith(t testing.TB, cpAddr string, node xdsclient.Node, o proxy.Options) *sidecar {
+	t.Helper()
 	reg := metrics.NewSet()
-	p := proxy.New(proxy.Options{Identity: id, Metrics: reg, DetectTimeout: time.Second})
+	o.Metrics, o.DetectTimeout = reg, time.Second
+	p := proxy.New(o)
 	cc := xdsclient.Dial(cpAddr, nil)
 	c := xdsclient.New(xdsclient.Options{Node: node, Conn: cc, OnUpdate: p.Update, BackoffBase: 20 * time.Millisecond, BackoffMax: 200 * time.Millisecond})
 	ctx, cancel := context.WithCancel(context.Background())

@@ -131,6 +131,9 @@ func (p *Proxy) serveHTTP(w http.ResponseWriter, r *http.Request, info *connInfo
 	sw := &statusWriter{ResponseWriter: w}
 	defer func() { p.metrics.observeHTTP(p, rs, sw.code, sw.Header(), start) }()
 
+	if r.ProtoMajor == 1 {
+		http1Framing(w, r)
+	}
 	if info.direction == "inbound" && r.Header.Get(origProtoHeader) != "" {
 		rs.origH1 = r.Header.Get(origProtoHeader) == "HTTP/1.1"
 		r.Header.Del(origProtoHeader)
@@ -410,6 +413,10 @@ func (p *Proxy) roundTrip(rs *reqState, out *http.Request) (*http.Response, erro
 			if retry != nil && retry.PerTryTimeout > 0 && errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil {
 				return nil, &proxyErr{http.StatusGatewayTimeout, fmt.Sprintf("upstream timeout after %s (per try)", retry.PerTryTimeout)}
 			}
+			if berr := guard.bodyErr(); berr != nil {
+				// The client's body broke (bad chunked framing, the client went away): its fault.
+				return nil, &proxyErr{http.StatusBadRequest, "reading the request body: " + berr.Error()}
+			}
 			return nil, p.roundTripError(ctx, rs, out.URL.Host, err)
 		}
 		if resp.TLS != nil && len(resp.TLS.PeerCertificates) > 0 {
@@ -561,4 +568,25 @@ func (b *doneBody) Close() error {
 	err := b.ReadCloser.Close()
 	b.done()
 	return err
+}
+
+// http1Framing applies the proxy's smuggling rules to an HTTP/1 request on net/http's server (the fast
+// path refuses such heads itself: ambiguousHead).
+//
+// A chunked request closes its connection after the response. net/http lets Transfer-Encoding win
+// over a Content-Length sent with it (RFC 9112 §6.3), and would then read what follows the last chunk
+// as the next request: the request another parser, framing by the Content-Length, would have taken for
+// body (CL.TE smuggling). What follows is never read as a request.
+//
+// An "Upgrade: h2c" is dropped (as Envoy does): the request goes upstream as plain HTTP/1.1, never as
+// an upgrade that would turn the connection into an HTTP/2 one past the proxy's routing (Go
+// CVE-2022-41721's class).
+func http1Framing(w http.ResponseWriter, r *http.Request) {
+	if len(r.TransferEncoding) > 0 {
+		w.Header().Set("Connection", "close")
+	}
+	if hasToken(r.Header["Upgrade"], "h2c") {
+		r.Header.Del("Upgrade")
+		r.Header.Del("Http2-Settings")
+	}
 }

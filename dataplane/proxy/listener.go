@@ -69,8 +69,9 @@ func (cs *connServer) serve(c net.Conn, info *connInfo) {
 func (p *Proxy) newHTTPServer(h http.HandlerFunc) *http.Server {
 	srv := &http.Server{
 		Handler:           h,
-		ReadHeaderTimeout: 30 * time.Second,
-		IdleTimeout:       5 * time.Minute,
+		ReadHeaderTimeout: p.readHeaderTimeout,
+		IdleTimeout:       p.idleTimeout,
+		MaxHeaderBytes:    MaxHeaderBytes,
 		ErrorLog:          p.rp.ErrorLog,
 		Protocols:         new(http.Protocols),
 	}
@@ -117,6 +118,11 @@ func (l *chanListener) Close() error {
 func (l *chanListener) Addr() net.Addr { return &net.TCPAddr{} }
 
 func (p *Proxy) serveListener(l net.Listener, name string) error {
+	return p.acceptLoop(l, func(c net.Conn) { p.handleConn(c, name) })
+}
+
+// acceptLoop accepts l's connections until it closes, handing each to handle in a goroutine of its own.
+func (p *Proxy) acceptLoop(l net.Listener, handle func(net.Conn)) error {
 	p.track(l, nil)
 	for {
 		c, err := l.Accept()
@@ -132,7 +138,7 @@ func (p *Proxy) serveListener(l net.Listener, name string) error {
 			return err
 		}
 		kickProcs() // a burst of load mostly starts with new connections (procs.go)
-		go p.handleConn(c, name)
+		go handle(c)
 	}
 }
 

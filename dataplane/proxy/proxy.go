@@ -7,8 +7,8 @@
 package proxy
 
 import (
+	"cmp"
 	"context"
-	"errors"
 	"log/slog"
 	"net"
 	"net/http"
@@ -33,6 +33,10 @@ type Options struct {
 	Logger  *slog.Logger
 	// DetectTimeout bounds the first read of protocol detection (default 1 s).
 	DetectTimeout time.Duration
+	// IdleTimeout closes an HTTP client connection that sends no request for this long
+	// (DefaultIdleTimeout when zero); ReadHeaderTimeout one whose request head is not whole this long
+	// after it began (DefaultReadHeaderTimeout when zero).
+	IdleTimeout, ReadHeaderTimeout time.Duration
 }
 
 // Proxy serves the listeners with the latest configuration.
@@ -43,6 +47,8 @@ type Proxy struct {
 	log      *slog.Logger
 	detect   time.Duration
 	rp       *httputil.ReverseProxy
+
+	idleTimeout, readHeaderTimeout time.Duration
 
 	// updateMu serializes Update; the maps below belong to it.
 	updateMu      sync.Mutex
@@ -76,14 +82,16 @@ func New(opts Options) *Proxy {
 		opts.DetectTimeout = time.Second
 	}
 	p := &Proxy{
-		identity:      opts.Identity,
-		metrics:       NewMetrics(opts.Metrics),
-		log:           opts.Logger.With("component", "proxy"),
-		detect:        opts.DetectTimeout,
-		clusterStates: map[string]*clusterState{},
-		hosts:         map[string]*host{},
-		tunnels:       map[net.Conn]struct{}{},
-		configured:    make(chan struct{}),
+		identity:          opts.Identity,
+		metrics:           NewMetrics(opts.Metrics),
+		log:               opts.Logger.With("component", "proxy"),
+		detect:            opts.DetectTimeout,
+		idleTimeout:       cmp.Or(opts.IdleTimeout, DefaultIdleTimeout),
+		readHeaderTimeout: cmp.Or(opts.ReadHeaderTimeout, DefaultReadHeaderTimeout),
+		clusterStates:     map[string]*clusterState{},
+		hosts:             map[string]*host{},
+		tunnels:           map[net.Conn]struct{}{},
+		configured:        make(chan struct{}),
 	}
 	p.rp = &httputil.ReverseProxy{
 		Rewrite:      p.rewrite,
@@ -163,17 +171,15 @@ func (p *Proxy) ServeInbound(l net.Listener) error { return p.serveListener(l, "
 
 // ServeHTTPProxy serves the explicit HTTP proxy (absolute-form requests and CONNECT), routed by
 // authority through the outbound route configurations and clusters.
+//
+// Its connections go through the HTTP/1.1 fast path's door (serveHTTP1) like the transparent
+// listeners', so that a request head parsers would split differently is refused the same way
+// (ambiguousHead); absolute-form requests and CONNECT then go to net/http's server.
 func (p *Proxy) ServeHTTPProxy(l net.Listener) error {
-	srv := p.newHTTPServer(func(w http.ResponseWriter, r *http.Request) {
+	return p.acceptLoop(l, func(c net.Conn) {
 		p.awaitConfig()
-		p.serveHTTP(w, r, &connInfo{direction: "outbound", explicit: true})
+		p.serveHTTP1(c, &connInfo{direction: "outbound", explicit: true}, p.outbound)
 	})
-	p.track(l, srv)
-	err := srv.Serve(l)
-	if errors.Is(err, http.ErrServerClosed) {
-		return nil
-	}
-	return err
 }
 
 func (p *Proxy) track(l net.Listener, srv *http.Server) {

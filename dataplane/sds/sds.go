@@ -80,7 +80,18 @@ type Options struct {
 	Poll   time.Duration // how often the identity and bundle are checked for changes (default 1s)
 	Mode   fs.FileMode   // socket file mode (default DefaultMode)
 	Logger *slog.Logger
+	// ReadHeaderTimeout closes a connection that has not sent the HTTP/2 preface (or a request's
+	// headers) this long after it opened (default 10 s); IdleTimeout one without a stream for this
+	// long (default 5 min: Envoy keeps its SDS stream open, so only a stray client is idle).
+	ReadHeaderTimeout, IdleTimeout time.Duration
 }
+
+const (
+	defaultReadHeaderTimeout = 10 * time.Second
+	defaultIdleTimeout       = 5 * time.Minute
+	// maxHeaderBytes caps a request's headers.
+	maxHeaderBytes = 64 << 10
+)
 
 // Server is an SDS server on a Unix socket.
 type Server struct {
@@ -128,6 +139,12 @@ func Listen(o Options) (*Server, error) {
 	}
 	if o.Logger == nil {
 		o.Logger = slog.Default()
+	}
+	if o.ReadHeaderTimeout <= 0 {
+		o.ReadHeaderTimeout = defaultReadHeaderTimeout
+	}
+	if o.IdleTimeout <= 0 {
+		o.IdleTimeout = defaultIdleTimeout
 	}
 	s := &Server{
 		o:       o,
@@ -517,7 +534,9 @@ func newHTTPServer(s *Server) *http.Server {
 	return &http.Server{
 		Handler:           mux,
 		Protocols:         &protos,
-		ReadHeaderTimeout: 10 * time.Second,
+		ReadHeaderTimeout: s.o.ReadHeaderTimeout,
+		IdleTimeout:       s.o.IdleTimeout,
+		MaxHeaderBytes:    maxHeaderBytes,
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
 	}
 }
