@@ -252,7 +252,7 @@ func TestGarbageOnControlPlanePorts(t *testing.T) {
 }
 
 // TestControlPlaneAdminExposure: /ready and /metrics answer anyone who reaches the admin port (the
-// kubelet, Prometheus); /debug/ only loopback clients: a request from another address of the machine
+// kubelet, Prometheus), and /debug/connections (weft check, through the apiserver); the rest of /debug/ only loopback clients: a request from another address of the machine
 // (the pod network) gets 403. No private key (the issuer's, in --identity-dir) appears in anything the
 // admin port or CSDS (on both gRPC ports) serves.
 func TestControlPlaneAdminExposure(t *testing.T) {
@@ -265,7 +265,7 @@ func TestControlPlaneAdminExposure(t *testing.T) {
 	}}}
 	remoteURL := "http://" + src.String() + ":" + port
 	loopURL := "http://127.0.0.1:" + port
-	for _, path := range []string{"/ready", "/metrics"} {
+	for _, path := range []string{"/ready", "/metrics", "/debug/connections"} {
 		getOK(t, fromNet, remoteURL+path)
 	}
 	for _, path := range []string{"/debug/", "/debug/state", "/debug/clients", "/debug/pprof/", "/nope"} {
@@ -288,7 +288,7 @@ func TestControlPlaneAdminExposure(t *testing.T) {
 	}
 	rootKey, _ := os.ReadFile(filepath.Join(cp.caDir, "ca.key"))
 	keys := append(issuerKey, rootKey...)
-	for _, path := range []string{"/debug/", "/debug/state", "/debug/clients", "/metrics", "/ready"} {
+	for _, path := range []string{"/debug/", "/debug/state", "/debug/clients", "/debug/connections", "/metrics", "/ready"} {
 		portprobe.NoPrivateKey(t, "GET "+path, getOK(t, local, loopURL+path), keys)
 	}
 	for name, cc := range map[string]*grpc.ClientConn{"plaintext": cp.plainConn(t), "mTLS": cp.mtlsConn(t, true)} {

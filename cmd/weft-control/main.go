@@ -306,19 +306,23 @@ func listen(flag, addr string) (net.Listener, error) {
 }
 
 // adminHandler serves /ready and /metrics to whoever reaches --admin-addr (the kubelet's probes and
-// Prometheus come from the pod network) and everything else, /debug/ (the mesh's whole state, its
-// clients), to loopback clients only: inside the pod, or through kubectl port-forward, which arrives
-// on loopback.
+// Prometheus come from the pod network), /debug/connections too (which proxies are connected, with
+// their SPIFFE IDs and certificate expiry: what `weft check --proxy` reads through the apiserver's
+// service and pod proxies, which come from the apiserver's address), and everything else, the rest of
+// /debug/ (the mesh's whole state, pprof), to loopback clients only: inside the pod, or through
+// kubectl port-forward, which arrives on loopback.
 func adminHandler(h http.Handler) http.Handler {
 	h = http.MaxBytesHandler(h, maxAdminBodyBytes)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path != "/ready" && r.URL.Path != "/metrics" && !fromLoopback(r) {
+		if !publicAdminPath[r.URL.Path] && !fromLoopback(r) {
 			http.Error(w, r.URL.Path+" is served to loopback clients only (use kubectl port-forward to reach it)", http.StatusForbidden)
 			return
 		}
 		h.ServeHTTP(w, r)
 	})
 }
+
+var publicAdminPath = map[string]bool{"/ready": true, "/metrics": true, "/debug/connections": true}
 
 // fromLoopback reports whether the request's peer (never a header) is a loopback address.
 func fromLoopback(r *http.Request) bool {
