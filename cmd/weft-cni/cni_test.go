@@ -31,7 +31,12 @@ import (
 	"github.com/weftmesh/weft/dataplane/iptables"
 )
 
-func TestMain(m *testing.M) { os.Exit(kubeenv.Main(m)) }
+// TestMain stops the cluster harness, then removes netns.WorldDir (the binaries netns.GoBuild made).
+func TestMain(m *testing.M) {
+	code := kubeenv.Main(m)
+	netns.RemoveWorldDir()
+	os.Exit(code)
+}
 
 // cniNode is one node's CNI setup for the tests: a "host" network namespace (where the runtime runs
 // the plugins; ptp puts the host side of each Pod's veth there), a CNI bin folder with ptp, host-local

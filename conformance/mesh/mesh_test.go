@@ -37,7 +37,12 @@ import (
 	"github.com/weftmesh/weft/xds"
 )
 
-func TestMain(m *testing.M) { os.Exit(kubeenv.Main(m)) }
+// TestMain stops the cluster harness, then removes netns.WorldDir (the binaries netns.GoBuild made).
+func TestMain(m *testing.M) {
+	code := kubeenv.Main(m)
+	netns.RemoveWorldDir()
+	os.Exit(code)
+}
 
 const (
 	proxyUID    = 2102
