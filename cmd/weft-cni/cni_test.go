@@ -31,12 +31,7 @@ import (
 	"github.com/weftmesh/weft/dataplane/iptables"
 )
 
-// TestMain stops the cluster harness, then removes netns.WorldDir (the binaries netns.GoBuild made).
-func TestMain(m *testing.M) {
-	code := kubeenv.Main(m)
-	netns.RemoveWorldDir()
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { os.Exit(kubeenv.Main(m)) }
 
 // cniNode is one node's CNI setup for the tests: a "host" network namespace (where the runtime runs
 // the plugins; ptp puts the host side of each Pod's veth there), a CNI bin folder with ptp, host-local

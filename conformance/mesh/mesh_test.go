@@ -37,12 +37,7 @@ import (
 	"github.com/weftmesh/weft/xds"
 )
 
-// TestMain stops the cluster harness, then removes netns.WorldDir (the binaries netns.GoBuild made).
-func TestMain(m *testing.M) {
-	code := kubeenv.Main(m)
-	netns.RemoveWorldDir()
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { os.Exit(kubeenv.Main(m)) }
 
 const (
 	proxyUID    = 2102

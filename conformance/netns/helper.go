@@ -93,8 +93,7 @@ func WorldDir() (string, error) {
 }
 
 // Main runs the tests of a package that uses this package, then removes WorldDir: its TestMain is
-// os.Exit(netns.Main(m)). A package whose TestMain is another's (kubeenv.Main) calls RemoveWorldDir
-// after it instead.
+// os.Exit(netns.Main(m)). kubeenv.Main does the same for the packages that run a cluster.
 func Main(m *testing.M) int {
 	code := m.Run()
 	RemoveWorldDir()
