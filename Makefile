@@ -14,6 +14,13 @@ PROTOC_GEN_GO_VERSION := v1.36.12
 PROTOC_GEN_GO_GRPC_VERSION := v1.6.2
 STATICCHECK_MODULE_VERSION := v0.8.2
 GRPCURL_VERSION := v1.9.4
+GOSEC_VERSION := v2.30.0
+GOVULNCHECK_VERSION := v1.10.0
+# govulncheck's database. vuln.go.dev is out of reach from the machines this project runs on (only the
+# Go module proxy is reachable); the same OSV reports are in the golang.org/x/vulndb module, whose
+# cmd/indexdb turns them into a database that govulncheck -db file://... reads. Bump this version to
+# get newer reports.
+VULNDB_VERSION := v0.0.0-20261105234957-e22db6528018
 # helm: the version go.mod renders the chart with (helm lint, and the test that helm template agrees).
 HELM_VERSION := $(shell awk '$$1 == "helm.sh/helm/v4" {print $$2}' go.mod)
 # crane: go-containerregistry's CLI at the version go.mod builds the images with (deploy/images' test
@@ -28,7 +35,7 @@ GO_TEST_FLAGS ?= -count=1 -timeout=30m
 # workspace of its own, its Go code generated beside it.
 MIRRORS := dataplane/internal/xdsproto identity/workload/internal/certifypb
 
-.PHONY: all build images test lint unit proto proto-check deps apt tools kube demo bench bench-control bench-proxy bench-identity clean
+.PHONY: all build images test lint gosec vulncheck unit proto proto-check deps apt tools kube demo bench bench-control bench-proxy bench-identity clean
 
 all: build
 
@@ -71,6 +78,40 @@ lint: tools
 	buf lint
 	@for d in $(MIRRORS); do echo "buf lint ($$d)"; (cd $$d && buf lint) || exit 1; done
 	$(MAKE) --no-print-directory proto-check
+	$(MAKE) --no-print-directory gosec vulncheck
+
+# gosec: every finding is fixed, or explained where it is (// #nosec Gnnn -- why), or its rule is
+# excluded here with the reason. Not scanned: generated code; bench/, conformance/kubeenv and
+# conformance/netns (harnesses that run on a developer's or CI's machine, never shipped; the xDS suite
+# that weft conformance ships, conformance/xds, is scanned); conformance/kubeenv/kube (its own module:
+# it builds kube-apiserver).
+# Excluded rules:
+#   G101 hardcoded credentials: its name heuristics flag file names and mount paths ("weft-cni.token");
+#        no credential is in the source: test CAs and keys are made at run time.
+#   G104 unhandled errors: all are Close, Remove, hash.Write (never fails) or io.Pipe's CloseWithError
+#        (always nil) on something being abandoned, where the error has no use (reviewed 2026-12).
+#   G204 subprocess with variable arguments: iptables, nft, ip, the go tool and the Kubernetes
+#        binaries, with arguments the code builds itself and no shell.
+#   G304 file inclusion via variable: reading the files the user names (--cert-dir, --token-file,
+#        --discovery-file, --config, ...) is what those flags are for.
+#   G404 math/rand: load balancing, weighted routes, retry and renewal jitter, the demo's traffic;
+#        keys, serial numbers and tokens come from crypto/rand.
+GOSEC_EXCLUDE := G101,G104,G204,G304,G404
+gosec: tools
+	gosec -quiet -exclude-generated -exclude=$(GOSEC_EXCLUDE) -exclude-dir=bench -exclude-dir=conformance/kubeenv -exclude-dir=conformance/netns ./...
+
+# vulncheck: govulncheck with the database built from golang.org/x/vulndb (see VULNDB_VERSION). It fails
+# on a vulnerability of a module that the code calls. A vulnerability of the standard library is
+# printed but fails only with VULNCHECK_STDLIB=fail: it is fixed by a newer Go than the machine's
+# toolchain (go version), which the project does not choose here.
+VULNCHECK_STDLIB ?= warn
+vulncheck: tools
+	@out=$$(govulncheck -db file://$(TOOLS)/vulndb ./... 2>&1) && rc=0 || rc=$$?; \
+	if [ $$rc -ne 0 ] && [ $$rc -ne 3 ]; then echo "$$out"; exit $$rc; fi; \
+	echo "$$out" | grep -E '^(Vulnerability #|    [A-Z]|  (Module|Standard library)|    (Found|Fixed) in)' || true; \
+	echo "$$out" | grep -E '^Your code|^This scan|^vulnerabilit|^No vulnerabilities' || true; \
+	if echo "$$out" | grep -q '^  Module: '; then echo "govulncheck: a module the code calls is vulnerable: upgrade it (go get MODULE@FIXED-VERSION)"; exit 1; fi; \
+	if [ "$(VULNCHECK_STDLIB)" = fail ] && echo "$$out" | grep -q '^  Standard library'; then exit 1; fi
 
 ## proto: regenerate the Go code of proto/ and of weft-proxy's slim Envoy mirrors with buf and the pinned plugins.
 proto: tools
@@ -98,7 +139,7 @@ apt:
 	  DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
 
-tools: $(TOOLS)/.stamp-$(BUF_VERSION)-$(PROTOC_GEN_GO_VERSION)-$(PROTOC_GEN_GO_GRPC_VERSION)-$(STATICCHECK_MODULE_VERSION)-$(GRPCURL_VERSION)-$(HELM_VERSION)-$(CRANE_VERSION)
+tools: $(TOOLS)/.stamp-$(BUF_VERSION)-$(PROTOC_GEN_GO_VERSION)-$(PROTOC_GEN_GO_GRPC_VERSION)-$(STATICCHECK_MODULE_VERSION)-$(GRPCURL_VERSION)-$(HELM_VERSION)-$(CRANE_VERSION)-$(GOSEC_VERSION)-$(GOVULNCHECK_VERSION)-$(VULNDB_VERSION)
 
 $(TOOLS)/.stamp-%:
 	@mkdir -p $(TOOLS)
@@ -109,6 +150,11 @@ $(TOOLS)/.stamp-%:
 	GOBIN=$(TOOLS) go install github.com/fullstorydev/grpcurl/cmd/grpcurl@$(GRPCURL_VERSION)
 	GOBIN=$(TOOLS) go install helm.sh/helm/v4/cmd/helm@$(HELM_VERSION)
 	GOBIN=$(TOOLS) go install github.com/google/go-containerregistry/cmd/crane@$(CRANE_VERSION)
+	GOBIN=$(TOOLS) go install github.com/securego/gosec/v2/cmd/gosec@$(GOSEC_VERSION)
+	GOBIN=$(TOOLS) go install golang.org/x/vuln/cmd/govulncheck@$(GOVULNCHECK_VERSION)
+	GOBIN=$(TOOLS) go install golang.org/x/vulndb/cmd/indexdb@$(VULNDB_VERSION)
+	rm -rf $(TOOLS)/vulndb
+	indexdb -vulns "$$(go mod download -json golang.org/x/vulndb@$(VULNDB_VERSION) | sed -n 's/^\t"Dir": "\(.*\)",$$/\1/p')/data/osv" -out $(TOOLS)/vulndb
 	@rm -f $(TOOLS)/.stamp-*; touch $@
 
 # kube-apiserver, kube-controller-manager, kube-scheduler, kubectl and kwok for conformance/kubeenv,

@@ -154,7 +154,7 @@ func Bootstrap(dir string, o BootstrapOptions) error {
 	if err != nil {
 		return err
 	}
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+	if err := os.MkdirAll(dir, 0o755); err != nil { // #nosec G301 -- ca.crt is for everyone to read; the keys in the folder are written 0600
 		return fmt.Errorf("creating %s: %w", dir, err)
 	}
 	anchorKey, err := anchor.KeyPEM()

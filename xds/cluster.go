@@ -136,7 +136,7 @@ func inboundCluster(port int32) *cluster.Cluster {
 		LoadAssignment: &endpoint.ClusterLoadAssignment{
 			ClusterName: name,
 			Endpoints: []*endpoint.LocalityLbEndpoints{{
-				LbEndpoints: []*endpoint.LbEndpoint{lbEndpoint("127.0.0.1", uint32(port))},
+				LbEndpoints: []*endpoint.LbEndpoint{lbEndpoint("127.0.0.1", uint32(port))}, // #nosec G115 -- Service ports are 1-65535 (the apiserver and the file source check them)
 			}},
 		},
 	}

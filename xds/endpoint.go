@@ -36,7 +36,7 @@ func loadAssignment(svc discovery.Service, sp discovery.ServicePort, o Options) 
 	slices.Sort(zones)
 	for _, z := range zones {
 		loc := byZone[z]
-		loc.LoadBalancingWeight = wrapperspb.UInt32(uint32(len(loc.LbEndpoints)))
+		loc.LoadBalancingWeight = wrapperspb.UInt32(uint32(len(loc.LbEndpoints))) // #nosec G115 -- a count of endpoints
 		cla.Endpoints = append(cla.Endpoints, loc)
 	}
 	return cla

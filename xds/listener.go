@@ -56,7 +56,9 @@ func outboundListener(s *discovery.State, o Options) *listener.Listener {
 			fc := &listener.FilterChain{
 				Name: cluster,
 				FilterChainMatch: &listener.FilterChainMatch{
-					PrefixRanges:    []*core.CidrRange{{AddressPrefix: ip.String(), PrefixLen: wrapperspb.UInt32(uint32(ip.BitLen()))}},
+					// #nosec G115 -- BitLen is 32 or 128
+					PrefixRanges: []*core.CidrRange{{AddressPrefix: ip.String(), PrefixLen: wrapperspb.UInt32(uint32(ip.BitLen()))}},
+					// #nosec G115 -- Service ports are 1-65535 (the apiserver and the file source check them)
 					DestinationPort: wrapperspb.UInt32(uint32(sp.Port)),
 				},
 			}
@@ -96,7 +98,7 @@ func InboundListener(ports []InboundPort) *listener.Listener {
 			}
 			return []*listener.Filter{tcpProxy(cluster)}
 		}
-		port := wrapperspb.UInt32(uint32(p.Port))
+		port := wrapperspb.UInt32(uint32(p.Port)) // #nosec G115 -- Service ports are 1-65535 (the apiserver and the file source check them)
 		l.FilterChains = append(l.FilterChains, &listener.FilterChain{
 			Name:             cluster + "mtls",
 			FilterChainMatch: &listener.FilterChainMatch{DestinationPort: port, TransportProtocol: "tls"},

@@ -5,7 +5,6 @@ import (
 	"context"
 	"crypto/sha256"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -16,6 +15,7 @@ import (
 	"time"
 
 	"github.com/fsnotify/fsnotify"
+	"github.com/spf13/pflag"
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 
@@ -47,11 +47,8 @@ func defaultAPIServer() string {
 	return "https://" + net.JoinHostPort(host, port)
 }
 
-// parseInstallFlags reads and checks install's flags (not yet the folders they name).
-func parseInstallFlags(args []string, stderr io.Writer) (installFlags, error) {
-	var f installFlags
-	fs := flag.NewFlagSet("install", flag.ContinueOnError)
-	fs.SetOutput(io.Discard) // a bad flag is one line (main prints it); -h prints the flags
+// addInstallFlags defines install's flags on fs.
+func addInstallFlags(fs *pflag.FlagSet, f *installFlags) {
 	fs.StringVar(&f.binDir, "cni-bin-dir", "/opt/cni/bin", "the node's CNI plugin folder (as mounted here); weft-cni copies itself there")
 	fs.StringVar(&f.netDir, "cni-net-dir", "/etc/cni/net.d", "the node's CNI configuration folder (as mounted here); weft-cni chains itself to the lexically first configuration there")
 	fs.StringVar(&f.hostRoot, "host-root", "", `where the node's folders are mounted in this container ("/host"): removed from the paths written into the configuration, which the node's runtime reads`)
@@ -62,35 +59,40 @@ func parseInstallFlags(args []string, stderr io.Writer) (installFlags, error) {
 	fs.StringVar(&f.iptMode, "iptables-mode", string(iptables.ModeAuto), "iptables backend the plugin uses in Pods: auto, nft or legacy")
 	fs.BoolVar(&f.once, "once", false, "install, print what was done and exit (no watching, no removal on exit)")
 	fs.DurationVar(&f.resync, "resync", 30*time.Second, "how often to check the installation again besides watching the configuration folder")
+}
+
+// parseInstallFlags reads and checks install's flags (not yet the folders they name), as the install
+// command does.
+func parseInstallFlags(args []string, stderr io.Writer) (installFlags, error) {
+	var f installFlags
+	fs := pflag.NewFlagSet("install", pflag.ContinueOnError)
+	fs.SetOutput(stderr)
+	addInstallFlags(fs, &f)
 	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			fmt.Fprintln(stderr, "Usage: weft-cni install [flags]\n\nPut weft-cni on this node and chain it to the node's CNI configuration; keep it there until SIGTERM, then remove it.\n\nFlags:")
-			fs.SetOutput(stderr)
-			fs.PrintDefaults()
-		}
 		return f, err
 	}
 	if fs.NArg() > 0 {
 		return f, fmt.Errorf("unexpected argument %q (flags only)", fs.Arg(0))
 	}
-	if _, err := iptables.ParseMode(f.iptMode); err != nil {
-		return f, fmt.Errorf("--iptables-mode: %w", err)
-	}
-	if f.apiserver == "" {
-		return f, errors.New("--apiserver: not given and KUBERNETES_SERVICE_HOST is not set (not running in a Pod); pass the apiserver's URL")
-	}
-	if f.resync <= 0 {
-		return f, fmt.Errorf("--resync %s: want a positive duration such as 30s", f.resync)
-	}
-	return f, nil
+	return f, f.check()
 }
 
-func runInstall(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	f, err := parseInstallFlags(args, stderr)
-	if errors.Is(err, flag.ErrHelp) {
-		return nil
+// check checks the flags' values (not yet the folders they name).
+func (f installFlags) check() error {
+	if _, err := iptables.ParseMode(f.iptMode); err != nil {
+		return fmt.Errorf("--iptables-mode: %w", err)
 	}
-	if err != nil {
+	if f.apiserver == "" {
+		return errors.New("--apiserver: not given and KUBERNETES_SERVICE_HOST is not set (not running in a Pod); pass the apiserver's URL")
+	}
+	if f.resync <= 0 {
+		return fmt.Errorf("--resync %s: want a positive duration such as 30s", f.resync)
+	}
+	return nil
+}
+
+func runInstall(ctx context.Context, f installFlags, stdout, stderr io.Writer) error {
+	if err := f.check(); err != nil {
 		return err
 	}
 	for _, d := range []struct{ flag, dir string }{{"--cni-bin-dir", f.binDir}, {"--cni-net-dir", f.netDir}} {

@@ -7,25 +7,31 @@ import (
 	"io"
 	"net/http"
 	"time"
+
+	"github.com/spf13/cobra"
 )
 
-func newAwaitCmd() *command {
+func newAwaitCmd() *cobra.Command {
 	var (
 		admin    string
 		timeout  time.Duration
 		interval time.Duration
 	)
-	cmd := newCommand("await", "Block until the local proxy is ready (a postStart hook), or fail after --timeout", "")
-	cmd.run = func(ctx context.Context, stdout io.Writer) error {
-		if err := awaitReady(ctx, admin, timeout, interval); err != nil {
-			return err
-		}
-		fmt.Fprintf(stdout, "proxy at %s is ready\n", admin)
-		return nil
+	cmd := &cobra.Command{
+		Use:   "await",
+		Short: "Block until the local proxy is ready (a postStart hook), or fail after --timeout",
+		Args:  noArgs,
+		RunE: func(c *cobra.Command, _ []string) error {
+			if err := awaitReady(c.Context(), admin, timeout, interval); err != nil {
+				return err
+			}
+			fmt.Fprintf(c.OutOrStdout(), "proxy at %s is ready\n", admin)
+			return nil
+		},
 	}
-	cmd.flags.StringVar(&admin, "admin-addr", "127.0.0.1:15000", "the proxy's admin address (host:port); /ready is polled there")
-	cmd.flags.DurationVar(&timeout, "timeout", 2*time.Minute, "give up after this long")
-	cmd.flags.DurationVar(&interval, "interval", 200*time.Millisecond, "time between two polls")
+	cmd.Flags().StringVar(&admin, "admin-addr", "127.0.0.1:15000", "the proxy's admin address (host:port); /ready is polled there")
+	cmd.Flags().DurationVar(&timeout, "timeout", 2*time.Minute, "give up after this long")
+	cmd.Flags().DurationVar(&interval, "interval", 200*time.Millisecond, "time between two polls")
 	return cmd
 }
 

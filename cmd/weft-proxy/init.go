@@ -1,11 +1,11 @@
 package main
 
 import (
-	"context"
 	"fmt"
-	"io"
 	"log/slog"
 	"os"
+
+	"github.com/spf13/cobra"
 
 	"github.com/weftmesh/weft/dataplane/iptables"
 )
@@ -36,13 +36,18 @@ func (f initFlags) options() (iptables.Options, error) {
 	return o, nil
 }
 
-func newInitCmd() *command {
+func newInitCmd() *cobra.Command {
 	var f initFlags
-	cmd := newCommand("init", "Program the pod's iptables so its TCP goes through the proxy (run as an init container)",
-		`Program the nat table of the pod's network namespace: inbound TCP goes to the inbound port and
+	cmd := &cobra.Command{
+		Use:   "init",
+		Short: "Program the pod's iptables so its TCP goes through the proxy (run as an init container)",
+		Long: `Program the nat table of the pod's network namespace: inbound TCP goes to the inbound port and
 outbound TCP to the outbound port, except the proxy's own uid, loopback, the admin port, and the
-skipped ports and subnets. Running it again changes nothing. Needs NET_ADMIN and NET_RAW.`)
-	cmd.run = func(ctx context.Context, stdout io.Writer) error {
+skipped ports and subnets. Running it again changes nothing. Needs NET_ADMIN and NET_RAW.`,
+		Args: noArgs,
+	}
+	cmd.RunE = func(c *cobra.Command, _ []string) error {
+		ctx, stdout := c.Context(), c.OutOrStdout()
 		opts, err := f.options()
 		if err != nil {
 			return err
@@ -72,14 +77,14 @@ skipped ports and subnets. Running it again changes nothing. Needs NET_ADMIN and
 		}
 		return nil
 	}
-	fl := cmd.flags
+	fl := cmd.Flags()
 	fl.StringVar(&f.skipInbound, "skip-inbound-ports", "", `inbound ports that bypass the proxy, as config.weft.io/skip-inbound-ports ("22,8000-8100")`)
 	fl.StringVar(&f.skipOutbound, "skip-outbound-ports", "", `outbound ports that bypass the proxy, as config.weft.io/skip-outbound-ports ("5432,3306")`)
 	fl.StringVar(&f.skipSubnets, "skip-subnets", "", `IPv4 CIDRs whose traffic bypasses the proxy, as config.weft.io/skip-subnets ("10.0.0.0/8,169.254.169.254/32")`)
-	uintVar(fl, &f.proxyUID, "proxy-uid", iptables.DefaultProxyUID, "uid the proxy runs as; its traffic is never intercepted")
-	uintVar(fl, &f.inboundPort, "inbound-port", iptables.DefaultInboundPort, "proxy port receiving intercepted inbound TCP")
-	uintVar(fl, &f.outboundPort, "outbound-port", iptables.DefaultOutboundPort, "proxy port receiving intercepted outbound TCP")
-	uintVar(fl, &f.adminPort, "admin-port", iptables.DefaultAdminPort, "proxy admin port, never intercepted inbound")
+	uintVar(cmd, &f.proxyUID, "proxy-uid", iptables.DefaultProxyUID, "uid the proxy runs as; its traffic is never intercepted")
+	uintVar(cmd, &f.inboundPort, "inbound-port", iptables.DefaultInboundPort, "proxy port receiving intercepted inbound TCP")
+	uintVar(cmd, &f.outboundPort, "outbound-port", iptables.DefaultOutboundPort, "proxy port receiving intercepted outbound TCP")
+	uintVar(cmd, &f.adminPort, "admin-port", iptables.DefaultAdminPort, "proxy admin port, never intercepted inbound")
 	fl.BoolVar(&f.dryRun, "dry-run", false, "print the iptables-restore input for the nat table and change nothing")
 	fl.StringVar(&f.mode, "iptables-mode", string(iptables.ModeAuto), "iptables backend: auto, nft or legacy")
 	return cmd

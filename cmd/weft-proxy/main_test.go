@@ -15,12 +15,15 @@ func TestCommandLine(t *testing.T) {
 		wantErr string
 	}{
 		{args: []string{"--version"}, out: []string{"weft-proxy "}},
-		{args: []string{"--help"}, out: []string{"Commands:", "init ", "await ", "validate ", "Flags of run:", "-xds-addr"}},
+		{args: []string{"version"}, out: []string{"weft-proxy "}},
+		{args: []string{"--help"}, out: []string{"Commands:", "run ", "init ", "await ", "validate ", "version ", "runs the proxy (run) with the flags below", "--xds-addr"}},
+		{args: []string{"validate", "--help"}, out: []string{"weft-proxy validate [flags]", "--connect-addr"}},
 		{args: []string{"init", "-h"}, out: []string{"Program the nat table", "-skip-inbound-ports", "-inbound-port"}},
 		{args: []string{"frobnicate"}, wantErr: `unknown command "frobnicate": want run, init, await or validate`},
-		{args: []string{"--no-such-flag"}, wantErr: "run: flag provided but not defined: -no-such-flag (weft-proxy run --help)"},
+		{args: []string{"--no-such-flag"}, wantErr: "run: unknown flag: --no-such-flag (weft-proxy run --help)"},
+		{args: []string{"await", "--timeout", "soon"}, wantErr: `await: invalid argument "soon" for "--timeout" flag`},
 		{args: []string{"await", "extra"}, wantErr: `await: unexpected argument "extra"`},
-		{args: []string{"init", "--dry-run", "--inbound-port", "70000"}, wantErr: `init: invalid value "70000" for flag -inbound-port: want a number from 0 to 65535`},
+		{args: []string{"init", "--dry-run", "--inbound-port", "70000"}, wantErr: `init: invalid argument "70000" for "--inbound-port" flag: want a number from 0 to 65535 (weft-proxy init --help)`},
 		{args: []string{"init", "--dry-run", "--proxy-uid=1337", "--skip-inbound-ports", "22", "--outbound-port", "15001"}, out: []string{"*nat", "--dport 22", "--uid-owner 1337"}},
 		{args: []string{"run", "--pod-name", "p", "--namespace", "n"}, wantErr: "missing --xds-addr (or XDS_ADDR)"},
 		{args: []string{"--xds-addr", "127.0.0.1:1", "--pod-name", "p", "--namespace", "n", "--gc-percent=-5"}, wantErr: "--gc-percent -5: want 0 or more"},

@@ -21,6 +21,9 @@ import (
 	fx "github.com/weftmesh/weft/dataplane/xdsfixture"
 )
 
+// TestMain removes netns.WorldDir (the weft-proxy binary netns.GoBuild made) when the tests are done.
+func TestMain(m *testing.M) { os.Exit(netns.Main(m)) }
+
 // TestTransparentMeshInNamespaces is the real thing: two pods (network namespaces) with `weft-proxy
 // init` interception and the weft-proxy binary running as uid 2102 with certificates from --cert-dir,
 // configured by a control plane in the test process. The client app calls a Service ClusterIP that
@@ -75,6 +78,7 @@ func TestTransparentMeshInNamespaces(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		t.Cleanup(func() { os.RemoveAll(dir) })
 		if err := testpki.WriteDir(dir, ca.Issue(spiffe), ca); err != nil {
 			t.Fatal(err)
 		}

@@ -53,6 +53,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 
+	"github.com/weftmesh/weft/conformance/netns"
 	"github.com/weftmesh/weft/conformance/prereq"
 )
 
@@ -100,7 +101,8 @@ var (
 	inMain  bool
 )
 
-// Main runs the package's tests and stops the shared environment afterwards. Call it from TestMain.
+// Main runs the package's tests, then stops the shared environment and removes netns.WorldDir. Call it
+// from TestMain.
 func Main(m *testing.M) int {
 	mu.Lock()
 	inMain = true
@@ -114,6 +116,9 @@ func Main(m *testing.M) int {
 			in.env = nil
 		}
 	}
+	// Packages with a cluster often run pods as network namespaces too: remove the binaries
+	// netns.GoBuild made for them (nothing when the package made none).
+	netns.RemoveWorldDir()
 	return code
 }
 

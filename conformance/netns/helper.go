@@ -75,14 +75,41 @@ var (
 	selfErr  error
 )
 
+// worldDir is this process's WorldDir.
+func worldDir() string {
+	return filepath.Join(os.TempDir(), fmt.Sprintf("weft-netns-%d", os.Getpid()))
+}
+
 // WorldDir is a directory (created once per process, 0755) for executables that users other than
-// root must run; it is removed by the next run's sweep once this process is gone.
+// root must run: the helper binary and GoBuild's binaries, shared by the tests of the process (a
+// test that puts files of its own there removes them with t.Cleanup). Main or RemoveWorldDir removes
+// it when the tests are done; the next run's sweep removes it if the process died first.
 func WorldDir() (string, error) {
-	dir := filepath.Join(os.TempDir(), fmt.Sprintf("weft-netns-%d", os.Getpid()))
+	dir := worldDir()
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return "", err
 	}
 	return dir, os.Chmod(dir, 0o755)
+}
+
+// Main runs the tests of a package that uses this package, then removes WorldDir: its TestMain is
+// os.Exit(netns.Main(m)). kubeenv.Main does the same for the packages that run a cluster.
+func Main(m *testing.M) int {
+	code := m.Run()
+	RemoveWorldDir()
+	return code
+}
+
+// RemoveWorldDir removes WorldDir with the binaries in it (a helper copy of the test binary, each
+// GoBuild binary: tens of MB per package), and forgets them.
+func RemoveWorldDir() {
+	buildMu.Lock()
+	defer buildMu.Unlock()
+	if err := os.RemoveAll(worldDir()); err != nil {
+		fmt.Fprintln(os.Stderr, "netns:", err)
+	}
+	clear(buildCache)
+	selfOnce, selfPath, selfErr = sync.Once{}, "", nil
 }
 
 // helperBinary is a copy of the test binary that any user can run (go test's own build directory

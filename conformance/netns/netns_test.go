@@ -13,6 +13,9 @@ import (
 	"time"
 )
 
+// TestMain removes the helper binary's folder (WorldDir) when the tests are done.
+func TestMain(m *testing.M) { os.Exit(Main(m)) }
+
 // serveLines answers every connection on ln with the line reply(conn).
 func serveLines(ln net.Listener, reply func(net.Conn) string) {
 	go func() {

@@ -51,7 +51,7 @@ func Validate(ctx context.Context, o ValidateOptions) error {
 	ctx, cancel := context.WithTimeout(ctx, o.Timeout)
 	defer cancel()
 
-	ln, err := net.Listen("tcp", ":"+strconv.Itoa(int(o.OutboundPort)))
+	ln, err := net.Listen("tcp", ":"+strconv.Itoa(int(o.OutboundPort))) // #nosec G102 -- inside the Pod's network namespace, on the port intercepted outbound TCP is redirected to: the check needs every address
 	if err != nil {
 		if errors.Is(err, syscall.EADDRINUSE) {
 			return fmt.Errorf("cannot listen on the outbound port %d: it is in use; run validate before the proxy starts (as an init container)", o.OutboundPort)

@@ -160,13 +160,13 @@ func (c *clusterRT) outcome(h *host, status int) {
 	var eject bool
 	if fail5xx {
 		n := h.consecutive5x.Add(1)
-		eject = o.Consecutive5xx > 0 && n >= int32(o.Consecutive5xx)
+		eject = o.Consecutive5xx > 0 && int64(n) >= int64(o.Consecutive5xx)
 	} else {
 		h.consecutive5x.Store(0)
 	}
 	if gateway {
 		n := h.consecutiveGw.Add(1)
-		eject = eject || (o.ConsecutiveGatewayFailure > 0 && n >= int32(o.ConsecutiveGatewayFailure))
+		eject = eject || (o.ConsecutiveGatewayFailure > 0 && int64(n) >= int64(o.ConsecutiveGatewayFailure))
 	} else {
 		h.consecutiveGw.Store(0)
 	}

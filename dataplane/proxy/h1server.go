@@ -575,7 +575,7 @@ func (w *fastResponse) writeHead(first []byte, final bool) {
 		h.Set("Content-Length", strconv.Itoa(len(first)))
 	case w.contentLength < 0:
 		w.chunked = true
-		h.Set("Transfer-Encoding", "chunked")
+		h.Set("Transfer-Encoding", "chunked") // #nosec G113 -- Content-Length was removed above when not validly declared (contentLength < 0)
 	}
 	if _, ok := h["Content-Type"]; !ok && len(first) > 0 && w.bodyAllowed() {
 		h.Set("Content-Type", http.DetectContentType(first))

@@ -155,6 +155,7 @@ func TestH2WriteConnClientPreface(t *testing.T) {
 func TestH2WriteConnCoalescesH2cResponse(t *testing.T) {
 	for _, coalesce := range []bool{false, true} {
 		p := New(Options{})
+		t.Cleanup(func() { _ = p.Shutdown(context.Background()) })
 		l, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
 			t.Fatal(err)
@@ -293,6 +294,7 @@ func TestH2WriteConnCloseEndsStuckWrite(t *testing.T) {
 	ca := testpki.NewCA("test")
 	client := New(Options{Identity: testpki.Identity{Leaf: ca.Issue("spiffe://cluster.local/ns/a/sa/client"), CA: ca}})
 	server := New(Options{Identity: testpki.Identity{Leaf: ca.Issue("spiffe://cluster.local/ns/a/sa/server"), CA: ca}})
+	t.Cleanup(func() { _ = client.Shutdown(context.Background()); _ = server.Shutdown(context.Background()) })
 	tlsPair := func(t *testing.T) (net.Conn, net.Conn) {
 		l, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {

@@ -76,7 +76,7 @@ func writeWeftError(w http.ResponseWriter, r *http.Request, status int, msg stri
 	h.Set("Content-Type", "text/plain; charset=utf-8")
 	h.Set("Content-Length", strconv.Itoa(len(msg)+1))
 	w.WriteHeader(status)
-	_, _ = io.WriteString(w, msg+"\n")
+	_, _ = io.WriteString(w, msg+"\n") // #nosec G705 -- text/plain, the proxy's own error message
 }
 
 // grpcTimeout parses a grpc-timeout header ("100m", "5S", ...).

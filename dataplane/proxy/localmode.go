@@ -104,7 +104,7 @@ func (m *LocalMode) reconcile(ports []uint32) error {
 		if _, ok := m.bound[port]; ok {
 			continue
 		}
-		addr := netip.AddrPortFrom(m.PodIP, uint16(port)).String()
+		addr := netip.AddrPortFrom(m.PodIP, uint16(port)).String() // #nosec G115 -- xDS listener ports are checked to be 1-65535 (dataplane/config)
 		l, err := listen("tcp", addr)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("inbound port %s: %w", addr, err))

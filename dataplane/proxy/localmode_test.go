@@ -1,6 +1,7 @@
 package proxy_test
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -105,6 +106,7 @@ func TestLocalModeInbound(t *testing.T) {
 	t.Cleanup(func() { app.Close() })
 
 	p := proxy.New(proxy.Options{})
+	t.Cleanup(func() { _ = p.Shutdown(context.Background()) })
 	lm := &proxy.LocalMode{Proxy: p, PodIP: podIP, AppIP: appIP}
 	t.Cleanup(lm.Close)
 	lm.Update(inboundSnapshot(port))
@@ -138,6 +140,7 @@ func TestLocalModeInbound(t *testing.T) {
 
 func TestNewLocalModeFlagMistakes(t *testing.T) {
 	p := proxy.New(proxy.Options{})
+	t.Cleanup(func() { _ = p.Shutdown(context.Background()) })
 	if _, err := proxy.NewLocalMode(p, "", true, "", nil); err == nil || !strings.Contains(err.Error(), "--pod-ip") {
 		t.Errorf("--inbound-bind-pod-ip without a pod IP: %v, want an error naming --pod-ip", err)
 	}

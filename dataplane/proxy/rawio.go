@@ -46,7 +46,7 @@ func rawIO(trap uintptr, fd int, p []byte, flags uintptr) (int, syscall.Errno) {
 		return 0, 0
 	}
 	for {
-		n, _, e := syscall.RawSyscall6(trap, uintptr(fd), uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)), flags, 0, 0)
+		n, _, e := syscall.RawSyscall6(trap, uintptr(fd), uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)), flags, 0, 0) // #nosec G103 -- a read/write system call on our own buffer, the same as the syscall package's
 		if e == syscall.EINTR {
 			continue
 		}

@@ -44,6 +44,7 @@ func TestMTLSHopOverRawSockets(t *testing.T) {
 	ca := testpki.NewCA("test")
 	client := New(Options{Identity: testpki.Identity{Leaf: ca.Issue("spiffe://cluster.local/ns/a/sa/client"), CA: ca}})
 	server := New(Options{Identity: testpki.Identity{Leaf: ca.Issue("spiffe://cluster.local/ns/a/sa/server"), CA: ca}})
+	t.Cleanup(func() { _ = client.Shutdown(context.Background()); _ = server.Shutdown(context.Background()) })
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

@@ -90,6 +90,25 @@ func TestOutlierEjectionAndReturn(t *testing.T) {
 	}
 }
 
+// A consecutive_5xx of 2^31 or more (a uint32 in xDS) is a threshold never reached, not a negative
+// one that ejects a host on its first failure.
+func TestOutlierHugeThresholdDoesNotEject(t *testing.T) {
+	good := startBackend(t, "good", "127.0.0.1:0")
+	bad := startBackend(t, "bad", "127.0.0.1:0")
+	bad.fails.Store(1 << 30)
+	svc := newService(t, echoFQDN, "127.0.0.42", good.addr, bad.addr)
+	svc.lb = clusterv3.Cluster_ROUND_ROBIN
+	msgs := withCluster(resources(svc), svc.cluster(), func(c *clusterv3.Cluster) { fx.WithOutlier(c, 1<<31, 2*time.Second, 100) })
+	sc := meshWith(t, msgs, svc)
+	c := clientFor(svc)
+	for i := 0; i < 200 && bad.hits.Load() < 5; i++ {
+		get(t, c, "http://"+svc.authority()+"/")
+	}
+	if e := endpointStatus(sc, svc.cluster(), bad.addr.String()); e.Ejected || e.Ejections != 0 {
+		t.Fatalf("after %d failures with consecutive_5xx 2^31: %+v", bad.hits.Load(), e)
+	}
+}
+
 func TestCircuitBreakerMaxRequests(t *testing.T) {
 	release := make(chan struct{})
 	entered := make(chan struct{}, 1)

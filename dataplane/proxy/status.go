@@ -45,7 +45,7 @@ func (p *Proxy) Clusters() []ClusterStatus {
 		for _, h := range c.all {
 			until := h.ejectedUntil.Load()
 			es := EndpointStatus{
-				Address: h.addrStr, Health: config.Health(h.health.Load()).String(), Weight: h.weight,
+				Address: h.addrStr, Health: config.Health(h.health.Load()).String(), Weight: h.weight, // #nosec G115 -- health holds a config.Health, stored from one
 				ActiveRequests: h.active.Load(), Ejected: until > now, Ejections: h.ejections.Load(),
 			}
 			if es.Ejected {

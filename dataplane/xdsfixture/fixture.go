@@ -148,7 +148,7 @@ func (c Chain) build() *listenerv3.FilterChain {
 	fc := &listenerv3.FilterChain{Name: c.Name, FilterChainMatch: &listenerv3.FilterChainMatch{ApplicationProtocols: c.AppProtocols, TransportProtocol: c.Transport}}
 	if c.IP != "" {
 		a := netip.MustParseAddr(c.IP)
-		fc.FilterChainMatch.PrefixRanges = []*corev3.CidrRange{{AddressPrefix: c.IP, PrefixLen: wrapperspb.UInt32(uint32(a.BitLen()))}}
+		fc.FilterChainMatch.PrefixRanges = []*corev3.CidrRange{{AddressPrefix: c.IP, PrefixLen: wrapperspb.UInt32(uint32(a.BitLen()))}} // #nosec G115 -- BitLen is 32 or 128
 	}
 	if c.Port != 0 {
 		fc.FilterChainMatch.DestinationPort = wrapperspb.UInt32(c.Port)

@@ -173,7 +173,7 @@ func checkStatic(exe []byte, arch string) error {
 // Write writes each image as a docker-archive tarball out/NAME.tar, and all of them into the OCI image
 // layout out/oci (replaced), each annotated with its reference.
 func Write(out string, built []Built) error {
-	if err := os.MkdirAll(out, 0o755); err != nil {
+	if err := os.MkdirAll(out, 0o755); err != nil { // #nosec G301 -- the output folder of make images, like go build -o's
 		return err
 	}
 	for _, b := range built {

@@ -117,7 +117,7 @@ func frame(m proto.Message) ([]byte, error) {
 	if err != nil {
 		return nil, Errorf(Internal, "encoding the message: %v", err)
 	}
-	binary.BigEndian.PutUint32(b[1:5], uint32(len(b)-5))
+	binary.BigEndian.PutUint32(b[1:5], uint32(len(b)-5)) // #nosec G115 -- messages are far below 4 GiB (the caller's limits)
 	return b, nil
 }
 
@@ -222,7 +222,7 @@ func decodeTimeout(v string) (d time.Duration, ok bool) {
 	if unit == time.Hour && n > uint64(time.Duration(math.MaxInt64)/time.Hour) {
 		return time.Duration(math.MaxInt64), true
 	}
-	return time.Duration(n) * unit, true
+	return time.Duration(n) * unit, true // #nosec G115 -- at most 8 digits (checked above): no overflow but hours, guarded above
 }
 
 // checkHead is the call's error from the response head: nil for a gRPC response.

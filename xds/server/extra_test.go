@@ -57,7 +57,10 @@ func TestTrustBundleFollowsTheCA(t *testing.T) {
 	defer cancel()
 	go h.srv.FollowTrustBundle(ctx, func() <-chan struct{} { return changed }, func() []byte {
 		b := current
-		bundleCh <- b
+		select { // once changed is closed FollowTrustBundle calls again at once: let it end with ctx
+		case bundleCh <- b:
+		case <-ctx.Done():
+		}
 		return b
 	})
 	<-bundleCh

@@ -209,7 +209,7 @@ func Resources(services []xdsconf.Service) map[resource.Type][]types.Resource {
 		for _, ip := range svc.Endpoints {
 			lbs = append(lbs, &endpointv3.LbEndpoint{HostIdentifier: &endpointv3.LbEndpoint_Endpoint{Endpoint: &endpointv3.Endpoint{
 				Address: &corev3.Address{Address: &corev3.Address_SocketAddress{SocketAddress: &corev3.SocketAddress{
-					Address: ip, PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: uint32(svc.Port)}}}},
+					Address: ip, PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: uint32(svc.Port)}}}}, // #nosec G115 -- test Service ports are 1-65535
 			}}})
 		}
 		out[resource.EndpointType] = append(out[resource.EndpointType], &endpointv3.ClusterLoadAssignment{

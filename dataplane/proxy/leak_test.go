@@ -1,0 +1,11 @@
+package proxy_test
+
+import (
+	"testing"
+
+	"go.uber.org/goleak"
+)
+
+// TestMain fails the package when a goroutine outlives its tests: every listener, connection pool,
+// health checker and drain the tests start must be stopped by the end.
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
