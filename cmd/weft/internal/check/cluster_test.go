@@ -695,15 +695,16 @@ func TestChecksOnACluster(t *testing.T) {
 		if err := c.CoreV1().Services(cpNS).Delete(ctx, InjectorName, metav1.DeleteOptions{}); err != nil {
 			t.Fatal(err)
 		}
-		// kube-proxy removes the Service's rule.
-		if err := removeServiceRule(); err != nil {
-			t.Fatal(err)
-		}
 		// The apiserver keeps its connection to the injector open and goes on using it (as through
 		// kube-proxy's conntrack on a real cluster): only a new connection finds the Service gone.
 		// A restart of weft-control drops that connection.
 		stopControl()
 		stopControl = net1.runControl(t, env, good.material, cpIP)
+		// Then kube-proxy removes the Service's rule. (The other way round, the connection's close
+		// would not reach the apiserver, whose next call would hang until the webhook's timeout.)
+		if err := removeServiceRule(); err != nil {
+			t.Fatal(err)
+		}
 		rep, got := outcomes(t, ControlPlaneChecks(tg))
 		expect(t, got, "webhook-service", Fail, "Service weft/weft-injector does not exist")
 		expect(t, got, "webhook-injects", Fail, "came back without a weft-proxy container")
