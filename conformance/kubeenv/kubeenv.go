@@ -165,8 +165,8 @@ func get(t testing.TB, in *instance, clusterMode bool) *Env {
 const KwokVersion = "v0.8.0"
 
 // binDir finds the folder of Kubernetes binaries that build-kube.sh fills: $WEFT_KUBE_BIN, else the
-// cache keyed by the Kubernetes version of kube/go.mod and the Go version. It checks that the binaries
-// of the mode are there.
+// cache keyed by the Kubernetes version of kube/go.mod and the Go version (-stamped: binaries that
+// report their version). It checks that the binaries of the mode are there.
 func binDir(clusterMode bool) (string, error) {
 	dir := os.Getenv("WEFT_KUBE_BIN")
 	if dir == "" {
@@ -186,7 +186,7 @@ func binDir(clusterMode bool) (string, error) {
 			}
 			cache = filepath.Join(base, "weft")
 		}
-		dir = filepath.Join(cache, "kubernetes", version+"-"+runtime.Version())
+		dir = filepath.Join(cache, "kubernetes", version+"-"+runtime.Version()+"-stamped")
 	}
 	need := []string{"kube-apiserver"}
 	if clusterMode {

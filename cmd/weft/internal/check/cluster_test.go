@@ -7,11 +7,11 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"net/http"
 	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -21,7 +21,6 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/protobuf/types/known/structpb"
-	admissionv1 "k8s.io/api/admission/v1"
 	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -30,6 +29,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
+	"sigs.k8s.io/yaml"
 
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 
@@ -94,13 +94,11 @@ func expectAllPass(t *testing.T, rep Report) {
 	}
 }
 
-// notPassed lists the checks that did not pass. The harness's kube-apiserver is built without a
-// version stamp (it reports v0.0.0-master), which k8s-version can only warn about: that warning is
-// expected.
+// notPassed lists the checks that did not pass.
 func notPassed(rep Report) []string {
 	var bad []string
 	for _, o := range rep.Outcomes {
-		if o.Status == Pass || o.ID == "k8s-version" && o.Status == Warn && strings.Contains(o.Message, "without a version stamp") {
+		if o.Status == Pass {
 			continue
 		}
 		bad = append(bad, fmt.Sprintf("%s (%s) = %s: %s (hint: %s)", o.ID, o.Description, o.Status, o.Message, o.Hint))
@@ -191,8 +189,9 @@ func install(t *testing.T, env *kubeenv.Env, m identity.Material) {
 
 // podNet is a network namespace reachable from the host (where the apiserver runs) at the given
 // addresses: a veth pair, the addresses on the namespace's end, a host route to each (/32) through it.
-// It plays the node network: the addresses are a kwok Pod's IP and a Service's ClusterIP (there is
-// no kube-proxy; the apiserver calls webhooks at their Service's ClusterIP).
+// It plays a node's network: the address is a kwok Pod's IP; a Service's ClusterIP is routed to it
+// too, where a nat rule plays kube-proxy (the harness has none; the apiserver calls webhooks at their
+// Service's ClusterIP).
 type podNet struct {
 	t    *testing.T
 	name string
@@ -232,6 +231,30 @@ func (n *podNet) add(a netip.Addr) {
 	n.ip("route", "replace", a.String()+"/32", "dev", n.host, "src", hostSide)
 }
 
+// serviceRule plays kube-proxy for one port of a Service: the host routes the ClusterIP to the
+// namespace (through the Pod's IP: the ClusterIP is no one's address, so no one answers ARP for it),
+// where a nat rule sends it to the Pod's port (DNAT in PREROUTING, where packets from the host arrive;
+// real iptables, as kube-proxy's). It returns a function that removes the rule, as kube-proxy does
+// when the Service is deleted.
+func (n *podNet) serviceRule(t *testing.T, clusterIP netip.Addr, port uint16, to netip.AddrPort) (remove func() error) {
+	t.Helper()
+	prereq.Binary(t, "iptables")
+	n.ip("route", "replace", clusterIP.String()+"/32", "via", to.Addr().String(), "dev", n.host, "src", hostSide)
+	rule := func(op string) error {
+		cmd := exec.Command("iptables", "-w", "-t", "nat", op, "PREROUTING", "-d", clusterIP.String()+"/32", "-p", "tcp", "--dport", fmt.Sprint(port),
+			"-m", "comment", "--comment", "weft check test: Service port", "-j", "DNAT", "--to-destination", to.String())
+		out, err := n.pod.Output(cmd)
+		if err != nil {
+			return fmt.Errorf("%s: %v: %s", strings.Join(cmd.Args, " "), err, out)
+		}
+		return nil
+	}
+	if err := rule("-A"); err != nil {
+		t.Fatal(err)
+	}
+	return func() error { return rule("-D") }
+}
+
 func (n *podNet) ip(args ...string) {
 	n.t.Helper()
 	if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
@@ -239,28 +262,28 @@ func (n *podNet) ip(args ...string) {
 	}
 }
 
-// serve serves h on addr inside the namespace (TLS when cert is set) until the test ends.
-func (n *podNet) serve(addr string, h http.Handler, cert *tls.Certificate) *http.Server {
-	n.t.Helper()
-	ln := n.pod.Listen(n.t, "tcp", addr)
-	if cert != nil {
-		ln = tls.NewListener(ln, &tls.Config{Certificates: []tls.Certificate{*cert}})
-	}
-	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
-	go func() { _ = srv.Serve(ln) }()
-	n.t.Cleanup(func() { srv.Close() })
-	return srv
-}
-
-// runControl runs the weft-control binary inside the namespace, serving on ip (admin 15014, xDS
-// 15010, xDS and identity over mTLS 15012) with the CA in --identity-dir. The apiserver listens on the
-// host's loopback, out of the namespace's reach: a forwarder on the host side of the veth stands in
-// for the node's route to it. It returns a function that stops the process (also done at cleanup).
+// runControl runs the weft-control binary inside the namespace as the chart's Deployment runs it in
+// its Pod, serving on ip: admin 15014, xDS 15010, xDS and identity over mTLS 15012, the injector
+// 15017 (its certificate for weft-injector.<ns>.svc and ip); the CA in --identity-dir; the injector's
+// --injector-config the config.yaml of the weft-config ConfigMap (the Pod's mounted volume), read from
+// the cluster now; its namespace in POD_NAMESPACE (the Pod's ServiceAccount volume says it). The
+// apiserver listens on the host's loopback, out of the namespace's reach: a forwarder on the host side
+// of the veth stands in for the node's route to it. It returns once the process listens, with a
+// function that stops it. The process lives as long as the namespace (stopped at its cleanup); t
+// (which may be a subtest) is only told of errors.
 func (n *podNet) runControl(t *testing.T, env *kubeenv.Env, m identity.Material, ip netip.Addr) (stop func()) {
 	t.Helper()
 	bin := netns.GoBuild(t, "./cmd/weft-control")
-	dir := t.TempDir()
-	for name, data := range map[string][]byte{identity.BundleFile: m.Bundle, identity.IssuerCertFile: m.IssuerCert, identity.IssuerKeyFile: m.IssuerKey} {
+	dir := n.t.TempDir()
+	cm, err := env.Client.CoreV1().ConfigMaps(cpNS).Get(context.Background(), ConfigName, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	files := map[string][]byte{
+		identity.BundleFile: m.Bundle, identity.IssuerCertFile: m.IssuerCert, identity.IssuerKeyFile: m.IssuerKey,
+		"config.yaml": []byte(cm.Data["config.yaml"]),
+	}
+	for name, data := range files {
 		if err := os.WriteFile(filepath.Join(dir, name), data, 0o600); err != nil {
 			t.Fatal(err)
 		}
@@ -271,7 +294,7 @@ func (n *podNet) runControl(t *testing.T, env *kubeenv.Env, m identity.Material,
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { fwd.Close() })
+	n.t.Cleanup(func() { fwd.Close() })
 	go func() {
 		for {
 			in, err := fwd.Accept()
@@ -307,11 +330,16 @@ func (n *podNet) runControl(t *testing.T, env *kubeenv.Env, m identity.Material,
 	if err != nil {
 		t.Fatal(err)
 	}
+	injector := netip.AddrPortFrom(ip, 15017)
 	cmd := exec.Command(bin, "--kubeconfig="+kubeconfig,
 		"--xds-addr="+netip.AddrPortFrom(ip, 15010).String(),
 		"--admin-addr="+netip.AddrPortFrom(ip, 15014).String(),
 		"--identity-addr="+netip.AddrPortFrom(ip, 15012).String(),
-		"--identity-dir="+dir, "--trust-domain="+testTD)
+		"--identity-dir="+dir, "--trust-domain="+testTD,
+		"--injector-addr="+injector.String(),
+		"--injector-config="+filepath.Join(dir, "config.yaml"),
+		"--injector-cert-dns="+InjectorName+"."+cpNS+".svc")
+	cmd.Env = append(os.Environ(), "POD_NAMESPACE="+cpNS)
 	cmd.Stdout, cmd.Stderr = logFile, logFile
 	if err := n.pod.Do(cmd.Start); err != nil {
 		t.Fatalf("starting weft-control: %v", err)
@@ -327,47 +355,30 @@ func (n *podNet) runControl(t *testing.T, env *kubeenv.Env, m identity.Material,
 			<-done
 		}
 	}
-	t.Cleanup(func() {
+	n.t.Cleanup(func() {
 		stop()
-		if t.Failed() {
+		if n.t.Failed() {
 			b, _ := os.ReadFile(logPath)
-			t.Logf("weft-control's log:\n%s", b)
+			n.t.Logf("weft-control's log (%s):\n%s", cmd.Args, b)
 		}
+	})
+	eventually(t, "weft-control listens on "+injector.String(), 30*time.Second, func() (bool, string) {
+		select {
+		case <-done:
+			b, _ := os.ReadFile(logPath)
+			t.Fatalf("weft-control exited:\n%s", b)
+		default:
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		c, err := n.pod.Dial(ctx, "tcp", injector.String())
+		if err != nil {
+			return false, err.Error()
+		}
+		c.Close()
+		return true, ""
 	})
 	return stop
-}
-
-// standInInjector stands in for weft-control's injector (being written on another branch): a Pod
-// annotated weft.io/inject=enabled gets a weft-proxy native sidecar and the proxy-version annotation,
-// as the shared contract says.
-func standInInjector(t *testing.T, version string) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		var review admissionv1.AdmissionReview
-		body, _ := io.ReadAll(r.Body)
-		if err := json.Unmarshal(body, &review); err != nil || review.Request == nil {
-			http.Error(w, "not an AdmissionReview", http.StatusBadRequest)
-			return
-		}
-		resp := &admissionv1.AdmissionResponse{UID: review.Request.UID, Allowed: true}
-		var pod corev1.Pod
-		if err := json.Unmarshal(review.Request.Object.Raw, &pod); err == nil && pod.Annotations[InjectAnnotation] == "enabled" && !hasProxy(&pod) {
-			always := corev1.ContainerRestartPolicyAlways
-			c := corev1.Container{Name: ProxyContainer, Image: "ghcr.io/weftmesh/weft-proxy:" + version, RestartPolicy: &always}
-			var patch []map[string]any
-			if len(pod.Spec.InitContainers) == 0 {
-				patch = append(patch, map[string]any{"op": "add", "path": "/spec/initContainers", "value": []corev1.Container{c}})
-			} else {
-				patch = append(patch, map[string]any{"op": "add", "path": "/spec/initContainers/-", "value": c})
-			}
-			patch = append(patch, map[string]any{"op": "add", "path": "/metadata/annotations/weft.io~1proxy-version", "value": version})
-			b, _ := json.Marshal(patch)
-			pt := admissionv1.PatchTypeJSONPatch
-			resp.Patch, resp.PatchType = b, &pt
-		}
-		review.Response, review.Request = resp, nil
-		w.Header().Set("Content-Type", "application/json")
-		_ = json.NewEncoder(w).Encode(review)
-	})
 }
 
 // proxyStream is a meshed Pod's proxy connected to weft-control's xDS over mTLS (port 15012) as node
@@ -432,6 +443,20 @@ func serviceIP(t *testing.T, c kubernetes.Interface, ns, name string) netip.Addr
 	return netip.MustParseAddr(svc.Spec.ClusterIP)
 }
 
+// configVersion is the version in the weft-config ConfigMap's config.yaml.
+func configVersion(t *testing.T, c kubernetes.Interface) string {
+	t.Helper()
+	cm, err := c.CoreV1().ConfigMaps(cpNS).Get(context.Background(), ConfigName, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cfg proxyConfig
+	if err := yaml.Unmarshal([]byte(cm.Data["config.yaml"]), &cfg); err != nil || cfg.Version == "" {
+		t.Fatalf("%s: config.yaml names no version (%v):\n%s", ConfigName, err, cm.Data["config.yaml"])
+	}
+	return cfg.Version
+}
+
 func setSecret(t *testing.T, c kubernetes.Interface, m identity.Material) {
 	t.Helper()
 	ctx := context.Background()
@@ -480,7 +505,8 @@ func TestPreChecks(t *testing.T) {
 	}
 	expect(t, got, "k8s-api-reachable", Pass, "")
 	expect(t, got, "pre-namespace", Warn, "cannot tell")
-	expect(t, got, "pre-native-sidecars", Warn, "cannot tell")
+	// It may not create a dry-run Pod: the apiserver's version tells.
+	expect(t, got, "pre-native-sidecars", Pass, "")
 }
 
 var authTokenRequest = authenticationv1.TokenRequest{Spec: authenticationv1.TokenRequestSpec{ExpirationSeconds: ptr(int64(600))}}
@@ -488,13 +514,14 @@ var authTokenRequest = authenticationv1.TokenRequest{Spec: authenticationv1.Toke
 func ptr[T any](v T) *T { return &v }
 
 // TestChecksOnACluster installs Weft on the harness's cluster (the chart, applied server-side), puts
-// the weft-control Pod's IP (and the injector Service's ClusterIP) on a network namespace where the
-// real weft-control binary runs with the install's CA, beside a stand-in injector; meshes a Pod
-// through the webhook and connects its "proxy" to weft-control over mTLS. Every check passes, through
-// the real paths (the apiserver's service and pod proxies to the Pod IP, the webhook at its
-// ClusterIP). Then it makes each fault and watches its check fail with a hint: a proxy not connected,
-// an issuer expiring (warning) and expired, a wrong webhook caBundle, the webhook Service deleted,
-// weft-control not serving, the control plane scaled to 0; and --wait waits for it to come back.
+// the weft-control Pod's IP on a network namespace where the real weft-control binary runs as in its
+// Pod (the install's CA and proxy configuration, its injector on :15017), with the injector Service's
+// ClusterIP sent there by a kube-proxy-like nat rule; meshes a Pod through the webhook and connects its
+// "proxy" to weft-control over mTLS. Every check passes, through the real paths (the apiserver's
+// service and pod proxies to the Pod IP, the webhook at its ClusterIP). Then it makes each fault and
+// watches its check fail with a hint: a proxy not connected, an issuer expiring (warning) and expired,
+// a wrong webhook caBundle, the webhook Service deleted, weft-control not serving, the control plane
+// scaled to 0; and --wait waits for it to come back.
 func TestChecksOnACluster(t *testing.T) {
 	env := kubeenv.GetCluster(t)
 	prereq.Root(t)
@@ -514,21 +541,14 @@ func TestChecksOnACluster(t *testing.T) {
 	}
 	ca.SetIssuer(issuer)
 
-	// weft-control at its Pod's IP: the real binary, run in a network namespace that holds the IP,
-	// with the CA in --identity-dir; beside it a stand-in injector at the Pod's IP and at the injector
-	// Service's ClusterIP (weft-control on this branch has no injector yet).
+	// weft-control at its Pod's IP: the real binary, run in a network namespace that holds the IP, with
+	// the CA in --identity-dir and its injector on :15017; the injector Service's ClusterIP:443 goes
+	// there through a nat rule, as kube-proxy's.
 	cpPod, cpIP := podIP(t, c, cpNS, ControlPlaneLabel)
 	injectorIP := serviceIP(t, c, cpNS, InjectorName)
-	net1 := newPodNet(t, cpIP, injectorIP)
+	net1 := newPodNet(t, cpIP)
 	stopControl := net1.runControl(t, env, good.material, cpIP)
-	webhookCert, err := ca.ServingCertificate(identity.ID{}, InjectorName+"."+cpNS+".svc")
-	if err != nil {
-		t.Fatal(err)
-	}
-	injectors := []*http.Server{
-		net1.serve(netip.AddrPortFrom(cpIP, 15017).String(), standInInjector(t, testVersion), webhookCert),
-		net1.serve(netip.AddrPortFrom(injectorIP, 443).String(), standInInjector(t, testVersion), webhookCert),
-	}
+	removeServiceRule := net1.serviceRule(t, injectorIP, 443, netip.AddrPortFrom(cpIP, 15017))
 	t.Logf("weft-control Pod %s at %s, Service %s at %s: served in network namespace %s", cpPod, cpIP, InjectorName, injectorIP, net1.name)
 
 	// A meshed Pod, injected by the webhook through the real apiserver.
@@ -547,8 +567,21 @@ func TestChecksOnACluster(t *testing.T) {
 		created = p
 		return hasProxy(p), "created without " + ProxyContainer
 	})
-	if created.Annotations[ProxyVersionAnnotation] != testVersion {
-		t.Fatalf("the injected Pod's annotations: %v", created.Annotations)
+	// The injector's shape (deploy/inject): weft-init, then weft-proxy as a native sidecar; the
+	// config's version on the Pod.
+	var inits []string
+	for _, ic := range created.Spec.InitContainers {
+		name := ic.Name
+		if ic.RestartPolicy != nil && *ic.RestartPolicy == corev1.ContainerRestartPolicyAlways {
+			name += " (sidecar)"
+		}
+		inits = append(inits, name)
+	}
+	if want := []string{"weft-init", ProxyContainer + " (sidecar)"}; !slices.Equal(inits, want) {
+		t.Errorf("the injected Pod's init containers: %q, want %q", inits, want)
+	}
+	if v, want := created.Annotations[ProxyVersionAnnotation], configVersion(t, c); v != want {
+		t.Errorf("the injected Pod's %s = %q, want the version of %s, %q", ProxyVersionAnnotation, v, ConfigName, want)
 	}
 	podIP(t, c, appNS, "app=web")
 	disconnect := proxyStream(t, netip.AddrPortFrom(cpIP, 15012).String(), ca, issuer, "web", appNS)
@@ -664,9 +697,13 @@ func TestChecksOnACluster(t *testing.T) {
 		}
 		// The apiserver keeps its connection to the injector open and goes on using it (as through
 		// kube-proxy's conntrack on a real cluster): only a new connection finds the Service gone.
-		// The injector drops its connections, as a restart of weft-control would.
-		for _, s := range injectors {
-			s.SetKeepAlivesEnabled(false)
+		// A restart of weft-control drops that connection.
+		stopControl()
+		stopControl = net1.runControl(t, env, good.material, cpIP)
+		// Then kube-proxy removes the Service's rule. (The other way round, the connection's close
+		// would not reach the apiserver, whose next call would hang until the webhook's timeout.)
+		if err := removeServiceRule(); err != nil {
+			t.Fatal(err)
 		}
 		rep, got := outcomes(t, ControlPlaneChecks(tg))
 		expect(t, got, "webhook-service", Fail, "Service weft/weft-injector does not exist")
@@ -677,7 +714,7 @@ func TestChecksOnACluster(t *testing.T) {
 	})
 
 	t.Run("weft-control not serving", func(t *testing.T) {
-		stopControl() // the process is gone; kwok keeps its Pod Ready
+		stopControl() // the process (restarted above) is gone; kwok keeps its Pod Ready
 		_, got := outcomes(t, ControlPlaneChecks(tg))
 		expect(t, got, "cp-pods", Pass, "")
 		expect(t, got, "xds-ready", Fail, "connection refused")
