@@ -390,7 +390,7 @@ func proxyStream(t *testing.T, addr string, ca *identity.CA, bundle *identity.Is
 		t.Fatal(err)
 	}
 	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{
-		Certificates: []tls.Certificate{*cert}, RootCAs: bundle.TrustBundle(),
+		MinVersion: tls.VersionTLS13, Certificates: []tls.Certificate{*cert}, RootCAs: bundle.TrustBundle(),
 	})))
 	if err != nil {
 		t.Fatal(err)
