@@ -81,8 +81,9 @@ lint: tools
 	$(MAKE) --no-print-directory gosec vulncheck
 
 # gosec: every finding is fixed, or explained where it is (// #nosec Gnnn -- why), or its rule is
-# excluded here with the reason. Not scanned: generated code; bench/, conformance/kubeenv and
-# conformance/netns (harnesses that run on a developer's or CI's machine, never shipped; the xDS suite
+# excluded here with the reason. Not scanned: generated code; bench/, conformance/kubeenv,
+# conformance/netns and conformance/portprobe (harnesses that run on a developer's or CI's machine,
+# never shipped; portprobe sends malformed frames and TLS without verification on purpose; the xDS suite
 # that weft conformance ships, conformance/xds, is scanned); conformance/kubeenv/kube (its own module:
 # it builds kube-apiserver).
 # Excluded rules:
@@ -98,7 +99,7 @@ lint: tools
 #        keys, serial numbers and tokens come from crypto/rand.
 GOSEC_EXCLUDE := G101,G104,G204,G304,G404
 gosec: tools
-	gosec -quiet -exclude-generated -exclude=$(GOSEC_EXCLUDE) -exclude-dir=bench -exclude-dir=conformance/kubeenv -exclude-dir=conformance/netns ./...
+	gosec -quiet -exclude-generated -exclude=$(GOSEC_EXCLUDE) -exclude-dir=bench -exclude-dir=conformance/kubeenv -exclude-dir=conformance/netns -exclude-dir=conformance/portprobe ./...
 
 # vulncheck: govulncheck with the database built from golang.org/x/vulndb (see VULNDB_VERSION). It fails
 # on a vulnerability of a module that the code calls. A vulnerability of the standard library is
