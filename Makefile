@@ -133,6 +133,7 @@ FUZZ_TARGETS := \
 	./identity/spiffeid:FuzzNewID \
 	./identity:FuzzCheckCSR \
 	./identity:FuzzCertify \
+	./identity:FuzzParseStaticTokens \
 	./identity/kubeauth:FuzzTokenReview \
 	./identity/grpcwire:FuzzReadMessage \
 	./dataplane/proxy:FuzzLeanRequest \
