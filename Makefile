@@ -138,6 +138,7 @@ FUZZ_TARGETS := \
 	./identity/grpcwire:FuzzReadMessage \
 	./dataplane/proxy:FuzzLeanRequest \
 	./dataplane/proxy:FuzzLeanResponse \
+	./dataplane/proxy:FuzzH2WriteConn \
 	./dataplane/iptables:FuzzRules \
 	./deploy/inject:FuzzInject
 
