@@ -11,11 +11,13 @@ import (
 	"github.com/weftmesh/weft/dataplane/iptables"
 )
 
-// annotations reads "key=value" lines (the fuzzer's encoding of an annotation map).
+// annotations reads "key=value" lines (the fuzzer's encoding of an annotation map). Invalid UTF-8
+// becomes U+FFFD, as in any Pod the webhook gets: it arrives as JSON.
 func annotations(s string) map[string]string {
 	if s == "" {
 		return nil
 	}
+	s = strings.ToValidUTF8(s, "\uFFFD")
 	m := map[string]string{}
 	for _, line := range strings.Split(s, "\n") {
 		k, v, _ := strings.Cut(line, "=")
