@@ -67,9 +67,9 @@ func FuzzReadMessage(f *testing.F) {
 	})
 }
 
-// TestReadMessageAllocatesWhatArrives: a prefix declaring 64 MB followed by 10 bytes costs a few
-// kilobytes (the test allows 4 MB of noise); one declaring more than 64 MB is refused as ResourceExhausted before any allocation; and a
-// real 1 MB message still reads whole.
+// TestReadMessageAllocatesWhatArrives: a prefix declaring 64 MB followed by 10 bytes costs about
+// 32 KB (the test allows 4 MB of background noise), not 64 MB; one declaring more than 64 MB is
+// refused as ResourceExhausted; and a real 1 MB message still reads whole.
 func TestReadMessageAllocatesWhatArrives(t *testing.T) {
 	alloc, _, err := allocatedReading(prefixed(0, MaxMessageSize, []byte("0123456789")))
 	if !errors.Is(err, io.ErrUnexpectedEOF) {
