@@ -65,6 +65,9 @@ func FuzzTokenReview(f *testing.F) {
 	}
 
 	f.Fuzz(func(t *testing.T, authenticated bool, user, uid, audiences, msg string) {
+		// A review arrives as JSON: its strings are UTF-8 (the encoder replaces what is not).
+		user, uid, audiences, msg = strings.ToValidUTF8(user, "\uFFFD"), strings.ToValidUTF8(uid, "\uFFFD"),
+			strings.ToValidUTF8(audiences, "\uFFFD"), strings.ToValidUTF8(msg, "\uFFFD")
 		st := authenticationv1.TokenReviewStatus{Authenticated: authenticated, Error: msg,
 			User: authenticationv1.UserInfo{Username: user, UID: uid}}
 		if audiences != "" {
