@@ -151,7 +151,7 @@ fuzz:
 			cat $$log; rm -f $$log; exit 1; \
 		fi; \
 		last=$$(grep '^fuzz: elapsed' $$log | tail -1 | sed -E 's/^fuzz: //; s| \([0-9]+/sec\)||'); rm -f $$log; \
-		echo "   $$last"; summary+=$$(printf '%-20s %s' "$$fn" "$$last")$$'\n'; \
+		echo "   $$last"; summary+=$$(printf '%-22s %s' "$$fn" "$$last")$$'\n'; \
 	done; echo; echo "fuzzed each target for $(FUZZTIME):"; printf '%s' "$$summary"
 
 ## demo: a whole mesh on one machine, no cluster, no root.
