@@ -35,7 +35,7 @@ GO_TEST_FLAGS ?= -count=1 -timeout=30m
 # workspace of its own, its Go code generated beside it.
 MIRRORS := dataplane/internal/xdsproto identity/workload/internal/certifypb
 
-.PHONY: all build images test lint gosec vulncheck unit proto proto-check deps apt tools kube demo bench bench-control bench-proxy bench-identity clean
+.PHONY: all build images test lint gosec vulncheck unit proto proto-check deps apt tools kube demo fuzz bench bench-control bench-proxy bench-identity clean
 
 all: build
 
@@ -162,6 +162,44 @@ $(TOOLS)/.stamp-%:
 # built from the Go module proxy into ~/.cache/weft (about 21 minutes cold on 2 cores, nothing warm).
 kube:
 	conformance/kubeenv/build-kube.sh
+
+## fuzz: each Go fuzz target for FUZZTIME (default 30s), one after another (Go fuzzes one target per
+## run), then per target the executions and the coverage Go reports: inputs that reached new code
+## this run ("new interesting") and the corpus size. `make test` runs only their seed corpora
+## (testdata/fuzz holds the crashers found, kept as cases). A failure prints the input's file.
+## FUZZPARALLEL=1 uses one worker (default: one per CPU).
+FUZZTIME ?= 30s
+FUZZMINIMIZETIME ?= 5s
+FUZZPARALLEL ?=
+FUZZ_TARGETS := \
+	./discovery:FuzzParseObjects \
+	./dataplane/xdsclient:FuzzDecodeResource \
+	./xds/server:FuzzDecodeRequest \
+	./xds/server:FuzzADS \
+	./identity/spiffeid:FuzzParseID \
+	./identity/spiffeid:FuzzNewID \
+	./identity:FuzzCheckCSR \
+	./identity:FuzzCertify \
+	./identity:FuzzParseStaticTokens \
+	./identity/kubeauth:FuzzTokenReview \
+	./identity/grpcwire:FuzzReadMessage \
+	./dataplane/proxy:FuzzLeanRequest \
+	./dataplane/proxy:FuzzLeanResponse \
+	./dataplane/proxy:FuzzH2WriteConn \
+	./dataplane/iptables:FuzzRules \
+	./deploy/inject:FuzzInject
+
+fuzz:
+	@summary=""; for t in $(FUZZ_TARGETS); do \
+		pkg=$${t%%:*}; fn=$${t##*:}; log=$$(mktemp); \
+		echo "== $$fn ($$pkg) for $(FUZZTIME)"; \
+		if ! go test -run='^$$' -fuzz="^$$fn\$$" -fuzztime=$(FUZZTIME) -fuzzminimizetime=$(FUZZMINIMIZETIME) \
+			$(if $(FUZZPARALLEL),-parallel=$(FUZZPARALLEL)) $$pkg >$$log 2>&1; then \
+			cat $$log; rm -f $$log; exit 1; \
+		fi; \
+		last=$$(grep '^fuzz: elapsed' $$log | tail -1 | sed -E 's/^fuzz: //; s| \([0-9]+/sec\)||'); rm -f $$log; \
+		echo "   $$last"; summary+=$$(printf '%-22s %s' "$$fn" "$$last")$$'\n'; \
+	done; echo; echo "fuzzed each target for $(FUZZTIME):"; printf '%s' "$$summary"
 
 ## demo: a whole mesh on one machine, no cluster, no root.
 demo: build

@@ -21,6 +21,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
+	sigsjson "sigs.k8s.io/json"
 	"sigs.k8s.io/yaml"
 )
 
@@ -147,17 +148,104 @@ func decodeDocument(doc []byte, objs *Objects) (ignored string, _ error) {
 	return "", nil
 }
 
+// strictJSON decodes one object as the API server would (field names are case-sensitive, unknown
+// fields are errors). Its errors name the field by its full path with list indexes
+// ("spec.ports[1].port: ..."), so that the user can find it in a document with several lists.
 func strictJSON(js []byte, into any) error {
-	dec := json.NewDecoder(bytes.NewReader(js))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(into); err != nil {
+	strict, err := sigsjson.UnmarshalStrict(js, into, sigsjson.DisallowUnknownFields)
+	if err != nil {
+		// The type errors of sigs.k8s.io/json are of an internal type: decode again with the standard
+		// library, whose UnmarshalTypeError has the offset (its Field has no list indexes).
 		var te *json.UnmarshalTypeError
-		if errors.As(err, &te) && te.Field != "" {
-			return fmt.Errorf("%s: %s is not a valid %s", te.Field, te.Value, te.Type)
+		if errors.As(json.Unmarshal(js, reflect.New(reflect.TypeOf(into).Elem()).Interface()), &te) {
+			if p := pathAt(js, te.Offset); p != "" {
+				return fmt.Errorf("%s: %s is not a valid %s", p, te.Value, te.Type)
+			}
+			if te.Field != "" {
+				return fmt.Errorf("%s: %s is not a valid %s", te.Field, te.Value, te.Type)
+			}
 		}
 		return err
 	}
+	if len(strict) > 0 {
+		var errs []error
+		for _, e := range strict {
+			var fe sigsjson.FieldError
+			if errors.As(e, &fe) {
+				errs = append(errs, fmt.Errorf("%s: unknown field (check its spelling and indentation)", fe.FieldPath()))
+			} else {
+				errs = append(errs, e)
+			}
+		}
+		return errors.Join(errs...)
+	}
 	return nil
+}
+
+// pathAt is the path ("spec.ports[0].port") of the JSON value that ends at byte offset off of js,
+// or "" if there is none.
+func pathAt(js []byte, off int64) string {
+	type frame struct {
+		array   bool
+		index   int
+		key     string
+		wantKey bool
+	}
+	var st []frame
+	begin := func() {
+		if n := len(st); n > 0 && st[n-1].array {
+			st[n-1].index++
+		}
+	}
+	end := func() {
+		if n := len(st); n > 0 && !st[n-1].array {
+			st[n-1].wantKey = true
+		}
+	}
+	dec := json.NewDecoder(bytes.NewReader(js))
+	dec.UseNumber()
+	for {
+		tok, err := dec.Token()
+		if err != nil {
+			return ""
+		}
+		switch tok := tok.(type) {
+		case json.Delim:
+			switch tok {
+			case '{', '[':
+				begin()
+				st = append(st, frame{array: tok == '[', index: -1, wantKey: true})
+			default:
+				st = st[:len(st)-1]
+				end()
+			}
+		case string:
+			if n := len(st); n > 0 && !st[n-1].array && st[n-1].wantKey {
+				st[n-1].key, st[n-1].wantKey = tok, false
+				continue
+			}
+			begin()
+			end()
+		default:
+			begin()
+			end()
+		}
+		if dec.InputOffset() >= off {
+			var b strings.Builder
+			for _, f := range st {
+				switch {
+				case f.array && f.index >= 0:
+					fmt.Fprintf(&b, "[%d]", f.index)
+				case !f.array && f.key != "":
+					if b.Len() > 0 {
+						b.WriteByte('.')
+					}
+					b.WriteString(f.key)
+				}
+			}
+			return b.String()
+		}
+	}
 }
 
 func requireName(name string) error {

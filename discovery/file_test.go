@@ -39,22 +39,39 @@ func TestLoadExample(t *testing.T) {
 	}
 }
 
+// TestParseErrorsNameDocumentAndField: every error names the document (its number, kind and name) and
+// the field by its full path, list indexes included, whatever kind of mistake it is.
 func TestParseErrorsNameDocumentAndField(t *testing.T) {
+	const svcA = "apiVersion: v1\nkind: Service\nmetadata: {name: a}\n"
 	for _, tc := range []struct{ name, yaml, want string }{
-		{"bad port", "apiVersion: v1\nkind: Service\nmetadata: {name: a}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: b, namespace: x}\nspec:\n  ports: [{port: 0}]\n",
-			"document 2 (Service x/b): spec.ports[0].port: 0 is not a port number"},
-		{"unknown field", "apiVersion: v1\nkind: Service\nmetadata: {name: a}\nspec: {prots: []}\n", `document 1 (Service default/a): json: unknown field "prots"`},
-		{"wrong type", "apiVersion: v1\nkind: Service\nmetadata: {name: a}\nspec: {ports: [{port: x}]}\n", "document 1 (Service default/a): spec.ports.port: string is not a valid int32"},
+		{"bad port", svcA + "---\napiVersion: v1\nkind: Service\nmetadata: {name: b, namespace: x}\nspec:\n  ports: [{port: 0}]\n",
+			"document 2 (Service x/b): spec.ports[0].port: 0 is not a port number (1-65535)"},
+		{"unknown field", svcA + "spec: {prots: []}\n", `document 1 (Service default/a): spec.prots: unknown field (check its spelling and indentation)`},
+		{"unknown field in a list, second document", svcA + "---\n" + svcA + "spec: {ports: [{name: a, port: 80}, {name: b, portz: 81}]}\n",
+			`document 2 (Service default/a): spec.ports[1].portz: unknown field (check its spelling and indentation)`},
+		{"field names are case-sensitive", svcA + "spec: {Ports: []}\n", `document 1 (Service default/a): spec.Ports: unknown field (check its spelling and indentation)`},
+		{"wrong type", svcA + "spec: {ports: [{port: x}]}\n", "document 1 (Service default/a): spec.ports[0].port: string is not a valid int32"},
+		{"wrong type, second item", svcA + "spec: {ports: [{name: a, port: 80}, {name: b, port: \"81\"}]}\n",
+			"document 1 (Service default/a): spec.ports[1].port: string is not a valid int32"},
+		{"wrong type in a slice's endpoint", "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: s, labels: {kubernetes.io/service-name: a}}\naddressType: IPv4\nendpoints: [{addresses: [10.0.0.1]}, {addresses: [10.0.0.2], conditions: {ready: yes please}}]\n",
+			"document 1 (EndpointSlice default/s): endpoints[1].conditions.ready: string is not a valid bool"},
+		{"list where a mapping belongs", svcA + "spec: {selector: [a]}\n", "document 1 (Service default/a): spec.selector: array is not a valid map[string]string"},
+		{"number label", svcA + "---\napiVersion: v1\nkind: Pod\nmetadata: {name: p, labels: {app: web, tier: 3}}\n",
+			"document 2 (Pod default/p): metadata.labels.tier: number is not a valid string"},
 		{"bad address", "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: s, labels: {kubernetes.io/service-name: a}}\naddressType: IPv4\nendpoints: [{addresses: [1.2.3]}]\n",
 			`document 1 (EndpointSlice default/s): endpoints[0].addresses[0]: "1.2.3" is not an IPv4 address`},
-		{"no service label", "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: s}\naddressType: IPv4\n", `metadata.labels: missing "kubernetes.io/service-name"`},
-		{"no kind", "apiVersion: v1\nmetadata: {name: a}\n", "document 1: kind: missing"},
-		{"not yaml", "a: [b\n", "document 1: not valid YAML"},
+		{"no service label", "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: s}\naddressType: IPv4\n",
+			`document 1 (EndpointSlice default/s): metadata.labels: missing "kubernetes.io/service-name" (the name of the Service this slice belongs to)`},
+		{"no kind", "apiVersion: v1\nmetadata: {name: a}\n", "document 1: kind: missing; every document needs apiVersion and kind"},
+		{"not yaml", "a: [b\n", "document 1: not valid YAML: yaml: line 1: did not find expected ',' or ']'"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := ParseObjects([]byte(tc.yaml))
-			if err == nil || !strings.Contains(err.Error(), tc.want) {
-				t.Fatalf("error = %v, want it to contain %q", err, tc.want)
+			if err == nil {
+				t.Fatalf("no error, want %q", tc.want)
+			}
+			if d := cmp.Diff(tc.want, err.Error()); d != "" {
+				t.Errorf("error (-want +got):\n%s", d)
 			}
 		})
 	}

@@ -38,7 +38,8 @@ func LoadStaticTokens(path string) (*StaticTokens, error) {
 func ParseStaticTokens(data []byte) (map[string]Caller, error) {
 	callers := map[string]Caller{}
 	sc := bufio.NewScanner(bytes.NewReader(data))
-	for n := 1; sc.Scan(); n++ {
+	n := 1
+	for ; sc.Scan(); n++ {
 		line := strings.TrimSpace(sc.Text())
 		if line == "" || strings.HasPrefix(line, "#") {
 			continue
@@ -61,7 +62,10 @@ func ParseStaticTokens(data []byte) (map[string]Caller, error) {
 		}
 		callers[f[0]] = Caller{Namespace: f[1], ServiceAccount: f[2]}
 	}
-	return callers, sc.Err()
+	if err := sc.Err(); err != nil {
+		return nil, fmt.Errorf("line %d: %v (a line holds at most %d bytes)", n, err, bufio.MaxScanTokenSize)
+	}
+	return callers, nil
 }
 
 func (st *StaticTokens) refresh() error {

@@ -161,10 +161,14 @@ func (o Options) normalize() (Options, error) {
 		if !p.IsValid() {
 			return o, fmt.Errorf("skip subnet %v is not a valid CIDR", p)
 		}
-		if !p.Addr().Unmap().Is4() {
+		bits := p.Bits()
+		if p.Addr().Is4In6() { // ::ffff:10.0.0.0/104 is 10.0.0.0/8
+			bits -= 96
+		}
+		if !p.Addr().Unmap().Is4() || bits < 0 {
 			return o, fmt.Errorf("skip subnet %s is IPv6; weft-proxy init programs IPv4 iptables only, remove it", p)
 		}
-		subnets = append(subnets, netip.PrefixFrom(p.Addr().Unmap(), p.Bits()).Masked())
+		subnets = append(subnets, netip.PrefixFrom(p.Addr().Unmap(), bits).Masked())
 	}
 	slices.SortFunc(subnets, func(a, b netip.Prefix) int {
 		if c := a.Addr().Compare(b.Addr()); c != 0 {

@@ -135,6 +135,7 @@ func TestRulesRejectsNonsense(t *testing.T) {
 		{"port zero", func(o *Options) { o.SkipInboundPorts = []PortRange{{0, 0}} }, "not a TCP port"},
 		{"ipv6 subnet", func(o *Options) { o.SkipSubnets = []netip.Prefix{netip.MustParsePrefix("fd00::/8")} }, "IPv6"},
 		{"invalid subnet", func(o *Options) { o.SkipSubnets = []netip.Prefix{{}} }, "not a valid CIDR"},
+		{"ipv4-mapped subnet wider than IPv4", func(o *Options) { o.SkipSubnets = []netip.Prefix{netip.MustParsePrefix("::ffff:10.0.0.0/90")} }, "IPv6"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			o := DefaultOptions()
@@ -144,6 +145,25 @@ func TestRulesRejectsNonsense(t *testing.T) {
 				t.Fatalf("Rules() error = %v, want one containing %q", err, tc.want)
 			}
 		})
+	}
+}
+
+// An IPv4-mapped IPv6 skip subnet is its IPv4 CIDR (it rendered "-d invalid Prefix" before).
+func TestRulesTakeIPv4MappedSubnets(t *testing.T) {
+	o := DefaultOptions()
+	o.SkipSubnets = []netip.Prefix{netip.MustParsePrefix("::ffff:10.1.2.3/104"), netip.MustParsePrefix("::ffff:192.168.1.7/128")}
+	rs, err := Rules(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, r := range rs.Chains[2].Rules {
+		if strings.HasPrefix(r, "-d ") {
+			got = append(got, r)
+		}
+	}
+	if d := cmp.Diff([]string{"-d 10.0.0.0/8 -j RETURN", "-d 192.168.1.7/32 -j RETURN"}, got); d != "" {
+		t.Errorf("subnet rules (-want +got):\n%s", d)
 	}
 }
 

@@ -162,7 +162,15 @@ func readOptions(ann map[string]string, cfg Config) (options, error) {
 	}
 	o.skipInbound, o.skipOutbound = strings.TrimSpace(ann[AnnotationSkipInboundPorts]), strings.TrimSpace(ann[AnnotationSkipOutboundPorts])
 	if v, ok := ann[AnnotationSkipSubnets]; ok {
-		if _, err := iptables.ParseSubnets(v); err != nil {
+		// As weft-proxy init reads it: parsed, then made into rules (an IPv6 subnet parses, but weft-init
+		// programs IPv4 only and would fail in every such Pod).
+		nets, err := iptables.ParseSubnets(v)
+		if err == nil {
+			rules := iptables.DefaultOptions()
+			rules.SkipSubnets = nets
+			_, err = iptables.Rules(rules)
+		}
+		if err != nil {
 			return o, &AnnotationError{AnnotationSkipSubnets, v, err.Error()}
 		}
 		o.skipSubnets = strings.TrimSpace(v)

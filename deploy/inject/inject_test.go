@@ -106,6 +106,7 @@ func TestInject(t *testing.T) {
 		{name: "host-network", pod: func() *corev1.Pod { p := appPod(nil); p.Spec.HostNetwork = true; return p }(), ns: enabledNS},
 		{name: "bad-ports", pod: appPod(map[string]string{AnnotationSkipInboundPorts: "22,http"}), ns: enabledNS, wantErr: AnnotationSkipInboundPorts},
 		{name: "bad-subnet", pod: appPod(map[string]string{AnnotationSkipSubnets: "10.0.0.0/33"}), ns: enabledNS, wantErr: AnnotationSkipSubnets},
+		{name: "ipv6-subnet", pod: appPod(map[string]string{AnnotationSkipSubnets: "10.0.0.0/8, fd00::/8"}), ns: enabledNS, wantErr: AnnotationSkipSubnets},
 		{name: "bad-opaque", pod: appPod(map[string]string{AnnotationOpaquePorts: "0"}), ns: enabledNS, wantErr: AnnotationOpaquePorts},
 		{name: "bad-await", pod: appPod(map[string]string{AnnotationProxyAwait: "yes"}), ns: enabledNS, wantErr: AnnotationProxyAwait},
 		{name: "bad-log-level", pod: appPod(map[string]string{AnnotationProxyLogLevel: "trace"}), ns: enabledNS, wantErr: AnnotationProxyLogLevel},

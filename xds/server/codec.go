@@ -115,6 +115,13 @@ func (as *adsStream) decodeRequest(r *rawRequest) (*discoverypb.DiscoveryRequest
 			return nil, errBadRequest
 		}
 		switch num {
+		case 1, 4, 5:
+			if !utf8.Valid(v) {
+				// Every occurrence, not only the last one that wins: protobuf refuses the request.
+				fast = false
+			}
+		}
+		switch num {
 		case 1:
 			version = v
 		case 3:
@@ -133,7 +140,7 @@ func (as *adsStream) decodeRequest(r *rawRequest) (*discoverypb.DiscoveryRequest
 		}
 		off += n + m
 	}
-	if !fast || !utf8.Valid(version) || !utf8.Valid(typeURL) || !utf8.Valid(nonce) {
+	if !fast {
 		req := &discoverypb.DiscoveryRequest{}
 		if err := proto.Unmarshal(b, req); err != nil {
 			return nil, status.Errorf(codes.InvalidArgument, "malformed DiscoveryRequest: %v", err)
