@@ -35,11 +35,22 @@ func startRecordingApp(t *testing.T) *recordingApp {
 	}}
 	l := listen(t, "127.0.0.1:0")
 	a.addr = netip.MustParseAddrPort(l.Addr().String())
+	// The proxies keep their upstream connections to the app open after the test: closing them ends
+	// the app's readers and the proxies' transport goroutines (goleak checks for them).
+	var open []net.Conn
+	t.Cleanup(func() {
+		a.mu.Lock()
+		defer a.mu.Unlock()
+		for _, c := range open {
+			c.Close()
+		}
+	})
 	serveEach(l, func(c net.Conn) {
 		defer c.Close()
 		rec := &bytes.Buffer{}
 		a.mu.Lock()
 		a.conns = append(a.conns, rec)
+		open = append(open, c)
 		a.mu.Unlock()
 		br := bufio.NewReader(io.TeeReader(c, lockedWriter{&a.mu, rec}))
 		for {
