@@ -70,22 +70,7 @@ func startControlPlane(t *testing.T, limits serverLimits, adminAddr string) *con
 	c.discoveryFile = "../../deploy/examples/echo.yaml"
 	c.identity = identityConfig{addr: freeAddr(t), dir: caDir, tokens: tokens, leaf: 2 * time.Hour}
 	c.limits = limits
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- run(ctx, c) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("run: %v", err)
-			}
-		case <-time.After(20 * time.Second):
-			t.Error("weft-control did not stop")
-		}
-	})
-	adminURL := "http://" + strings.Replace(c.adminAddr, "0.0.0.0", "127.0.0.1", 1)
-	waitReady(t, adminURL+"/ready")
+	ctx := startRun(t, c)
 	cp := &controlPlane{c: c, caDir: caDir, token: token, ctx: ctx}
 	cp.client = cp.certify(t)
 	return cp
@@ -328,21 +313,7 @@ func TestGarbageOnTheInjector(t *testing.T) {
 	c.identity = identityConfig{addr: freeAddr(t), dir: caDir, leaf: time.Hour}
 	c.injector = injectorConfig{addr: freeAddr(t), config: writeTemp(t, "config.yaml", injectorConfigYAML), certDNS: []string{"weft-injector.weft.svc"}}
 	c.limits = serverLimits{handshake: time.Second, idle: 2 * time.Second}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- run(ctx, c) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("run: %v", err)
-			}
-		case <-time.After(20 * time.Second):
-			t.Error("weft-control did not stop")
-		}
-	})
-	waitReady(t, "http://"+c.adminAddr+"/ready")
+	startRun(t, c)
 
 	roots := x509.NewCertPool()
 	roots.AppendCertsFromPEM(anchors)

@@ -82,21 +82,7 @@ func TestIdentityPort(t *testing.T) {
 	c := baseConfig(t)
 	c.discoveryFile = "../../deploy/examples/echo.yaml"
 	c.identity = identityConfig{addr: freeAddr(t), dir: caDir, tokens: tokens, leaf: 2 * time.Hour}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- run(ctx, c) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("run: %v", err)
-			}
-		case <-time.After(20 * time.Second):
-			t.Error("weft-control did not stop")
-		}
-	})
-	waitReady(t, "http://"+c.adminAddr+"/ready")
+	ctx := startRun(t, c)
 
 	web := identity.ID{TrustDomain: "cluster.local", Namespace: "default", ServiceAccount: "web"}
 	client, err := workload.New(workload.Config{Addr: c.identity.addr, Identity: web, TokenFile: token, TrustBundleFile: filepath.Join(caDir, "ca.crt")})

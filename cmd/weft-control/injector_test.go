@@ -112,21 +112,7 @@ func TestInjectorServesAdmission(t *testing.T) {
 	c.kubeconfig = env.Kubeconfig
 	c.identity = identityConfig{addr: freeAddr(t), dir: caDir, leaf: time.Hour}
 	c.injector = injectorConfig{addr: freeAddr(t), config: writeTemp(t, "config.yaml", injectorConfigYAML), certDNS: []string{"weft-injector.weft.svc"}}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- run(ctx, c) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("run: %v", err)
-			}
-		case <-time.After(20 * time.Second):
-			t.Error("weft-control did not stop")
-		}
-	})
-	waitReady(t, "http://"+c.adminAddr+"/ready")
+	startRun(t, c)
 
 	roots := x509.NewCertPool()
 	roots.AppendCertsFromPEM(anchors)

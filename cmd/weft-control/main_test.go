@@ -79,6 +79,28 @@ current-context: x
 	}
 }
 
+// startRun runs weft-control with c until the test ends (then it must stop cleanly within 20 s) and
+// waits for its /ready. The context it returns ends when the test's cleanup stops weft-control.
+func startRun(t *testing.T, c config) context.Context {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- run(ctx, c) }()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("run: %v", err)
+			}
+		case <-time.After(20 * time.Second):
+			t.Error("weft-control did not stop")
+		}
+	})
+	waitReady(t, "http://"+strings.Replace(c.adminAddr, "0.0.0.0", "127.0.0.1", 1)+"/ready")
+	return ctx
+}
+
 // TestLocalModeServesAndStops runs the daemon on the example file until /ready, then stops it.
 func TestLocalModeServesAndStops(t *testing.T) {
 	c := baseConfig(t)
