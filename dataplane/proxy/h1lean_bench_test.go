@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"strconv"
+	"sync"
 	"testing"
 
 	"github.com/weftmesh/weft/dataplane/proxy"
@@ -19,8 +20,22 @@ func rawApp(t testing.TB) netip.AddrPort {
 	body := bytes.Repeat([]byte("x"), 1024)
 	resp := []byte("HTTP/1.1 200 OK\r\nContent-Length: 1024\r\nContent-Type: text/plain; charset=utf-8\r\nDate: Wed, 02 Dec 2026 08:00:00 GMT\r\n\r\n")
 	resp = append(resp, body...)
+	// The proxy keeps its upstream connections open after the benchmark: closing them at cleanup ends
+	// the app's readers (goleak checks for them in TestMain).
+	var mu sync.Mutex
+	var open []net.Conn
+	t.Cleanup(func() {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, c := range open {
+			c.Close()
+		}
+	})
 	serveEach(l, func(c net.Conn) {
 		defer c.Close()
+		mu.Lock()
+		open = append(open, c)
+		mu.Unlock()
 		buf := make([]byte, 8192)
 		n := 0
 		for {

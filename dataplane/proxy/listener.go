@@ -153,6 +153,10 @@ func addrPort(a net.Addr) netip.AddrPort {
 // handleConn matches a new connection to a filter chain of the listener and hands it to HTTP or TCP.
 func (p *Proxy) handleConn(c net.Conn, name string) {
 	p.awaitConfig()
+	if p.draining.Load() { // a Shutdown ended the wait
+		c.Close()
+		return
+	}
 	rt := p.rt.Load()
 	lr := rt.listeners[name]
 	if lr == nil {

@@ -197,6 +197,9 @@ func (p *Proxy) track(l net.Listener, srv *http.Server) {
 // closes what is left.
 func (p *Proxy) Shutdown(ctx context.Context) error {
 	p.draining.Store(true)
+	// The connections still waiting for a first configuration (awaitConfig) stop waiting: they see the
+	// drain and close, rather than outlive the Shutdown by up to firstConfigWait.
+	p.configuredMu.Do(func() { p.hasConfig.Store(true); close(p.configured) })
 	p.mu.Lock()
 	for _, l := range p.lis {
 		l.Close()
