@@ -13,8 +13,9 @@ import (
 // another endpoint of the same cluster, whatever the route's retry policy says (Envoy's
 // connect-failure retry, without waiting for a policy). A request tries at most maxConnectTries
 // endpoints this way, each one not tried before; each such retry counts in
-// upstream_connect_retry_total{cluster}. The success path pays nothing: the endpoints tried live in a
-// triedHosts on the stack, and a request body is guarded by a field of the request's reqState.
+// upstream_connect_retry_total{cluster}. The success path allocates nothing more: the endpoints tried
+// live in a triedHosts on the stack, and a request body is guarded by a field of the request's
+// reqState (which makes the net/http path's reqState 32 B larger; the lean path is unchanged).
 
 // maxConnectTries bounds the endpoints one request tries (the cluster's count when it has fewer).
 const maxConnectTries = 3

@@ -157,7 +157,7 @@ func closeWrite(c net.Conn) {
 
 // connect serves CONNECT on the explicit proxy: a tunnel to the routed cluster.
 func (p *Proxy) connect(w http.ResponseWriter, r *http.Request, rs *reqState) {
-	ctx, cancel := context.WithTimeout(r.Context(), rs.cluster.cfg.ConnectTimeout+time.Second)
+	ctx, cancel := context.WithTimeout(r.Context(), maxConnectTries*rs.cluster.cfg.ConnectTimeout+time.Second) // as proxyTCP: room for a connect retry on each endpoint tried
 	up, addr, upTLS, err := p.dialCluster(ctx, rs.cluster, rs.target, rs.hashKey, []string{"http/1.1"})
 	cancel()
 	if err != nil {
