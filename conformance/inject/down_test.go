@@ -157,10 +157,10 @@ spec:
       terminationGracePeriodSeconds: 0
       containers: [{name: app, image: example.invalid/app:1}]
 `, ns)
+			before := broken.calls.Load() // before the apply: the controller may create the Pod at once
 			if out, err := env.Kubectl(ctx, strings.NewReader(manifest), "apply", "--server-side", "-f", "-"); err != nil {
 				t.Fatalf("kubectl apply: %v\n%s", err, out)
 			}
-			before := broken.calls.Load()
 			var pod corev1.Pod
 			poll(ctx, t, env, "the Deployment's Pod is created and Running", func() bool {
 				list, err := env.Client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: "app=web"})
