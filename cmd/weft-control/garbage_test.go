@@ -50,19 +50,7 @@ type controlPlane struct {
 
 func startControlPlane(t *testing.T, limits serverLimits, adminAddr string) *controlPlane {
 	t.Helper()
-	dir := t.TempDir()
-	caDir := filepath.Join(dir, "ca")
-	if err := identity.Bootstrap(caDir, identity.BootstrapOptions{TrustDomain: "cluster.local"}); err != nil {
-		t.Fatal(err)
-	}
-	tokens := filepath.Join(dir, "tokens")
-	token := filepath.Join(dir, "token")
-	if err := os.WriteFile(tokens, []byte("secret-web,default,web\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(token, []byte("secret-web"), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	caDir, tokens, token := localCA(t)
 	c := baseConfig(t)
 	if adminAddr != "" {
 		c.adminAddr = adminAddr
@@ -300,18 +288,7 @@ func TestControlPlaneAdminExposure(t *testing.T) {
 func TestGarbageOnTheInjector(t *testing.T) {
 	env := kubeenv.Get(t)
 	env.CreateNamespace(t, "inj-garbage", nil)
-	caDir := filepath.Join(t.TempDir(), "ca")
-	if err := identity.Bootstrap(caDir, identity.BootstrapOptions{TrustDomain: "cluster.local"}); err != nil {
-		t.Fatal(err)
-	}
-	anchors, err := os.ReadFile(filepath.Join(caDir, "ca.crt"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	c := baseConfig(t)
-	c.kubeconfig = env.Kubeconfig
-	c.identity = identityConfig{addr: freeAddr(t), dir: caDir, leaf: time.Hour}
-	c.injector = injectorConfig{addr: freeAddr(t), config: writeTemp(t, "config.yaml", injectorConfigYAML), certDNS: []string{"weft-injector.weft.svc"}}
+	c, anchors := injectorSetup(t, env)
 	c.limits = serverLimits{handshake: time.Second, idle: 2 * time.Second}
 	startRun(t, c)
 

@@ -66,19 +66,7 @@ func TestCheckNode(t *testing.T) {
 // Certify with its token, then reads its own config (and the ROOTCA trust bundle) over xDS with that
 // certificate, but not another namespace's, and not without a certificate.
 func TestIdentityPort(t *testing.T) {
-	dir := t.TempDir()
-	caDir := filepath.Join(dir, "ca")
-	if err := identity.Bootstrap(caDir, identity.BootstrapOptions{TrustDomain: "cluster.local"}); err != nil {
-		t.Fatal(err)
-	}
-	tokens := filepath.Join(dir, "tokens")
-	token := filepath.Join(dir, "token")
-	if err := os.WriteFile(tokens, []byte("secret-web,default,web\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(token, []byte("secret-web"), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	caDir, tokens, token := localCA(t)
 	c := baseConfig(t)
 	c.discoveryFile = "../../deploy/examples/echo.yaml"
 	c.identity = identityConfig{addr: freeAddr(t), dir: caDir, tokens: tokens, leaf: 2 * time.Hour}

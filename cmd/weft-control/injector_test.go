@@ -100,18 +100,7 @@ func TestInjectorServesAdmission(t *testing.T) {
 	env.CreateNamespace(t, "inj-meshed", map[string]string{inject.AnnotationInject: inject.Enabled})
 	env.CreateNamespace(t, "inj-plain", nil)
 
-	caDir := filepath.Join(t.TempDir(), "ca")
-	if err := identity.Bootstrap(caDir, identity.BootstrapOptions{TrustDomain: "cluster.local"}); err != nil {
-		t.Fatal(err)
-	}
-	anchors, err := os.ReadFile(filepath.Join(caDir, "ca.crt"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	c := baseConfig(t)
-	c.kubeconfig = env.Kubeconfig
-	c.identity = identityConfig{addr: freeAddr(t), dir: caDir, leaf: time.Hour}
-	c.injector = injectorConfig{addr: freeAddr(t), config: writeTemp(t, "config.yaml", injectorConfigYAML), certDNS: []string{"weft-injector.weft.svc"}}
+	c, anchors := injectorSetup(t, env)
 	startRun(t, c)
 
 	roots := x509.NewCertPool()

@@ -9,6 +9,9 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/weftmesh/weft/conformance/kubeenv"
+	"github.com/weftmesh/weft/identity"
 )
 
 func freeAddr(t *testing.T) string {
@@ -77,6 +80,42 @@ current-context: x
 			}
 		})
 	}
+}
+
+// localCA makes a CA (weft identity bootstrap) and a local-mode tokens file that maps the token in
+// the file token to default/web: what --identity-dir and --identity-tokens take.
+func localCA(t *testing.T) (caDir, tokens, token string) {
+	t.Helper()
+	dir := t.TempDir()
+	caDir = filepath.Join(dir, "ca")
+	if err := identity.Bootstrap(caDir, identity.BootstrapOptions{TrustDomain: "cluster.local"}); err != nil {
+		t.Fatal(err)
+	}
+	tokens = filepath.Join(dir, "tokens")
+	token = filepath.Join(dir, "token")
+	if err := os.WriteFile(tokens, []byte("secret-web,default,web\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(token, []byte("secret-web"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return caDir, tokens, token
+}
+
+// injectorSetup is weft-control's config in Kubernetes mode (env's apiserver) with a new CA and the
+// injector on, as the chart runs it; anchors is the CA's trust bundle (the webhook's caBundle).
+func injectorSetup(t *testing.T, env *kubeenv.Env) (config, []byte) {
+	t.Helper()
+	caDir, _, _ := localCA(t)
+	anchors, err := os.ReadFile(filepath.Join(caDir, "ca.crt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := baseConfig(t)
+	c.kubeconfig = env.Kubeconfig
+	c.identity = identityConfig{addr: freeAddr(t), dir: caDir, leaf: time.Hour}
+	c.injector = injectorConfig{addr: freeAddr(t), config: writeTemp(t, "config.yaml", injectorConfigYAML), certDNS: []string{"weft-injector.weft.svc"}}
+	return c, anchors
 }
 
 // startRun runs weft-control with c until the test ends (then it must stop cleanly within 20 s) and
