@@ -114,12 +114,12 @@ func TestDecodeRouteConfig(t *testing.T) {
 		{"unknown retry condition", func(r *routev3.RouteConfiguration) {
 			r.VirtualHosts[0].Routes[0].GetRoute().RetryPolicy.RetryOn = "5xx,sometimes"
 		}, `retry_on "sometimes" is not supported`},
-		{"header matchers", func(r *routev3.RouteConfiguration) {
-			r.VirtualHosts[0].Routes[0].Match.Headers = []*routev3.HeaderMatcher{{Name: "x"}}
-		}, "header and query parameter matching is not supported"},
-		{"redirect", func(r *routev3.RouteConfiguration) {
-			r.VirtualHosts[0].Routes[1].Action = &routev3.Route_Redirect{Redirect: &routev3.RedirectAction{}}
-		}, "only route actions are supported"},
+		{"range header matchers", func(r *routev3.RouteConfiguration) {
+			r.VirtualHosts[0].Routes[0].Match.Headers = []*routev3.HeaderMatcher{{Name: "x", HeaderMatchSpecifier: &routev3.HeaderMatcher_RangeMatch{}}}
+		}, "match.headers[0]: field range_match (6) is not supported"},
+		{"filter action", func(r *routev3.RouteConfiguration) {
+			r.VirtualHosts[0].Routes[1].Action = &routev3.Route_FilterAction{FilterAction: &routev3.FilterAction{}}
+		}, "virtual_hosts[0].routes[1]: field filter_action (17) is not supported"},
 		{"no domains", func(r *routev3.RouteConfiguration) { r.VirtualHosts[0].Domains = nil }, `virtual_hosts[0] "echo": no domains`},
 		{"weights", func(r *routev3.RouteConfiguration) {
 			r.VirtualHosts[0].Routes[0].GetRoute().ClusterSpecifier = &routev3.RouteAction_WeightedClusters{WeightedClusters: &routev3.WeightedCluster{

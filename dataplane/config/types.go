@@ -90,6 +90,9 @@ type VirtualHost struct {
 	Domains []string
 	Routes  []Route
 	Retry   *RetryPolicy // the vhost default, used when a route has none
+	// Extended is true when a route of the host is Extended: matching its requests takes more than
+	// their path, so the lean path leaves them all to serveHTTP.
+	Extended bool
 }
 
 // Route is one route: a path match and a cluster action.
@@ -106,6 +109,25 @@ type Route struct {
 	Timeout          time.Duration // 0: none
 	Retry            *RetryPolicy
 	HostRewrite      string
+
+	// The Gateway API features (routetypes.go).
+	Headers []HeaderMatcher
+	Query   []QueryMatcher
+	// Redirect or Direct, when set, is the action instead of a cluster.
+	Redirect *Redirect
+	Direct   *DirectResponse
+	// RequestHeaders and ResponseHeaders are the route's, its virtual host's and its route
+	// configuration's mutations in the order they apply; a weighted cluster's go before them, or
+	// after them when MostSpecificWins.
+	RequestHeaders, ResponseHeaders []HeaderMutation
+	MostSpecificWins                bool
+	PrefixRewrite                   string // replaces the matched prefix (or the exact path)
+	RegexRewrite                    *Rewrite
+	Mirrors                         []Mirror
+	MaxStreamDuration               time.Duration // 0: none
+	GRPCTimeout                     *GRPCTimeout  // nil: the grpc-timeout header does not set the timeout
+	// Extended is true when the route uses any of the above, or path_separated_prefix.
+	Extended bool
 }
 
 // PathMatch says how a route matches the path.
@@ -116,12 +138,17 @@ const (
 	PathPrefix PathMatch = iota
 	PathExact
 	PathRegex
+	// PathSeparatedPrefix matches Prefix itself or Prefix followed by "/".
+	PathSeparatedPrefix
 )
 
 // WeightedCluster is one target of weighted_clusters.
 type WeightedCluster struct {
 	Name   string
 	Weight uint32
+	// The cluster's own header mutations and host rewrite (nil, "": none).
+	RequestHeaders, ResponseHeaders *HeaderMutation
+	HostRewrite                     string
 }
 
 // RetryOn is a bit set of the retry_on conditions we support.

@@ -137,6 +137,107 @@ func (RoutingPriority) EnumDescriptor() ([]byte, []int) {
 	return file_weft_dataplane_envoy_v3_slim_proto_rawDescGZIP(), []int{1}
 }
 
+type HeaderValueOption_HeaderAppendAction int32
+
+const (
+	HeaderValueOption_APPEND_IF_EXISTS_OR_ADD    HeaderValueOption_HeaderAppendAction = 0
+	HeaderValueOption_ADD_IF_ABSENT              HeaderValueOption_HeaderAppendAction = 1
+	HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD HeaderValueOption_HeaderAppendAction = 2
+	HeaderValueOption_OVERWRITE_IF_EXISTS        HeaderValueOption_HeaderAppendAction = 3
+)
+
+// Enum value maps for HeaderValueOption_HeaderAppendAction.
+var (
+	HeaderValueOption_HeaderAppendAction_name = map[int32]string{
+		0: "APPEND_IF_EXISTS_OR_ADD",
+		1: "ADD_IF_ABSENT",
+		2: "OVERWRITE_IF_EXISTS_OR_ADD",
+		3: "OVERWRITE_IF_EXISTS",
+	}
+	HeaderValueOption_HeaderAppendAction_value = map[string]int32{
+		"APPEND_IF_EXISTS_OR_ADD":    0,
+		"ADD_IF_ABSENT":              1,
+		"OVERWRITE_IF_EXISTS_OR_ADD": 2,
+		"OVERWRITE_IF_EXISTS":        3,
+	}
+)
+
+func (x HeaderValueOption_HeaderAppendAction) Enum() *HeaderValueOption_HeaderAppendAction {
+	p := new(HeaderValueOption_HeaderAppendAction)
+	*p = x
+	return p
+}
+
+func (x HeaderValueOption_HeaderAppendAction) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (HeaderValueOption_HeaderAppendAction) Descriptor() protoreflect.EnumDescriptor {
+	return file_weft_dataplane_envoy_v3_slim_proto_enumTypes[2].Descriptor()
+}
+
+func (HeaderValueOption_HeaderAppendAction) Type() protoreflect.EnumType {
+	return &file_weft_dataplane_envoy_v3_slim_proto_enumTypes[2]
+}
+
+func (x HeaderValueOption_HeaderAppendAction) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use HeaderValueOption_HeaderAppendAction.Descriptor instead.
+func (HeaderValueOption_HeaderAppendAction) EnumDescriptor() ([]byte, []int) {
+	return file_weft_dataplane_envoy_v3_slim_proto_rawDescGZIP(), []int{9, 0}
+}
+
+type FractionalPercent_DenominatorType int32
+
+const (
+	FractionalPercent_HUNDRED      FractionalPercent_DenominatorType = 0
+	FractionalPercent_TEN_THOUSAND FractionalPercent_DenominatorType = 1
+	FractionalPercent_MILLION      FractionalPercent_DenominatorType = 2
+)
+
+// Enum value maps for FractionalPercent_DenominatorType.
+var (
+	FractionalPercent_DenominatorType_name = map[int32]string{
+		0: "HUNDRED",
+		1: "TEN_THOUSAND",
+		2: "MILLION",
+	}
+	FractionalPercent_DenominatorType_value = map[string]int32{
+		"HUNDRED":      0,
+		"TEN_THOUSAND": 1,
+		"MILLION":      2,
+	}
+)
+
+func (x FractionalPercent_DenominatorType) Enum() *FractionalPercent_DenominatorType {
+	p := new(FractionalPercent_DenominatorType)
+	*p = x
+	return p
+}
+
+func (x FractionalPercent_DenominatorType) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (FractionalPercent_DenominatorType) Descriptor() protoreflect.EnumDescriptor {
+	return file_weft_dataplane_envoy_v3_slim_proto_enumTypes[3].Descriptor()
+}
+
+func (FractionalPercent_DenominatorType) Type() protoreflect.EnumType {
+	return &file_weft_dataplane_envoy_v3_slim_proto_enumTypes[3]
+}
+
+func (x FractionalPercent_DenominatorType) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use FractionalPercent_DenominatorType.Descriptor instead.
+func (FractionalPercent_DenominatorType) EnumDescriptor() ([]byte, []int) {
+	return file_weft_dataplane_envoy_v3_slim_proto_rawDescGZIP(), []int{15, 0}
+}
+
 type Cluster_DiscoveryType int32
 
 const (
@@ -176,11 +277,11 @@ func (x Cluster_DiscoveryType) String() string {
 }
 
 func (Cluster_DiscoveryType) Descriptor() protoreflect.EnumDescriptor {
-	return file_weft_dataplane_envoy_v3_slim_proto_enumTypes[2].Descriptor()
+	return file_weft_dataplane_envoy_v3_slim_proto_enumTypes[4].Descriptor()
 }
 
 func (Cluster_DiscoveryType) Type() protoreflect.EnumType {
-	return &file_weft_dataplane_envoy_v3_slim_proto_enumTypes[2]
+	return &file_weft_dataplane_envoy_v3_slim_proto_enumTypes[4]
 }
 
 func (x Cluster_DiscoveryType) Number() protoreflect.EnumNumber {
@@ -189,7 +290,7 @@ func (x Cluster_DiscoveryType) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use Cluster_DiscoveryType.Descriptor instead.
 func (Cluster_DiscoveryType) EnumDescriptor() ([]byte, []int) {
-	return file_weft_dataplane_envoy_v3_slim_proto_rawDescGZIP(), []int{11, 0}
+	return file_weft_dataplane_envoy_v3_slim_proto_rawDescGZIP(), []int{16, 0}
 }
 
 type Cluster_LbPolicy int32
@@ -237,11 +338,11 @@ func (x Cluster_LbPolicy) String() string {
 }
 
 func (Cluster_LbPolicy) Descriptor() protoreflect.EnumDescriptor {
-	return file_weft_dataplane_envoy_v3_slim_proto_enumTypes[3].Descriptor()
+	return file_weft_dataplane_envoy_v3_slim_proto_enumTypes[5].Descriptor()
 }
 
 func (Cluster_LbPolicy) Type() protoreflect.EnumType {
-	return &file_weft_dataplane_envoy_v3_slim_proto_enumTypes[3]
+	return &file_weft_dataplane_envoy_v3_slim_proto_enumTypes[5]
 }
 
 func (x Cluster_LbPolicy) Number() protoreflect.EnumNumber {
@@ -250,7 +351,62 @@ func (x Cluster_LbPolicy) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use Cluster_LbPolicy.Descriptor instead.
 func (Cluster_LbPolicy) EnumDescriptor() ([]byte, []int) {
-	return file_weft_dataplane_envoy_v3_slim_proto_rawDescGZIP(), []int{11, 1}
+	return file_weft_dataplane_envoy_v3_slim_proto_rawDescGZIP(), []int{16, 1}
+}
+
+type RedirectAction_RedirectResponseCode int32
+
+const (
+	RedirectAction_MOVED_PERMANENTLY  RedirectAction_RedirectResponseCode = 0
+	RedirectAction_FOUND              RedirectAction_RedirectResponseCode = 1
+	RedirectAction_SEE_OTHER          RedirectAction_RedirectResponseCode = 2
+	RedirectAction_TEMPORARY_REDIRECT RedirectAction_RedirectResponseCode = 3
+	RedirectAction_PERMANENT_REDIRECT RedirectAction_RedirectResponseCode = 4
+)
+
+// Enum value maps for RedirectAction_RedirectResponseCode.
+var (
+	RedirectAction_RedirectResponseCode_name = map[int32]string{
+		0: "MOVED_PERMANENTLY",
+		1: "FOUND",
+		2: "SEE_OTHER",
+		3: "TEMPORARY_REDIRECT",
+		4: "PERMANENT_REDIRECT",
+	}
+	RedirectAction_RedirectResponseCode_value = map[string]int32{
+		"MOVED_PERMANENTLY":  0,
+		"FOUND":              1,
+		"SEE_OTHER":          2,
+		"TEMPORARY_REDIRECT": 3,
+		"PERMANENT_REDIRECT": 4,
+	}
+)
+
+func (x RedirectAction_RedirectResponseCode) Enum() *RedirectAction_RedirectResponseCode {
+	p := new(RedirectAction_RedirectResponseCode)
+	*p = x
+	return p
+}
+
+func (x RedirectAction_RedirectResponseCode) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (RedirectAction_RedirectResponseCode) Descriptor() protoreflect.EnumDescriptor {
+	return file_weft_dataplane_envoy_v3_slim_proto_enumTypes[6].Descriptor()
+}
+
+func (RedirectAction_RedirectResponseCode) Type() protoreflect.EnumType {
+	return &file_weft_dataplane_envoy_v3_slim_proto_enumTypes[6]
+}
+
+func (x RedirectAction_RedirectResponseCode) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use RedirectAction_RedirectResponseCode.Descriptor instead.
+func (RedirectAction_RedirectResponseCode) EnumDescriptor() ([]byte, []int) {
+	return file_weft_dataplane_envoy_v3_slim_proto_rawDescGZIP(), []int{40, 0}
 }
 
 type SubjectAltNameMatcher_SanType int32
@@ -295,11 +451,11 @@ func (x SubjectAltNameMatcher_SanType) String() string {
 }
 
 func (SubjectAltNameMatcher_SanType) Descriptor() protoreflect.EnumDescriptor {
-	return file_weft_dataplane_envoy_v3_slim_proto_enumTypes[4].Descriptor()
+	return file_weft_dataplane_envoy_v3_slim_proto_enumTypes[7].Descriptor()
 }
 
 func (SubjectAltNameMatcher_SanType) Type() protoreflect.EnumType {
-	return &file_weft_dataplane_envoy_v3_slim_proto_enumTypes[4]
+	return &file_weft_dataplane_envoy_v3_slim_proto_enumTypes[7]
 }
 
 func (x SubjectAltNameMatcher_SanType) Number() protoreflect.EnumNumber {
@@ -308,7 +464,7 @@ func (x SubjectAltNameMatcher_SanType) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use SubjectAltNameMatcher_SanType.Descriptor instead.
 func (SubjectAltNameMatcher_SanType) EnumDescriptor() ([]byte, []int) {
-	return file_weft_dataplane_envoy_v3_slim_proto_rawDescGZIP(), []int{40, 0}
+	return file_weft_dataplane_envoy_v3_slim_proto_rawDescGZIP(), []int{49, 0}
 }
 
 // Present stands for a message field weft-proxy does not read: only its presence matters.
@@ -854,6 +1010,178 @@ type TransportSocket_TypedConfig struct {
 
 func (*TransportSocket_TypedConfig) isTransportSocket_ConfigType() {}
 
+type HeaderValue struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Key           string                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	Value         string                 `protobuf:"bytes,2,opt,name=value,proto3" json:"value,omitempty"`
+	RawValue      []byte                 `protobuf:"bytes,3,opt,name=raw_value,json=rawValue,proto3" json:"raw_value,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HeaderValue) Reset() {
+	*x = HeaderValue{}
+	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HeaderValue) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HeaderValue) ProtoMessage() {}
+
+func (x *HeaderValue) ProtoReflect() protoreflect.Message {
+	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HeaderValue.ProtoReflect.Descriptor instead.
+func (*HeaderValue) Descriptor() ([]byte, []int) {
+	return file_weft_dataplane_envoy_v3_slim_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *HeaderValue) GetKey() string {
+	if x != nil {
+		return x.Key
+	}
+	return ""
+}
+
+func (x *HeaderValue) GetValue() string {
+	if x != nil {
+		return x.Value
+	}
+	return ""
+}
+
+func (x *HeaderValue) GetRawValue() []byte {
+	if x != nil {
+		return x.RawValue
+	}
+	return nil
+}
+
+type HeaderValueOption struct {
+	state          protoimpl.MessageState               `protogen:"open.v1"`
+	Header         *HeaderValue                         `protobuf:"bytes,1,opt,name=header,proto3" json:"header,omitempty"`
+	Append         *wrapperspb.BoolValue                `protobuf:"bytes,2,opt,name=append,proto3" json:"append,omitempty"`
+	AppendAction   HeaderValueOption_HeaderAppendAction `protobuf:"varint,3,opt,name=append_action,json=appendAction,proto3,enum=weft.dataplane.envoy.v3.HeaderValueOption_HeaderAppendAction" json:"append_action,omitempty"`
+	KeepEmptyValue bool                                 `protobuf:"varint,4,opt,name=keep_empty_value,json=keepEmptyValue,proto3" json:"keep_empty_value,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *HeaderValueOption) Reset() {
+	*x = HeaderValueOption{}
+	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HeaderValueOption) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HeaderValueOption) ProtoMessage() {}
+
+func (x *HeaderValueOption) ProtoReflect() protoreflect.Message {
+	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HeaderValueOption.ProtoReflect.Descriptor instead.
+func (*HeaderValueOption) Descriptor() ([]byte, []int) {
+	return file_weft_dataplane_envoy_v3_slim_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *HeaderValueOption) GetHeader() *HeaderValue {
+	if x != nil {
+		return x.Header
+	}
+	return nil
+}
+
+func (x *HeaderValueOption) GetAppend() *wrapperspb.BoolValue {
+	if x != nil {
+		return x.Append
+	}
+	return nil
+}
+
+func (x *HeaderValueOption) GetAppendAction() HeaderValueOption_HeaderAppendAction {
+	if x != nil {
+		return x.AppendAction
+	}
+	return HeaderValueOption_APPEND_IF_EXISTS_OR_ADD
+}
+
+func (x *HeaderValueOption) GetKeepEmptyValue() bool {
+	if x != nil {
+		return x.KeepEmptyValue
+	}
+	return false
+}
+
+type RuntimeFractionalPercent struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	DefaultValue  *FractionalPercent     `protobuf:"bytes,1,opt,name=default_value,json=defaultValue,proto3" json:"default_value,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RuntimeFractionalPercent) Reset() {
+	*x = RuntimeFractionalPercent{}
+	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RuntimeFractionalPercent) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RuntimeFractionalPercent) ProtoMessage() {}
+
+func (x *RuntimeFractionalPercent) ProtoReflect() protoreflect.Message {
+	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RuntimeFractionalPercent.ProtoReflect.Descriptor instead.
+func (*RuntimeFractionalPercent) Descriptor() ([]byte, []int) {
+	return file_weft_dataplane_envoy_v3_slim_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *RuntimeFractionalPercent) GetDefaultValue() *FractionalPercent {
+	if x != nil {
+		return x.DefaultValue
+	}
+	return nil
+}
+
 type DataSource struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Types that are valid to be assigned to Specifier:
@@ -868,7 +1196,7 @@ type DataSource struct {
 
 func (x *DataSource) Reset() {
 	*x = DataSource{}
-	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[8]
+	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -880,7 +1208,7 @@ func (x *DataSource) String() string {
 func (*DataSource) ProtoMessage() {}
 
 func (x *DataSource) ProtoReflect() protoreflect.Message {
-	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[8]
+	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -893,7 +1221,7 @@ func (x *DataSource) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DataSource.ProtoReflect.Descriptor instead.
 func (*DataSource) Descriptor() ([]byte, []int) {
-	return file_weft_dataplane_envoy_v3_slim_proto_rawDescGZIP(), []int{8}
+	return file_weft_dataplane_envoy_v3_slim_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *DataSource) GetSpecifier() isDataSource_Specifier {
@@ -969,7 +1297,7 @@ type StringMatcher struct {
 
 func (x *StringMatcher) Reset() {
 	*x = StringMatcher{}
-	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[9]
+	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -981,7 +1309,7 @@ func (x *StringMatcher) String() string {
 func (*StringMatcher) ProtoMessage() {}
 
 func (x *StringMatcher) ProtoReflect() protoreflect.Message {
-	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[9]
+	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -994,7 +1322,7 @@ func (x *StringMatcher) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StringMatcher.ProtoReflect.Descriptor instead.
 func (*StringMatcher) Descriptor() ([]byte, []int) {
-	return file_weft_dataplane_envoy_v3_slim_proto_rawDescGZIP(), []int{9}
+	return file_weft_dataplane_envoy_v3_slim_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *StringMatcher) GetMatchPattern() isStringMatcher_MatchPattern {
@@ -1099,7 +1427,7 @@ type RegexMatcher struct {
 
 func (x *RegexMatcher) Reset() {
 	*x = RegexMatcher{}
-	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[10]
+	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1111,7 +1439,7 @@ func (x *RegexMatcher) String() string {
 func (*RegexMatcher) ProtoMessage() {}
 
 func (x *RegexMatcher) ProtoReflect() protoreflect.Message {
-	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[10]
+	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1124,7 +1452,7 @@ func (x *RegexMatcher) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegexMatcher.ProtoReflect.Descriptor instead.
 func (*RegexMatcher) Descriptor() ([]byte, []int) {
-	return file_weft_dataplane_envoy_v3_slim_proto_rawDescGZIP(), []int{10}
+	return file_weft_dataplane_envoy_v3_slim_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *RegexMatcher) GetRegex() string {
@@ -1132,6 +1460,110 @@ func (x *RegexMatcher) GetRegex() string {
 		return x.Regex
 	}
 	return ""
+}
+
+type RegexMatchAndSubstitute struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Pattern       *RegexMatcher          `protobuf:"bytes,1,opt,name=pattern,proto3" json:"pattern,omitempty"`
+	Substitution  string                 `protobuf:"bytes,2,opt,name=substitution,proto3" json:"substitution,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RegexMatchAndSubstitute) Reset() {
+	*x = RegexMatchAndSubstitute{}
+	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RegexMatchAndSubstitute) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RegexMatchAndSubstitute) ProtoMessage() {}
+
+func (x *RegexMatchAndSubstitute) ProtoReflect() protoreflect.Message {
+	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RegexMatchAndSubstitute.ProtoReflect.Descriptor instead.
+func (*RegexMatchAndSubstitute) Descriptor() ([]byte, []int) {
+	return file_weft_dataplane_envoy_v3_slim_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *RegexMatchAndSubstitute) GetPattern() *RegexMatcher {
+	if x != nil {
+		return x.Pattern
+	}
+	return nil
+}
+
+func (x *RegexMatchAndSubstitute) GetSubstitution() string {
+	if x != nil {
+		return x.Substitution
+	}
+	return ""
+}
+
+type FractionalPercent struct {
+	state         protoimpl.MessageState            `protogen:"open.v1"`
+	Numerator     uint32                            `protobuf:"varint,1,opt,name=numerator,proto3" json:"numerator,omitempty"`
+	Denominator   FractionalPercent_DenominatorType `protobuf:"varint,2,opt,name=denominator,proto3,enum=weft.dataplane.envoy.v3.FractionalPercent_DenominatorType" json:"denominator,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FractionalPercent) Reset() {
+	*x = FractionalPercent{}
+	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FractionalPercent) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FractionalPercent) ProtoMessage() {}
+
+func (x *FractionalPercent) ProtoReflect() protoreflect.Message {
+	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FractionalPercent.ProtoReflect.Descriptor instead.
+func (*FractionalPercent) Descriptor() ([]byte, []int) {
+	return file_weft_dataplane_envoy_v3_slim_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *FractionalPercent) GetNumerator() uint32 {
+	if x != nil {
+		return x.Numerator
+	}
+	return 0
+}
+
+func (x *FractionalPercent) GetDenominator() FractionalPercent_DenominatorType {
+	if x != nil {
+		return x.Denominator
+	}
+	return FractionalPercent_HUNDRED
 }
 
 type Cluster struct {
@@ -1158,7 +1590,7 @@ type Cluster struct {
 
 func (x *Cluster) Reset() {
 	*x = Cluster{}
-	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[11]
+	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1170,7 +1602,7 @@ func (x *Cluster) String() string {
 func (*Cluster) ProtoMessage() {}
 
 func (x *Cluster) ProtoReflect() protoreflect.Message {
-	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[11]
+	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1183,7 +1615,7 @@ func (x *Cluster) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Cluster.ProtoReflect.Descriptor instead.
 func (*Cluster) Descriptor() ([]byte, []int) {
-	return file_weft_dataplane_envoy_v3_slim_proto_rawDescGZIP(), []int{11}
+	return file_weft_dataplane_envoy_v3_slim_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *Cluster) GetName() string {
@@ -1313,7 +1745,7 @@ type CircuitBreakers struct {
 
 func (x *CircuitBreakers) Reset() {
 	*x = CircuitBreakers{}
-	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[12]
+	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1325,7 +1757,7 @@ func (x *CircuitBreakers) String() string {
 func (*CircuitBreakers) ProtoMessage() {}
 
 func (x *CircuitBreakers) ProtoReflect() protoreflect.Message {
-	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[12]
+	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1338,7 +1770,7 @@ func (x *CircuitBreakers) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CircuitBreakers.ProtoReflect.Descriptor instead.
 func (*CircuitBreakers) Descriptor() ([]byte, []int) {
-	return file_weft_dataplane_envoy_v3_slim_proto_rawDescGZIP(), []int{12}
+	return file_weft_dataplane_envoy_v3_slim_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *CircuitBreakers) GetThresholds() []*CircuitBreakers_Thresholds {
@@ -1364,7 +1796,7 @@ type OutlierDetection struct {
 
 func (x *OutlierDetection) Reset() {
 	*x = OutlierDetection{}
-	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[13]
+	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1376,7 +1808,7 @@ func (x *OutlierDetection) String() string {
 func (*OutlierDetection) ProtoMessage() {}
 
 func (x *OutlierDetection) ProtoReflect() protoreflect.Message {
-	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[13]
+	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1389,7 +1821,7 @@ func (x *OutlierDetection) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OutlierDetection.ProtoReflect.Descriptor instead.
 func (*OutlierDetection) Descriptor() ([]byte, []int) {
-	return file_weft_dataplane_envoy_v3_slim_proto_rawDescGZIP(), []int{13}
+	return file_weft_dataplane_envoy_v3_slim_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *OutlierDetection) GetConsecutive_5Xx() *wrapperspb.UInt32Value {
@@ -1460,7 +1892,7 @@ type HttpProtocolOptions struct {
 
 func (x *HttpProtocolOptions) Reset() {
 	*x = HttpProtocolOptions{}
-	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[14]
+	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1472,7 +1904,7 @@ func (x *HttpProtocolOptions) String() string {
 func (*HttpProtocolOptions) ProtoMessage() {}
 
 func (x *HttpProtocolOptions) ProtoReflect() protoreflect.Message {
-	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[14]
+	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1485,7 +1917,7 @@ func (x *HttpProtocolOptions) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HttpProtocolOptions.ProtoReflect.Descriptor instead.
 func (*HttpProtocolOptions) Descriptor() ([]byte, []int) {
-	return file_weft_dataplane_envoy_v3_slim_proto_rawDescGZIP(), []int{14}
+	return file_weft_dataplane_envoy_v3_slim_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *HttpProtocolOptions) GetUpstreamProtocolOptions() isHttpProtocolOptions_UpstreamProtocolOptions {
@@ -1524,7 +1956,7 @@ type ClusterLoadAssignment struct {
 
 func (x *ClusterLoadAssignment) Reset() {
 	*x = ClusterLoadAssignment{}
-	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[15]
+	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1536,7 +1968,7 @@ func (x *ClusterLoadAssignment) String() string {
 func (*ClusterLoadAssignment) ProtoMessage() {}
 
 func (x *ClusterLoadAssignment) ProtoReflect() protoreflect.Message {
-	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[15]
+	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1549,7 +1981,7 @@ func (x *ClusterLoadAssignment) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClusterLoadAssignment.ProtoReflect.Descriptor instead.
 func (*ClusterLoadAssignment) Descriptor() ([]byte, []int) {
-	return file_weft_dataplane_envoy_v3_slim_proto_rawDescGZIP(), []int{15}
+	return file_weft_dataplane_envoy_v3_slim_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *ClusterLoadAssignment) GetClusterName() string {
@@ -1578,7 +2010,7 @@ type LocalityLbEndpoints struct {
 
 func (x *LocalityLbEndpoints) Reset() {
 	*x = LocalityLbEndpoints{}
-	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[16]
+	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1590,7 +2022,7 @@ func (x *LocalityLbEndpoints) String() string {
 func (*LocalityLbEndpoints) ProtoMessage() {}
 
 func (x *LocalityLbEndpoints) ProtoReflect() protoreflect.Message {
-	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[16]
+	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1603,7 +2035,7 @@ func (x *LocalityLbEndpoints) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LocalityLbEndpoints.ProtoReflect.Descriptor instead.
 func (*LocalityLbEndpoints) Descriptor() ([]byte, []int) {
-	return file_weft_dataplane_envoy_v3_slim_proto_rawDescGZIP(), []int{16}
+	return file_weft_dataplane_envoy_v3_slim_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *LocalityLbEndpoints) GetLocality() *Locality {
@@ -1648,7 +2080,7 @@ type LbEndpoint struct {
 
 func (x *LbEndpoint) Reset() {
 	*x = LbEndpoint{}
-	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[17]
+	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1660,7 +2092,7 @@ func (x *LbEndpoint) String() string {
 func (*LbEndpoint) ProtoMessage() {}
 
 func (x *LbEndpoint) ProtoReflect() protoreflect.Message {
-	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[17]
+	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1673,7 +2105,7 @@ func (x *LbEndpoint) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LbEndpoint.ProtoReflect.Descriptor instead.
 func (*LbEndpoint) Descriptor() ([]byte, []int) {
-	return file_weft_dataplane_envoy_v3_slim_proto_rawDescGZIP(), []int{17}
+	return file_weft_dataplane_envoy_v3_slim_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *LbEndpoint) GetHostIdentifier() isLbEndpoint_HostIdentifier {
@@ -1725,7 +2157,7 @@ type Endpoint struct {
 
 func (x *Endpoint) Reset() {
 	*x = Endpoint{}
-	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[18]
+	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1737,7 +2169,7 @@ func (x *Endpoint) String() string {
 func (*Endpoint) ProtoMessage() {}
 
 func (x *Endpoint) ProtoReflect() protoreflect.Message {
-	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[18]
+	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1750,7 +2182,7 @@ func (x *Endpoint) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Endpoint.ProtoReflect.Descriptor instead.
 func (*Endpoint) Descriptor() ([]byte, []int) {
-	return file_weft_dataplane_envoy_v3_slim_proto_rawDescGZIP(), []int{18}
+	return file_weft_dataplane_envoy_v3_slim_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *Endpoint) GetAddress() *Address {
@@ -1774,7 +2206,7 @@ type Listener struct {
 
 func (x *Listener) Reset() {
 	*x = Listener{}
-	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[19]
+	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1786,7 +2218,7 @@ func (x *Listener) String() string {
 func (*Listener) ProtoMessage() {}
 
 func (x *Listener) ProtoReflect() protoreflect.Message {
-	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[19]
+	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1799,7 +2231,7 @@ func (x *Listener) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Listener.ProtoReflect.Descriptor instead.
 func (*Listener) Descriptor() ([]byte, []int) {
-	return file_weft_dataplane_envoy_v3_slim_proto_rawDescGZIP(), []int{19}
+	return file_weft_dataplane_envoy_v3_slim_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *Listener) GetName() string {
@@ -1857,7 +2289,7 @@ type ListenerFilter struct {
 
 func (x *ListenerFilter) Reset() {
 	*x = ListenerFilter{}
-	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[20]
+	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1869,7 +2301,7 @@ func (x *ListenerFilter) String() string {
 func (*ListenerFilter) ProtoMessage() {}
 
 func (x *ListenerFilter) ProtoReflect() protoreflect.Message {
-	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[20]
+	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1882,7 +2314,7 @@ func (x *ListenerFilter) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListenerFilter.ProtoReflect.Descriptor instead.
 func (*ListenerFilter) Descriptor() ([]byte, []int) {
-	return file_weft_dataplane_envoy_v3_slim_proto_rawDescGZIP(), []int{20}
+	return file_weft_dataplane_envoy_v3_slim_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *ListenerFilter) GetName() string {
@@ -1930,7 +2362,7 @@ type FilterChain struct {
 
 func (x *FilterChain) Reset() {
 	*x = FilterChain{}
-	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[21]
+	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1942,7 +2374,7 @@ func (x *FilterChain) String() string {
 func (*FilterChain) ProtoMessage() {}
 
 func (x *FilterChain) ProtoReflect() protoreflect.Message {
-	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[21]
+	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1955,7 +2387,7 @@ func (x *FilterChain) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FilterChain.ProtoReflect.Descriptor instead.
 func (*FilterChain) Descriptor() ([]byte, []int) {
-	return file_weft_dataplane_envoy_v3_slim_proto_rawDescGZIP(), []int{21}
+	return file_weft_dataplane_envoy_v3_slim_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *FilterChain) GetFilterChainMatch() *FilterChainMatch {
@@ -2001,7 +2433,7 @@ type FilterChainMatch struct {
 
 func (x *FilterChainMatch) Reset() {
 	*x = FilterChainMatch{}
-	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[22]
+	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2013,7 +2445,7 @@ func (x *FilterChainMatch) String() string {
 func (*FilterChainMatch) ProtoMessage() {}
 
 func (x *FilterChainMatch) ProtoReflect() protoreflect.Message {
-	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[22]
+	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2026,7 +2458,7 @@ func (x *FilterChainMatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FilterChainMatch.ProtoReflect.Descriptor instead.
 func (*FilterChainMatch) Descriptor() ([]byte, []int) {
-	return file_weft_dataplane_envoy_v3_slim_proto_rawDescGZIP(), []int{22}
+	return file_weft_dataplane_envoy_v3_slim_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *FilterChainMatch) GetPrefixRanges() []*CidrRange {
@@ -2091,7 +2523,7 @@ type Filter struct {
 
 func (x *Filter) Reset() {
 	*x = Filter{}
-	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[23]
+	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2103,7 +2535,7 @@ func (x *Filter) String() string {
 func (*Filter) ProtoMessage() {}
 
 func (x *Filter) ProtoReflect() protoreflect.Message {
-	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[23]
+	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2116,7 +2548,7 @@ func (x *Filter) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Filter.ProtoReflect.Descriptor instead.
 func (*Filter) Descriptor() ([]byte, []int) {
-	return file_weft_dataplane_envoy_v3_slim_proto_rawDescGZIP(), []int{23}
+	return file_weft_dataplane_envoy_v3_slim_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *Filter) GetName() string {
@@ -2166,7 +2598,7 @@ type HttpConnectionManager struct {
 
 func (x *HttpConnectionManager) Reset() {
 	*x = HttpConnectionManager{}
-	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[24]
+	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2178,7 +2610,7 @@ func (x *HttpConnectionManager) String() string {
 func (*HttpConnectionManager) ProtoMessage() {}
 
 func (x *HttpConnectionManager) ProtoReflect() protoreflect.Message {
-	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[24]
+	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2191,7 +2623,7 @@ func (x *HttpConnectionManager) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HttpConnectionManager.ProtoReflect.Descriptor instead.
 func (*HttpConnectionManager) Descriptor() ([]byte, []int) {
-	return file_weft_dataplane_envoy_v3_slim_proto_rawDescGZIP(), []int{24}
+	return file_weft_dataplane_envoy_v3_slim_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *HttpConnectionManager) GetRouteSpecifier() isHttpConnectionManager_RouteSpecifier {
@@ -2251,7 +2683,7 @@ type Rds struct {
 
 func (x *Rds) Reset() {
 	*x = Rds{}
-	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[25]
+	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2263,7 +2695,7 @@ func (x *Rds) String() string {
 func (*Rds) ProtoMessage() {}
 
 func (x *Rds) ProtoReflect() protoreflect.Message {
-	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[25]
+	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2276,7 +2708,7 @@ func (x *Rds) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Rds.ProtoReflect.Descriptor instead.
 func (*Rds) Descriptor() ([]byte, []int) {
-	return file_weft_dataplane_envoy_v3_slim_proto_rawDescGZIP(), []int{25}
+	return file_weft_dataplane_envoy_v3_slim_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *Rds) GetRouteConfigName() string {
@@ -2300,7 +2732,7 @@ type HttpFilter struct {
 
 func (x *HttpFilter) Reset() {
 	*x = HttpFilter{}
-	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[26]
+	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2312,7 +2744,7 @@ func (x *HttpFilter) String() string {
 func (*HttpFilter) ProtoMessage() {}
 
 func (x *HttpFilter) ProtoReflect() protoreflect.Message {
-	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[26]
+	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2325,7 +2757,7 @@ func (x *HttpFilter) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HttpFilter.ProtoReflect.Descriptor instead.
 func (*HttpFilter) Descriptor() ([]byte, []int) {
-	return file_weft_dataplane_envoy_v3_slim_proto_rawDescGZIP(), []int{26}
+	return file_weft_dataplane_envoy_v3_slim_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *HttpFilter) GetName() string {
@@ -2381,7 +2813,7 @@ type TcpProxy struct {
 
 func (x *TcpProxy) Reset() {
 	*x = TcpProxy{}
-	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[27]
+	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2393,7 +2825,7 @@ func (x *TcpProxy) String() string {
 func (*TcpProxy) ProtoMessage() {}
 
 func (x *TcpProxy) ProtoReflect() protoreflect.Message {
-	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[27]
+	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2406,7 +2838,7 @@ func (x *TcpProxy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TcpProxy.ProtoReflect.Descriptor instead.
 func (*TcpProxy) Descriptor() ([]byte, []int) {
-	return file_weft_dataplane_envoy_v3_slim_proto_rawDescGZIP(), []int{27}
+	return file_weft_dataplane_envoy_v3_slim_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *TcpProxy) GetClusterSpecifier() isTcpProxy_ClusterSpecifier {
@@ -2443,16 +2875,21 @@ type TcpProxy_Cluster struct {
 func (*TcpProxy_Cluster) isTcpProxy_ClusterSpecifier() {}
 
 type RouteConfiguration struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
-	VirtualHosts  []*VirtualHost         `protobuf:"bytes,2,rep,name=virtual_hosts,json=virtualHosts,proto3" json:"virtual_hosts,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state                           protoimpl.MessageState `protogen:"open.v1"`
+	Name                            string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	VirtualHosts                    []*VirtualHost         `protobuf:"bytes,2,rep,name=virtual_hosts,json=virtualHosts,proto3" json:"virtual_hosts,omitempty"`
+	ResponseHeadersToAdd            []*HeaderValueOption   `protobuf:"bytes,4,rep,name=response_headers_to_add,json=responseHeadersToAdd,proto3" json:"response_headers_to_add,omitempty"`
+	ResponseHeadersToRemove         []string               `protobuf:"bytes,5,rep,name=response_headers_to_remove,json=responseHeadersToRemove,proto3" json:"response_headers_to_remove,omitempty"`
+	RequestHeadersToAdd             []*HeaderValueOption   `protobuf:"bytes,6,rep,name=request_headers_to_add,json=requestHeadersToAdd,proto3" json:"request_headers_to_add,omitempty"`
+	RequestHeadersToRemove          []string               `protobuf:"bytes,8,rep,name=request_headers_to_remove,json=requestHeadersToRemove,proto3" json:"request_headers_to_remove,omitempty"`
+	MostSpecificHeaderMutationsWins bool                   `protobuf:"varint,10,opt,name=most_specific_header_mutations_wins,json=mostSpecificHeaderMutationsWins,proto3" json:"most_specific_header_mutations_wins,omitempty"`
+	unknownFields                   protoimpl.UnknownFields
+	sizeCache                       protoimpl.SizeCache
 }
 
 func (x *RouteConfiguration) Reset() {
 	*x = RouteConfiguration{}
-	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[28]
+	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2464,7 +2901,7 @@ func (x *RouteConfiguration) String() string {
 func (*RouteConfiguration) ProtoMessage() {}
 
 func (x *RouteConfiguration) ProtoReflect() protoreflect.Message {
-	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[28]
+	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2477,7 +2914,7 @@ func (x *RouteConfiguration) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RouteConfiguration.ProtoReflect.Descriptor instead.
 func (*RouteConfiguration) Descriptor() ([]byte, []int) {
-	return file_weft_dataplane_envoy_v3_slim_proto_rawDescGZIP(), []int{28}
+	return file_weft_dataplane_envoy_v3_slim_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *RouteConfiguration) GetName() string {
@@ -2494,19 +2931,58 @@ func (x *RouteConfiguration) GetVirtualHosts() []*VirtualHost {
 	return nil
 }
 
+func (x *RouteConfiguration) GetResponseHeadersToAdd() []*HeaderValueOption {
+	if x != nil {
+		return x.ResponseHeadersToAdd
+	}
+	return nil
+}
+
+func (x *RouteConfiguration) GetResponseHeadersToRemove() []string {
+	if x != nil {
+		return x.ResponseHeadersToRemove
+	}
+	return nil
+}
+
+func (x *RouteConfiguration) GetRequestHeadersToAdd() []*HeaderValueOption {
+	if x != nil {
+		return x.RequestHeadersToAdd
+	}
+	return nil
+}
+
+func (x *RouteConfiguration) GetRequestHeadersToRemove() []string {
+	if x != nil {
+		return x.RequestHeadersToRemove
+	}
+	return nil
+}
+
+func (x *RouteConfiguration) GetMostSpecificHeaderMutationsWins() bool {
+	if x != nil {
+		return x.MostSpecificHeaderMutationsWins
+	}
+	return false
+}
+
 type VirtualHost struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
-	Domains       []string               `protobuf:"bytes,2,rep,name=domains,proto3" json:"domains,omitempty"`
-	Routes        []*Route               `protobuf:"bytes,3,rep,name=routes,proto3" json:"routes,omitempty"`
-	RetryPolicy   *RetryPolicy           `protobuf:"bytes,16,opt,name=retry_policy,json=retryPolicy,proto3" json:"retry_policy,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state                   protoimpl.MessageState `protogen:"open.v1"`
+	Name                    string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Domains                 []string               `protobuf:"bytes,2,rep,name=domains,proto3" json:"domains,omitempty"`
+	Routes                  []*Route               `protobuf:"bytes,3,rep,name=routes,proto3" json:"routes,omitempty"`
+	RequestHeadersToAdd     []*HeaderValueOption   `protobuf:"bytes,7,rep,name=request_headers_to_add,json=requestHeadersToAdd,proto3" json:"request_headers_to_add,omitempty"`
+	ResponseHeadersToAdd    []*HeaderValueOption   `protobuf:"bytes,10,rep,name=response_headers_to_add,json=responseHeadersToAdd,proto3" json:"response_headers_to_add,omitempty"`
+	ResponseHeadersToRemove []string               `protobuf:"bytes,11,rep,name=response_headers_to_remove,json=responseHeadersToRemove,proto3" json:"response_headers_to_remove,omitempty"`
+	RequestHeadersToRemove  []string               `protobuf:"bytes,13,rep,name=request_headers_to_remove,json=requestHeadersToRemove,proto3" json:"request_headers_to_remove,omitempty"`
+	RetryPolicy             *RetryPolicy           `protobuf:"bytes,16,opt,name=retry_policy,json=retryPolicy,proto3" json:"retry_policy,omitempty"`
+	unknownFields           protoimpl.UnknownFields
+	sizeCache               protoimpl.SizeCache
 }
 
 func (x *VirtualHost) Reset() {
 	*x = VirtualHost{}
-	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[29]
+	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2518,7 +2994,7 @@ func (x *VirtualHost) String() string {
 func (*VirtualHost) ProtoMessage() {}
 
 func (x *VirtualHost) ProtoReflect() protoreflect.Message {
-	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[29]
+	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2531,7 +3007,7 @@ func (x *VirtualHost) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VirtualHost.ProtoReflect.Descriptor instead.
 func (*VirtualHost) Descriptor() ([]byte, []int) {
-	return file_weft_dataplane_envoy_v3_slim_proto_rawDescGZIP(), []int{29}
+	return file_weft_dataplane_envoy_v3_slim_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *VirtualHost) GetName() string {
@@ -2555,6 +3031,34 @@ func (x *VirtualHost) GetRoutes() []*Route {
 	return nil
 }
 
+func (x *VirtualHost) GetRequestHeadersToAdd() []*HeaderValueOption {
+	if x != nil {
+		return x.RequestHeadersToAdd
+	}
+	return nil
+}
+
+func (x *VirtualHost) GetResponseHeadersToAdd() []*HeaderValueOption {
+	if x != nil {
+		return x.ResponseHeadersToAdd
+	}
+	return nil
+}
+
+func (x *VirtualHost) GetResponseHeadersToRemove() []string {
+	if x != nil {
+		return x.ResponseHeadersToRemove
+	}
+	return nil
+}
+
+func (x *VirtualHost) GetRequestHeadersToRemove() []string {
+	if x != nil {
+		return x.RequestHeadersToRemove
+	}
+	return nil
+}
+
 func (x *VirtualHost) GetRetryPolicy() *RetryPolicy {
 	if x != nil {
 		return x.RetryPolicy
@@ -2568,15 +3072,21 @@ type Route struct {
 	// Types that are valid to be assigned to Action:
 	//
 	//	*Route_Route
-	Action        isRoute_Action `protobuf_oneof:"action"`
-	Name          string         `protobuf:"bytes,14,opt,name=name,proto3" json:"name,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	//	*Route_Redirect
+	//	*Route_DirectResponse
+	Action                  isRoute_Action       `protobuf_oneof:"action"`
+	RequestHeadersToAdd     []*HeaderValueOption `protobuf:"bytes,9,rep,name=request_headers_to_add,json=requestHeadersToAdd,proto3" json:"request_headers_to_add,omitempty"`
+	ResponseHeadersToAdd    []*HeaderValueOption `protobuf:"bytes,10,rep,name=response_headers_to_add,json=responseHeadersToAdd,proto3" json:"response_headers_to_add,omitempty"`
+	ResponseHeadersToRemove []string             `protobuf:"bytes,11,rep,name=response_headers_to_remove,json=responseHeadersToRemove,proto3" json:"response_headers_to_remove,omitempty"`
+	RequestHeadersToRemove  []string             `protobuf:"bytes,12,rep,name=request_headers_to_remove,json=requestHeadersToRemove,proto3" json:"request_headers_to_remove,omitempty"`
+	Name                    string               `protobuf:"bytes,14,opt,name=name,proto3" json:"name,omitempty"`
+	unknownFields           protoimpl.UnknownFields
+	sizeCache               protoimpl.SizeCache
 }
 
 func (x *Route) Reset() {
 	*x = Route{}
-	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[30]
+	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2588,7 +3098,7 @@ func (x *Route) String() string {
 func (*Route) ProtoMessage() {}
 
 func (x *Route) ProtoReflect() protoreflect.Message {
-	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[30]
+	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2601,7 +3111,7 @@ func (x *Route) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Route.ProtoReflect.Descriptor instead.
 func (*Route) Descriptor() ([]byte, []int) {
-	return file_weft_dataplane_envoy_v3_slim_proto_rawDescGZIP(), []int{30}
+	return file_weft_dataplane_envoy_v3_slim_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *Route) GetMatch() *RouteMatch {
@@ -2627,6 +3137,52 @@ func (x *Route) GetRoute() *RouteAction {
 	return nil
 }
 
+func (x *Route) GetRedirect() *RedirectAction {
+	if x != nil {
+		if x, ok := x.Action.(*Route_Redirect); ok {
+			return x.Redirect
+		}
+	}
+	return nil
+}
+
+func (x *Route) GetDirectResponse() *DirectResponseAction {
+	if x != nil {
+		if x, ok := x.Action.(*Route_DirectResponse); ok {
+			return x.DirectResponse
+		}
+	}
+	return nil
+}
+
+func (x *Route) GetRequestHeadersToAdd() []*HeaderValueOption {
+	if x != nil {
+		return x.RequestHeadersToAdd
+	}
+	return nil
+}
+
+func (x *Route) GetResponseHeadersToAdd() []*HeaderValueOption {
+	if x != nil {
+		return x.ResponseHeadersToAdd
+	}
+	return nil
+}
+
+func (x *Route) GetResponseHeadersToRemove() []string {
+	if x != nil {
+		return x.ResponseHeadersToRemove
+	}
+	return nil
+}
+
+func (x *Route) GetRequestHeadersToRemove() []string {
+	if x != nil {
+		return x.RequestHeadersToRemove
+	}
+	return nil
+}
+
 func (x *Route) GetName() string {
 	if x != nil {
 		return x.Name
@@ -2642,7 +3198,19 @@ type Route_Route struct {
 	Route *RouteAction `protobuf:"bytes,2,opt,name=route,proto3,oneof"`
 }
 
+type Route_Redirect struct {
+	Redirect *RedirectAction `protobuf:"bytes,3,opt,name=redirect,proto3,oneof"`
+}
+
+type Route_DirectResponse struct {
+	DirectResponse *DirectResponseAction `protobuf:"bytes,7,opt,name=direct_response,json=directResponse,proto3,oneof"`
+}
+
 func (*Route_Route) isRoute_Action() {}
+
+func (*Route_Redirect) isRoute_Action() {}
+
+func (*Route_DirectResponse) isRoute_Action() {}
 
 type RouteMatch struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -2651,17 +3219,18 @@ type RouteMatch struct {
 	//	*RouteMatch_Prefix
 	//	*RouteMatch_Path
 	//	*RouteMatch_SafeRegex
+	//	*RouteMatch_PathSeparatedPrefix
 	PathSpecifier   isRouteMatch_PathSpecifier `protobuf_oneof:"path_specifier"`
 	CaseSensitive   *wrapperspb.BoolValue      `protobuf:"bytes,4,opt,name=case_sensitive,json=caseSensitive,proto3" json:"case_sensitive,omitempty"`
-	Headers         []*Present                 `protobuf:"bytes,6,rep,name=headers,proto3" json:"headers,omitempty"`
-	QueryParameters []*Present                 `protobuf:"bytes,7,rep,name=query_parameters,json=queryParameters,proto3" json:"query_parameters,omitempty"`
+	Headers         []*HeaderMatcher           `protobuf:"bytes,6,rep,name=headers,proto3" json:"headers,omitempty"`
+	QueryParameters []*QueryParameterMatcher   `protobuf:"bytes,7,rep,name=query_parameters,json=queryParameters,proto3" json:"query_parameters,omitempty"`
 	unknownFields   protoimpl.UnknownFields
 	sizeCache       protoimpl.SizeCache
 }
 
 func (x *RouteMatch) Reset() {
 	*x = RouteMatch{}
-	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[31]
+	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2673,7 +3242,7 @@ func (x *RouteMatch) String() string {
 func (*RouteMatch) ProtoMessage() {}
 
 func (x *RouteMatch) ProtoReflect() protoreflect.Message {
-	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[31]
+	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2686,7 +3255,7 @@ func (x *RouteMatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RouteMatch.ProtoReflect.Descriptor instead.
 func (*RouteMatch) Descriptor() ([]byte, []int) {
-	return file_weft_dataplane_envoy_v3_slim_proto_rawDescGZIP(), []int{31}
+	return file_weft_dataplane_envoy_v3_slim_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *RouteMatch) GetPathSpecifier() isRouteMatch_PathSpecifier {
@@ -2723,6 +3292,15 @@ func (x *RouteMatch) GetSafeRegex() *RegexMatcher {
 	return nil
 }
 
+func (x *RouteMatch) GetPathSeparatedPrefix() string {
+	if x != nil {
+		if x, ok := x.PathSpecifier.(*RouteMatch_PathSeparatedPrefix); ok {
+			return x.PathSeparatedPrefix
+		}
+	}
+	return ""
+}
+
 func (x *RouteMatch) GetCaseSensitive() *wrapperspb.BoolValue {
 	if x != nil {
 		return x.CaseSensitive
@@ -2730,14 +3308,14 @@ func (x *RouteMatch) GetCaseSensitive() *wrapperspb.BoolValue {
 	return nil
 }
 
-func (x *RouteMatch) GetHeaders() []*Present {
+func (x *RouteMatch) GetHeaders() []*HeaderMatcher {
 	if x != nil {
 		return x.Headers
 	}
 	return nil
 }
 
-func (x *RouteMatch) GetQueryParameters() []*Present {
+func (x *RouteMatch) GetQueryParameters() []*QueryParameterMatcher {
 	if x != nil {
 		return x.QueryParameters
 	}
@@ -2760,11 +3338,293 @@ type RouteMatch_SafeRegex struct {
 	SafeRegex *RegexMatcher `protobuf:"bytes,10,opt,name=safe_regex,json=safeRegex,proto3,oneof"`
 }
 
+type RouteMatch_PathSeparatedPrefix struct {
+	PathSeparatedPrefix string `protobuf:"bytes,14,opt,name=path_separated_prefix,json=pathSeparatedPrefix,proto3,oneof"`
+}
+
 func (*RouteMatch_Prefix) isRouteMatch_PathSpecifier() {}
 
 func (*RouteMatch_Path) isRouteMatch_PathSpecifier() {}
 
 func (*RouteMatch_SafeRegex) isRouteMatch_PathSpecifier() {}
+
+func (*RouteMatch_PathSeparatedPrefix) isRouteMatch_PathSpecifier() {}
+
+type HeaderMatcher struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// Types that are valid to be assigned to HeaderMatchSpecifier:
+	//
+	//	*HeaderMatcher_ExactMatch
+	//	*HeaderMatcher_PresentMatch
+	//	*HeaderMatcher_PrefixMatch
+	//	*HeaderMatcher_SuffixMatch
+	//	*HeaderMatcher_SafeRegexMatch
+	//	*HeaderMatcher_ContainsMatch
+	//	*HeaderMatcher_StringMatch
+	HeaderMatchSpecifier      isHeaderMatcher_HeaderMatchSpecifier `protobuf_oneof:"header_match_specifier"`
+	InvertMatch               bool                                 `protobuf:"varint,8,opt,name=invert_match,json=invertMatch,proto3" json:"invert_match,omitempty"`
+	TreatMissingHeaderAsEmpty bool                                 `protobuf:"varint,14,opt,name=treat_missing_header_as_empty,json=treatMissingHeaderAsEmpty,proto3" json:"treat_missing_header_as_empty,omitempty"`
+	unknownFields             protoimpl.UnknownFields
+	sizeCache                 protoimpl.SizeCache
+}
+
+func (x *HeaderMatcher) Reset() {
+	*x = HeaderMatcher{}
+	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[37]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HeaderMatcher) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HeaderMatcher) ProtoMessage() {}
+
+func (x *HeaderMatcher) ProtoReflect() protoreflect.Message {
+	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[37]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HeaderMatcher.ProtoReflect.Descriptor instead.
+func (*HeaderMatcher) Descriptor() ([]byte, []int) {
+	return file_weft_dataplane_envoy_v3_slim_proto_rawDescGZIP(), []int{37}
+}
+
+func (x *HeaderMatcher) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *HeaderMatcher) GetHeaderMatchSpecifier() isHeaderMatcher_HeaderMatchSpecifier {
+	if x != nil {
+		return x.HeaderMatchSpecifier
+	}
+	return nil
+}
+
+func (x *HeaderMatcher) GetExactMatch() string {
+	if x != nil {
+		if x, ok := x.HeaderMatchSpecifier.(*HeaderMatcher_ExactMatch); ok {
+			return x.ExactMatch
+		}
+	}
+	return ""
+}
+
+func (x *HeaderMatcher) GetPresentMatch() bool {
+	if x != nil {
+		if x, ok := x.HeaderMatchSpecifier.(*HeaderMatcher_PresentMatch); ok {
+			return x.PresentMatch
+		}
+	}
+	return false
+}
+
+func (x *HeaderMatcher) GetPrefixMatch() string {
+	if x != nil {
+		if x, ok := x.HeaderMatchSpecifier.(*HeaderMatcher_PrefixMatch); ok {
+			return x.PrefixMatch
+		}
+	}
+	return ""
+}
+
+func (x *HeaderMatcher) GetSuffixMatch() string {
+	if x != nil {
+		if x, ok := x.HeaderMatchSpecifier.(*HeaderMatcher_SuffixMatch); ok {
+			return x.SuffixMatch
+		}
+	}
+	return ""
+}
+
+func (x *HeaderMatcher) GetSafeRegexMatch() *RegexMatcher {
+	if x != nil {
+		if x, ok := x.HeaderMatchSpecifier.(*HeaderMatcher_SafeRegexMatch); ok {
+			return x.SafeRegexMatch
+		}
+	}
+	return nil
+}
+
+func (x *HeaderMatcher) GetContainsMatch() string {
+	if x != nil {
+		if x, ok := x.HeaderMatchSpecifier.(*HeaderMatcher_ContainsMatch); ok {
+			return x.ContainsMatch
+		}
+	}
+	return ""
+}
+
+func (x *HeaderMatcher) GetStringMatch() *StringMatcher {
+	if x != nil {
+		if x, ok := x.HeaderMatchSpecifier.(*HeaderMatcher_StringMatch); ok {
+			return x.StringMatch
+		}
+	}
+	return nil
+}
+
+func (x *HeaderMatcher) GetInvertMatch() bool {
+	if x != nil {
+		return x.InvertMatch
+	}
+	return false
+}
+
+func (x *HeaderMatcher) GetTreatMissingHeaderAsEmpty() bool {
+	if x != nil {
+		return x.TreatMissingHeaderAsEmpty
+	}
+	return false
+}
+
+type isHeaderMatcher_HeaderMatchSpecifier interface {
+	isHeaderMatcher_HeaderMatchSpecifier()
+}
+
+type HeaderMatcher_ExactMatch struct {
+	ExactMatch string `protobuf:"bytes,4,opt,name=exact_match,json=exactMatch,proto3,oneof"`
+}
+
+type HeaderMatcher_PresentMatch struct {
+	PresentMatch bool `protobuf:"varint,7,opt,name=present_match,json=presentMatch,proto3,oneof"`
+}
+
+type HeaderMatcher_PrefixMatch struct {
+	PrefixMatch string `protobuf:"bytes,9,opt,name=prefix_match,json=prefixMatch,proto3,oneof"`
+}
+
+type HeaderMatcher_SuffixMatch struct {
+	SuffixMatch string `protobuf:"bytes,10,opt,name=suffix_match,json=suffixMatch,proto3,oneof"`
+}
+
+type HeaderMatcher_SafeRegexMatch struct {
+	SafeRegexMatch *RegexMatcher `protobuf:"bytes,11,opt,name=safe_regex_match,json=safeRegexMatch,proto3,oneof"`
+}
+
+type HeaderMatcher_ContainsMatch struct {
+	ContainsMatch string `protobuf:"bytes,12,opt,name=contains_match,json=containsMatch,proto3,oneof"`
+}
+
+type HeaderMatcher_StringMatch struct {
+	StringMatch *StringMatcher `protobuf:"bytes,13,opt,name=string_match,json=stringMatch,proto3,oneof"`
+}
+
+func (*HeaderMatcher_ExactMatch) isHeaderMatcher_HeaderMatchSpecifier() {}
+
+func (*HeaderMatcher_PresentMatch) isHeaderMatcher_HeaderMatchSpecifier() {}
+
+func (*HeaderMatcher_PrefixMatch) isHeaderMatcher_HeaderMatchSpecifier() {}
+
+func (*HeaderMatcher_SuffixMatch) isHeaderMatcher_HeaderMatchSpecifier() {}
+
+func (*HeaderMatcher_SafeRegexMatch) isHeaderMatcher_HeaderMatchSpecifier() {}
+
+func (*HeaderMatcher_ContainsMatch) isHeaderMatcher_HeaderMatchSpecifier() {}
+
+func (*HeaderMatcher_StringMatch) isHeaderMatcher_HeaderMatchSpecifier() {}
+
+type QueryParameterMatcher struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// Types that are valid to be assigned to QueryParameterMatchSpecifier:
+	//
+	//	*QueryParameterMatcher_StringMatch
+	//	*QueryParameterMatcher_PresentMatch
+	QueryParameterMatchSpecifier isQueryParameterMatcher_QueryParameterMatchSpecifier `protobuf_oneof:"query_parameter_match_specifier"`
+	unknownFields                protoimpl.UnknownFields
+	sizeCache                    protoimpl.SizeCache
+}
+
+func (x *QueryParameterMatcher) Reset() {
+	*x = QueryParameterMatcher{}
+	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[38]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *QueryParameterMatcher) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*QueryParameterMatcher) ProtoMessage() {}
+
+func (x *QueryParameterMatcher) ProtoReflect() protoreflect.Message {
+	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[38]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use QueryParameterMatcher.ProtoReflect.Descriptor instead.
+func (*QueryParameterMatcher) Descriptor() ([]byte, []int) {
+	return file_weft_dataplane_envoy_v3_slim_proto_rawDescGZIP(), []int{38}
+}
+
+func (x *QueryParameterMatcher) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *QueryParameterMatcher) GetQueryParameterMatchSpecifier() isQueryParameterMatcher_QueryParameterMatchSpecifier {
+	if x != nil {
+		return x.QueryParameterMatchSpecifier
+	}
+	return nil
+}
+
+func (x *QueryParameterMatcher) GetStringMatch() *StringMatcher {
+	if x != nil {
+		if x, ok := x.QueryParameterMatchSpecifier.(*QueryParameterMatcher_StringMatch); ok {
+			return x.StringMatch
+		}
+	}
+	return nil
+}
+
+func (x *QueryParameterMatcher) GetPresentMatch() bool {
+	if x != nil {
+		if x, ok := x.QueryParameterMatchSpecifier.(*QueryParameterMatcher_PresentMatch); ok {
+			return x.PresentMatch
+		}
+	}
+	return false
+}
+
+type isQueryParameterMatcher_QueryParameterMatchSpecifier interface {
+	isQueryParameterMatcher_QueryParameterMatchSpecifier()
+}
+
+type QueryParameterMatcher_StringMatch struct {
+	StringMatch *StringMatcher `protobuf:"bytes,5,opt,name=string_match,json=stringMatch,proto3,oneof"`
+}
+
+type QueryParameterMatcher_PresentMatch struct {
+	PresentMatch bool `protobuf:"varint,6,opt,name=present_match,json=presentMatch,proto3,oneof"`
+}
+
+func (*QueryParameterMatcher_StringMatch) isQueryParameterMatcher_QueryParameterMatchSpecifier() {}
+
+func (*QueryParameterMatcher_PresentMatch) isQueryParameterMatcher_QueryParameterMatchSpecifier() {}
 
 type RouteAction struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -2773,19 +3633,23 @@ type RouteAction struct {
 	//	*RouteAction_Cluster
 	//	*RouteAction_WeightedClusters
 	ClusterSpecifier isRouteAction_ClusterSpecifier `protobuf_oneof:"cluster_specifier"`
+	PrefixRewrite    string                         `protobuf:"bytes,5,opt,name=prefix_rewrite,json=prefixRewrite,proto3" json:"prefix_rewrite,omitempty"`
+	RegexRewrite     *RegexMatchAndSubstitute       `protobuf:"bytes,32,opt,name=regex_rewrite,json=regexRewrite,proto3" json:"regex_rewrite,omitempty"`
 	// Types that are valid to be assigned to HostRewriteSpecifier:
 	//
 	//	*RouteAction_HostRewriteLiteral
-	HostRewriteSpecifier isRouteAction_HostRewriteSpecifier `protobuf_oneof:"host_rewrite_specifier"`
-	Timeout              *durationpb.Duration               `protobuf:"bytes,8,opt,name=timeout,proto3" json:"timeout,omitempty"`
-	RetryPolicy          *RetryPolicy                       `protobuf:"bytes,9,opt,name=retry_policy,json=retryPolicy,proto3" json:"retry_policy,omitempty"`
-	unknownFields        protoimpl.UnknownFields
-	sizeCache            protoimpl.SizeCache
+	HostRewriteSpecifier  isRouteAction_HostRewriteSpecifier `protobuf_oneof:"host_rewrite_specifier"`
+	Timeout               *durationpb.Duration               `protobuf:"bytes,8,opt,name=timeout,proto3" json:"timeout,omitempty"`
+	RetryPolicy           *RetryPolicy                       `protobuf:"bytes,9,opt,name=retry_policy,json=retryPolicy,proto3" json:"retry_policy,omitempty"`
+	RequestMirrorPolicies []*RouteAction_RequestMirrorPolicy `protobuf:"bytes,30,rep,name=request_mirror_policies,json=requestMirrorPolicies,proto3" json:"request_mirror_policies,omitempty"`
+	MaxStreamDuration     *RouteAction_MaxStreamDuration     `protobuf:"bytes,36,opt,name=max_stream_duration,json=maxStreamDuration,proto3" json:"max_stream_duration,omitempty"`
+	unknownFields         protoimpl.UnknownFields
+	sizeCache             protoimpl.SizeCache
 }
 
 func (x *RouteAction) Reset() {
 	*x = RouteAction{}
-	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[32]
+	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2797,7 +3661,7 @@ func (x *RouteAction) String() string {
 func (*RouteAction) ProtoMessage() {}
 
 func (x *RouteAction) ProtoReflect() protoreflect.Message {
-	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[32]
+	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2810,7 +3674,7 @@ func (x *RouteAction) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RouteAction.ProtoReflect.Descriptor instead.
 func (*RouteAction) Descriptor() ([]byte, []int) {
-	return file_weft_dataplane_envoy_v3_slim_proto_rawDescGZIP(), []int{32}
+	return file_weft_dataplane_envoy_v3_slim_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *RouteAction) GetClusterSpecifier() isRouteAction_ClusterSpecifier {
@@ -2834,6 +3698,20 @@ func (x *RouteAction) GetWeightedClusters() *WeightedCluster {
 		if x, ok := x.ClusterSpecifier.(*RouteAction_WeightedClusters); ok {
 			return x.WeightedClusters
 		}
+	}
+	return nil
+}
+
+func (x *RouteAction) GetPrefixRewrite() string {
+	if x != nil {
+		return x.PrefixRewrite
+	}
+	return ""
+}
+
+func (x *RouteAction) GetRegexRewrite() *RegexMatchAndSubstitute {
+	if x != nil {
+		return x.RegexRewrite
 	}
 	return nil
 }
@@ -2868,6 +3746,20 @@ func (x *RouteAction) GetRetryPolicy() *RetryPolicy {
 	return nil
 }
 
+func (x *RouteAction) GetRequestMirrorPolicies() []*RouteAction_RequestMirrorPolicy {
+	if x != nil {
+		return x.RequestMirrorPolicies
+	}
+	return nil
+}
+
+func (x *RouteAction) GetMaxStreamDuration() *RouteAction_MaxStreamDuration {
+	if x != nil {
+		return x.MaxStreamDuration
+	}
+	return nil
+}
+
 type isRouteAction_ClusterSpecifier interface {
 	isRouteAction_ClusterSpecifier()
 }
@@ -2894,16 +3786,245 @@ type RouteAction_HostRewriteLiteral struct {
 
 func (*RouteAction_HostRewriteLiteral) isRouteAction_HostRewriteSpecifier() {}
 
+type RedirectAction struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Types that are valid to be assigned to SchemeRewriteSpecifier:
+	//
+	//	*RedirectAction_HttpsRedirect
+	//	*RedirectAction_SchemeRedirect
+	SchemeRewriteSpecifier isRedirectAction_SchemeRewriteSpecifier `protobuf_oneof:"scheme_rewrite_specifier"`
+	HostRedirect           string                                  `protobuf:"bytes,1,opt,name=host_redirect,json=hostRedirect,proto3" json:"host_redirect,omitempty"`
+	PortRedirect           uint32                                  `protobuf:"varint,8,opt,name=port_redirect,json=portRedirect,proto3" json:"port_redirect,omitempty"`
+	// Types that are valid to be assigned to PathRewriteSpecifier:
+	//
+	//	*RedirectAction_PathRedirect
+	//	*RedirectAction_PrefixRewrite
+	//	*RedirectAction_RegexRewrite
+	PathRewriteSpecifier isRedirectAction_PathRewriteSpecifier `protobuf_oneof:"path_rewrite_specifier"`
+	ResponseCode         RedirectAction_RedirectResponseCode   `protobuf:"varint,3,opt,name=response_code,json=responseCode,proto3,enum=weft.dataplane.envoy.v3.RedirectAction_RedirectResponseCode" json:"response_code,omitempty"`
+	StripQuery           bool                                  `protobuf:"varint,6,opt,name=strip_query,json=stripQuery,proto3" json:"strip_query,omitempty"`
+	unknownFields        protoimpl.UnknownFields
+	sizeCache            protoimpl.SizeCache
+}
+
+func (x *RedirectAction) Reset() {
+	*x = RedirectAction{}
+	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[40]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RedirectAction) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RedirectAction) ProtoMessage() {}
+
+func (x *RedirectAction) ProtoReflect() protoreflect.Message {
+	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[40]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RedirectAction.ProtoReflect.Descriptor instead.
+func (*RedirectAction) Descriptor() ([]byte, []int) {
+	return file_weft_dataplane_envoy_v3_slim_proto_rawDescGZIP(), []int{40}
+}
+
+func (x *RedirectAction) GetSchemeRewriteSpecifier() isRedirectAction_SchemeRewriteSpecifier {
+	if x != nil {
+		return x.SchemeRewriteSpecifier
+	}
+	return nil
+}
+
+func (x *RedirectAction) GetHttpsRedirect() bool {
+	if x != nil {
+		if x, ok := x.SchemeRewriteSpecifier.(*RedirectAction_HttpsRedirect); ok {
+			return x.HttpsRedirect
+		}
+	}
+	return false
+}
+
+func (x *RedirectAction) GetSchemeRedirect() string {
+	if x != nil {
+		if x, ok := x.SchemeRewriteSpecifier.(*RedirectAction_SchemeRedirect); ok {
+			return x.SchemeRedirect
+		}
+	}
+	return ""
+}
+
+func (x *RedirectAction) GetHostRedirect() string {
+	if x != nil {
+		return x.HostRedirect
+	}
+	return ""
+}
+
+func (x *RedirectAction) GetPortRedirect() uint32 {
+	if x != nil {
+		return x.PortRedirect
+	}
+	return 0
+}
+
+func (x *RedirectAction) GetPathRewriteSpecifier() isRedirectAction_PathRewriteSpecifier {
+	if x != nil {
+		return x.PathRewriteSpecifier
+	}
+	return nil
+}
+
+func (x *RedirectAction) GetPathRedirect() string {
+	if x != nil {
+		if x, ok := x.PathRewriteSpecifier.(*RedirectAction_PathRedirect); ok {
+			return x.PathRedirect
+		}
+	}
+	return ""
+}
+
+func (x *RedirectAction) GetPrefixRewrite() string {
+	if x != nil {
+		if x, ok := x.PathRewriteSpecifier.(*RedirectAction_PrefixRewrite); ok {
+			return x.PrefixRewrite
+		}
+	}
+	return ""
+}
+
+func (x *RedirectAction) GetRegexRewrite() *RegexMatchAndSubstitute {
+	if x != nil {
+		if x, ok := x.PathRewriteSpecifier.(*RedirectAction_RegexRewrite); ok {
+			return x.RegexRewrite
+		}
+	}
+	return nil
+}
+
+func (x *RedirectAction) GetResponseCode() RedirectAction_RedirectResponseCode {
+	if x != nil {
+		return x.ResponseCode
+	}
+	return RedirectAction_MOVED_PERMANENTLY
+}
+
+func (x *RedirectAction) GetStripQuery() bool {
+	if x != nil {
+		return x.StripQuery
+	}
+	return false
+}
+
+type isRedirectAction_SchemeRewriteSpecifier interface {
+	isRedirectAction_SchemeRewriteSpecifier()
+}
+
+type RedirectAction_HttpsRedirect struct {
+	HttpsRedirect bool `protobuf:"varint,4,opt,name=https_redirect,json=httpsRedirect,proto3,oneof"`
+}
+
+type RedirectAction_SchemeRedirect struct {
+	SchemeRedirect string `protobuf:"bytes,7,opt,name=scheme_redirect,json=schemeRedirect,proto3,oneof"`
+}
+
+func (*RedirectAction_HttpsRedirect) isRedirectAction_SchemeRewriteSpecifier() {}
+
+func (*RedirectAction_SchemeRedirect) isRedirectAction_SchemeRewriteSpecifier() {}
+
+type isRedirectAction_PathRewriteSpecifier interface {
+	isRedirectAction_PathRewriteSpecifier()
+}
+
+type RedirectAction_PathRedirect struct {
+	PathRedirect string `protobuf:"bytes,2,opt,name=path_redirect,json=pathRedirect,proto3,oneof"`
+}
+
+type RedirectAction_PrefixRewrite struct {
+	PrefixRewrite string `protobuf:"bytes,5,opt,name=prefix_rewrite,json=prefixRewrite,proto3,oneof"`
+}
+
+type RedirectAction_RegexRewrite struct {
+	RegexRewrite *RegexMatchAndSubstitute `protobuf:"bytes,9,opt,name=regex_rewrite,json=regexRewrite,proto3,oneof"`
+}
+
+func (*RedirectAction_PathRedirect) isRedirectAction_PathRewriteSpecifier() {}
+
+func (*RedirectAction_PrefixRewrite) isRedirectAction_PathRewriteSpecifier() {}
+
+func (*RedirectAction_RegexRewrite) isRedirectAction_PathRewriteSpecifier() {}
+
+type DirectResponseAction struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Status        uint32                 `protobuf:"varint,1,opt,name=status,proto3" json:"status,omitempty"`
+	Body          *DataSource            `protobuf:"bytes,2,opt,name=body,proto3" json:"body,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DirectResponseAction) Reset() {
+	*x = DirectResponseAction{}
+	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[41]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DirectResponseAction) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DirectResponseAction) ProtoMessage() {}
+
+func (x *DirectResponseAction) ProtoReflect() protoreflect.Message {
+	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[41]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DirectResponseAction.ProtoReflect.Descriptor instead.
+func (*DirectResponseAction) Descriptor() ([]byte, []int) {
+	return file_weft_dataplane_envoy_v3_slim_proto_rawDescGZIP(), []int{41}
+}
+
+func (x *DirectResponseAction) GetStatus() uint32 {
+	if x != nil {
+		return x.Status
+	}
+	return 0
+}
+
+func (x *DirectResponseAction) GetBody() *DataSource {
+	if x != nil {
+		return x.Body
+	}
+	return nil
+}
+
 type WeightedCluster struct {
 	state         protoimpl.MessageState           `protogen:"open.v1"`
 	Clusters      []*WeightedCluster_ClusterWeight `protobuf:"bytes,1,rep,name=clusters,proto3" json:"clusters,omitempty"`
+	TotalWeight   *wrapperspb.UInt32Value          `protobuf:"bytes,3,opt,name=total_weight,json=totalWeight,proto3" json:"total_weight,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *WeightedCluster) Reset() {
 	*x = WeightedCluster{}
-	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[33]
+	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2915,7 +4036,7 @@ func (x *WeightedCluster) String() string {
 func (*WeightedCluster) ProtoMessage() {}
 
 func (x *WeightedCluster) ProtoReflect() protoreflect.Message {
-	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[33]
+	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2928,12 +4049,19 @@ func (x *WeightedCluster) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WeightedCluster.ProtoReflect.Descriptor instead.
 func (*WeightedCluster) Descriptor() ([]byte, []int) {
-	return file_weft_dataplane_envoy_v3_slim_proto_rawDescGZIP(), []int{33}
+	return file_weft_dataplane_envoy_v3_slim_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *WeightedCluster) GetClusters() []*WeightedCluster_ClusterWeight {
 	if x != nil {
 		return x.Clusters
+	}
+	return nil
+}
+
+func (x *WeightedCluster) GetTotalWeight() *wrapperspb.UInt32Value {
+	if x != nil {
+		return x.TotalWeight
 	}
 	return nil
 }
@@ -2951,7 +4079,7 @@ type RetryPolicy struct {
 
 func (x *RetryPolicy) Reset() {
 	*x = RetryPolicy{}
-	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[34]
+	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2963,7 +4091,7 @@ func (x *RetryPolicy) String() string {
 func (*RetryPolicy) ProtoMessage() {}
 
 func (x *RetryPolicy) ProtoReflect() protoreflect.Message {
-	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[34]
+	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2976,7 +4104,7 @@ func (x *RetryPolicy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RetryPolicy.ProtoReflect.Descriptor instead.
 func (*RetryPolicy) Descriptor() ([]byte, []int) {
-	return file_weft_dataplane_envoy_v3_slim_proto_rawDescGZIP(), []int{34}
+	return file_weft_dataplane_envoy_v3_slim_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *RetryPolicy) GetRetryOn() string {
@@ -3024,7 +4152,7 @@ type UpstreamTlsContext struct {
 
 func (x *UpstreamTlsContext) Reset() {
 	*x = UpstreamTlsContext{}
-	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[35]
+	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3036,7 +4164,7 @@ func (x *UpstreamTlsContext) String() string {
 func (*UpstreamTlsContext) ProtoMessage() {}
 
 func (x *UpstreamTlsContext) ProtoReflect() protoreflect.Message {
-	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[35]
+	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3049,7 +4177,7 @@ func (x *UpstreamTlsContext) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpstreamTlsContext.ProtoReflect.Descriptor instead.
 func (*UpstreamTlsContext) Descriptor() ([]byte, []int) {
-	return file_weft_dataplane_envoy_v3_slim_proto_rawDescGZIP(), []int{35}
+	return file_weft_dataplane_envoy_v3_slim_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *UpstreamTlsContext) GetCommonTlsContext() *CommonTlsContext {
@@ -3076,7 +4204,7 @@ type DownstreamTlsContext struct {
 
 func (x *DownstreamTlsContext) Reset() {
 	*x = DownstreamTlsContext{}
-	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[36]
+	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3088,7 +4216,7 @@ func (x *DownstreamTlsContext) String() string {
 func (*DownstreamTlsContext) ProtoMessage() {}
 
 func (x *DownstreamTlsContext) ProtoReflect() protoreflect.Message {
-	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[36]
+	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3101,7 +4229,7 @@ func (x *DownstreamTlsContext) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DownstreamTlsContext.ProtoReflect.Descriptor instead.
 func (*DownstreamTlsContext) Descriptor() ([]byte, []int) {
-	return file_weft_dataplane_envoy_v3_slim_proto_rawDescGZIP(), []int{36}
+	return file_weft_dataplane_envoy_v3_slim_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *DownstreamTlsContext) GetCommonTlsContext() *CommonTlsContext {
@@ -3137,7 +4265,7 @@ type CommonTlsContext struct {
 
 func (x *CommonTlsContext) Reset() {
 	*x = CommonTlsContext{}
-	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[37]
+	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3149,7 +4277,7 @@ func (x *CommonTlsContext) String() string {
 func (*CommonTlsContext) ProtoMessage() {}
 
 func (x *CommonTlsContext) ProtoReflect() protoreflect.Message {
-	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[37]
+	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3162,7 +4290,7 @@ func (x *CommonTlsContext) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CommonTlsContext.ProtoReflect.Descriptor instead.
 func (*CommonTlsContext) Descriptor() ([]byte, []int) {
-	return file_weft_dataplane_envoy_v3_slim_proto_rawDescGZIP(), []int{37}
+	return file_weft_dataplane_envoy_v3_slim_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *CommonTlsContext) GetTlsCertificates() []*Present {
@@ -3284,7 +4412,7 @@ type SdsSecretConfig struct {
 
 func (x *SdsSecretConfig) Reset() {
 	*x = SdsSecretConfig{}
-	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[38]
+	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3296,7 +4424,7 @@ func (x *SdsSecretConfig) String() string {
 func (*SdsSecretConfig) ProtoMessage() {}
 
 func (x *SdsSecretConfig) ProtoReflect() protoreflect.Message {
-	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[38]
+	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3309,7 +4437,7 @@ func (x *SdsSecretConfig) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SdsSecretConfig.ProtoReflect.Descriptor instead.
 func (*SdsSecretConfig) Descriptor() ([]byte, []int) {
-	return file_weft_dataplane_envoy_v3_slim_proto_rawDescGZIP(), []int{38}
+	return file_weft_dataplane_envoy_v3_slim_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *SdsSecretConfig) GetName() string {
@@ -3329,7 +4457,7 @@ type CertificateValidationContext struct {
 
 func (x *CertificateValidationContext) Reset() {
 	*x = CertificateValidationContext{}
-	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[39]
+	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3341,7 +4469,7 @@ func (x *CertificateValidationContext) String() string {
 func (*CertificateValidationContext) ProtoMessage() {}
 
 func (x *CertificateValidationContext) ProtoReflect() protoreflect.Message {
-	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[39]
+	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3354,7 +4482,7 @@ func (x *CertificateValidationContext) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CertificateValidationContext.ProtoReflect.Descriptor instead.
 func (*CertificateValidationContext) Descriptor() ([]byte, []int) {
-	return file_weft_dataplane_envoy_v3_slim_proto_rawDescGZIP(), []int{39}
+	return file_weft_dataplane_envoy_v3_slim_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *CertificateValidationContext) GetTrustedCa() *DataSource {
@@ -3381,7 +4509,7 @@ type SubjectAltNameMatcher struct {
 
 func (x *SubjectAltNameMatcher) Reset() {
 	*x = SubjectAltNameMatcher{}
-	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[40]
+	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3393,7 +4521,7 @@ func (x *SubjectAltNameMatcher) String() string {
 func (*SubjectAltNameMatcher) ProtoMessage() {}
 
 func (x *SubjectAltNameMatcher) ProtoReflect() protoreflect.Message {
-	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[40]
+	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3406,7 +4534,7 @@ func (x *SubjectAltNameMatcher) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubjectAltNameMatcher.ProtoReflect.Descriptor instead.
 func (*SubjectAltNameMatcher) Descriptor() ([]byte, []int) {
-	return file_weft_dataplane_envoy_v3_slim_proto_rawDescGZIP(), []int{40}
+	return file_weft_dataplane_envoy_v3_slim_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *SubjectAltNameMatcher) GetSanType() SubjectAltNameMatcher_SanType {
@@ -3437,7 +4565,7 @@ type Secret struct {
 
 func (x *Secret) Reset() {
 	*x = Secret{}
-	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[41]
+	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3449,7 +4577,7 @@ func (x *Secret) String() string {
 func (*Secret) ProtoMessage() {}
 
 func (x *Secret) ProtoReflect() protoreflect.Message {
-	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[41]
+	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3462,7 +4590,7 @@ func (x *Secret) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Secret.ProtoReflect.Descriptor instead.
 func (*Secret) Descriptor() ([]byte, []int) {
-	return file_weft_dataplane_envoy_v3_slim_proto_rawDescGZIP(), []int{41}
+	return file_weft_dataplane_envoy_v3_slim_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *Secret) GetName() string {
@@ -3523,7 +4651,7 @@ type TlsCertificate struct {
 
 func (x *TlsCertificate) Reset() {
 	*x = TlsCertificate{}
-	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[42]
+	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3535,7 +4663,7 @@ func (x *TlsCertificate) String() string {
 func (*TlsCertificate) ProtoMessage() {}
 
 func (x *TlsCertificate) ProtoReflect() protoreflect.Message {
-	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[42]
+	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3548,7 +4676,7 @@ func (x *TlsCertificate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TlsCertificate.ProtoReflect.Descriptor instead.
 func (*TlsCertificate) Descriptor() ([]byte, []int) {
-	return file_weft_dataplane_envoy_v3_slim_proto_rawDescGZIP(), []int{42}
+	return file_weft_dataplane_envoy_v3_slim_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *TlsCertificate) GetCertificateChain() *DataSource {
@@ -3579,7 +4707,7 @@ type DiscoveryRequest struct {
 
 func (x *DiscoveryRequest) Reset() {
 	*x = DiscoveryRequest{}
-	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[43]
+	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3591,7 +4719,7 @@ func (x *DiscoveryRequest) String() string {
 func (*DiscoveryRequest) ProtoMessage() {}
 
 func (x *DiscoveryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[43]
+	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3604,7 +4732,7 @@ func (x *DiscoveryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DiscoveryRequest.ProtoReflect.Descriptor instead.
 func (*DiscoveryRequest) Descriptor() ([]byte, []int) {
-	return file_weft_dataplane_envoy_v3_slim_proto_rawDescGZIP(), []int{43}
+	return file_weft_dataplane_envoy_v3_slim_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *DiscoveryRequest) GetVersionInfo() string {
@@ -3661,7 +4789,7 @@ type DiscoveryResponse struct {
 
 func (x *DiscoveryResponse) Reset() {
 	*x = DiscoveryResponse{}
-	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[44]
+	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3673,7 +4801,7 @@ func (x *DiscoveryResponse) String() string {
 func (*DiscoveryResponse) ProtoMessage() {}
 
 func (x *DiscoveryResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[44]
+	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3686,7 +4814,7 @@ func (x *DiscoveryResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DiscoveryResponse.ProtoReflect.Descriptor instead.
 func (*DiscoveryResponse) Descriptor() ([]byte, []int) {
-	return file_weft_dataplane_envoy_v3_slim_proto_rawDescGZIP(), []int{44}
+	return file_weft_dataplane_envoy_v3_slim_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *DiscoveryResponse) GetVersionInfo() string {
@@ -3732,7 +4860,7 @@ type DeltaDiscoveryRequest struct {
 
 func (x *DeltaDiscoveryRequest) Reset() {
 	*x = DeltaDiscoveryRequest{}
-	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[45]
+	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3744,7 +4872,7 @@ func (x *DeltaDiscoveryRequest) String() string {
 func (*DeltaDiscoveryRequest) ProtoMessage() {}
 
 func (x *DeltaDiscoveryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[45]
+	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3757,7 +4885,7 @@ func (x *DeltaDiscoveryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeltaDiscoveryRequest.ProtoReflect.Descriptor instead.
 func (*DeltaDiscoveryRequest) Descriptor() ([]byte, []int) {
-	return file_weft_dataplane_envoy_v3_slim_proto_rawDescGZIP(), []int{45}
+	return file_weft_dataplane_envoy_v3_slim_proto_rawDescGZIP(), []int{54}
 }
 
 func (x *DeltaDiscoveryRequest) GetNode() *Node {
@@ -3822,7 +4950,7 @@ type DeltaDiscoveryResponse struct {
 
 func (x *DeltaDiscoveryResponse) Reset() {
 	*x = DeltaDiscoveryResponse{}
-	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[46]
+	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3834,7 +4962,7 @@ func (x *DeltaDiscoveryResponse) String() string {
 func (*DeltaDiscoveryResponse) ProtoMessage() {}
 
 func (x *DeltaDiscoveryResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[46]
+	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3847,7 +4975,7 @@ func (x *DeltaDiscoveryResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeltaDiscoveryResponse.ProtoReflect.Descriptor instead.
 func (*DeltaDiscoveryResponse) Descriptor() ([]byte, []int) {
-	return file_weft_dataplane_envoy_v3_slim_proto_rawDescGZIP(), []int{46}
+	return file_weft_dataplane_envoy_v3_slim_proto_rawDescGZIP(), []int{55}
 }
 
 func (x *DeltaDiscoveryResponse) GetSystemVersionInfo() string {
@@ -3896,7 +5024,7 @@ type Resource struct {
 
 func (x *Resource) Reset() {
 	*x = Resource{}
-	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[47]
+	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[56]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3908,7 +5036,7 @@ func (x *Resource) String() string {
 func (*Resource) ProtoMessage() {}
 
 func (x *Resource) ProtoReflect() protoreflect.Message {
-	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[47]
+	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[56]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3921,7 +5049,7 @@ func (x *Resource) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Resource.ProtoReflect.Descriptor instead.
 func (*Resource) Descriptor() ([]byte, []int) {
-	return file_weft_dataplane_envoy_v3_slim_proto_rawDescGZIP(), []int{47}
+	return file_weft_dataplane_envoy_v3_slim_proto_rawDescGZIP(), []int{56}
 }
 
 func (x *Resource) GetVersion() string {
@@ -3957,7 +5085,7 @@ type Status struct {
 
 func (x *Status) Reset() {
 	*x = Status{}
-	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[48]
+	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[57]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3969,7 +5097,7 @@ func (x *Status) String() string {
 func (*Status) ProtoMessage() {}
 
 func (x *Status) ProtoReflect() protoreflect.Message {
-	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[48]
+	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[57]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3982,7 +5110,7 @@ func (x *Status) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Status.ProtoReflect.Descriptor instead.
 func (*Status) Descriptor() ([]byte, []int) {
-	return file_weft_dataplane_envoy_v3_slim_proto_rawDescGZIP(), []int{48}
+	return file_weft_dataplane_envoy_v3_slim_proto_rawDescGZIP(), []int{57}
 }
 
 func (x *Status) GetCode() int32 {
@@ -4016,7 +5144,7 @@ type Cluster_EdsClusterConfig struct {
 
 func (x *Cluster_EdsClusterConfig) Reset() {
 	*x = Cluster_EdsClusterConfig{}
-	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[49]
+	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[58]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4028,7 +5156,7 @@ func (x *Cluster_EdsClusterConfig) String() string {
 func (*Cluster_EdsClusterConfig) ProtoMessage() {}
 
 func (x *Cluster_EdsClusterConfig) ProtoReflect() protoreflect.Message {
-	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[49]
+	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[58]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4041,7 +5169,7 @@ func (x *Cluster_EdsClusterConfig) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Cluster_EdsClusterConfig.ProtoReflect.Descriptor instead.
 func (*Cluster_EdsClusterConfig) Descriptor() ([]byte, []int) {
-	return file_weft_dataplane_envoy_v3_slim_proto_rawDescGZIP(), []int{11, 0}
+	return file_weft_dataplane_envoy_v3_slim_proto_rawDescGZIP(), []int{16, 0}
 }
 
 func (x *Cluster_EdsClusterConfig) GetEdsConfig() *ConfigSource {
@@ -4067,7 +5195,7 @@ type Cluster_CustomClusterType struct {
 
 func (x *Cluster_CustomClusterType) Reset() {
 	*x = Cluster_CustomClusterType{}
-	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[50]
+	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[59]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4079,7 +5207,7 @@ func (x *Cluster_CustomClusterType) String() string {
 func (*Cluster_CustomClusterType) ProtoMessage() {}
 
 func (x *Cluster_CustomClusterType) ProtoReflect() protoreflect.Message {
-	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[50]
+	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[59]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4092,7 +5220,7 @@ func (x *Cluster_CustomClusterType) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Cluster_CustomClusterType.ProtoReflect.Descriptor instead.
 func (*Cluster_CustomClusterType) Descriptor() ([]byte, []int) {
-	return file_weft_dataplane_envoy_v3_slim_proto_rawDescGZIP(), []int{11, 1}
+	return file_weft_dataplane_envoy_v3_slim_proto_rawDescGZIP(), []int{16, 1}
 }
 
 func (x *Cluster_CustomClusterType) GetName() string {
@@ -4115,7 +5243,7 @@ type CircuitBreakers_Thresholds struct {
 
 func (x *CircuitBreakers_Thresholds) Reset() {
 	*x = CircuitBreakers_Thresholds{}
-	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[52]
+	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[61]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4127,7 +5255,7 @@ func (x *CircuitBreakers_Thresholds) String() string {
 func (*CircuitBreakers_Thresholds) ProtoMessage() {}
 
 func (x *CircuitBreakers_Thresholds) ProtoReflect() protoreflect.Message {
-	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[52]
+	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[61]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4140,7 +5268,7 @@ func (x *CircuitBreakers_Thresholds) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CircuitBreakers_Thresholds.ProtoReflect.Descriptor instead.
 func (*CircuitBreakers_Thresholds) Descriptor() ([]byte, []int) {
-	return file_weft_dataplane_envoy_v3_slim_proto_rawDescGZIP(), []int{12, 0}
+	return file_weft_dataplane_envoy_v3_slim_proto_rawDescGZIP(), []int{17, 0}
 }
 
 func (x *CircuitBreakers_Thresholds) GetPriority() RoutingPriority {
@@ -4192,7 +5320,7 @@ type HttpProtocolOptions_ExplicitHttpConfig struct {
 
 func (x *HttpProtocolOptions_ExplicitHttpConfig) Reset() {
 	*x = HttpProtocolOptions_ExplicitHttpConfig{}
-	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[53]
+	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[62]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4204,7 +5332,7 @@ func (x *HttpProtocolOptions_ExplicitHttpConfig) String() string {
 func (*HttpProtocolOptions_ExplicitHttpConfig) ProtoMessage() {}
 
 func (x *HttpProtocolOptions_ExplicitHttpConfig) ProtoReflect() protoreflect.Message {
-	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[53]
+	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[62]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4217,7 +5345,7 @@ func (x *HttpProtocolOptions_ExplicitHttpConfig) ProtoReflect() protoreflect.Mes
 
 // Deprecated: Use HttpProtocolOptions_ExplicitHttpConfig.ProtoReflect.Descriptor instead.
 func (*HttpProtocolOptions_ExplicitHttpConfig) Descriptor() ([]byte, []int) {
-	return file_weft_dataplane_envoy_v3_slim_proto_rawDescGZIP(), []int{14, 0}
+	return file_weft_dataplane_envoy_v3_slim_proto_rawDescGZIP(), []int{19, 0}
 }
 
 func (x *HttpProtocolOptions_ExplicitHttpConfig) GetProtocolConfig() isHttpProtocolOptions_ExplicitHttpConfig_ProtocolConfig {
@@ -4279,17 +5407,153 @@ func (*HttpProtocolOptions_ExplicitHttpConfig_Http2ProtocolOptions) isHttpProtoc
 func (*HttpProtocolOptions_ExplicitHttpConfig_Http3ProtocolOptions) isHttpProtocolOptions_ExplicitHttpConfig_ProtocolConfig() {
 }
 
+type RouteAction_RequestMirrorPolicy struct {
+	state                         protoimpl.MessageState    `protogen:"open.v1"`
+	Cluster                       string                    `protobuf:"bytes,1,opt,name=cluster,proto3" json:"cluster,omitempty"`
+	RuntimeFraction               *RuntimeFractionalPercent `protobuf:"bytes,3,opt,name=runtime_fraction,json=runtimeFraction,proto3" json:"runtime_fraction,omitempty"`
+	DisableShadowHostSuffixAppend bool                      `protobuf:"varint,6,opt,name=disable_shadow_host_suffix_append,json=disableShadowHostSuffixAppend,proto3" json:"disable_shadow_host_suffix_append,omitempty"`
+	HostRewriteLiteral            string                    `protobuf:"bytes,8,opt,name=host_rewrite_literal,json=hostRewriteLiteral,proto3" json:"host_rewrite_literal,omitempty"`
+	unknownFields                 protoimpl.UnknownFields
+	sizeCache                     protoimpl.SizeCache
+}
+
+func (x *RouteAction_RequestMirrorPolicy) Reset() {
+	*x = RouteAction_RequestMirrorPolicy{}
+	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[63]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RouteAction_RequestMirrorPolicy) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RouteAction_RequestMirrorPolicy) ProtoMessage() {}
+
+func (x *RouteAction_RequestMirrorPolicy) ProtoReflect() protoreflect.Message {
+	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[63]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RouteAction_RequestMirrorPolicy.ProtoReflect.Descriptor instead.
+func (*RouteAction_RequestMirrorPolicy) Descriptor() ([]byte, []int) {
+	return file_weft_dataplane_envoy_v3_slim_proto_rawDescGZIP(), []int{39, 0}
+}
+
+func (x *RouteAction_RequestMirrorPolicy) GetCluster() string {
+	if x != nil {
+		return x.Cluster
+	}
+	return ""
+}
+
+func (x *RouteAction_RequestMirrorPolicy) GetRuntimeFraction() *RuntimeFractionalPercent {
+	if x != nil {
+		return x.RuntimeFraction
+	}
+	return nil
+}
+
+func (x *RouteAction_RequestMirrorPolicy) GetDisableShadowHostSuffixAppend() bool {
+	if x != nil {
+		return x.DisableShadowHostSuffixAppend
+	}
+	return false
+}
+
+func (x *RouteAction_RequestMirrorPolicy) GetHostRewriteLiteral() string {
+	if x != nil {
+		return x.HostRewriteLiteral
+	}
+	return ""
+}
+
+type RouteAction_MaxStreamDuration struct {
+	state                   protoimpl.MessageState `protogen:"open.v1"`
+	MaxStreamDuration       *durationpb.Duration   `protobuf:"bytes,1,opt,name=max_stream_duration,json=maxStreamDuration,proto3" json:"max_stream_duration,omitempty"`
+	GrpcTimeoutHeaderMax    *durationpb.Duration   `protobuf:"bytes,2,opt,name=grpc_timeout_header_max,json=grpcTimeoutHeaderMax,proto3" json:"grpc_timeout_header_max,omitempty"`
+	GrpcTimeoutHeaderOffset *durationpb.Duration   `protobuf:"bytes,3,opt,name=grpc_timeout_header_offset,json=grpcTimeoutHeaderOffset,proto3" json:"grpc_timeout_header_offset,omitempty"`
+	unknownFields           protoimpl.UnknownFields
+	sizeCache               protoimpl.SizeCache
+}
+
+func (x *RouteAction_MaxStreamDuration) Reset() {
+	*x = RouteAction_MaxStreamDuration{}
+	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[64]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RouteAction_MaxStreamDuration) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RouteAction_MaxStreamDuration) ProtoMessage() {}
+
+func (x *RouteAction_MaxStreamDuration) ProtoReflect() protoreflect.Message {
+	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[64]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RouteAction_MaxStreamDuration.ProtoReflect.Descriptor instead.
+func (*RouteAction_MaxStreamDuration) Descriptor() ([]byte, []int) {
+	return file_weft_dataplane_envoy_v3_slim_proto_rawDescGZIP(), []int{39, 1}
+}
+
+func (x *RouteAction_MaxStreamDuration) GetMaxStreamDuration() *durationpb.Duration {
+	if x != nil {
+		return x.MaxStreamDuration
+	}
+	return nil
+}
+
+func (x *RouteAction_MaxStreamDuration) GetGrpcTimeoutHeaderMax() *durationpb.Duration {
+	if x != nil {
+		return x.GrpcTimeoutHeaderMax
+	}
+	return nil
+}
+
+func (x *RouteAction_MaxStreamDuration) GetGrpcTimeoutHeaderOffset() *durationpb.Duration {
+	if x != nil {
+		return x.GrpcTimeoutHeaderOffset
+	}
+	return nil
+}
+
 type WeightedCluster_ClusterWeight struct {
-	state         protoimpl.MessageState  `protogen:"open.v1"`
-	Name          string                  `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
-	Weight        *wrapperspb.UInt32Value `protobuf:"bytes,2,opt,name=weight,proto3" json:"weight,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state                   protoimpl.MessageState  `protogen:"open.v1"`
+	Name                    string                  `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Weight                  *wrapperspb.UInt32Value `protobuf:"bytes,2,opt,name=weight,proto3" json:"weight,omitempty"`
+	RequestHeadersToAdd     []*HeaderValueOption    `protobuf:"bytes,4,rep,name=request_headers_to_add,json=requestHeadersToAdd,proto3" json:"request_headers_to_add,omitempty"`
+	ResponseHeadersToAdd    []*HeaderValueOption    `protobuf:"bytes,5,rep,name=response_headers_to_add,json=responseHeadersToAdd,proto3" json:"response_headers_to_add,omitempty"`
+	ResponseHeadersToRemove []string                `protobuf:"bytes,6,rep,name=response_headers_to_remove,json=responseHeadersToRemove,proto3" json:"response_headers_to_remove,omitempty"`
+	RequestHeadersToRemove  []string                `protobuf:"bytes,9,rep,name=request_headers_to_remove,json=requestHeadersToRemove,proto3" json:"request_headers_to_remove,omitempty"`
+	// Types that are valid to be assigned to HostRewriteSpecifier:
+	//
+	//	*WeightedCluster_ClusterWeight_HostRewriteLiteral
+	HostRewriteSpecifier isWeightedCluster_ClusterWeight_HostRewriteSpecifier `protobuf_oneof:"host_rewrite_specifier"`
+	unknownFields        protoimpl.UnknownFields
+	sizeCache            protoimpl.SizeCache
 }
 
 func (x *WeightedCluster_ClusterWeight) Reset() {
 	*x = WeightedCluster_ClusterWeight{}
-	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[54]
+	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[65]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4301,7 +5565,7 @@ func (x *WeightedCluster_ClusterWeight) String() string {
 func (*WeightedCluster_ClusterWeight) ProtoMessage() {}
 
 func (x *WeightedCluster_ClusterWeight) ProtoReflect() protoreflect.Message {
-	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[54]
+	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[65]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4314,7 +5578,7 @@ func (x *WeightedCluster_ClusterWeight) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WeightedCluster_ClusterWeight.ProtoReflect.Descriptor instead.
 func (*WeightedCluster_ClusterWeight) Descriptor() ([]byte, []int) {
-	return file_weft_dataplane_envoy_v3_slim_proto_rawDescGZIP(), []int{33, 0}
+	return file_weft_dataplane_envoy_v3_slim_proto_rawDescGZIP(), []int{42, 0}
 }
 
 func (x *WeightedCluster_ClusterWeight) GetName() string {
@@ -4331,6 +5595,61 @@ func (x *WeightedCluster_ClusterWeight) GetWeight() *wrapperspb.UInt32Value {
 	return nil
 }
 
+func (x *WeightedCluster_ClusterWeight) GetRequestHeadersToAdd() []*HeaderValueOption {
+	if x != nil {
+		return x.RequestHeadersToAdd
+	}
+	return nil
+}
+
+func (x *WeightedCluster_ClusterWeight) GetResponseHeadersToAdd() []*HeaderValueOption {
+	if x != nil {
+		return x.ResponseHeadersToAdd
+	}
+	return nil
+}
+
+func (x *WeightedCluster_ClusterWeight) GetResponseHeadersToRemove() []string {
+	if x != nil {
+		return x.ResponseHeadersToRemove
+	}
+	return nil
+}
+
+func (x *WeightedCluster_ClusterWeight) GetRequestHeadersToRemove() []string {
+	if x != nil {
+		return x.RequestHeadersToRemove
+	}
+	return nil
+}
+
+func (x *WeightedCluster_ClusterWeight) GetHostRewriteSpecifier() isWeightedCluster_ClusterWeight_HostRewriteSpecifier {
+	if x != nil {
+		return x.HostRewriteSpecifier
+	}
+	return nil
+}
+
+func (x *WeightedCluster_ClusterWeight) GetHostRewriteLiteral() string {
+	if x != nil {
+		if x, ok := x.HostRewriteSpecifier.(*WeightedCluster_ClusterWeight_HostRewriteLiteral); ok {
+			return x.HostRewriteLiteral
+		}
+	}
+	return ""
+}
+
+type isWeightedCluster_ClusterWeight_HostRewriteSpecifier interface {
+	isWeightedCluster_ClusterWeight_HostRewriteSpecifier()
+}
+
+type WeightedCluster_ClusterWeight_HostRewriteLiteral struct {
+	HostRewriteLiteral string `protobuf:"bytes,11,opt,name=host_rewrite_literal,json=hostRewriteLiteral,proto3,oneof"`
+}
+
+func (*WeightedCluster_ClusterWeight_HostRewriteLiteral) isWeightedCluster_ClusterWeight_HostRewriteSpecifier() {
+}
+
 type RetryPolicy_RetryBackOff struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	BaseInterval  *durationpb.Duration   `protobuf:"bytes,1,opt,name=base_interval,json=baseInterval,proto3" json:"base_interval,omitempty"`
@@ -4341,7 +5660,7 @@ type RetryPolicy_RetryBackOff struct {
 
 func (x *RetryPolicy_RetryBackOff) Reset() {
 	*x = RetryPolicy_RetryBackOff{}
-	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[55]
+	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[66]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4353,7 +5672,7 @@ func (x *RetryPolicy_RetryBackOff) String() string {
 func (*RetryPolicy_RetryBackOff) ProtoMessage() {}
 
 func (x *RetryPolicy_RetryBackOff) ProtoReflect() protoreflect.Message {
-	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[55]
+	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[66]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4366,7 +5685,7 @@ func (x *RetryPolicy_RetryBackOff) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RetryPolicy_RetryBackOff.ProtoReflect.Descriptor instead.
 func (*RetryPolicy_RetryBackOff) Descriptor() ([]byte, []int) {
-	return file_weft_dataplane_envoy_v3_slim_proto_rawDescGZIP(), []int{34, 0}
+	return file_weft_dataplane_envoy_v3_slim_proto_rawDescGZIP(), []int{43, 0}
 }
 
 func (x *RetryPolicy_RetryBackOff) GetBaseInterval() *durationpb.Duration {
@@ -4393,7 +5712,7 @@ type CommonTlsContext_CombinedCertificateValidationContext struct {
 
 func (x *CommonTlsContext_CombinedCertificateValidationContext) Reset() {
 	*x = CommonTlsContext_CombinedCertificateValidationContext{}
-	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[56]
+	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[67]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4405,7 +5724,7 @@ func (x *CommonTlsContext_CombinedCertificateValidationContext) String() string 
 func (*CommonTlsContext_CombinedCertificateValidationContext) ProtoMessage() {}
 
 func (x *CommonTlsContext_CombinedCertificateValidationContext) ProtoReflect() protoreflect.Message {
-	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[56]
+	mi := &file_weft_dataplane_envoy_v3_slim_proto_msgTypes[67]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4418,7 +5737,7 @@ func (x *CommonTlsContext_CombinedCertificateValidationContext) ProtoReflect() p
 
 // Deprecated: Use CommonTlsContext_CombinedCertificateValidationContext.ProtoReflect.Descriptor instead.
 func (*CommonTlsContext_CombinedCertificateValidationContext) Descriptor() ([]byte, []int) {
-	return file_weft_dataplane_envoy_v3_slim_proto_rawDescGZIP(), []int{37, 0}
+	return file_weft_dataplane_envoy_v3_slim_proto_rawDescGZIP(), []int{46, 0}
 }
 
 func (x *CommonTlsContext_CombinedCertificateValidationContext) GetDefaultValidationContext() *CertificateValidationContext {
@@ -4471,7 +5790,23 @@ const file_weft_dataplane_envoy_v3_slim_proto_rawDesc = "" +
 	"\x0fTransportSocket\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x129\n" +
 	"\ftyped_config\x18\x03 \x01(\v2\x14.google.protobuf.AnyH\x00R\vtypedConfigB\r\n" +
-	"\vconfig_type\"\x83\x01\n" +
+	"\vconfig_type\"R\n" +
+	"\vHeaderValue\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value\x12\x1b\n" +
+	"\traw_value\x18\x03 \x01(\fR\brawValue\"\x92\x03\n" +
+	"\x11HeaderValueOption\x12<\n" +
+	"\x06header\x18\x01 \x01(\v2$.weft.dataplane.envoy.v3.HeaderValueR\x06header\x122\n" +
+	"\x06append\x18\x02 \x01(\v2\x1a.google.protobuf.BoolValueR\x06append\x12b\n" +
+	"\rappend_action\x18\x03 \x01(\x0e2=.weft.dataplane.envoy.v3.HeaderValueOption.HeaderAppendActionR\fappendAction\x12(\n" +
+	"\x10keep_empty_value\x18\x04 \x01(\bR\x0ekeepEmptyValue\"}\n" +
+	"\x12HeaderAppendAction\x12\x1b\n" +
+	"\x17APPEND_IF_EXISTS_OR_ADD\x10\x00\x12\x11\n" +
+	"\rADD_IF_ABSENT\x10\x01\x12\x1e\n" +
+	"\x1aOVERWRITE_IF_EXISTS_OR_ADD\x10\x02\x12\x17\n" +
+	"\x13OVERWRITE_IF_EXISTS\x10\x03\"k\n" +
+	"\x18RuntimeFractionalPercent\x12O\n" +
+	"\rdefault_value\x18\x01 \x01(\v2*.weft.dataplane.envoy.v3.FractionalPercentR\fdefaultValue\"\x83\x01\n" +
 	"\n" +
 	"DataSource\x12\x1c\n" +
 	"\bfilename\x18\x01 \x01(\tH\x00R\bfilename\x12#\n" +
@@ -4489,7 +5824,17 @@ const file_weft_dataplane_envoy_v3_slim_proto_rawDesc = "" +
 	"ignoreCaseB\x0f\n" +
 	"\rmatch_pattern\"$\n" +
 	"\fRegexMatcher\x12\x14\n" +
-	"\x05regex\x18\x02 \x01(\tR\x05regex\"\xd6\f\n" +
+	"\x05regex\x18\x02 \x01(\tR\x05regex\"~\n" +
+	"\x17RegexMatchAndSubstitute\x12?\n" +
+	"\apattern\x18\x01 \x01(\v2%.weft.dataplane.envoy.v3.RegexMatcherR\apattern\x12\"\n" +
+	"\fsubstitution\x18\x02 \x01(\tR\fsubstitution\"\xce\x01\n" +
+	"\x11FractionalPercent\x12\x1c\n" +
+	"\tnumerator\x18\x01 \x01(\rR\tnumerator\x12\\\n" +
+	"\vdenominator\x18\x02 \x01(\x0e2:.weft.dataplane.envoy.v3.FractionalPercent.DenominatorTypeR\vdenominator\"=\n" +
+	"\x0fDenominatorType\x12\v\n" +
+	"\aHUNDRED\x10\x00\x12\x10\n" +
+	"\fTEN_THOUSAND\x10\x01\x12\v\n" +
+	"\aMILLION\x10\x02\"\xd6\f\n" +
 	"\aCluster\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12D\n" +
 	"\x04type\x18\x02 \x01(\x0e2..weft.dataplane.envoy.v3.Cluster.DiscoveryTypeH\x00R\x04type\x12W\n" +
@@ -4625,44 +5970,124 @@ const file_weft_dataplane_envoy_v3_slim_proto_rawDesc = "" +
 	"\bTcpProxy\x12\x1a\n" +
 	"\acluster\x18\x02 \x01(\tH\x00R\acluster\x12<\n" +
 	"\fidle_timeout\x18\b \x01(\v2\x19.google.protobuf.DurationR\vidleTimeoutB\x13\n" +
-	"\x11cluster_specifier\"s\n" +
+	"\x11cluster_specifier\"\xfd\x03\n" +
 	"\x12RouteConfiguration\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12I\n" +
-	"\rvirtual_hosts\x18\x02 \x03(\v2$.weft.dataplane.envoy.v3.VirtualHostR\fvirtualHosts\"\xbc\x01\n" +
+	"\rvirtual_hosts\x18\x02 \x03(\v2$.weft.dataplane.envoy.v3.VirtualHostR\fvirtualHosts\x12a\n" +
+	"\x17response_headers_to_add\x18\x04 \x03(\v2*.weft.dataplane.envoy.v3.HeaderValueOptionR\x14responseHeadersToAdd\x12;\n" +
+	"\x1aresponse_headers_to_remove\x18\x05 \x03(\tR\x17responseHeadersToRemove\x12_\n" +
+	"\x16request_headers_to_add\x18\x06 \x03(\v2*.weft.dataplane.envoy.v3.HeaderValueOptionR\x13requestHeadersToAdd\x129\n" +
+	"\x19request_headers_to_remove\x18\b \x03(\tR\x16requestHeadersToRemove\x12L\n" +
+	"#most_specific_header_mutations_wins\x18\n" +
+	" \x01(\bR\x1fmostSpecificHeaderMutationsWins\"\xf8\x03\n" +
 	"\vVirtualHost\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\adomains\x18\x02 \x03(\tR\adomains\x126\n" +
-	"\x06routes\x18\x03 \x03(\v2\x1e.weft.dataplane.envoy.v3.RouteR\x06routes\x12G\n" +
-	"\fretry_policy\x18\x10 \x01(\v2$.weft.dataplane.envoy.v3.RetryPolicyR\vretryPolicy\"\x9e\x01\n" +
+	"\x06routes\x18\x03 \x03(\v2\x1e.weft.dataplane.envoy.v3.RouteR\x06routes\x12_\n" +
+	"\x16request_headers_to_add\x18\a \x03(\v2*.weft.dataplane.envoy.v3.HeaderValueOptionR\x13requestHeadersToAdd\x12a\n" +
+	"\x17response_headers_to_add\x18\n" +
+	" \x03(\v2*.weft.dataplane.envoy.v3.HeaderValueOptionR\x14responseHeadersToAdd\x12;\n" +
+	"\x1aresponse_headers_to_remove\x18\v \x03(\tR\x17responseHeadersToRemove\x129\n" +
+	"\x19request_headers_to_remove\x18\r \x03(\tR\x16requestHeadersToRemove\x12G\n" +
+	"\fretry_policy\x18\x10 \x01(\v2$.weft.dataplane.envoy.v3.RetryPolicyR\vretryPolicy\"\xfb\x04\n" +
 	"\x05Route\x129\n" +
 	"\x05match\x18\x01 \x01(\v2#.weft.dataplane.envoy.v3.RouteMatchR\x05match\x12<\n" +
-	"\x05route\x18\x02 \x01(\v2$.weft.dataplane.envoy.v3.RouteActionH\x00R\x05route\x12\x12\n" +
+	"\x05route\x18\x02 \x01(\v2$.weft.dataplane.envoy.v3.RouteActionH\x00R\x05route\x12E\n" +
+	"\bredirect\x18\x03 \x01(\v2'.weft.dataplane.envoy.v3.RedirectActionH\x00R\bredirect\x12X\n" +
+	"\x0fdirect_response\x18\a \x01(\v2-.weft.dataplane.envoy.v3.DirectResponseActionH\x00R\x0edirectResponse\x12_\n" +
+	"\x16request_headers_to_add\x18\t \x03(\v2*.weft.dataplane.envoy.v3.HeaderValueOptionR\x13requestHeadersToAdd\x12a\n" +
+	"\x17response_headers_to_add\x18\n" +
+	" \x03(\v2*.weft.dataplane.envoy.v3.HeaderValueOptionR\x14responseHeadersToAdd\x12;\n" +
+	"\x1aresponse_headers_to_remove\x18\v \x03(\tR\x17responseHeadersToRemove\x129\n" +
+	"\x19request_headers_to_remove\x18\f \x03(\tR\x16requestHeadersToRemove\x12\x12\n" +
 	"\x04name\x18\x0e \x01(\tR\x04nameB\b\n" +
-	"\x06action\"\xe2\x02\n" +
+	"\x06action\"\xac\x03\n" +
 	"\n" +
 	"RouteMatch\x12\x18\n" +
 	"\x06prefix\x18\x01 \x01(\tH\x00R\x06prefix\x12\x14\n" +
 	"\x04path\x18\x02 \x01(\tH\x00R\x04path\x12F\n" +
 	"\n" +
 	"safe_regex\x18\n" +
-	" \x01(\v2%.weft.dataplane.envoy.v3.RegexMatcherH\x00R\tsafeRegex\x12A\n" +
-	"\x0ecase_sensitive\x18\x04 \x01(\v2\x1a.google.protobuf.BoolValueR\rcaseSensitive\x12:\n" +
-	"\aheaders\x18\x06 \x03(\v2 .weft.dataplane.envoy.v3.PresentR\aheaders\x12K\n" +
-	"\x10query_parameters\x18\a \x03(\v2 .weft.dataplane.envoy.v3.PresentR\x0fqueryParametersB\x10\n" +
-	"\x0epath_specifier\"\xe3\x02\n" +
+	" \x01(\v2%.weft.dataplane.envoy.v3.RegexMatcherH\x00R\tsafeRegex\x124\n" +
+	"\x15path_separated_prefix\x18\x0e \x01(\tH\x00R\x13pathSeparatedPrefix\x12A\n" +
+	"\x0ecase_sensitive\x18\x04 \x01(\v2\x1a.google.protobuf.BoolValueR\rcaseSensitive\x12@\n" +
+	"\aheaders\x18\x06 \x03(\v2&.weft.dataplane.envoy.v3.HeaderMatcherR\aheaders\x12Y\n" +
+	"\x10query_parameters\x18\a \x03(\v2..weft.dataplane.envoy.v3.QueryParameterMatcherR\x0fqueryParametersB\x10\n" +
+	"\x0epath_specifier\"\xff\x03\n" +
+	"\rHeaderMatcher\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12!\n" +
+	"\vexact_match\x18\x04 \x01(\tH\x00R\n" +
+	"exactMatch\x12%\n" +
+	"\rpresent_match\x18\a \x01(\bH\x00R\fpresentMatch\x12#\n" +
+	"\fprefix_match\x18\t \x01(\tH\x00R\vprefixMatch\x12#\n" +
+	"\fsuffix_match\x18\n" +
+	" \x01(\tH\x00R\vsuffixMatch\x12Q\n" +
+	"\x10safe_regex_match\x18\v \x01(\v2%.weft.dataplane.envoy.v3.RegexMatcherH\x00R\x0esafeRegexMatch\x12'\n" +
+	"\x0econtains_match\x18\f \x01(\tH\x00R\rcontainsMatch\x12K\n" +
+	"\fstring_match\x18\r \x01(\v2&.weft.dataplane.envoy.v3.StringMatcherH\x00R\vstringMatch\x12!\n" +
+	"\finvert_match\x18\b \x01(\bR\vinvertMatch\x12@\n" +
+	"\x1dtreat_missing_header_as_empty\x18\x0e \x01(\bR\x19treatMissingHeaderAsEmptyB\x18\n" +
+	"\x16header_match_specifier\"\xc2\x01\n" +
+	"\x15QueryParameterMatcher\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12K\n" +
+	"\fstring_match\x18\x05 \x01(\v2&.weft.dataplane.envoy.v3.StringMatcherH\x00R\vstringMatch\x12%\n" +
+	"\rpresent_match\x18\x06 \x01(\bH\x00R\fpresentMatchB!\n" +
+	"\x1fquery_parameter_match_specifier\"\xd2\t\n" +
 	"\vRouteAction\x12\x1a\n" +
 	"\acluster\x18\x01 \x01(\tH\x00R\acluster\x12W\n" +
-	"\x11weighted_clusters\x18\x03 \x01(\v2(.weft.dataplane.envoy.v3.WeightedClusterH\x00R\x10weightedClusters\x122\n" +
+	"\x11weighted_clusters\x18\x03 \x01(\v2(.weft.dataplane.envoy.v3.WeightedClusterH\x00R\x10weightedClusters\x12%\n" +
+	"\x0eprefix_rewrite\x18\x05 \x01(\tR\rprefixRewrite\x12U\n" +
+	"\rregex_rewrite\x18  \x01(\v20.weft.dataplane.envoy.v3.RegexMatchAndSubstituteR\fregexRewrite\x122\n" +
 	"\x14host_rewrite_literal\x18\x06 \x01(\tH\x01R\x12hostRewriteLiteral\x123\n" +
 	"\atimeout\x18\b \x01(\v2\x19.google.protobuf.DurationR\atimeout\x12G\n" +
-	"\fretry_policy\x18\t \x01(\v2$.weft.dataplane.envoy.v3.RetryPolicyR\vretryPolicyB\x13\n" +
+	"\fretry_policy\x18\t \x01(\v2$.weft.dataplane.envoy.v3.RetryPolicyR\vretryPolicy\x12p\n" +
+	"\x17request_mirror_policies\x18\x1e \x03(\v28.weft.dataplane.envoy.v3.RouteAction.RequestMirrorPolicyR\x15requestMirrorPolicies\x12f\n" +
+	"\x13max_stream_duration\x18$ \x01(\v26.weft.dataplane.envoy.v3.RouteAction.MaxStreamDurationR\x11maxStreamDuration\x1a\x89\x02\n" +
+	"\x13RequestMirrorPolicy\x12\x18\n" +
+	"\acluster\x18\x01 \x01(\tR\acluster\x12\\\n" +
+	"\x10runtime_fraction\x18\x03 \x01(\v21.weft.dataplane.envoy.v3.RuntimeFractionalPercentR\x0fruntimeFraction\x12H\n" +
+	"!disable_shadow_host_suffix_append\x18\x06 \x01(\bR\x1ddisableShadowHostSuffixAppend\x120\n" +
+	"\x14host_rewrite_literal\x18\b \x01(\tR\x12hostRewriteLiteral\x1a\x88\x02\n" +
+	"\x11MaxStreamDuration\x12I\n" +
+	"\x13max_stream_duration\x18\x01 \x01(\v2\x19.google.protobuf.DurationR\x11maxStreamDuration\x12P\n" +
+	"\x17grpc_timeout_header_max\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x14grpcTimeoutHeaderMax\x12V\n" +
+	"\x1agrpc_timeout_header_offset\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\x17grpcTimeoutHeaderOffsetB\x13\n" +
 	"\x11cluster_specifierB\x18\n" +
-	"\x16host_rewrite_specifier\"\xc0\x01\n" +
+	"\x16host_rewrite_specifier\"\x8a\x05\n" +
+	"\x0eRedirectAction\x12'\n" +
+	"\x0ehttps_redirect\x18\x04 \x01(\bH\x00R\rhttpsRedirect\x12)\n" +
+	"\x0fscheme_redirect\x18\a \x01(\tH\x00R\x0eschemeRedirect\x12#\n" +
+	"\rhost_redirect\x18\x01 \x01(\tR\fhostRedirect\x12#\n" +
+	"\rport_redirect\x18\b \x01(\rR\fportRedirect\x12%\n" +
+	"\rpath_redirect\x18\x02 \x01(\tH\x01R\fpathRedirect\x12'\n" +
+	"\x0eprefix_rewrite\x18\x05 \x01(\tH\x01R\rprefixRewrite\x12W\n" +
+	"\rregex_rewrite\x18\t \x01(\v20.weft.dataplane.envoy.v3.RegexMatchAndSubstituteH\x01R\fregexRewrite\x12a\n" +
+	"\rresponse_code\x18\x03 \x01(\x0e2<.weft.dataplane.envoy.v3.RedirectAction.RedirectResponseCodeR\fresponseCode\x12\x1f\n" +
+	"\vstrip_query\x18\x06 \x01(\bR\n" +
+	"stripQuery\"w\n" +
+	"\x14RedirectResponseCode\x12\x15\n" +
+	"\x11MOVED_PERMANENTLY\x10\x00\x12\t\n" +
+	"\x05FOUND\x10\x01\x12\r\n" +
+	"\tSEE_OTHER\x10\x02\x12\x16\n" +
+	"\x12TEMPORARY_REDIRECT\x10\x03\x12\x16\n" +
+	"\x12PERMANENT_REDIRECT\x10\x04B\x1a\n" +
+	"\x18scheme_rewrite_specifierB\x18\n" +
+	"\x16path_rewrite_specifier\"g\n" +
+	"\x14DirectResponseAction\x12\x16\n" +
+	"\x06status\x18\x01 \x01(\rR\x06status\x127\n" +
+	"\x04body\x18\x02 \x01(\v2#.weft.dataplane.envoy.v3.DataSourceR\x04body\"\x8c\x05\n" +
 	"\x0fWeightedCluster\x12R\n" +
-	"\bclusters\x18\x01 \x03(\v26.weft.dataplane.envoy.v3.WeightedCluster.ClusterWeightR\bclusters\x1aY\n" +
+	"\bclusters\x18\x01 \x03(\v26.weft.dataplane.envoy.v3.WeightedCluster.ClusterWeightR\bclusters\x12?\n" +
+	"\ftotal_weight\x18\x03 \x01(\v2\x1c.google.protobuf.UInt32ValueR\vtotalWeight\x1a\xe3\x03\n" +
 	"\rClusterWeight\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x124\n" +
-	"\x06weight\x18\x02 \x01(\v2\x1c.google.protobuf.UInt32ValueR\x06weight\"\xc8\x03\n" +
+	"\x06weight\x18\x02 \x01(\v2\x1c.google.protobuf.UInt32ValueR\x06weight\x12_\n" +
+	"\x16request_headers_to_add\x18\x04 \x03(\v2*.weft.dataplane.envoy.v3.HeaderValueOptionR\x13requestHeadersToAdd\x12a\n" +
+	"\x17response_headers_to_add\x18\x05 \x03(\v2*.weft.dataplane.envoy.v3.HeaderValueOptionR\x14responseHeadersToAdd\x12;\n" +
+	"\x1aresponse_headers_to_remove\x18\x06 \x03(\tR\x17responseHeadersToRemove\x129\n" +
+	"\x19request_headers_to_remove\x18\t \x03(\tR\x16requestHeadersToRemove\x122\n" +
+	"\x14host_rewrite_literal\x18\v \x01(\tH\x00R\x12hostRewriteLiteralB\x18\n" +
+	"\x16host_rewrite_specifier\"\xc8\x03\n" +
 	"\vRetryPolicy\x12\x19\n" +
 	"\bretry_on\x18\x01 \x01(\tR\aretryOn\x12=\n" +
 	"\vnum_retries\x18\x02 \x01(\v2\x1c.google.protobuf.UInt32ValueR\n" +
@@ -4780,197 +6205,241 @@ func file_weft_dataplane_envoy_v3_slim_proto_rawDescGZIP() []byte {
 	return file_weft_dataplane_envoy_v3_slim_proto_rawDescData
 }
 
-var file_weft_dataplane_envoy_v3_slim_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
-var file_weft_dataplane_envoy_v3_slim_proto_msgTypes = make([]protoimpl.MessageInfo, 58)
+var file_weft_dataplane_envoy_v3_slim_proto_enumTypes = make([]protoimpl.EnumInfo, 8)
+var file_weft_dataplane_envoy_v3_slim_proto_msgTypes = make([]protoimpl.MessageInfo, 69)
 var file_weft_dataplane_envoy_v3_slim_proto_goTypes = []any{
 	(HealthStatus)(0),                              // 0: weft.dataplane.envoy.v3.HealthStatus
 	(RoutingPriority)(0),                           // 1: weft.dataplane.envoy.v3.RoutingPriority
-	(Cluster_DiscoveryType)(0),                     // 2: weft.dataplane.envoy.v3.Cluster.DiscoveryType
-	(Cluster_LbPolicy)(0),                          // 3: weft.dataplane.envoy.v3.Cluster.LbPolicy
-	(SubjectAltNameMatcher_SanType)(0),             // 4: weft.dataplane.envoy.v3.SubjectAltNameMatcher.SanType
-	(*Present)(nil),                                // 5: weft.dataplane.envoy.v3.Present
-	(*Node)(nil),                                   // 6: weft.dataplane.envoy.v3.Node
-	(*Locality)(nil),                               // 7: weft.dataplane.envoy.v3.Locality
-	(*Address)(nil),                                // 8: weft.dataplane.envoy.v3.Address
-	(*SocketAddress)(nil),                          // 9: weft.dataplane.envoy.v3.SocketAddress
-	(*CidrRange)(nil),                              // 10: weft.dataplane.envoy.v3.CidrRange
-	(*ConfigSource)(nil),                           // 11: weft.dataplane.envoy.v3.ConfigSource
-	(*TransportSocket)(nil),                        // 12: weft.dataplane.envoy.v3.TransportSocket
-	(*DataSource)(nil),                             // 13: weft.dataplane.envoy.v3.DataSource
-	(*StringMatcher)(nil),                          // 14: weft.dataplane.envoy.v3.StringMatcher
-	(*RegexMatcher)(nil),                           // 15: weft.dataplane.envoy.v3.RegexMatcher
-	(*Cluster)(nil),                                // 16: weft.dataplane.envoy.v3.Cluster
-	(*CircuitBreakers)(nil),                        // 17: weft.dataplane.envoy.v3.CircuitBreakers
-	(*OutlierDetection)(nil),                       // 18: weft.dataplane.envoy.v3.OutlierDetection
-	(*HttpProtocolOptions)(nil),                    // 19: weft.dataplane.envoy.v3.HttpProtocolOptions
-	(*ClusterLoadAssignment)(nil),                  // 20: weft.dataplane.envoy.v3.ClusterLoadAssignment
-	(*LocalityLbEndpoints)(nil),                    // 21: weft.dataplane.envoy.v3.LocalityLbEndpoints
-	(*LbEndpoint)(nil),                             // 22: weft.dataplane.envoy.v3.LbEndpoint
-	(*Endpoint)(nil),                               // 23: weft.dataplane.envoy.v3.Endpoint
-	(*Listener)(nil),                               // 24: weft.dataplane.envoy.v3.Listener
-	(*ListenerFilter)(nil),                         // 25: weft.dataplane.envoy.v3.ListenerFilter
-	(*FilterChain)(nil),                            // 26: weft.dataplane.envoy.v3.FilterChain
-	(*FilterChainMatch)(nil),                       // 27: weft.dataplane.envoy.v3.FilterChainMatch
-	(*Filter)(nil),                                 // 28: weft.dataplane.envoy.v3.Filter
-	(*HttpConnectionManager)(nil),                  // 29: weft.dataplane.envoy.v3.HttpConnectionManager
-	(*Rds)(nil),                                    // 30: weft.dataplane.envoy.v3.Rds
-	(*HttpFilter)(nil),                             // 31: weft.dataplane.envoy.v3.HttpFilter
-	(*TcpProxy)(nil),                               // 32: weft.dataplane.envoy.v3.TcpProxy
-	(*RouteConfiguration)(nil),                     // 33: weft.dataplane.envoy.v3.RouteConfiguration
-	(*VirtualHost)(nil),                            // 34: weft.dataplane.envoy.v3.VirtualHost
-	(*Route)(nil),                                  // 35: weft.dataplane.envoy.v3.Route
-	(*RouteMatch)(nil),                             // 36: weft.dataplane.envoy.v3.RouteMatch
-	(*RouteAction)(nil),                            // 37: weft.dataplane.envoy.v3.RouteAction
-	(*WeightedCluster)(nil),                        // 38: weft.dataplane.envoy.v3.WeightedCluster
-	(*RetryPolicy)(nil),                            // 39: weft.dataplane.envoy.v3.RetryPolicy
-	(*UpstreamTlsContext)(nil),                     // 40: weft.dataplane.envoy.v3.UpstreamTlsContext
-	(*DownstreamTlsContext)(nil),                   // 41: weft.dataplane.envoy.v3.DownstreamTlsContext
-	(*CommonTlsContext)(nil),                       // 42: weft.dataplane.envoy.v3.CommonTlsContext
-	(*SdsSecretConfig)(nil),                        // 43: weft.dataplane.envoy.v3.SdsSecretConfig
-	(*CertificateValidationContext)(nil),           // 44: weft.dataplane.envoy.v3.CertificateValidationContext
-	(*SubjectAltNameMatcher)(nil),                  // 45: weft.dataplane.envoy.v3.SubjectAltNameMatcher
-	(*Secret)(nil),                                 // 46: weft.dataplane.envoy.v3.Secret
-	(*TlsCertificate)(nil),                         // 47: weft.dataplane.envoy.v3.TlsCertificate
-	(*DiscoveryRequest)(nil),                       // 48: weft.dataplane.envoy.v3.DiscoveryRequest
-	(*DiscoveryResponse)(nil),                      // 49: weft.dataplane.envoy.v3.DiscoveryResponse
-	(*DeltaDiscoveryRequest)(nil),                  // 50: weft.dataplane.envoy.v3.DeltaDiscoveryRequest
-	(*DeltaDiscoveryResponse)(nil),                 // 51: weft.dataplane.envoy.v3.DeltaDiscoveryResponse
-	(*Resource)(nil),                               // 52: weft.dataplane.envoy.v3.Resource
-	(*Status)(nil),                                 // 53: weft.dataplane.envoy.v3.Status
-	(*Cluster_EdsClusterConfig)(nil),               // 54: weft.dataplane.envoy.v3.Cluster.EdsClusterConfig
-	(*Cluster_CustomClusterType)(nil),              // 55: weft.dataplane.envoy.v3.Cluster.CustomClusterType
-	nil,                                            // 56: weft.dataplane.envoy.v3.Cluster.TypedExtensionProtocolOptionsEntry
-	(*CircuitBreakers_Thresholds)(nil),             // 57: weft.dataplane.envoy.v3.CircuitBreakers.Thresholds
-	(*HttpProtocolOptions_ExplicitHttpConfig)(nil), // 58: weft.dataplane.envoy.v3.HttpProtocolOptions.ExplicitHttpConfig
-	(*WeightedCluster_ClusterWeight)(nil),          // 59: weft.dataplane.envoy.v3.WeightedCluster.ClusterWeight
-	(*RetryPolicy_RetryBackOff)(nil),               // 60: weft.dataplane.envoy.v3.RetryPolicy.RetryBackOff
-	(*CommonTlsContext_CombinedCertificateValidationContext)(nil), // 61: weft.dataplane.envoy.v3.CommonTlsContext.CombinedCertificateValidationContext
-	nil,                            // 62: weft.dataplane.envoy.v3.DeltaDiscoveryRequest.InitialResourceVersionsEntry
-	(*structpb.Struct)(nil),        // 63: google.protobuf.Struct
-	(*wrapperspb.UInt32Value)(nil), // 64: google.protobuf.UInt32Value
-	(*anypb.Any)(nil),              // 65: google.protobuf.Any
-	(*durationpb.Duration)(nil),    // 66: google.protobuf.Duration
-	(*wrapperspb.BoolValue)(nil),   // 67: google.protobuf.BoolValue
+	(HeaderValueOption_HeaderAppendAction)(0),      // 2: weft.dataplane.envoy.v3.HeaderValueOption.HeaderAppendAction
+	(FractionalPercent_DenominatorType)(0),         // 3: weft.dataplane.envoy.v3.FractionalPercent.DenominatorType
+	(Cluster_DiscoveryType)(0),                     // 4: weft.dataplane.envoy.v3.Cluster.DiscoveryType
+	(Cluster_LbPolicy)(0),                          // 5: weft.dataplane.envoy.v3.Cluster.LbPolicy
+	(RedirectAction_RedirectResponseCode)(0),       // 6: weft.dataplane.envoy.v3.RedirectAction.RedirectResponseCode
+	(SubjectAltNameMatcher_SanType)(0),             // 7: weft.dataplane.envoy.v3.SubjectAltNameMatcher.SanType
+	(*Present)(nil),                                // 8: weft.dataplane.envoy.v3.Present
+	(*Node)(nil),                                   // 9: weft.dataplane.envoy.v3.Node
+	(*Locality)(nil),                               // 10: weft.dataplane.envoy.v3.Locality
+	(*Address)(nil),                                // 11: weft.dataplane.envoy.v3.Address
+	(*SocketAddress)(nil),                          // 12: weft.dataplane.envoy.v3.SocketAddress
+	(*CidrRange)(nil),                              // 13: weft.dataplane.envoy.v3.CidrRange
+	(*ConfigSource)(nil),                           // 14: weft.dataplane.envoy.v3.ConfigSource
+	(*TransportSocket)(nil),                        // 15: weft.dataplane.envoy.v3.TransportSocket
+	(*HeaderValue)(nil),                            // 16: weft.dataplane.envoy.v3.HeaderValue
+	(*HeaderValueOption)(nil),                      // 17: weft.dataplane.envoy.v3.HeaderValueOption
+	(*RuntimeFractionalPercent)(nil),               // 18: weft.dataplane.envoy.v3.RuntimeFractionalPercent
+	(*DataSource)(nil),                             // 19: weft.dataplane.envoy.v3.DataSource
+	(*StringMatcher)(nil),                          // 20: weft.dataplane.envoy.v3.StringMatcher
+	(*RegexMatcher)(nil),                           // 21: weft.dataplane.envoy.v3.RegexMatcher
+	(*RegexMatchAndSubstitute)(nil),                // 22: weft.dataplane.envoy.v3.RegexMatchAndSubstitute
+	(*FractionalPercent)(nil),                      // 23: weft.dataplane.envoy.v3.FractionalPercent
+	(*Cluster)(nil),                                // 24: weft.dataplane.envoy.v3.Cluster
+	(*CircuitBreakers)(nil),                        // 25: weft.dataplane.envoy.v3.CircuitBreakers
+	(*OutlierDetection)(nil),                       // 26: weft.dataplane.envoy.v3.OutlierDetection
+	(*HttpProtocolOptions)(nil),                    // 27: weft.dataplane.envoy.v3.HttpProtocolOptions
+	(*ClusterLoadAssignment)(nil),                  // 28: weft.dataplane.envoy.v3.ClusterLoadAssignment
+	(*LocalityLbEndpoints)(nil),                    // 29: weft.dataplane.envoy.v3.LocalityLbEndpoints
+	(*LbEndpoint)(nil),                             // 30: weft.dataplane.envoy.v3.LbEndpoint
+	(*Endpoint)(nil),                               // 31: weft.dataplane.envoy.v3.Endpoint
+	(*Listener)(nil),                               // 32: weft.dataplane.envoy.v3.Listener
+	(*ListenerFilter)(nil),                         // 33: weft.dataplane.envoy.v3.ListenerFilter
+	(*FilterChain)(nil),                            // 34: weft.dataplane.envoy.v3.FilterChain
+	(*FilterChainMatch)(nil),                       // 35: weft.dataplane.envoy.v3.FilterChainMatch
+	(*Filter)(nil),                                 // 36: weft.dataplane.envoy.v3.Filter
+	(*HttpConnectionManager)(nil),                  // 37: weft.dataplane.envoy.v3.HttpConnectionManager
+	(*Rds)(nil),                                    // 38: weft.dataplane.envoy.v3.Rds
+	(*HttpFilter)(nil),                             // 39: weft.dataplane.envoy.v3.HttpFilter
+	(*TcpProxy)(nil),                               // 40: weft.dataplane.envoy.v3.TcpProxy
+	(*RouteConfiguration)(nil),                     // 41: weft.dataplane.envoy.v3.RouteConfiguration
+	(*VirtualHost)(nil),                            // 42: weft.dataplane.envoy.v3.VirtualHost
+	(*Route)(nil),                                  // 43: weft.dataplane.envoy.v3.Route
+	(*RouteMatch)(nil),                             // 44: weft.dataplane.envoy.v3.RouteMatch
+	(*HeaderMatcher)(nil),                          // 45: weft.dataplane.envoy.v3.HeaderMatcher
+	(*QueryParameterMatcher)(nil),                  // 46: weft.dataplane.envoy.v3.QueryParameterMatcher
+	(*RouteAction)(nil),                            // 47: weft.dataplane.envoy.v3.RouteAction
+	(*RedirectAction)(nil),                         // 48: weft.dataplane.envoy.v3.RedirectAction
+	(*DirectResponseAction)(nil),                   // 49: weft.dataplane.envoy.v3.DirectResponseAction
+	(*WeightedCluster)(nil),                        // 50: weft.dataplane.envoy.v3.WeightedCluster
+	(*RetryPolicy)(nil),                            // 51: weft.dataplane.envoy.v3.RetryPolicy
+	(*UpstreamTlsContext)(nil),                     // 52: weft.dataplane.envoy.v3.UpstreamTlsContext
+	(*DownstreamTlsContext)(nil),                   // 53: weft.dataplane.envoy.v3.DownstreamTlsContext
+	(*CommonTlsContext)(nil),                       // 54: weft.dataplane.envoy.v3.CommonTlsContext
+	(*SdsSecretConfig)(nil),                        // 55: weft.dataplane.envoy.v3.SdsSecretConfig
+	(*CertificateValidationContext)(nil),           // 56: weft.dataplane.envoy.v3.CertificateValidationContext
+	(*SubjectAltNameMatcher)(nil),                  // 57: weft.dataplane.envoy.v3.SubjectAltNameMatcher
+	(*Secret)(nil),                                 // 58: weft.dataplane.envoy.v3.Secret
+	(*TlsCertificate)(nil),                         // 59: weft.dataplane.envoy.v3.TlsCertificate
+	(*DiscoveryRequest)(nil),                       // 60: weft.dataplane.envoy.v3.DiscoveryRequest
+	(*DiscoveryResponse)(nil),                      // 61: weft.dataplane.envoy.v3.DiscoveryResponse
+	(*DeltaDiscoveryRequest)(nil),                  // 62: weft.dataplane.envoy.v3.DeltaDiscoveryRequest
+	(*DeltaDiscoveryResponse)(nil),                 // 63: weft.dataplane.envoy.v3.DeltaDiscoveryResponse
+	(*Resource)(nil),                               // 64: weft.dataplane.envoy.v3.Resource
+	(*Status)(nil),                                 // 65: weft.dataplane.envoy.v3.Status
+	(*Cluster_EdsClusterConfig)(nil),               // 66: weft.dataplane.envoy.v3.Cluster.EdsClusterConfig
+	(*Cluster_CustomClusterType)(nil),              // 67: weft.dataplane.envoy.v3.Cluster.CustomClusterType
+	nil,                                            // 68: weft.dataplane.envoy.v3.Cluster.TypedExtensionProtocolOptionsEntry
+	(*CircuitBreakers_Thresholds)(nil),             // 69: weft.dataplane.envoy.v3.CircuitBreakers.Thresholds
+	(*HttpProtocolOptions_ExplicitHttpConfig)(nil), // 70: weft.dataplane.envoy.v3.HttpProtocolOptions.ExplicitHttpConfig
+	(*RouteAction_RequestMirrorPolicy)(nil),        // 71: weft.dataplane.envoy.v3.RouteAction.RequestMirrorPolicy
+	(*RouteAction_MaxStreamDuration)(nil),          // 72: weft.dataplane.envoy.v3.RouteAction.MaxStreamDuration
+	(*WeightedCluster_ClusterWeight)(nil),          // 73: weft.dataplane.envoy.v3.WeightedCluster.ClusterWeight
+	(*RetryPolicy_RetryBackOff)(nil),               // 74: weft.dataplane.envoy.v3.RetryPolicy.RetryBackOff
+	(*CommonTlsContext_CombinedCertificateValidationContext)(nil), // 75: weft.dataplane.envoy.v3.CommonTlsContext.CombinedCertificateValidationContext
+	nil,                            // 76: weft.dataplane.envoy.v3.DeltaDiscoveryRequest.InitialResourceVersionsEntry
+	(*structpb.Struct)(nil),        // 77: google.protobuf.Struct
+	(*wrapperspb.UInt32Value)(nil), // 78: google.protobuf.UInt32Value
+	(*anypb.Any)(nil),              // 79: google.protobuf.Any
+	(*wrapperspb.BoolValue)(nil),   // 80: google.protobuf.BoolValue
+	(*durationpb.Duration)(nil),    // 81: google.protobuf.Duration
 }
 var file_weft_dataplane_envoy_v3_slim_proto_depIdxs = []int32{
-	63,  // 0: weft.dataplane.envoy.v3.Node.metadata:type_name -> google.protobuf.Struct
-	9,   // 1: weft.dataplane.envoy.v3.Address.socket_address:type_name -> weft.dataplane.envoy.v3.SocketAddress
-	64,  // 2: weft.dataplane.envoy.v3.CidrRange.prefix_len:type_name -> google.protobuf.UInt32Value
-	5,   // 3: weft.dataplane.envoy.v3.ConfigSource.ads:type_name -> weft.dataplane.envoy.v3.Present
-	5,   // 4: weft.dataplane.envoy.v3.ConfigSource.self:type_name -> weft.dataplane.envoy.v3.Present
-	65,  // 5: weft.dataplane.envoy.v3.TransportSocket.typed_config:type_name -> google.protobuf.Any
-	15,  // 6: weft.dataplane.envoy.v3.StringMatcher.safe_regex:type_name -> weft.dataplane.envoy.v3.RegexMatcher
-	2,   // 7: weft.dataplane.envoy.v3.Cluster.type:type_name -> weft.dataplane.envoy.v3.Cluster.DiscoveryType
-	55,  // 8: weft.dataplane.envoy.v3.Cluster.cluster_type:type_name -> weft.dataplane.envoy.v3.Cluster.CustomClusterType
-	54,  // 9: weft.dataplane.envoy.v3.Cluster.eds_cluster_config:type_name -> weft.dataplane.envoy.v3.Cluster.EdsClusterConfig
-	66,  // 10: weft.dataplane.envoy.v3.Cluster.connect_timeout:type_name -> google.protobuf.Duration
-	3,   // 11: weft.dataplane.envoy.v3.Cluster.lb_policy:type_name -> weft.dataplane.envoy.v3.Cluster.LbPolicy
-	17,  // 12: weft.dataplane.envoy.v3.Cluster.circuit_breakers:type_name -> weft.dataplane.envoy.v3.CircuitBreakers
-	18,  // 13: weft.dataplane.envoy.v3.Cluster.outlier_detection:type_name -> weft.dataplane.envoy.v3.OutlierDetection
-	12,  // 14: weft.dataplane.envoy.v3.Cluster.transport_socket:type_name -> weft.dataplane.envoy.v3.TransportSocket
-	20,  // 15: weft.dataplane.envoy.v3.Cluster.load_assignment:type_name -> weft.dataplane.envoy.v3.ClusterLoadAssignment
-	56,  // 16: weft.dataplane.envoy.v3.Cluster.typed_extension_protocol_options:type_name -> weft.dataplane.envoy.v3.Cluster.TypedExtensionProtocolOptionsEntry
-	5,   // 17: weft.dataplane.envoy.v3.Cluster.load_balancing_policy:type_name -> weft.dataplane.envoy.v3.Present
-	5,   // 18: weft.dataplane.envoy.v3.Cluster.transport_socket_matches:type_name -> weft.dataplane.envoy.v3.Present
-	57,  // 19: weft.dataplane.envoy.v3.CircuitBreakers.thresholds:type_name -> weft.dataplane.envoy.v3.CircuitBreakers.Thresholds
-	64,  // 20: weft.dataplane.envoy.v3.OutlierDetection.consecutive_5xx:type_name -> google.protobuf.UInt32Value
-	66,  // 21: weft.dataplane.envoy.v3.OutlierDetection.interval:type_name -> google.protobuf.Duration
-	66,  // 22: weft.dataplane.envoy.v3.OutlierDetection.base_ejection_time:type_name -> google.protobuf.Duration
-	64,  // 23: weft.dataplane.envoy.v3.OutlierDetection.max_ejection_percent:type_name -> google.protobuf.UInt32Value
-	64,  // 24: weft.dataplane.envoy.v3.OutlierDetection.enforcing_consecutive_5xx:type_name -> google.protobuf.UInt32Value
-	64,  // 25: weft.dataplane.envoy.v3.OutlierDetection.consecutive_gateway_failure:type_name -> google.protobuf.UInt32Value
-	64,  // 26: weft.dataplane.envoy.v3.OutlierDetection.enforcing_consecutive_gateway_failure:type_name -> google.protobuf.UInt32Value
-	66,  // 27: weft.dataplane.envoy.v3.OutlierDetection.max_ejection_time:type_name -> google.protobuf.Duration
-	58,  // 28: weft.dataplane.envoy.v3.HttpProtocolOptions.explicit_http_config:type_name -> weft.dataplane.envoy.v3.HttpProtocolOptions.ExplicitHttpConfig
-	21,  // 29: weft.dataplane.envoy.v3.ClusterLoadAssignment.endpoints:type_name -> weft.dataplane.envoy.v3.LocalityLbEndpoints
-	7,   // 30: weft.dataplane.envoy.v3.LocalityLbEndpoints.locality:type_name -> weft.dataplane.envoy.v3.Locality
-	22,  // 31: weft.dataplane.envoy.v3.LocalityLbEndpoints.lb_endpoints:type_name -> weft.dataplane.envoy.v3.LbEndpoint
-	64,  // 32: weft.dataplane.envoy.v3.LocalityLbEndpoints.load_balancing_weight:type_name -> google.protobuf.UInt32Value
-	23,  // 33: weft.dataplane.envoy.v3.LbEndpoint.endpoint:type_name -> weft.dataplane.envoy.v3.Endpoint
-	0,   // 34: weft.dataplane.envoy.v3.LbEndpoint.health_status:type_name -> weft.dataplane.envoy.v3.HealthStatus
-	64,  // 35: weft.dataplane.envoy.v3.LbEndpoint.load_balancing_weight:type_name -> google.protobuf.UInt32Value
-	8,   // 36: weft.dataplane.envoy.v3.Endpoint.address:type_name -> weft.dataplane.envoy.v3.Address
-	8,   // 37: weft.dataplane.envoy.v3.Listener.address:type_name -> weft.dataplane.envoy.v3.Address
-	26,  // 38: weft.dataplane.envoy.v3.Listener.filter_chains:type_name -> weft.dataplane.envoy.v3.FilterChain
-	67,  // 39: weft.dataplane.envoy.v3.Listener.use_original_dst:type_name -> google.protobuf.BoolValue
-	25,  // 40: weft.dataplane.envoy.v3.Listener.listener_filters:type_name -> weft.dataplane.envoy.v3.ListenerFilter
-	26,  // 41: weft.dataplane.envoy.v3.Listener.default_filter_chain:type_name -> weft.dataplane.envoy.v3.FilterChain
-	65,  // 42: weft.dataplane.envoy.v3.ListenerFilter.typed_config:type_name -> google.protobuf.Any
-	27,  // 43: weft.dataplane.envoy.v3.FilterChain.filter_chain_match:type_name -> weft.dataplane.envoy.v3.FilterChainMatch
-	28,  // 44: weft.dataplane.envoy.v3.FilterChain.filters:type_name -> weft.dataplane.envoy.v3.Filter
-	12,  // 45: weft.dataplane.envoy.v3.FilterChain.transport_socket:type_name -> weft.dataplane.envoy.v3.TransportSocket
-	10,  // 46: weft.dataplane.envoy.v3.FilterChainMatch.prefix_ranges:type_name -> weft.dataplane.envoy.v3.CidrRange
-	5,   // 47: weft.dataplane.envoy.v3.FilterChainMatch.source_prefix_ranges:type_name -> weft.dataplane.envoy.v3.Present
-	64,  // 48: weft.dataplane.envoy.v3.FilterChainMatch.destination_port:type_name -> google.protobuf.UInt32Value
-	65,  // 49: weft.dataplane.envoy.v3.Filter.typed_config:type_name -> google.protobuf.Any
-	30,  // 50: weft.dataplane.envoy.v3.HttpConnectionManager.rds:type_name -> weft.dataplane.envoy.v3.Rds
-	33,  // 51: weft.dataplane.envoy.v3.HttpConnectionManager.route_config:type_name -> weft.dataplane.envoy.v3.RouteConfiguration
-	31,  // 52: weft.dataplane.envoy.v3.HttpConnectionManager.http_filters:type_name -> weft.dataplane.envoy.v3.HttpFilter
-	65,  // 53: weft.dataplane.envoy.v3.HttpFilter.typed_config:type_name -> google.protobuf.Any
-	66,  // 54: weft.dataplane.envoy.v3.TcpProxy.idle_timeout:type_name -> google.protobuf.Duration
-	34,  // 55: weft.dataplane.envoy.v3.RouteConfiguration.virtual_hosts:type_name -> weft.dataplane.envoy.v3.VirtualHost
-	35,  // 56: weft.dataplane.envoy.v3.VirtualHost.routes:type_name -> weft.dataplane.envoy.v3.Route
-	39,  // 57: weft.dataplane.envoy.v3.VirtualHost.retry_policy:type_name -> weft.dataplane.envoy.v3.RetryPolicy
-	36,  // 58: weft.dataplane.envoy.v3.Route.match:type_name -> weft.dataplane.envoy.v3.RouteMatch
-	37,  // 59: weft.dataplane.envoy.v3.Route.route:type_name -> weft.dataplane.envoy.v3.RouteAction
-	15,  // 60: weft.dataplane.envoy.v3.RouteMatch.safe_regex:type_name -> weft.dataplane.envoy.v3.RegexMatcher
-	67,  // 61: weft.dataplane.envoy.v3.RouteMatch.case_sensitive:type_name -> google.protobuf.BoolValue
-	5,   // 62: weft.dataplane.envoy.v3.RouteMatch.headers:type_name -> weft.dataplane.envoy.v3.Present
-	5,   // 63: weft.dataplane.envoy.v3.RouteMatch.query_parameters:type_name -> weft.dataplane.envoy.v3.Present
-	38,  // 64: weft.dataplane.envoy.v3.RouteAction.weighted_clusters:type_name -> weft.dataplane.envoy.v3.WeightedCluster
-	66,  // 65: weft.dataplane.envoy.v3.RouteAction.timeout:type_name -> google.protobuf.Duration
-	39,  // 66: weft.dataplane.envoy.v3.RouteAction.retry_policy:type_name -> weft.dataplane.envoy.v3.RetryPolicy
-	59,  // 67: weft.dataplane.envoy.v3.WeightedCluster.clusters:type_name -> weft.dataplane.envoy.v3.WeightedCluster.ClusterWeight
-	64,  // 68: weft.dataplane.envoy.v3.RetryPolicy.num_retries:type_name -> google.protobuf.UInt32Value
-	66,  // 69: weft.dataplane.envoy.v3.RetryPolicy.per_try_timeout:type_name -> google.protobuf.Duration
-	60,  // 70: weft.dataplane.envoy.v3.RetryPolicy.retry_back_off:type_name -> weft.dataplane.envoy.v3.RetryPolicy.RetryBackOff
-	42,  // 71: weft.dataplane.envoy.v3.UpstreamTlsContext.common_tls_context:type_name -> weft.dataplane.envoy.v3.CommonTlsContext
-	42,  // 72: weft.dataplane.envoy.v3.DownstreamTlsContext.common_tls_context:type_name -> weft.dataplane.envoy.v3.CommonTlsContext
-	67,  // 73: weft.dataplane.envoy.v3.DownstreamTlsContext.require_client_certificate:type_name -> google.protobuf.BoolValue
-	5,   // 74: weft.dataplane.envoy.v3.CommonTlsContext.tls_certificates:type_name -> weft.dataplane.envoy.v3.Present
-	5,   // 75: weft.dataplane.envoy.v3.CommonTlsContext.validation_context:type_name -> weft.dataplane.envoy.v3.Present
-	43,  // 76: weft.dataplane.envoy.v3.CommonTlsContext.validation_context_sds_secret_config:type_name -> weft.dataplane.envoy.v3.SdsSecretConfig
-	61,  // 77: weft.dataplane.envoy.v3.CommonTlsContext.combined_validation_context:type_name -> weft.dataplane.envoy.v3.CommonTlsContext.CombinedCertificateValidationContext
-	5,   // 78: weft.dataplane.envoy.v3.CommonTlsContext.validation_context_certificate_provider:type_name -> weft.dataplane.envoy.v3.Present
-	5,   // 79: weft.dataplane.envoy.v3.CommonTlsContext.validation_context_certificate_provider_instance:type_name -> weft.dataplane.envoy.v3.Present
-	43,  // 80: weft.dataplane.envoy.v3.CommonTlsContext.tls_certificate_sds_secret_configs:type_name -> weft.dataplane.envoy.v3.SdsSecretConfig
-	13,  // 81: weft.dataplane.envoy.v3.CertificateValidationContext.trusted_ca:type_name -> weft.dataplane.envoy.v3.DataSource
-	45,  // 82: weft.dataplane.envoy.v3.CertificateValidationContext.match_typed_subject_alt_names:type_name -> weft.dataplane.envoy.v3.SubjectAltNameMatcher
-	4,   // 83: weft.dataplane.envoy.v3.SubjectAltNameMatcher.san_type:type_name -> weft.dataplane.envoy.v3.SubjectAltNameMatcher.SanType
-	14,  // 84: weft.dataplane.envoy.v3.SubjectAltNameMatcher.matcher:type_name -> weft.dataplane.envoy.v3.StringMatcher
-	47,  // 85: weft.dataplane.envoy.v3.Secret.tls_certificate:type_name -> weft.dataplane.envoy.v3.TlsCertificate
-	44,  // 86: weft.dataplane.envoy.v3.Secret.validation_context:type_name -> weft.dataplane.envoy.v3.CertificateValidationContext
-	13,  // 87: weft.dataplane.envoy.v3.TlsCertificate.certificate_chain:type_name -> weft.dataplane.envoy.v3.DataSource
-	13,  // 88: weft.dataplane.envoy.v3.TlsCertificate.private_key:type_name -> weft.dataplane.envoy.v3.DataSource
-	6,   // 89: weft.dataplane.envoy.v3.DiscoveryRequest.node:type_name -> weft.dataplane.envoy.v3.Node
-	53,  // 90: weft.dataplane.envoy.v3.DiscoveryRequest.error_detail:type_name -> weft.dataplane.envoy.v3.Status
-	65,  // 91: weft.dataplane.envoy.v3.DiscoveryResponse.resources:type_name -> google.protobuf.Any
-	6,   // 92: weft.dataplane.envoy.v3.DeltaDiscoveryRequest.node:type_name -> weft.dataplane.envoy.v3.Node
-	62,  // 93: weft.dataplane.envoy.v3.DeltaDiscoveryRequest.initial_resource_versions:type_name -> weft.dataplane.envoy.v3.DeltaDiscoveryRequest.InitialResourceVersionsEntry
-	53,  // 94: weft.dataplane.envoy.v3.DeltaDiscoveryRequest.error_detail:type_name -> weft.dataplane.envoy.v3.Status
-	52,  // 95: weft.dataplane.envoy.v3.DeltaDiscoveryResponse.resources:type_name -> weft.dataplane.envoy.v3.Resource
-	65,  // 96: weft.dataplane.envoy.v3.Resource.resource:type_name -> google.protobuf.Any
-	65,  // 97: weft.dataplane.envoy.v3.Status.details:type_name -> google.protobuf.Any
-	11,  // 98: weft.dataplane.envoy.v3.Cluster.EdsClusterConfig.eds_config:type_name -> weft.dataplane.envoy.v3.ConfigSource
-	65,  // 99: weft.dataplane.envoy.v3.Cluster.TypedExtensionProtocolOptionsEntry.value:type_name -> google.protobuf.Any
-	1,   // 100: weft.dataplane.envoy.v3.CircuitBreakers.Thresholds.priority:type_name -> weft.dataplane.envoy.v3.RoutingPriority
-	64,  // 101: weft.dataplane.envoy.v3.CircuitBreakers.Thresholds.max_connections:type_name -> google.protobuf.UInt32Value
-	64,  // 102: weft.dataplane.envoy.v3.CircuitBreakers.Thresholds.max_pending_requests:type_name -> google.protobuf.UInt32Value
-	64,  // 103: weft.dataplane.envoy.v3.CircuitBreakers.Thresholds.max_requests:type_name -> google.protobuf.UInt32Value
-	64,  // 104: weft.dataplane.envoy.v3.CircuitBreakers.Thresholds.max_retries:type_name -> google.protobuf.UInt32Value
-	5,   // 105: weft.dataplane.envoy.v3.HttpProtocolOptions.ExplicitHttpConfig.http_protocol_options:type_name -> weft.dataplane.envoy.v3.Present
-	5,   // 106: weft.dataplane.envoy.v3.HttpProtocolOptions.ExplicitHttpConfig.http2_protocol_options:type_name -> weft.dataplane.envoy.v3.Present
-	5,   // 107: weft.dataplane.envoy.v3.HttpProtocolOptions.ExplicitHttpConfig.http3_protocol_options:type_name -> weft.dataplane.envoy.v3.Present
-	64,  // 108: weft.dataplane.envoy.v3.WeightedCluster.ClusterWeight.weight:type_name -> google.protobuf.UInt32Value
-	66,  // 109: weft.dataplane.envoy.v3.RetryPolicy.RetryBackOff.base_interval:type_name -> google.protobuf.Duration
-	66,  // 110: weft.dataplane.envoy.v3.RetryPolicy.RetryBackOff.max_interval:type_name -> google.protobuf.Duration
-	44,  // 111: weft.dataplane.envoy.v3.CommonTlsContext.CombinedCertificateValidationContext.default_validation_context:type_name -> weft.dataplane.envoy.v3.CertificateValidationContext
-	43,  // 112: weft.dataplane.envoy.v3.CommonTlsContext.CombinedCertificateValidationContext.validation_context_sds_secret_config:type_name -> weft.dataplane.envoy.v3.SdsSecretConfig
-	113, // [113:113] is the sub-list for method output_type
-	113, // [113:113] is the sub-list for method input_type
-	113, // [113:113] is the sub-list for extension type_name
-	113, // [113:113] is the sub-list for extension extendee
-	0,   // [0:113] is the sub-list for field type_name
+	77,  // 0: weft.dataplane.envoy.v3.Node.metadata:type_name -> google.protobuf.Struct
+	12,  // 1: weft.dataplane.envoy.v3.Address.socket_address:type_name -> weft.dataplane.envoy.v3.SocketAddress
+	78,  // 2: weft.dataplane.envoy.v3.CidrRange.prefix_len:type_name -> google.protobuf.UInt32Value
+	8,   // 3: weft.dataplane.envoy.v3.ConfigSource.ads:type_name -> weft.dataplane.envoy.v3.Present
+	8,   // 4: weft.dataplane.envoy.v3.ConfigSource.self:type_name -> weft.dataplane.envoy.v3.Present
+	79,  // 5: weft.dataplane.envoy.v3.TransportSocket.typed_config:type_name -> google.protobuf.Any
+	16,  // 6: weft.dataplane.envoy.v3.HeaderValueOption.header:type_name -> weft.dataplane.envoy.v3.HeaderValue
+	80,  // 7: weft.dataplane.envoy.v3.HeaderValueOption.append:type_name -> google.protobuf.BoolValue
+	2,   // 8: weft.dataplane.envoy.v3.HeaderValueOption.append_action:type_name -> weft.dataplane.envoy.v3.HeaderValueOption.HeaderAppendAction
+	23,  // 9: weft.dataplane.envoy.v3.RuntimeFractionalPercent.default_value:type_name -> weft.dataplane.envoy.v3.FractionalPercent
+	21,  // 10: weft.dataplane.envoy.v3.StringMatcher.safe_regex:type_name -> weft.dataplane.envoy.v3.RegexMatcher
+	21,  // 11: weft.dataplane.envoy.v3.RegexMatchAndSubstitute.pattern:type_name -> weft.dataplane.envoy.v3.RegexMatcher
+	3,   // 12: weft.dataplane.envoy.v3.FractionalPercent.denominator:type_name -> weft.dataplane.envoy.v3.FractionalPercent.DenominatorType
+	4,   // 13: weft.dataplane.envoy.v3.Cluster.type:type_name -> weft.dataplane.envoy.v3.Cluster.DiscoveryType
+	67,  // 14: weft.dataplane.envoy.v3.Cluster.cluster_type:type_name -> weft.dataplane.envoy.v3.Cluster.CustomClusterType
+	66,  // 15: weft.dataplane.envoy.v3.Cluster.eds_cluster_config:type_name -> weft.dataplane.envoy.v3.Cluster.EdsClusterConfig
+	81,  // 16: weft.dataplane.envoy.v3.Cluster.connect_timeout:type_name -> google.protobuf.Duration
+	5,   // 17: weft.dataplane.envoy.v3.Cluster.lb_policy:type_name -> weft.dataplane.envoy.v3.Cluster.LbPolicy
+	25,  // 18: weft.dataplane.envoy.v3.Cluster.circuit_breakers:type_name -> weft.dataplane.envoy.v3.CircuitBreakers
+	26,  // 19: weft.dataplane.envoy.v3.Cluster.outlier_detection:type_name -> weft.dataplane.envoy.v3.OutlierDetection
+	15,  // 20: weft.dataplane.envoy.v3.Cluster.transport_socket:type_name -> weft.dataplane.envoy.v3.TransportSocket
+	28,  // 21: weft.dataplane.envoy.v3.Cluster.load_assignment:type_name -> weft.dataplane.envoy.v3.ClusterLoadAssignment
+	68,  // 22: weft.dataplane.envoy.v3.Cluster.typed_extension_protocol_options:type_name -> weft.dataplane.envoy.v3.Cluster.TypedExtensionProtocolOptionsEntry
+	8,   // 23: weft.dataplane.envoy.v3.Cluster.load_balancing_policy:type_name -> weft.dataplane.envoy.v3.Present
+	8,   // 24: weft.dataplane.envoy.v3.Cluster.transport_socket_matches:type_name -> weft.dataplane.envoy.v3.Present
+	69,  // 25: weft.dataplane.envoy.v3.CircuitBreakers.thresholds:type_name -> weft.dataplane.envoy.v3.CircuitBreakers.Thresholds
+	78,  // 26: weft.dataplane.envoy.v3.OutlierDetection.consecutive_5xx:type_name -> google.protobuf.UInt32Value
+	81,  // 27: weft.dataplane.envoy.v3.OutlierDetection.interval:type_name -> google.protobuf.Duration
+	81,  // 28: weft.dataplane.envoy.v3.OutlierDetection.base_ejection_time:type_name -> google.protobuf.Duration
+	78,  // 29: weft.dataplane.envoy.v3.OutlierDetection.max_ejection_percent:type_name -> google.protobuf.UInt32Value
+	78,  // 30: weft.dataplane.envoy.v3.OutlierDetection.enforcing_consecutive_5xx:type_name -> google.protobuf.UInt32Value
+	78,  // 31: weft.dataplane.envoy.v3.OutlierDetection.consecutive_gateway_failure:type_name -> google.protobuf.UInt32Value
+	78,  // 32: weft.dataplane.envoy.v3.OutlierDetection.enforcing_consecutive_gateway_failure:type_name -> google.protobuf.UInt32Value
+	81,  // 33: weft.dataplane.envoy.v3.OutlierDetection.max_ejection_time:type_name -> google.protobuf.Duration
+	70,  // 34: weft.dataplane.envoy.v3.HttpProtocolOptions.explicit_http_config:type_name -> weft.dataplane.envoy.v3.HttpProtocolOptions.ExplicitHttpConfig
+	29,  // 35: weft.dataplane.envoy.v3.ClusterLoadAssignment.endpoints:type_name -> weft.dataplane.envoy.v3.LocalityLbEndpoints
+	10,  // 36: weft.dataplane.envoy.v3.LocalityLbEndpoints.locality:type_name -> weft.dataplane.envoy.v3.Locality
+	30,  // 37: weft.dataplane.envoy.v3.LocalityLbEndpoints.lb_endpoints:type_name -> weft.dataplane.envoy.v3.LbEndpoint
+	78,  // 38: weft.dataplane.envoy.v3.LocalityLbEndpoints.load_balancing_weight:type_name -> google.protobuf.UInt32Value
+	31,  // 39: weft.dataplane.envoy.v3.LbEndpoint.endpoint:type_name -> weft.dataplane.envoy.v3.Endpoint
+	0,   // 40: weft.dataplane.envoy.v3.LbEndpoint.health_status:type_name -> weft.dataplane.envoy.v3.HealthStatus
+	78,  // 41: weft.dataplane.envoy.v3.LbEndpoint.load_balancing_weight:type_name -> google.protobuf.UInt32Value
+	11,  // 42: weft.dataplane.envoy.v3.Endpoint.address:type_name -> weft.dataplane.envoy.v3.Address
+	11,  // 43: weft.dataplane.envoy.v3.Listener.address:type_name -> weft.dataplane.envoy.v3.Address
+	34,  // 44: weft.dataplane.envoy.v3.Listener.filter_chains:type_name -> weft.dataplane.envoy.v3.FilterChain
+	80,  // 45: weft.dataplane.envoy.v3.Listener.use_original_dst:type_name -> google.protobuf.BoolValue
+	33,  // 46: weft.dataplane.envoy.v3.Listener.listener_filters:type_name -> weft.dataplane.envoy.v3.ListenerFilter
+	34,  // 47: weft.dataplane.envoy.v3.Listener.default_filter_chain:type_name -> weft.dataplane.envoy.v3.FilterChain
+	79,  // 48: weft.dataplane.envoy.v3.ListenerFilter.typed_config:type_name -> google.protobuf.Any
+	35,  // 49: weft.dataplane.envoy.v3.FilterChain.filter_chain_match:type_name -> weft.dataplane.envoy.v3.FilterChainMatch
+	36,  // 50: weft.dataplane.envoy.v3.FilterChain.filters:type_name -> weft.dataplane.envoy.v3.Filter
+	15,  // 51: weft.dataplane.envoy.v3.FilterChain.transport_socket:type_name -> weft.dataplane.envoy.v3.TransportSocket
+	13,  // 52: weft.dataplane.envoy.v3.FilterChainMatch.prefix_ranges:type_name -> weft.dataplane.envoy.v3.CidrRange
+	8,   // 53: weft.dataplane.envoy.v3.FilterChainMatch.source_prefix_ranges:type_name -> weft.dataplane.envoy.v3.Present
+	78,  // 54: weft.dataplane.envoy.v3.FilterChainMatch.destination_port:type_name -> google.protobuf.UInt32Value
+	79,  // 55: weft.dataplane.envoy.v3.Filter.typed_config:type_name -> google.protobuf.Any
+	38,  // 56: weft.dataplane.envoy.v3.HttpConnectionManager.rds:type_name -> weft.dataplane.envoy.v3.Rds
+	41,  // 57: weft.dataplane.envoy.v3.HttpConnectionManager.route_config:type_name -> weft.dataplane.envoy.v3.RouteConfiguration
+	39,  // 58: weft.dataplane.envoy.v3.HttpConnectionManager.http_filters:type_name -> weft.dataplane.envoy.v3.HttpFilter
+	79,  // 59: weft.dataplane.envoy.v3.HttpFilter.typed_config:type_name -> google.protobuf.Any
+	81,  // 60: weft.dataplane.envoy.v3.TcpProxy.idle_timeout:type_name -> google.protobuf.Duration
+	42,  // 61: weft.dataplane.envoy.v3.RouteConfiguration.virtual_hosts:type_name -> weft.dataplane.envoy.v3.VirtualHost
+	17,  // 62: weft.dataplane.envoy.v3.RouteConfiguration.response_headers_to_add:type_name -> weft.dataplane.envoy.v3.HeaderValueOption
+	17,  // 63: weft.dataplane.envoy.v3.RouteConfiguration.request_headers_to_add:type_name -> weft.dataplane.envoy.v3.HeaderValueOption
+	43,  // 64: weft.dataplane.envoy.v3.VirtualHost.routes:type_name -> weft.dataplane.envoy.v3.Route
+	17,  // 65: weft.dataplane.envoy.v3.VirtualHost.request_headers_to_add:type_name -> weft.dataplane.envoy.v3.HeaderValueOption
+	17,  // 66: weft.dataplane.envoy.v3.VirtualHost.response_headers_to_add:type_name -> weft.dataplane.envoy.v3.HeaderValueOption
+	51,  // 67: weft.dataplane.envoy.v3.VirtualHost.retry_policy:type_name -> weft.dataplane.envoy.v3.RetryPolicy
+	44,  // 68: weft.dataplane.envoy.v3.Route.match:type_name -> weft.dataplane.envoy.v3.RouteMatch
+	47,  // 69: weft.dataplane.envoy.v3.Route.route:type_name -> weft.dataplane.envoy.v3.RouteAction
+	48,  // 70: weft.dataplane.envoy.v3.Route.redirect:type_name -> weft.dataplane.envoy.v3.RedirectAction
+	49,  // 71: weft.dataplane.envoy.v3.Route.direct_response:type_name -> weft.dataplane.envoy.v3.DirectResponseAction
+	17,  // 72: weft.dataplane.envoy.v3.Route.request_headers_to_add:type_name -> weft.dataplane.envoy.v3.HeaderValueOption
+	17,  // 73: weft.dataplane.envoy.v3.Route.response_headers_to_add:type_name -> weft.dataplane.envoy.v3.HeaderValueOption
+	21,  // 74: weft.dataplane.envoy.v3.RouteMatch.safe_regex:type_name -> weft.dataplane.envoy.v3.RegexMatcher
+	80,  // 75: weft.dataplane.envoy.v3.RouteMatch.case_sensitive:type_name -> google.protobuf.BoolValue
+	45,  // 76: weft.dataplane.envoy.v3.RouteMatch.headers:type_name -> weft.dataplane.envoy.v3.HeaderMatcher
+	46,  // 77: weft.dataplane.envoy.v3.RouteMatch.query_parameters:type_name -> weft.dataplane.envoy.v3.QueryParameterMatcher
+	21,  // 78: weft.dataplane.envoy.v3.HeaderMatcher.safe_regex_match:type_name -> weft.dataplane.envoy.v3.RegexMatcher
+	20,  // 79: weft.dataplane.envoy.v3.HeaderMatcher.string_match:type_name -> weft.dataplane.envoy.v3.StringMatcher
+	20,  // 80: weft.dataplane.envoy.v3.QueryParameterMatcher.string_match:type_name -> weft.dataplane.envoy.v3.StringMatcher
+	50,  // 81: weft.dataplane.envoy.v3.RouteAction.weighted_clusters:type_name -> weft.dataplane.envoy.v3.WeightedCluster
+	22,  // 82: weft.dataplane.envoy.v3.RouteAction.regex_rewrite:type_name -> weft.dataplane.envoy.v3.RegexMatchAndSubstitute
+	81,  // 83: weft.dataplane.envoy.v3.RouteAction.timeout:type_name -> google.protobuf.Duration
+	51,  // 84: weft.dataplane.envoy.v3.RouteAction.retry_policy:type_name -> weft.dataplane.envoy.v3.RetryPolicy
+	71,  // 85: weft.dataplane.envoy.v3.RouteAction.request_mirror_policies:type_name -> weft.dataplane.envoy.v3.RouteAction.RequestMirrorPolicy
+	72,  // 86: weft.dataplane.envoy.v3.RouteAction.max_stream_duration:type_name -> weft.dataplane.envoy.v3.RouteAction.MaxStreamDuration
+	22,  // 87: weft.dataplane.envoy.v3.RedirectAction.regex_rewrite:type_name -> weft.dataplane.envoy.v3.RegexMatchAndSubstitute
+	6,   // 88: weft.dataplane.envoy.v3.RedirectAction.response_code:type_name -> weft.dataplane.envoy.v3.RedirectAction.RedirectResponseCode
+	19,  // 89: weft.dataplane.envoy.v3.DirectResponseAction.body:type_name -> weft.dataplane.envoy.v3.DataSource
+	73,  // 90: weft.dataplane.envoy.v3.WeightedCluster.clusters:type_name -> weft.dataplane.envoy.v3.WeightedCluster.ClusterWeight
+	78,  // 91: weft.dataplane.envoy.v3.WeightedCluster.total_weight:type_name -> google.protobuf.UInt32Value
+	78,  // 92: weft.dataplane.envoy.v3.RetryPolicy.num_retries:type_name -> google.protobuf.UInt32Value
+	81,  // 93: weft.dataplane.envoy.v3.RetryPolicy.per_try_timeout:type_name -> google.protobuf.Duration
+	74,  // 94: weft.dataplane.envoy.v3.RetryPolicy.retry_back_off:type_name -> weft.dataplane.envoy.v3.RetryPolicy.RetryBackOff
+	54,  // 95: weft.dataplane.envoy.v3.UpstreamTlsContext.common_tls_context:type_name -> weft.dataplane.envoy.v3.CommonTlsContext
+	54,  // 96: weft.dataplane.envoy.v3.DownstreamTlsContext.common_tls_context:type_name -> weft.dataplane.envoy.v3.CommonTlsContext
+	80,  // 97: weft.dataplane.envoy.v3.DownstreamTlsContext.require_client_certificate:type_name -> google.protobuf.BoolValue
+	8,   // 98: weft.dataplane.envoy.v3.CommonTlsContext.tls_certificates:type_name -> weft.dataplane.envoy.v3.Present
+	8,   // 99: weft.dataplane.envoy.v3.CommonTlsContext.validation_context:type_name -> weft.dataplane.envoy.v3.Present
+	55,  // 100: weft.dataplane.envoy.v3.CommonTlsContext.validation_context_sds_secret_config:type_name -> weft.dataplane.envoy.v3.SdsSecretConfig
+	75,  // 101: weft.dataplane.envoy.v3.CommonTlsContext.combined_validation_context:type_name -> weft.dataplane.envoy.v3.CommonTlsContext.CombinedCertificateValidationContext
+	8,   // 102: weft.dataplane.envoy.v3.CommonTlsContext.validation_context_certificate_provider:type_name -> weft.dataplane.envoy.v3.Present
+	8,   // 103: weft.dataplane.envoy.v3.CommonTlsContext.validation_context_certificate_provider_instance:type_name -> weft.dataplane.envoy.v3.Present
+	55,  // 104: weft.dataplane.envoy.v3.CommonTlsContext.tls_certificate_sds_secret_configs:type_name -> weft.dataplane.envoy.v3.SdsSecretConfig
+	19,  // 105: weft.dataplane.envoy.v3.CertificateValidationContext.trusted_ca:type_name -> weft.dataplane.envoy.v3.DataSource
+	57,  // 106: weft.dataplane.envoy.v3.CertificateValidationContext.match_typed_subject_alt_names:type_name -> weft.dataplane.envoy.v3.SubjectAltNameMatcher
+	7,   // 107: weft.dataplane.envoy.v3.SubjectAltNameMatcher.san_type:type_name -> weft.dataplane.envoy.v3.SubjectAltNameMatcher.SanType
+	20,  // 108: weft.dataplane.envoy.v3.SubjectAltNameMatcher.matcher:type_name -> weft.dataplane.envoy.v3.StringMatcher
+	59,  // 109: weft.dataplane.envoy.v3.Secret.tls_certificate:type_name -> weft.dataplane.envoy.v3.TlsCertificate
+	56,  // 110: weft.dataplane.envoy.v3.Secret.validation_context:type_name -> weft.dataplane.envoy.v3.CertificateValidationContext
+	19,  // 111: weft.dataplane.envoy.v3.TlsCertificate.certificate_chain:type_name -> weft.dataplane.envoy.v3.DataSource
+	19,  // 112: weft.dataplane.envoy.v3.TlsCertificate.private_key:type_name -> weft.dataplane.envoy.v3.DataSource
+	9,   // 113: weft.dataplane.envoy.v3.DiscoveryRequest.node:type_name -> weft.dataplane.envoy.v3.Node
+	65,  // 114: weft.dataplane.envoy.v3.DiscoveryRequest.error_detail:type_name -> weft.dataplane.envoy.v3.Status
+	79,  // 115: weft.dataplane.envoy.v3.DiscoveryResponse.resources:type_name -> google.protobuf.Any
+	9,   // 116: weft.dataplane.envoy.v3.DeltaDiscoveryRequest.node:type_name -> weft.dataplane.envoy.v3.Node
+	76,  // 117: weft.dataplane.envoy.v3.DeltaDiscoveryRequest.initial_resource_versions:type_name -> weft.dataplane.envoy.v3.DeltaDiscoveryRequest.InitialResourceVersionsEntry
+	65,  // 118: weft.dataplane.envoy.v3.DeltaDiscoveryRequest.error_detail:type_name -> weft.dataplane.envoy.v3.Status
+	64,  // 119: weft.dataplane.envoy.v3.DeltaDiscoveryResponse.resources:type_name -> weft.dataplane.envoy.v3.Resource
+	79,  // 120: weft.dataplane.envoy.v3.Resource.resource:type_name -> google.protobuf.Any
+	79,  // 121: weft.dataplane.envoy.v3.Status.details:type_name -> google.protobuf.Any
+	14,  // 122: weft.dataplane.envoy.v3.Cluster.EdsClusterConfig.eds_config:type_name -> weft.dataplane.envoy.v3.ConfigSource
+	79,  // 123: weft.dataplane.envoy.v3.Cluster.TypedExtensionProtocolOptionsEntry.value:type_name -> google.protobuf.Any
+	1,   // 124: weft.dataplane.envoy.v3.CircuitBreakers.Thresholds.priority:type_name -> weft.dataplane.envoy.v3.RoutingPriority
+	78,  // 125: weft.dataplane.envoy.v3.CircuitBreakers.Thresholds.max_connections:type_name -> google.protobuf.UInt32Value
+	78,  // 126: weft.dataplane.envoy.v3.CircuitBreakers.Thresholds.max_pending_requests:type_name -> google.protobuf.UInt32Value
+	78,  // 127: weft.dataplane.envoy.v3.CircuitBreakers.Thresholds.max_requests:type_name -> google.protobuf.UInt32Value
+	78,  // 128: weft.dataplane.envoy.v3.CircuitBreakers.Thresholds.max_retries:type_name -> google.protobuf.UInt32Value
+	8,   // 129: weft.dataplane.envoy.v3.HttpProtocolOptions.ExplicitHttpConfig.http_protocol_options:type_name -> weft.dataplane.envoy.v3.Present
+	8,   // 130: weft.dataplane.envoy.v3.HttpProtocolOptions.ExplicitHttpConfig.http2_protocol_options:type_name -> weft.dataplane.envoy.v3.Present
+	8,   // 131: weft.dataplane.envoy.v3.HttpProtocolOptions.ExplicitHttpConfig.http3_protocol_options:type_name -> weft.dataplane.envoy.v3.Present
+	18,  // 132: weft.dataplane.envoy.v3.RouteAction.RequestMirrorPolicy.runtime_fraction:type_name -> weft.dataplane.envoy.v3.RuntimeFractionalPercent
+	81,  // 133: weft.dataplane.envoy.v3.RouteAction.MaxStreamDuration.max_stream_duration:type_name -> google.protobuf.Duration
+	81,  // 134: weft.dataplane.envoy.v3.RouteAction.MaxStreamDuration.grpc_timeout_header_max:type_name -> google.protobuf.Duration
+	81,  // 135: weft.dataplane.envoy.v3.RouteAction.MaxStreamDuration.grpc_timeout_header_offset:type_name -> google.protobuf.Duration
+	78,  // 136: weft.dataplane.envoy.v3.WeightedCluster.ClusterWeight.weight:type_name -> google.protobuf.UInt32Value
+	17,  // 137: weft.dataplane.envoy.v3.WeightedCluster.ClusterWeight.request_headers_to_add:type_name -> weft.dataplane.envoy.v3.HeaderValueOption
+	17,  // 138: weft.dataplane.envoy.v3.WeightedCluster.ClusterWeight.response_headers_to_add:type_name -> weft.dataplane.envoy.v3.HeaderValueOption
+	81,  // 139: weft.dataplane.envoy.v3.RetryPolicy.RetryBackOff.base_interval:type_name -> google.protobuf.Duration
+	81,  // 140: weft.dataplane.envoy.v3.RetryPolicy.RetryBackOff.max_interval:type_name -> google.protobuf.Duration
+	56,  // 141: weft.dataplane.envoy.v3.CommonTlsContext.CombinedCertificateValidationContext.default_validation_context:type_name -> weft.dataplane.envoy.v3.CertificateValidationContext
+	55,  // 142: weft.dataplane.envoy.v3.CommonTlsContext.CombinedCertificateValidationContext.validation_context_sds_secret_config:type_name -> weft.dataplane.envoy.v3.SdsSecretConfig
+	143, // [143:143] is the sub-list for method output_type
+	143, // [143:143] is the sub-list for method input_type
+	143, // [143:143] is the sub-list for extension type_name
+	143, // [143:143] is the sub-list for extension extendee
+	0,   // [0:143] is the sub-list for field type_name
 }
 
 func init() { file_weft_dataplane_envoy_v3_slim_proto_init() }
@@ -4994,80 +6463,106 @@ func file_weft_dataplane_envoy_v3_slim_proto_init() {
 	file_weft_dataplane_envoy_v3_slim_proto_msgTypes[7].OneofWrappers = []any{
 		(*TransportSocket_TypedConfig)(nil),
 	}
-	file_weft_dataplane_envoy_v3_slim_proto_msgTypes[8].OneofWrappers = []any{
+	file_weft_dataplane_envoy_v3_slim_proto_msgTypes[11].OneofWrappers = []any{
 		(*DataSource_Filename)(nil),
 		(*DataSource_InlineBytes)(nil),
 		(*DataSource_InlineString)(nil),
 	}
-	file_weft_dataplane_envoy_v3_slim_proto_msgTypes[9].OneofWrappers = []any{
+	file_weft_dataplane_envoy_v3_slim_proto_msgTypes[12].OneofWrappers = []any{
 		(*StringMatcher_Exact)(nil),
 		(*StringMatcher_Prefix)(nil),
 		(*StringMatcher_Suffix)(nil),
 		(*StringMatcher_SafeRegex)(nil),
 		(*StringMatcher_Contains)(nil),
 	}
-	file_weft_dataplane_envoy_v3_slim_proto_msgTypes[11].OneofWrappers = []any{
+	file_weft_dataplane_envoy_v3_slim_proto_msgTypes[16].OneofWrappers = []any{
 		(*Cluster_Type)(nil),
 		(*Cluster_ClusterType)(nil),
 	}
-	file_weft_dataplane_envoy_v3_slim_proto_msgTypes[14].OneofWrappers = []any{
+	file_weft_dataplane_envoy_v3_slim_proto_msgTypes[19].OneofWrappers = []any{
 		(*HttpProtocolOptions_ExplicitHttpConfig_)(nil),
 	}
-	file_weft_dataplane_envoy_v3_slim_proto_msgTypes[17].OneofWrappers = []any{
+	file_weft_dataplane_envoy_v3_slim_proto_msgTypes[22].OneofWrappers = []any{
 		(*LbEndpoint_Endpoint)(nil),
 	}
-	file_weft_dataplane_envoy_v3_slim_proto_msgTypes[20].OneofWrappers = []any{
+	file_weft_dataplane_envoy_v3_slim_proto_msgTypes[25].OneofWrappers = []any{
 		(*ListenerFilter_TypedConfig)(nil),
 	}
-	file_weft_dataplane_envoy_v3_slim_proto_msgTypes[23].OneofWrappers = []any{
+	file_weft_dataplane_envoy_v3_slim_proto_msgTypes[28].OneofWrappers = []any{
 		(*Filter_TypedConfig)(nil),
 	}
-	file_weft_dataplane_envoy_v3_slim_proto_msgTypes[24].OneofWrappers = []any{
+	file_weft_dataplane_envoy_v3_slim_proto_msgTypes[29].OneofWrappers = []any{
 		(*HttpConnectionManager_Rds)(nil),
 		(*HttpConnectionManager_RouteConfig)(nil),
 	}
-	file_weft_dataplane_envoy_v3_slim_proto_msgTypes[26].OneofWrappers = []any{
+	file_weft_dataplane_envoy_v3_slim_proto_msgTypes[31].OneofWrappers = []any{
 		(*HttpFilter_TypedConfig)(nil),
 	}
-	file_weft_dataplane_envoy_v3_slim_proto_msgTypes[27].OneofWrappers = []any{
+	file_weft_dataplane_envoy_v3_slim_proto_msgTypes[32].OneofWrappers = []any{
 		(*TcpProxy_Cluster)(nil),
 	}
-	file_weft_dataplane_envoy_v3_slim_proto_msgTypes[30].OneofWrappers = []any{
+	file_weft_dataplane_envoy_v3_slim_proto_msgTypes[35].OneofWrappers = []any{
 		(*Route_Route)(nil),
+		(*Route_Redirect)(nil),
+		(*Route_DirectResponse)(nil),
 	}
-	file_weft_dataplane_envoy_v3_slim_proto_msgTypes[31].OneofWrappers = []any{
+	file_weft_dataplane_envoy_v3_slim_proto_msgTypes[36].OneofWrappers = []any{
 		(*RouteMatch_Prefix)(nil),
 		(*RouteMatch_Path)(nil),
 		(*RouteMatch_SafeRegex)(nil),
+		(*RouteMatch_PathSeparatedPrefix)(nil),
 	}
-	file_weft_dataplane_envoy_v3_slim_proto_msgTypes[32].OneofWrappers = []any{
+	file_weft_dataplane_envoy_v3_slim_proto_msgTypes[37].OneofWrappers = []any{
+		(*HeaderMatcher_ExactMatch)(nil),
+		(*HeaderMatcher_PresentMatch)(nil),
+		(*HeaderMatcher_PrefixMatch)(nil),
+		(*HeaderMatcher_SuffixMatch)(nil),
+		(*HeaderMatcher_SafeRegexMatch)(nil),
+		(*HeaderMatcher_ContainsMatch)(nil),
+		(*HeaderMatcher_StringMatch)(nil),
+	}
+	file_weft_dataplane_envoy_v3_slim_proto_msgTypes[38].OneofWrappers = []any{
+		(*QueryParameterMatcher_StringMatch)(nil),
+		(*QueryParameterMatcher_PresentMatch)(nil),
+	}
+	file_weft_dataplane_envoy_v3_slim_proto_msgTypes[39].OneofWrappers = []any{
 		(*RouteAction_Cluster)(nil),
 		(*RouteAction_WeightedClusters)(nil),
 		(*RouteAction_HostRewriteLiteral)(nil),
 	}
-	file_weft_dataplane_envoy_v3_slim_proto_msgTypes[37].OneofWrappers = []any{
+	file_weft_dataplane_envoy_v3_slim_proto_msgTypes[40].OneofWrappers = []any{
+		(*RedirectAction_HttpsRedirect)(nil),
+		(*RedirectAction_SchemeRedirect)(nil),
+		(*RedirectAction_PathRedirect)(nil),
+		(*RedirectAction_PrefixRewrite)(nil),
+		(*RedirectAction_RegexRewrite)(nil),
+	}
+	file_weft_dataplane_envoy_v3_slim_proto_msgTypes[46].OneofWrappers = []any{
 		(*CommonTlsContext_ValidationContext)(nil),
 		(*CommonTlsContext_ValidationContextSdsSecretConfig)(nil),
 		(*CommonTlsContext_CombinedValidationContext)(nil),
 		(*CommonTlsContext_ValidationContextCertificateProvider)(nil),
 		(*CommonTlsContext_ValidationContextCertificateProviderInstance)(nil),
 	}
-	file_weft_dataplane_envoy_v3_slim_proto_msgTypes[41].OneofWrappers = []any{
+	file_weft_dataplane_envoy_v3_slim_proto_msgTypes[50].OneofWrappers = []any{
 		(*Secret_TlsCertificate)(nil),
 		(*Secret_ValidationContext)(nil),
 	}
-	file_weft_dataplane_envoy_v3_slim_proto_msgTypes[53].OneofWrappers = []any{
+	file_weft_dataplane_envoy_v3_slim_proto_msgTypes[62].OneofWrappers = []any{
 		(*HttpProtocolOptions_ExplicitHttpConfig_HttpProtocolOptions)(nil),
 		(*HttpProtocolOptions_ExplicitHttpConfig_Http2ProtocolOptions)(nil),
 		(*HttpProtocolOptions_ExplicitHttpConfig_Http3ProtocolOptions)(nil),
+	}
+	file_weft_dataplane_envoy_v3_slim_proto_msgTypes[65].OneofWrappers = []any{
+		(*WeightedCluster_ClusterWeight_HostRewriteLiteral)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_weft_dataplane_envoy_v3_slim_proto_rawDesc), len(file_weft_dataplane_envoy_v3_slim_proto_rawDesc)),
-			NumEnums:      5,
-			NumMessages:   58,
+			NumEnums:      8,
+			NumMessages:   69,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
