@@ -325,6 +325,11 @@ func decodeRouteAction(ra *xp.RouteAction, out *Route) error {
 	if out.HostRewrite != "" && !validHostRewrite(out.HostRewrite) {
 		return fmt.Errorf("host_rewrite_literal %q is not a valid host", out.HostRewrite)
 	}
+	for _, wc := range out.WeightedClusters {
+		if out.HostRewrite != "" && wc.HostRewrite != "" {
+			return fmt.Errorf("host_rewrite_literal on both the route and weighted cluster %q is not supported", wc.Name)
+		}
+	}
 	if pr := ra.GetPrefixRewrite(); pr != "" {
 		if ra.GetRegexRewrite() != nil {
 			return errors.New("prefix_rewrite and regex_rewrite are exclusive")

@@ -122,6 +122,9 @@ func (s *h1Conn1) serveLean(head []byte) (handled, keep bool) {
 
 // leanMatchRoute is matchRoute on the path's bytes.
 func leanMatchRoute(vh *config.VirtualHost, path []byte) *config.Route {
+	if vh.Extended {
+		return nil // its routes match on more than the path, or have filters: serveHTTP's (routefilter.go)
+	}
 	for i := range vh.Routes {
 		r := &vh.Routes[i]
 		switch r.Kind {

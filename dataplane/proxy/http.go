@@ -151,18 +151,21 @@ func (p *Proxy) serveHTTP(w http.ResponseWriter, r *http.Request, info *connInfo
 	if r.Method == http.MethodConnect {
 		path = "/"
 	}
-	route := matchRoute(vh, path)
+	route := matchRoute(vh, path, r)
 	if route == nil {
 		writeWeftError(sw, r, http.StatusServiceUnavailable, "no route for authority "+authority+" and path "+r.URL.Path)
 		return
 	}
-	name := routeCluster(route)
+	name, answered := p.applyRoute(rt, sw, r, rs, route) // routefilter.go
+	if answered {
+		return
+	}
 	cl := rt.clusters[name]
 	if cl == nil {
 		writeWeftError(sw, r, http.StatusServiceUnavailable, "cluster "+name+" is unknown")
 		return
 	}
-	rs.route, rs.cluster, rs.retry, rs.timeout = route, cl, route.Retry, route.Timeout
+	rs.route, rs.cluster, rs.retry, rs.timeout = route, cl, route.Retry, routeTimeout(route, r)
 	if cl.cfg.Kind == config.ClusterOriginalDst {
 		switch {
 		case info.explicit:

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"net/http"
 	"net/netip"
 	"slices"
 	"strconv"
@@ -107,23 +108,14 @@ func hasUpper(s string) bool {
 	return false
 }
 
-// matchRoute returns the first route of a virtual host matching the path.
-func matchRoute(vh *config.VirtualHost, path string) *config.Route {
+// matchRoute returns the first route of a virtual host matching the path and, for the routes that
+// have header or query matchers (routematch.go), the request.
+func matchRoute(vh *config.VirtualHost, path string, req *http.Request) *config.Route {
+	var q lazyQuery
 	for i := range vh.Routes {
 		r := &vh.Routes[i]
-		switch r.Kind {
-		case config.PathPrefix:
-			if strings.HasPrefix(path, r.Prefix) {
-				return r
-			}
-		case config.PathExact:
-			if path == r.Path {
-				return r
-			}
-		case config.PathRegex:
-			if r.Regex.MatchString(path) {
-				return r
-			}
+		if matchPath(r, path) && (len(r.Headers) == 0 && len(r.Query) == 0 || matchRequest(r, req, &q)) {
+			return r
 		}
 	}
 	return nil
