@@ -407,6 +407,11 @@ func decodeRewrite(r *xp.RegexMatchAndSubstitute) (*Rewrite, error) {
 		return nil, errors.New("no pattern")
 	}
 	sub := r.GetSubstitution()
+	for i := 0; i < len(sub); i++ {
+		if c := sub[i]; c <= ' ' || c == 0x7f || c == '#' {
+			return nil, fmt.Errorf("substitution %q holds a character a path may not", sub)
+		}
+	}
 	var b strings.Builder
 	for i := 0; i < len(sub); i++ {
 		c := sub[i]

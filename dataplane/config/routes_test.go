@@ -150,7 +150,7 @@ func TestRouteNACKs(t *testing.T) {
 		{"hash policy", func(rc *routev3.RouteConfiguration) {
 			action(rc).HashPolicy = []*routev3.RouteAction_HashPolicy{{}}
 		}, `virtual_hosts[0].routes[1].route: field hash_policy (15) is not supported`},
-		{"cors", func(rc *routev3.RouteConfiguration) { rc.VirtualHosts[0].Cors = &routev3.CorsPolicy{} }, `virtual_hosts[0]: field cors (8) is not supported`},
+		{"rate limits", func(rc *routev3.RouteConfiguration) { rc.VirtualHosts[0].RateLimits = []*routev3.RateLimit{{}} }, `virtual_hosts[0]: field rate_limits (6) is not supported`},
 		{"per-filter config", func(rc *routev3.RouteConfiguration) {
 			canary(rc).TypedPerFilterConfig = map[string]*anypb.Any{"envoy.filters.http.rbac": {}}
 		}, `virtual_hosts[0].routes[1]: field typed_per_filter_config (13) is not supported`},
@@ -210,9 +210,9 @@ func TestRouteNACKs(t *testing.T) {
 			rc.RequestMirrorPolicies = []*routev3.RouteAction_RequestMirrorPolicy{{Cluster: "x"}}
 		}, `route configuration "8080": RouteConfiguration: field request_mirror_policies (13) is not supported`},
 		{"total weight", func(rc *routev3.RouteConfiguration) {
+			//lint:ignore SA1019 Envoy still accepts the deprecated total_weight, and the proxy checks it
 			action(rc).GetWeightedClusters().TotalWeight = wrapperspb.UInt32(99)
-		},
-			`total_weight 99 is not the sum of the weights (100)`},
+		}, `total_weight 99 is not the sum of the weights (100)`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			rc := gatewayRoutes()

@@ -460,7 +460,7 @@ func TestRouteNACKedWithReason(t *testing.T) {
 		{"hash policy", func(r *routev3.Route) {
 			r.GetRoute().HashPolicy = []*routev3.RouteAction_HashPolicy{{}}
 		}, `route: field hash_policy (15) is not supported`},
-		{"cors", func(r *routev3.Route) { r.GetRoute().Cors = &routev3.CorsPolicy{} }, `route: field cors (17) is not supported`},
+		{"rate limits", func(r *routev3.Route) { r.GetRoute().RateLimits = []*routev3.RateLimit{{}} }, `route: field rate_limits (13) is not supported`},
 		{"upgrade configs", func(r *routev3.Route) {
 			r.GetRoute().UpgradeConfigs = []*routev3.RouteAction_UpgradeConfig{{UpgradeType: "websocket"}}
 		}, `route: field upgrade_configs (25) is not supported`},
