@@ -349,6 +349,16 @@ func TestRewritesAndHeaders(t *testing.T) {
 	if s == nil || s.Path != "/replaced" || s.RawQuery != "x=1" {
 		t.Errorf("full path rewrite: backend saw %q", body)
 	}
+	// An HTTP/2 client (net/http's HTTP/2 server, the HTTP/2 forwarder for a GET) gets the same.
+	h2 := &http.Transport{Protocols: new(http.Protocols)}
+	h2.Protocols.SetUnencryptedHTTP2(true)
+	g2 := *g
+	g2.c = &http.Client{Transport: resolve(h2, g.svc), Timeout: 10 * time.Second}
+	resp, s, body = g2.get(t, "/api/h2", "X-Secret", "hush")
+	if resp.ProtoMajor != 2 || s == nil || s.Path != "/v2/h2" || s.Host != "api.internal" || s.Header.Get("X-Secret") != "" || s.Header.Get("X-Set") != "new" ||
+		resp.Header.Get("X-Served-By") != "weft" || resp.Header.Get("X-Upstream-Secret") != "" {
+		t.Errorf("HTTP/2 GET: %s %d %v %q", resp.Proto, resp.StatusCode, resp.Header, body)
+	}
 	// A POST (net/http's path, ReverseProxy) gets the same.
 	req, _ := http.NewRequest(http.MethodPost, g.url("/api/post"), strings.NewReader("payload"))
 	req.Header.Set("X-Secret", "hush")
