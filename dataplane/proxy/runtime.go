@@ -109,7 +109,7 @@ func hasUpper(s string) bool {
 }
 
 // matchRoute returns the first route of a virtual host matching the path and, for the routes that
-// have header or query matchers (routematch.go), the request.
+// have header or query matchers (routefilter.go), the request.
 func matchRoute(vh *config.VirtualHost, path string, req *http.Request) *config.Route {
 	var q lazyQuery
 	for i := range vh.Routes {
