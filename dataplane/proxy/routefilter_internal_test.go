@@ -13,7 +13,9 @@ import (
 )
 
 func TestMutateHeaders(t *testing.T) {
-	op := func(k, v string, a config.AppendAction) config.HeaderOp { return config.HeaderOp{Key: k, Value: v, Action: a} }
+	op := func(k, v string, a config.AppendAction) config.HeaderOp {
+		return config.HeaderOp{Key: k, Value: v, Action: a}
+	}
 	h := http.Header{"A": {"1"}, "B": {"1"}, "C": {"1"}, "D": {"1"}, "Gone": {"x"}}
 	mutateHeaders(h, &config.HeaderMutation{
 		Remove: []string{"Gone", "A"}, // removals first: A is then added afresh
