@@ -601,10 +601,11 @@ func decodeHeaderOp(o *xp.HeaderValueOption) (HeaderOp, error) {
 	if !httpguts.ValidHeaderFieldValue(v) {
 		return HeaderOp{}, errors.New("the value holds a character a header value may not")
 	}
-	op := HeaderOp{Key: k, Value: v, Action: AppendAction(o.GetAppendAction()), KeepEmpty: o.GetKeepEmptyValue()}
-	if op.Action > OverwriteIfExists {
-		return HeaderOp{}, fmt.Errorf("append_action %d is not supported", o.GetAppendAction())
+	a := o.GetAppendAction()
+	if a < 0 || a > xp.HeaderValueOption_OVERWRITE_IF_EXISTS {
+		return HeaderOp{}, fmt.Errorf("append_action %d is not supported", a)
 	}
+	op := HeaderOp{Key: k, Value: v, Action: AppendAction(a), KeepEmpty: o.GetKeepEmptyValue()} // #nosec G115 -- 0..3, checked above
 	if a := o.GetAppend(); a != nil {
 		if o.GetAppendAction() != 0 {
 			return HeaderOp{}, errors.New("append and append_action are exclusive")
