@@ -134,7 +134,7 @@ func decodeRoute(r *xp.Route) (*Route, error) {
 	if err != nil {
 		return nil, err
 	}
-	out.Extended = out.Extended || out.Kind == PathSeparatedPrefix || len(out.Headers) > 0 || len(out.Query) > 0 ||
+	out.Extended = out.Extended || out.Kind == PathSeparatedPrefix || len(out.Headers) > 0 || len(out.Query) > 0 || out.GRPC ||
 		out.Redirect != nil || out.Direct != nil || out.PrefixRewrite != "" || out.RegexRewrite != nil || len(out.Mirrors) > 0 ||
 		out.MaxStreamDuration > 0 || out.GRPCTimeout != nil
 	return out, nil
@@ -164,6 +164,7 @@ func decodeRouteMatch(m *xp.RouteMatch, out *Route) error {
 	default:
 		return errors.New("path match must be prefix, path, safe_regex or path_separated_prefix")
 	}
+	out.GRPC = m.GetGrpc() != nil
 	for i, h := range m.GetHeaders() {
 		hm, err := decodeHeaderMatcher(h)
 		if err != nil {

@@ -113,6 +113,8 @@ type Route struct {
 	// The Gateway API features (routetypes.go).
 	Headers []HeaderMatcher
 	Query   []QueryMatcher
+	// GRPC restricts the route to gRPC requests (RouteMatch.grpc).
+	GRPC bool
 	// Redirect or Direct, when set, is the action instead of a cluster.
 	Redirect *Redirect
 	Direct   *DirectResponse

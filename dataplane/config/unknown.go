@@ -48,7 +48,7 @@ var routeUnknowns = map[protoreflect.FullName]map[protowire.Number]unknownField{
 		19: {"stat_prefix", true}, 20: {"request_body_buffer_limit", true}, 21: {"route_specifiers", false},
 	},
 	"weft.dataplane.envoy.v3.RouteMatch": {
-		8: {"grpc", false}, 9: {"runtime_fraction", false}, 11: {"tls_context", false}, 12: {"connect_matcher", false},
+		9: {"runtime_fraction", false}, 11: {"tls_context", false}, 12: {"connect_matcher", false},
 		13: {"dynamic_metadata", false}, 15: {"path_match_policy", false}, 16: {"filter_state", false}, 17: {"cookies", false},
 	},
 	"weft.dataplane.envoy.v3.HeaderMatcher": {

@@ -209,6 +209,7 @@ func TestMatchHeadersMethodQuery(t *testing.T) {
 			{Match: &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/"}, QueryParameters: []*routev3.QueryParameterMatcher{{Name: "version",
 				QueryParameterMatchSpecifier: &routev3.QueryParameterMatcher_StringMatch{StringMatch: strMatch("2")}}}}, Action: toCluster(g.v2.cluster())},
 			{Match: &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_PathSeparatedPrefix{PathSeparatedPrefix: "/canary"}}, Action: toCluster(g.v2.cluster())},
+			{Match: &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/grpc-only"}, Grpc: &routev3.RouteMatch_GrpcRouteMatchOptions{}}, Action: toCluster(g.v2.cluster())},
 			{Match: &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/"}, Headers: []*routev3.HeaderMatcher{{Name: "x-env",
 				HeaderMatchSpecifier: &routev3.HeaderMatcher_StringMatch{StringMatch: &matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_SafeRegex{SafeRegex: &matcherv3.RegexMatcher{Regex: "stag(e|ing)"}}}}}}},
 				Action: toCluster(g.v2.cluster())},
@@ -230,6 +231,8 @@ func TestMatchHeadersMethodQuery(t *testing.T) {
 		{"separated prefix itself", "GET", "/canary", nil, "v2"},
 		{"separated prefix and more", "GET", "/canary/a", nil, "v2"},
 		{"not a separated prefix", "GET", "/canaryx", nil, "v1"},
+		{"gRPC only, gRPC", "GET", "/grpc-only", []string{"Content-Type", "application/grpc+proto"}, "v2"},
+		{"gRPC only, not gRPC", "GET", "/grpc-only", []string{"Content-Type", "application/grpc-web"}, "v1"},
 		{"regex header", "GET", "/x", []string{"x-env", "staging"}, "v2"},
 		{"regex is whole", "GET", "/x", []string{"x-env", "staging2"}, "v1"},
 	} {

@@ -55,6 +55,9 @@ func (q *lazyQuery) get(req *http.Request, name string) (string, bool) {
 
 // matchRequest reports whether the request satisfies all of the route's header and query matchers.
 func matchRequest(r *config.Route, req *http.Request, q *lazyQuery) bool {
+	if r.GRPC && !isGRPC(req.Header.Get("Content-Type")) {
+		return false
+	}
 	for i := range r.Headers {
 		h := &r.Headers[i]
 		v, ok := headerValue(req, h)
@@ -70,6 +73,13 @@ func matchRequest(r *config.Route, req *http.Request, q *lazyQuery) bool {
 		}
 	}
 	return true
+}
+
+// isGRPC reports whether a content-type is gRPC's (application/grpc, application/grpc+proto ...), as
+// Envoy's RouteMatch.grpc checks it.
+func isGRPC(ct string) bool {
+	const g = "application/grpc"
+	return len(ct) >= len(g) && strings.EqualFold(ct[:len(g)], g) && (len(ct) == len(g) || ct[len(g)] == '+' || ct[len(g)] == ';')
 }
 
 // headerValue is the request's value of the matcher's header: the pseudo-headers from the request

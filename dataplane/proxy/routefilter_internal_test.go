@@ -101,3 +101,14 @@ func TestRouteTimeout(t *testing.T) {
 		}
 	}
 }
+
+func TestIsGRPC(t *testing.T) {
+	for ct, want := range map[string]bool{
+		"application/grpc": true, "application/grpc+proto": true, "Application/GRPC;charset=x": true,
+		"application/grpc-web": false, "application/json": false, "": false, "application/grp": false,
+	} {
+		if isGRPC(ct) != want {
+			t.Errorf("isGRPC(%q) = %v, want %v", ct, !want, want)
+		}
+	}
+}

@@ -114,7 +114,7 @@ func matchRoute(vh *config.VirtualHost, path string, req *http.Request) *config.
 	var q lazyQuery
 	for i := range vh.Routes {
 		r := &vh.Routes[i]
-		if matchPath(r, path) && (len(r.Headers) == 0 && len(r.Query) == 0 || matchRequest(r, req, &q)) {
+		if matchPath(r, path) && (len(r.Headers) == 0 && len(r.Query) == 0 && !r.GRPC || matchRequest(r, req, &q)) {
 			return r
 		}
 	}

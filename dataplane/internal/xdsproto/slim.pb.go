@@ -3224,8 +3224,10 @@ type RouteMatch struct {
 	CaseSensitive   *wrapperspb.BoolValue      `protobuf:"bytes,4,opt,name=case_sensitive,json=caseSensitive,proto3" json:"case_sensitive,omitempty"`
 	Headers         []*HeaderMatcher           `protobuf:"bytes,6,rep,name=headers,proto3" json:"headers,omitempty"`
 	QueryParameters []*QueryParameterMatcher   `protobuf:"bytes,7,rep,name=query_parameters,json=queryParameters,proto3" json:"query_parameters,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// GrpcRouteMatchOptions has no fields: its presence restricts the route to gRPC requests.
+	Grpc          *Present `protobuf:"bytes,8,opt,name=grpc,proto3" json:"grpc,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *RouteMatch) Reset() {
@@ -3318,6 +3320,13 @@ func (x *RouteMatch) GetHeaders() []*HeaderMatcher {
 func (x *RouteMatch) GetQueryParameters() []*QueryParameterMatcher {
 	if x != nil {
 		return x.QueryParameters
+	}
+	return nil
+}
+
+func (x *RouteMatch) GetGrpc() *Present {
+	if x != nil {
+		return x.Grpc
 	}
 	return nil
 }
@@ -6001,7 +6010,7 @@ const file_weft_dataplane_envoy_v3_slim_proto_rawDesc = "" +
 	"\x1aresponse_headers_to_remove\x18\v \x03(\tR\x17responseHeadersToRemove\x129\n" +
 	"\x19request_headers_to_remove\x18\f \x03(\tR\x16requestHeadersToRemove\x12\x12\n" +
 	"\x04name\x18\x0e \x01(\tR\x04nameB\b\n" +
-	"\x06action\"\xac\x03\n" +
+	"\x06action\"\xe2\x03\n" +
 	"\n" +
 	"RouteMatch\x12\x18\n" +
 	"\x06prefix\x18\x01 \x01(\tH\x00R\x06prefix\x12\x14\n" +
@@ -6012,7 +6021,8 @@ const file_weft_dataplane_envoy_v3_slim_proto_rawDesc = "" +
 	"\x15path_separated_prefix\x18\x0e \x01(\tH\x00R\x13pathSeparatedPrefix\x12A\n" +
 	"\x0ecase_sensitive\x18\x04 \x01(\v2\x1a.google.protobuf.BoolValueR\rcaseSensitive\x12@\n" +
 	"\aheaders\x18\x06 \x03(\v2&.weft.dataplane.envoy.v3.HeaderMatcherR\aheaders\x12Y\n" +
-	"\x10query_parameters\x18\a \x03(\v2..weft.dataplane.envoy.v3.QueryParameterMatcherR\x0fqueryParametersB\x10\n" +
+	"\x10query_parameters\x18\a \x03(\v2..weft.dataplane.envoy.v3.QueryParameterMatcherR\x0fqueryParameters\x124\n" +
+	"\x04grpc\x18\b \x01(\v2 .weft.dataplane.envoy.v3.PresentR\x04grpcB\x10\n" +
 	"\x0epath_specifier\"\xff\x03\n" +
 	"\rHeaderMatcher\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12!\n" +
@@ -6370,76 +6380,77 @@ var file_weft_dataplane_envoy_v3_slim_proto_depIdxs = []int32{
 	80,  // 75: weft.dataplane.envoy.v3.RouteMatch.case_sensitive:type_name -> google.protobuf.BoolValue
 	45,  // 76: weft.dataplane.envoy.v3.RouteMatch.headers:type_name -> weft.dataplane.envoy.v3.HeaderMatcher
 	46,  // 77: weft.dataplane.envoy.v3.RouteMatch.query_parameters:type_name -> weft.dataplane.envoy.v3.QueryParameterMatcher
-	21,  // 78: weft.dataplane.envoy.v3.HeaderMatcher.safe_regex_match:type_name -> weft.dataplane.envoy.v3.RegexMatcher
-	20,  // 79: weft.dataplane.envoy.v3.HeaderMatcher.string_match:type_name -> weft.dataplane.envoy.v3.StringMatcher
-	20,  // 80: weft.dataplane.envoy.v3.QueryParameterMatcher.string_match:type_name -> weft.dataplane.envoy.v3.StringMatcher
-	50,  // 81: weft.dataplane.envoy.v3.RouteAction.weighted_clusters:type_name -> weft.dataplane.envoy.v3.WeightedCluster
-	22,  // 82: weft.dataplane.envoy.v3.RouteAction.regex_rewrite:type_name -> weft.dataplane.envoy.v3.RegexMatchAndSubstitute
-	81,  // 83: weft.dataplane.envoy.v3.RouteAction.timeout:type_name -> google.protobuf.Duration
-	51,  // 84: weft.dataplane.envoy.v3.RouteAction.retry_policy:type_name -> weft.dataplane.envoy.v3.RetryPolicy
-	71,  // 85: weft.dataplane.envoy.v3.RouteAction.request_mirror_policies:type_name -> weft.dataplane.envoy.v3.RouteAction.RequestMirrorPolicy
-	72,  // 86: weft.dataplane.envoy.v3.RouteAction.max_stream_duration:type_name -> weft.dataplane.envoy.v3.RouteAction.MaxStreamDuration
-	22,  // 87: weft.dataplane.envoy.v3.RedirectAction.regex_rewrite:type_name -> weft.dataplane.envoy.v3.RegexMatchAndSubstitute
-	6,   // 88: weft.dataplane.envoy.v3.RedirectAction.response_code:type_name -> weft.dataplane.envoy.v3.RedirectAction.RedirectResponseCode
-	19,  // 89: weft.dataplane.envoy.v3.DirectResponseAction.body:type_name -> weft.dataplane.envoy.v3.DataSource
-	73,  // 90: weft.dataplane.envoy.v3.WeightedCluster.clusters:type_name -> weft.dataplane.envoy.v3.WeightedCluster.ClusterWeight
-	78,  // 91: weft.dataplane.envoy.v3.WeightedCluster.total_weight:type_name -> google.protobuf.UInt32Value
-	78,  // 92: weft.dataplane.envoy.v3.RetryPolicy.num_retries:type_name -> google.protobuf.UInt32Value
-	81,  // 93: weft.dataplane.envoy.v3.RetryPolicy.per_try_timeout:type_name -> google.protobuf.Duration
-	74,  // 94: weft.dataplane.envoy.v3.RetryPolicy.retry_back_off:type_name -> weft.dataplane.envoy.v3.RetryPolicy.RetryBackOff
-	54,  // 95: weft.dataplane.envoy.v3.UpstreamTlsContext.common_tls_context:type_name -> weft.dataplane.envoy.v3.CommonTlsContext
-	54,  // 96: weft.dataplane.envoy.v3.DownstreamTlsContext.common_tls_context:type_name -> weft.dataplane.envoy.v3.CommonTlsContext
-	80,  // 97: weft.dataplane.envoy.v3.DownstreamTlsContext.require_client_certificate:type_name -> google.protobuf.BoolValue
-	8,   // 98: weft.dataplane.envoy.v3.CommonTlsContext.tls_certificates:type_name -> weft.dataplane.envoy.v3.Present
-	8,   // 99: weft.dataplane.envoy.v3.CommonTlsContext.validation_context:type_name -> weft.dataplane.envoy.v3.Present
-	55,  // 100: weft.dataplane.envoy.v3.CommonTlsContext.validation_context_sds_secret_config:type_name -> weft.dataplane.envoy.v3.SdsSecretConfig
-	75,  // 101: weft.dataplane.envoy.v3.CommonTlsContext.combined_validation_context:type_name -> weft.dataplane.envoy.v3.CommonTlsContext.CombinedCertificateValidationContext
-	8,   // 102: weft.dataplane.envoy.v3.CommonTlsContext.validation_context_certificate_provider:type_name -> weft.dataplane.envoy.v3.Present
-	8,   // 103: weft.dataplane.envoy.v3.CommonTlsContext.validation_context_certificate_provider_instance:type_name -> weft.dataplane.envoy.v3.Present
-	55,  // 104: weft.dataplane.envoy.v3.CommonTlsContext.tls_certificate_sds_secret_configs:type_name -> weft.dataplane.envoy.v3.SdsSecretConfig
-	19,  // 105: weft.dataplane.envoy.v3.CertificateValidationContext.trusted_ca:type_name -> weft.dataplane.envoy.v3.DataSource
-	57,  // 106: weft.dataplane.envoy.v3.CertificateValidationContext.match_typed_subject_alt_names:type_name -> weft.dataplane.envoy.v3.SubjectAltNameMatcher
-	7,   // 107: weft.dataplane.envoy.v3.SubjectAltNameMatcher.san_type:type_name -> weft.dataplane.envoy.v3.SubjectAltNameMatcher.SanType
-	20,  // 108: weft.dataplane.envoy.v3.SubjectAltNameMatcher.matcher:type_name -> weft.dataplane.envoy.v3.StringMatcher
-	59,  // 109: weft.dataplane.envoy.v3.Secret.tls_certificate:type_name -> weft.dataplane.envoy.v3.TlsCertificate
-	56,  // 110: weft.dataplane.envoy.v3.Secret.validation_context:type_name -> weft.dataplane.envoy.v3.CertificateValidationContext
-	19,  // 111: weft.dataplane.envoy.v3.TlsCertificate.certificate_chain:type_name -> weft.dataplane.envoy.v3.DataSource
-	19,  // 112: weft.dataplane.envoy.v3.TlsCertificate.private_key:type_name -> weft.dataplane.envoy.v3.DataSource
-	9,   // 113: weft.dataplane.envoy.v3.DiscoveryRequest.node:type_name -> weft.dataplane.envoy.v3.Node
-	65,  // 114: weft.dataplane.envoy.v3.DiscoveryRequest.error_detail:type_name -> weft.dataplane.envoy.v3.Status
-	79,  // 115: weft.dataplane.envoy.v3.DiscoveryResponse.resources:type_name -> google.protobuf.Any
-	9,   // 116: weft.dataplane.envoy.v3.DeltaDiscoveryRequest.node:type_name -> weft.dataplane.envoy.v3.Node
-	76,  // 117: weft.dataplane.envoy.v3.DeltaDiscoveryRequest.initial_resource_versions:type_name -> weft.dataplane.envoy.v3.DeltaDiscoveryRequest.InitialResourceVersionsEntry
-	65,  // 118: weft.dataplane.envoy.v3.DeltaDiscoveryRequest.error_detail:type_name -> weft.dataplane.envoy.v3.Status
-	64,  // 119: weft.dataplane.envoy.v3.DeltaDiscoveryResponse.resources:type_name -> weft.dataplane.envoy.v3.Resource
-	79,  // 120: weft.dataplane.envoy.v3.Resource.resource:type_name -> google.protobuf.Any
-	79,  // 121: weft.dataplane.envoy.v3.Status.details:type_name -> google.protobuf.Any
-	14,  // 122: weft.dataplane.envoy.v3.Cluster.EdsClusterConfig.eds_config:type_name -> weft.dataplane.envoy.v3.ConfigSource
-	79,  // 123: weft.dataplane.envoy.v3.Cluster.TypedExtensionProtocolOptionsEntry.value:type_name -> google.protobuf.Any
-	1,   // 124: weft.dataplane.envoy.v3.CircuitBreakers.Thresholds.priority:type_name -> weft.dataplane.envoy.v3.RoutingPriority
-	78,  // 125: weft.dataplane.envoy.v3.CircuitBreakers.Thresholds.max_connections:type_name -> google.protobuf.UInt32Value
-	78,  // 126: weft.dataplane.envoy.v3.CircuitBreakers.Thresholds.max_pending_requests:type_name -> google.protobuf.UInt32Value
-	78,  // 127: weft.dataplane.envoy.v3.CircuitBreakers.Thresholds.max_requests:type_name -> google.protobuf.UInt32Value
-	78,  // 128: weft.dataplane.envoy.v3.CircuitBreakers.Thresholds.max_retries:type_name -> google.protobuf.UInt32Value
-	8,   // 129: weft.dataplane.envoy.v3.HttpProtocolOptions.ExplicitHttpConfig.http_protocol_options:type_name -> weft.dataplane.envoy.v3.Present
-	8,   // 130: weft.dataplane.envoy.v3.HttpProtocolOptions.ExplicitHttpConfig.http2_protocol_options:type_name -> weft.dataplane.envoy.v3.Present
-	8,   // 131: weft.dataplane.envoy.v3.HttpProtocolOptions.ExplicitHttpConfig.http3_protocol_options:type_name -> weft.dataplane.envoy.v3.Present
-	18,  // 132: weft.dataplane.envoy.v3.RouteAction.RequestMirrorPolicy.runtime_fraction:type_name -> weft.dataplane.envoy.v3.RuntimeFractionalPercent
-	81,  // 133: weft.dataplane.envoy.v3.RouteAction.MaxStreamDuration.max_stream_duration:type_name -> google.protobuf.Duration
-	81,  // 134: weft.dataplane.envoy.v3.RouteAction.MaxStreamDuration.grpc_timeout_header_max:type_name -> google.protobuf.Duration
-	81,  // 135: weft.dataplane.envoy.v3.RouteAction.MaxStreamDuration.grpc_timeout_header_offset:type_name -> google.protobuf.Duration
-	78,  // 136: weft.dataplane.envoy.v3.WeightedCluster.ClusterWeight.weight:type_name -> google.protobuf.UInt32Value
-	17,  // 137: weft.dataplane.envoy.v3.WeightedCluster.ClusterWeight.request_headers_to_add:type_name -> weft.dataplane.envoy.v3.HeaderValueOption
-	17,  // 138: weft.dataplane.envoy.v3.WeightedCluster.ClusterWeight.response_headers_to_add:type_name -> weft.dataplane.envoy.v3.HeaderValueOption
-	81,  // 139: weft.dataplane.envoy.v3.RetryPolicy.RetryBackOff.base_interval:type_name -> google.protobuf.Duration
-	81,  // 140: weft.dataplane.envoy.v3.RetryPolicy.RetryBackOff.max_interval:type_name -> google.protobuf.Duration
-	56,  // 141: weft.dataplane.envoy.v3.CommonTlsContext.CombinedCertificateValidationContext.default_validation_context:type_name -> weft.dataplane.envoy.v3.CertificateValidationContext
-	55,  // 142: weft.dataplane.envoy.v3.CommonTlsContext.CombinedCertificateValidationContext.validation_context_sds_secret_config:type_name -> weft.dataplane.envoy.v3.SdsSecretConfig
-	143, // [143:143] is the sub-list for method output_type
-	143, // [143:143] is the sub-list for method input_type
-	143, // [143:143] is the sub-list for extension type_name
-	143, // [143:143] is the sub-list for extension extendee
-	0,   // [0:143] is the sub-list for field type_name
+	8,   // 78: weft.dataplane.envoy.v3.RouteMatch.grpc:type_name -> weft.dataplane.envoy.v3.Present
+	21,  // 79: weft.dataplane.envoy.v3.HeaderMatcher.safe_regex_match:type_name -> weft.dataplane.envoy.v3.RegexMatcher
+	20,  // 80: weft.dataplane.envoy.v3.HeaderMatcher.string_match:type_name -> weft.dataplane.envoy.v3.StringMatcher
+	20,  // 81: weft.dataplane.envoy.v3.QueryParameterMatcher.string_match:type_name -> weft.dataplane.envoy.v3.StringMatcher
+	50,  // 82: weft.dataplane.envoy.v3.RouteAction.weighted_clusters:type_name -> weft.dataplane.envoy.v3.WeightedCluster
+	22,  // 83: weft.dataplane.envoy.v3.RouteAction.regex_rewrite:type_name -> weft.dataplane.envoy.v3.RegexMatchAndSubstitute
+	81,  // 84: weft.dataplane.envoy.v3.RouteAction.timeout:type_name -> google.protobuf.Duration
+	51,  // 85: weft.dataplane.envoy.v3.RouteAction.retry_policy:type_name -> weft.dataplane.envoy.v3.RetryPolicy
+	71,  // 86: weft.dataplane.envoy.v3.RouteAction.request_mirror_policies:type_name -> weft.dataplane.envoy.v3.RouteAction.RequestMirrorPolicy
+	72,  // 87: weft.dataplane.envoy.v3.RouteAction.max_stream_duration:type_name -> weft.dataplane.envoy.v3.RouteAction.MaxStreamDuration
+	22,  // 88: weft.dataplane.envoy.v3.RedirectAction.regex_rewrite:type_name -> weft.dataplane.envoy.v3.RegexMatchAndSubstitute
+	6,   // 89: weft.dataplane.envoy.v3.RedirectAction.response_code:type_name -> weft.dataplane.envoy.v3.RedirectAction.RedirectResponseCode
+	19,  // 90: weft.dataplane.envoy.v3.DirectResponseAction.body:type_name -> weft.dataplane.envoy.v3.DataSource
+	73,  // 91: weft.dataplane.envoy.v3.WeightedCluster.clusters:type_name -> weft.dataplane.envoy.v3.WeightedCluster.ClusterWeight
+	78,  // 92: weft.dataplane.envoy.v3.WeightedCluster.total_weight:type_name -> google.protobuf.UInt32Value
+	78,  // 93: weft.dataplane.envoy.v3.RetryPolicy.num_retries:type_name -> google.protobuf.UInt32Value
+	81,  // 94: weft.dataplane.envoy.v3.RetryPolicy.per_try_timeout:type_name -> google.protobuf.Duration
+	74,  // 95: weft.dataplane.envoy.v3.RetryPolicy.retry_back_off:type_name -> weft.dataplane.envoy.v3.RetryPolicy.RetryBackOff
+	54,  // 96: weft.dataplane.envoy.v3.UpstreamTlsContext.common_tls_context:type_name -> weft.dataplane.envoy.v3.CommonTlsContext
+	54,  // 97: weft.dataplane.envoy.v3.DownstreamTlsContext.common_tls_context:type_name -> weft.dataplane.envoy.v3.CommonTlsContext
+	80,  // 98: weft.dataplane.envoy.v3.DownstreamTlsContext.require_client_certificate:type_name -> google.protobuf.BoolValue
+	8,   // 99: weft.dataplane.envoy.v3.CommonTlsContext.tls_certificates:type_name -> weft.dataplane.envoy.v3.Present
+	8,   // 100: weft.dataplane.envoy.v3.CommonTlsContext.validation_context:type_name -> weft.dataplane.envoy.v3.Present
+	55,  // 101: weft.dataplane.envoy.v3.CommonTlsContext.validation_context_sds_secret_config:type_name -> weft.dataplane.envoy.v3.SdsSecretConfig
+	75,  // 102: weft.dataplane.envoy.v3.CommonTlsContext.combined_validation_context:type_name -> weft.dataplane.envoy.v3.CommonTlsContext.CombinedCertificateValidationContext
+	8,   // 103: weft.dataplane.envoy.v3.CommonTlsContext.validation_context_certificate_provider:type_name -> weft.dataplane.envoy.v3.Present
+	8,   // 104: weft.dataplane.envoy.v3.CommonTlsContext.validation_context_certificate_provider_instance:type_name -> weft.dataplane.envoy.v3.Present
+	55,  // 105: weft.dataplane.envoy.v3.CommonTlsContext.tls_certificate_sds_secret_configs:type_name -> weft.dataplane.envoy.v3.SdsSecretConfig
+	19,  // 106: weft.dataplane.envoy.v3.CertificateValidationContext.trusted_ca:type_name -> weft.dataplane.envoy.v3.DataSource
+	57,  // 107: weft.dataplane.envoy.v3.CertificateValidationContext.match_typed_subject_alt_names:type_name -> weft.dataplane.envoy.v3.SubjectAltNameMatcher
+	7,   // 108: weft.dataplane.envoy.v3.SubjectAltNameMatcher.san_type:type_name -> weft.dataplane.envoy.v3.SubjectAltNameMatcher.SanType
+	20,  // 109: weft.dataplane.envoy.v3.SubjectAltNameMatcher.matcher:type_name -> weft.dataplane.envoy.v3.StringMatcher
+	59,  // 110: weft.dataplane.envoy.v3.Secret.tls_certificate:type_name -> weft.dataplane.envoy.v3.TlsCertificate
+	56,  // 111: weft.dataplane.envoy.v3.Secret.validation_context:type_name -> weft.dataplane.envoy.v3.CertificateValidationContext
+	19,  // 112: weft.dataplane.envoy.v3.TlsCertificate.certificate_chain:type_name -> weft.dataplane.envoy.v3.DataSource
+	19,  // 113: weft.dataplane.envoy.v3.TlsCertificate.private_key:type_name -> weft.dataplane.envoy.v3.DataSource
+	9,   // 114: weft.dataplane.envoy.v3.DiscoveryRequest.node:type_name -> weft.dataplane.envoy.v3.Node
+	65,  // 115: weft.dataplane.envoy.v3.DiscoveryRequest.error_detail:type_name -> weft.dataplane.envoy.v3.Status
+	79,  // 116: weft.dataplane.envoy.v3.DiscoveryResponse.resources:type_name -> google.protobuf.Any
+	9,   // 117: weft.dataplane.envoy.v3.DeltaDiscoveryRequest.node:type_name -> weft.dataplane.envoy.v3.Node
+	76,  // 118: weft.dataplane.envoy.v3.DeltaDiscoveryRequest.initial_resource_versions:type_name -> weft.dataplane.envoy.v3.DeltaDiscoveryRequest.InitialResourceVersionsEntry
+	65,  // 119: weft.dataplane.envoy.v3.DeltaDiscoveryRequest.error_detail:type_name -> weft.dataplane.envoy.v3.Status
+	64,  // 120: weft.dataplane.envoy.v3.DeltaDiscoveryResponse.resources:type_name -> weft.dataplane.envoy.v3.Resource
+	79,  // 121: weft.dataplane.envoy.v3.Resource.resource:type_name -> google.protobuf.Any
+	79,  // 122: weft.dataplane.envoy.v3.Status.details:type_name -> google.protobuf.Any
+	14,  // 123: weft.dataplane.envoy.v3.Cluster.EdsClusterConfig.eds_config:type_name -> weft.dataplane.envoy.v3.ConfigSource
+	79,  // 124: weft.dataplane.envoy.v3.Cluster.TypedExtensionProtocolOptionsEntry.value:type_name -> google.protobuf.Any
+	1,   // 125: weft.dataplane.envoy.v3.CircuitBreakers.Thresholds.priority:type_name -> weft.dataplane.envoy.v3.RoutingPriority
+	78,  // 126: weft.dataplane.envoy.v3.CircuitBreakers.Thresholds.max_connections:type_name -> google.protobuf.UInt32Value
+	78,  // 127: weft.dataplane.envoy.v3.CircuitBreakers.Thresholds.max_pending_requests:type_name -> google.protobuf.UInt32Value
+	78,  // 128: weft.dataplane.envoy.v3.CircuitBreakers.Thresholds.max_requests:type_name -> google.protobuf.UInt32Value
+	78,  // 129: weft.dataplane.envoy.v3.CircuitBreakers.Thresholds.max_retries:type_name -> google.protobuf.UInt32Value
+	8,   // 130: weft.dataplane.envoy.v3.HttpProtocolOptions.ExplicitHttpConfig.http_protocol_options:type_name -> weft.dataplane.envoy.v3.Present
+	8,   // 131: weft.dataplane.envoy.v3.HttpProtocolOptions.ExplicitHttpConfig.http2_protocol_options:type_name -> weft.dataplane.envoy.v3.Present
+	8,   // 132: weft.dataplane.envoy.v3.HttpProtocolOptions.ExplicitHttpConfig.http3_protocol_options:type_name -> weft.dataplane.envoy.v3.Present
+	18,  // 133: weft.dataplane.envoy.v3.RouteAction.RequestMirrorPolicy.runtime_fraction:type_name -> weft.dataplane.envoy.v3.RuntimeFractionalPercent
+	81,  // 134: weft.dataplane.envoy.v3.RouteAction.MaxStreamDuration.max_stream_duration:type_name -> google.protobuf.Duration
+	81,  // 135: weft.dataplane.envoy.v3.RouteAction.MaxStreamDuration.grpc_timeout_header_max:type_name -> google.protobuf.Duration
+	81,  // 136: weft.dataplane.envoy.v3.RouteAction.MaxStreamDuration.grpc_timeout_header_offset:type_name -> google.protobuf.Duration
+	78,  // 137: weft.dataplane.envoy.v3.WeightedCluster.ClusterWeight.weight:type_name -> google.protobuf.UInt32Value
+	17,  // 138: weft.dataplane.envoy.v3.WeightedCluster.ClusterWeight.request_headers_to_add:type_name -> weft.dataplane.envoy.v3.HeaderValueOption
+	17,  // 139: weft.dataplane.envoy.v3.WeightedCluster.ClusterWeight.response_headers_to_add:type_name -> weft.dataplane.envoy.v3.HeaderValueOption
+	81,  // 140: weft.dataplane.envoy.v3.RetryPolicy.RetryBackOff.base_interval:type_name -> google.protobuf.Duration
+	81,  // 141: weft.dataplane.envoy.v3.RetryPolicy.RetryBackOff.max_interval:type_name -> google.protobuf.Duration
+	56,  // 142: weft.dataplane.envoy.v3.CommonTlsContext.CombinedCertificateValidationContext.default_validation_context:type_name -> weft.dataplane.envoy.v3.CertificateValidationContext
+	55,  // 143: weft.dataplane.envoy.v3.CommonTlsContext.CombinedCertificateValidationContext.validation_context_sds_secret_config:type_name -> weft.dataplane.envoy.v3.SdsSecretConfig
+	144, // [144:144] is the sub-list for method output_type
+	144, // [144:144] is the sub-list for method input_type
+	144, // [144:144] is the sub-list for extension type_name
+	144, // [144:144] is the sub-list for extension extendee
+	0,   // [0:144] is the sub-list for field type_name
 }
 
 func init() { file_weft_dataplane_envoy_v3_slim_proto_init() }
