@@ -19,7 +19,7 @@ import (
 // The mirror's response is read and discarded; it never delays or changes the client's response.
 // A request body is mirrored only when it ends within mirrorBodyMax bytes: the copy is taken as the
 // primary request reads it and sent when it has been read whole (so the primary is never held up);
-// a larger body is not mirrored. At most mirrorMaxInFlight mirrors run at once in a proxy; beyond
+// a larger body is not mirrored, nor are CONNECT and upgrades. At most mirrorMaxInFlight mirrors run at once in a proxy; beyond
 // that a mirror is dropped, as is one to a cluster the proxy does not know.
 
 const (
@@ -41,6 +41,9 @@ type pendingMirror struct {
 // startMirrors sends the route's mirrors of r (each by its fraction). Call it when r has its final
 // headers and path; r's body, if any, is teed.
 func (p *Proxy) startMirrors(rt *runtime, r *http.Request, rs *reqState, route *config.Route) {
+	if r.Method == http.MethodConnect || r.Header.Get("Upgrade") != "" {
+		return // a tunnel or an upgrade is not a request that can be copied
+	}
 	hasBody := r.Body != nil && r.Body != http.NoBody
 	if hasBody && r.ContentLength > mirrorBodyMax {
 		p.metrics.mirrorDropped("body too large")
