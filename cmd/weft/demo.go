@@ -46,6 +46,9 @@ three in bin/).`,
 			if o.FailRate < 0 || o.FailRate > 1 {
 				return fmt.Errorf("--fail-rate %v: want a share between 0 and 1", o.FailRate)
 			}
+			if o.ScrapeInterval < time.Second {
+				return fmt.Errorf("--scrape-interval %v: want at least 1s", o.ScrapeInterval)
+			}
 			o.Block = byte(block)
 			o.Out, o.Log = cmd.OutOrStdout(), cmd.ErrOrStderr()
 			o.Plain = plain || !isTerminal(os.Stdout)
@@ -62,6 +65,8 @@ three in bin/).`,
 	f.IntVar(&block, "block", 0, "loopback block: the demo uses 127.<block>.0.0/16")
 	f.IntVar(&o.RPS, "rps", 20, "requests per second the traffic generator sends to web")
 	f.Float64Var(&o.FailRate, "fail-rate", 0.1, "share of books' requests that fail")
+	f.BoolVar(&o.Prometheus, "prometheus", false, "also run Prometheus (Debian's prometheus on PATH) on 127.<block>.0.1:9090, scraping every proxy, for weft stat and weft edges")
+	f.DurationVar(&o.ScrapeInterval, "scrape-interval", 5*time.Second, "with --prometheus: how often Prometheus scrapes the proxies")
 	return cmd
 }
 
