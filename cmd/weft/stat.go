@@ -37,7 +37,7 @@ func (o *vizOptions) flags(cmd *cobra.Command) {
 	f := cmd.Flags()
 	f.StringVarP(&o.namespace, "namespace", "n", "", "namespace of the resources (default: the kubeconfig context's, else default)")
 	f.BoolVarP(&o.allNamespaces, "all-namespaces", "A", false, "every namespace")
-	f.DurationVarP(&o.window, "time-window", "t", time.Minute, "time window of rates and latencies (at least 15s: Prometheus scrapes every 5s or more)")
+	f.DurationVarP(&o.window, "time-window", "t", time.Minute, "time window of rates and latencies (it must hold two scrapes or more)")
 	f.StringVarP(&o.output, "output", "o", "", "output: table (default), wide (with TCP bytes) or json")
 	f.StringVar(&o.prometheusURL, "prometheus-url", os.Getenv("WEFT_PROMETHEUS_URL"),
 		"Prometheus to query, e.g. http://127.0.0.1:9090 (env WEFT_PROMETHEUS_URL; default: weft install --viz's, through the apiserver's service proxy, else http://127.0.0.1:9090, weft demo --prometheus's)")
@@ -64,8 +64,8 @@ func (o *vizOptions) setup(ctx context.Context) (*vizEnv, error) {
 	default:
 		return nil, fmt.Errorf("--output %q: want table, wide or json", o.output)
 	}
-	if o.window < 15*time.Second {
-		return nil, fmt.Errorf("--time-window %v: want at least 15s (a rate needs two scrapes)", o.window)
+	if o.window < time.Second {
+		return nil, fmt.Errorf("--time-window %v: want at least 1s, and two scrapes or more inside it (1m by default)", o.window)
 	}
 	env := &vizEnv{}
 	rules := clientcmd.NewDefaultClientConfigLoadingRules()
