@@ -1,0 +1,85 @@
+package install_test
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/weftmesh/weft/conformance/prereq"
+)
+
+// TestInstallViz: `weft install --viz` applies cleanly beside the control plane, its Prometheus
+// Deployment becomes Available, Debian's promtool accepts the rendered Prometheus config (pod discovery
+// and relabelling), and weft stat against this cluster says when a namespace does not exist and when
+// Prometheus cannot answer (kwok runs no container: the Service has no serving Pod behind it); uninstall
+// removes it all.
+func TestInstallViz(t *testing.T) {
+	promtool := prereq.Binary(t, "promtool")
+	c := newCluster(t)
+	start := time.Now()
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+
+	manifests, _ := weft(t, ctx, "install", "--viz")
+	objs := objects(t, manifests)
+	c.apply(t, ctx, manifests, objs)
+	poll(t, ctx, "weft-prometheus did not become Available", func() error {
+		d, err := c.env.Client.AppsV1().Deployments(namespace).Get(ctx, "weft-prometheus", metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		for _, cond := range d.Status.Conditions {
+			if cond.Type == appsv1.DeploymentAvailable && cond.Status == corev1.ConditionTrue {
+				return nil
+			}
+		}
+		return fmt.Errorf("status %+v; events: %s", d.Status, c.events(ctx))
+	})
+
+	cm, err := c.env.Client.CoreV1().ConfigMaps(namespace).Get(ctx, "weft-prometheus", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := cm.Data["prometheus.yml"]
+	for _, want := range []string{"job_name: weft-proxy", "role: pod", "__meta_kubernetes_pod_label_weft_io_control_plane_ns", "regex: " + namespace, "target_label: deployment", "replacement: ${1}:15000"} {
+		if !strings.Contains(cfg, want) {
+			t.Errorf("prometheus.yml lacks %q:\n%s", want, cfg)
+		}
+	}
+	path := filepath.Join(t.TempDir(), "prometheus.yml")
+	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.CommandContext(ctx, promtool, "check", "config", path).CombinedOutput(); err != nil {
+		t.Errorf("promtool check config: %v\n%s\n%s", err, out, cfg)
+	}
+
+	// weft stat reaches Prometheus through the apiserver: a missing namespace is named first.
+	bin, err := weftBinary()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stat := func(args ...string) (string, error) {
+		cmd := exec.CommandContext(ctx, bin, append([]string{"stat", "--kubeconfig", c.env.Kubeconfig}, args...)...)
+		cmd.Env = append(os.Environ(), "WEFT_PROMETHEUS_URL=")
+		out, err := cmd.CombinedOutput()
+		return string(out), err
+	}
+	if out, err := stat("deploy", "-n", "no-such-ns"); err == nil || !strings.Contains(out, `namespace "no-such-ns" does not exist`) || strings.Count(strings.TrimSpace(out), "\n") != 0 {
+		t.Errorf("weft stat -n no-such-ns: %v, want one line naming the namespace:\n%s", err, out)
+	}
+	if out, err := stat("deploy", "-n", "default"); err == nil || !strings.Contains(out, "Prometheus at ") || !strings.Contains(out, "services/weft-prometheus:9090/proxy") || strings.Count(strings.TrimSpace(out), "\n") != 0 {
+		t.Errorf("weft stat with no Prometheus serving: %v, want one line naming it:\n%s", err, out)
+	}
+	c.uninstall(t, ctx)
+	t.Logf("installed with --viz, checked and uninstalled in %s", time.Since(start).Round(time.Millisecond))
+}
