@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -13,17 +12,15 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-
-	"github.com/weftmesh/weft/conformance/prereq"
 )
 
 // TestInstallViz: `weft install --viz` applies cleanly beside the control plane, its Prometheus
-// Deployment becomes Available, Debian's promtool accepts the rendered Prometheus config (pod discovery
-// and relabelling), and weft stat against this cluster says when a namespace does not exist and when
-// Prometheus cannot answer (kwok runs no container: the Service has no serving Pod behind it); uninstall
-// removes it all.
+// Deployment becomes Available with the config that discovers meshed Pods, and weft stat against this
+// cluster says when a namespace does not exist and when Prometheus cannot answer (kwok runs no
+// container: the Service has no serving Pod behind it); uninstall removes it all. (The config's
+// relabelling runs in a real Prometheus in cmd/weft's TestVizPrometheusRelabelling: Debian builds
+// Prometheus and promtool without Kubernetes discovery, so promtool cannot read the config as it is.)
 func TestInstallViz(t *testing.T) {
-	promtool := prereq.Binary(t, "promtool")
 	c := newCluster(t)
 	start := time.Now()
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
@@ -54,13 +51,6 @@ func TestInstallViz(t *testing.T) {
 		if !strings.Contains(cfg, want) {
 			t.Errorf("prometheus.yml lacks %q:\n%s", want, cfg)
 		}
-	}
-	path := filepath.Join(t.TempDir(), "prometheus.yml")
-	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if out, err := exec.CommandContext(ctx, promtool, "check", "config", path).CombinedOutput(); err != nil {
-		t.Errorf("promtool check config: %v\n%s\n%s", err, out, cfg)
 	}
 
 	// weft stat reaches Prometheus through the apiserver: a missing namespace is named first.
