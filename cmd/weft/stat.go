@@ -128,7 +128,7 @@ func (o *vizOptions) setup(ctx context.Context) (*vizEnv, error) {
 // promError turns a Prometheus failure into one line that says what to do.
 func (e *vizEnv) promError(err error) error {
 	if errors.Is(err, viz.ErrPrometheus) {
-		return fmt.Errorf("Prometheus at %s: %v; start one with `weft demo --prometheus` or `weft install --viz`, or point --prometheus-url at yours", e.promURL, strings.TrimPrefix(err.Error(), "prometheus: "))
+		return fmt.Errorf("the Prometheus at %s: %v; start one with `weft demo --prometheus` or `weft install --viz`, or point --prometheus-url at yours", e.promURL, strings.TrimPrefix(err.Error(), "prometheus: "))
 	}
 	return err
 }
@@ -140,7 +140,7 @@ func (e *vizEnv) checkScraped(ctx context.Context) error {
 		return e.promError(err)
 	}
 	if targets == 0 {
-		return fmt.Errorf("Prometheus at %s scrapes no weft-proxy (no job %q): use the Prometheus of `weft demo --prometheus` or `weft install --viz`, or add that job to yours", e.promURL, viz.ProxyJob)
+		return fmt.Errorf("the Prometheus at %s scrapes no weft-proxy (no job %q): use the Prometheus of `weft demo --prometheus` or `weft install --viz`, or add that job to yours", e.promURL, viz.ProxyJob)
 	}
 	return nil
 }
