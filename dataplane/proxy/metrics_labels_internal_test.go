@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"io"
 	"net/http"
 	"strings"
 	"testing"
@@ -89,5 +90,25 @@ func TestMetricsLabelsHelpAndRetain(t *testing.T) {
 	m.observeHTTP(&Proxy{}, rs(gone), 200, http.Header{}, time.Now())
 	if !strings.Contains(expose(), `target_cluster="`+gone+`",tls="false"} 1`) {
 		t.Errorf("no fresh series for the re-added cluster:\n%s", expose())
+	}
+}
+
+// WithHelp gives the same text whichever way the writer cuts its output, and fills only empty HELP
+// lines.
+func TestWithHelpCutWrites(t *testing.T) {
+	in := "# HELP request_total\n# TYPE request_total counter\nrequest_total{a=\"b\"} 1\n# HELP x_total some text\nx_total 2\n# HELP go_goroutines\ngo_goroutines 7"
+	want := "# HELP request_total " + helpOf("request_total") + "\n# TYPE request_total counter\nrequest_total{a=\"b\"} 1\n# HELP x_total some text\nx_total 2\n# HELP go_goroutines Go runtime metric go_goroutines of weft-proxy.\ngo_goroutines 7"
+	for _, chunk := range []int{1, 2, 7, 1000} {
+		var b strings.Builder
+		WithHelp(&b, func(w io.Writer) {
+			for s := in; len(s) > 0; {
+				n := min(chunk, len(s))
+				_, _ = io.WriteString(w, s[:n])
+				s = s[n:]
+			}
+		})
+		if d := cmp.Diff(want, b.String()); d != "" {
+			t.Errorf("writes of %d bytes (-want +got):\n%s", chunk, d)
+		}
 	}
 }
