@@ -106,7 +106,7 @@ func TestRunServesAdminAndTraffic(t *testing.T) {
 	}
 
 	_, metrics, _ := httpGet(admin + "/metrics")
-	want := `response_total{authority="web.shop.svc.cluster.local",classification="success",client_id="",deployment="web",direction="outbound",dst_namespace="shop",dst_service="web",grpc_status="",namespace="shop",pod="web-1",server_id="",status_code="200",target_cluster="outbound|80||web.shop.svc.cluster.local",tls="false"} 3`
+	want := `response_total{authority="web.shop.svc.cluster.local",classification="success",deployment="web",direction="outbound",dst_namespace="shop",dst_service="web",namespace="shop",pod="web-1",status_code="200",target_cluster="outbound|80||web.shop.svc.cluster.local",tls="false"} 3`
 	if !strings.Contains(metrics, want) {
 		t.Errorf("/metrics lacks %s", want)
 	}

@@ -56,11 +56,15 @@ func (m *Metrics) WritePrometheus(w io.Writer) { WithHelp(w, m.set.WritePromethe
 
 // seriesName writes a metric name with its labels (label names and values alternate in kv), sorted
 // by name as client_golang writes them, the values escaped as the Prometheus text format wants
-// (backslash, double quote and line feed) and made valid UTF-8.
+// (backslash, double quote and line feed) and made valid UTF-8. A label with an empty value is left
+// out: to Prometheus it is the same series, and every scrape is shorter (a histogram repeats its
+// labels on each of its 27 lines).
 func seriesName(name string, kv ...string) string {
 	order := make([]int, 0, len(kv)/2)
 	for i := 0; i+1 < len(kv); i += 2 {
-		order = append(order, i)
+		if kv[i+1] != "" {
+			order = append(order, i)
+		}
 	}
 	slices.SortFunc(order, func(a, b int) int { return strings.Compare(kv[a], kv[b]) })
 	var b strings.Builder

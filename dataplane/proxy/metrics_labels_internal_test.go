@@ -59,9 +59,9 @@ func TestMetricsLabelsHelpAndRetain(t *testing.T) {
 	}
 	out := expose()
 	for _, want := range []string{
-		`response_total{authority="a",classification="failure",client_id="",deployment="web",direction="outbound",dst_namespace="shop",dst_service="grpc",grpc_status="14",namespace="shop",pod="web-7d9c5b8f6d-x2k4q",server_id="",status_code="200",target_cluster="` + kept + `",tls="false"} 1`,
-		`response_total{authority="a",classification="success",client_id="",deployment="web",direction="outbound",dst_namespace="shop",dst_service="old",grpc_status="",namespace="shop",pod="web-7d9c5b8f6d-x2k4q",server_id="",status_code="200",target_cluster="` + gone + `",tls="false"} 1`,
-		`tcp_open_total{authority="10.0.0.1:80",client_id="",deployment="web",direction="outbound",dst_namespace="shop",dst_service="old",namespace="shop",pod="web-7d9c5b8f6d-x2k4q",server_id="",target_cluster="` + gone + `",tls="false"} 1`,
+		`response_total{authority="a",classification="failure",deployment="web",direction="outbound",dst_namespace="shop",dst_service="grpc",grpc_status="14",namespace="shop",pod="web-7d9c5b8f6d-x2k4q",status_code="200",target_cluster="` + kept + `",tls="false"} 1`,
+		`response_total{authority="a",classification="success",deployment="web",direction="outbound",dst_namespace="shop",dst_service="old",namespace="shop",pod="web-7d9c5b8f6d-x2k4q",status_code="200",target_cluster="` + gone + `",tls="false"} 1`,
+		`tcp_open_total{authority="10.0.0.1:80",deployment="web",direction="outbound",dst_namespace="shop",dst_service="old",namespace="shop",pod="web-7d9c5b8f6d-x2k4q",target_cluster="` + gone + `",tls="false"} 1`,
 		"# HELP response_latency_ms Elapsed time",
 	} {
 		if !strings.Contains(out, want) {
