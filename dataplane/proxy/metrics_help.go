@@ -38,8 +38,11 @@ var help = struct {
 // RegisterHelp sets the HELP text of a metric family.
 func RegisterHelp(family, text string) {
 	help.Lock()
-	defer help.Unlock()
 	help.m[family] = text
+	help.Unlock()
+	helpLines.Lock()
+	delete(helpLines.m, family)
+	helpLines.Unlock()
 }
 
 func helpOf(family string) string {
@@ -107,13 +110,34 @@ func (h *helpWriter) Write(p []byte) (int, error) {
 
 var helpPrefix = []byte("# HELP ")
 
+// helpLines caches each family's whole HELP line, so that a scrape allocates none.
+var helpLines = struct {
+	sync.RWMutex
+	m map[string][]byte
+}{m: map[string][]byte{}}
+
+func helpLine(fam []byte) []byte {
+	helpLines.RLock()
+	l, ok := helpLines.m[string(fam)]
+	helpLines.RUnlock()
+	if ok {
+		return l
+	}
+	f := string(fam)
+	l = []byte("# HELP " + f + " " + helpOf(f) + "\n")
+	helpLines.Lock()
+	helpLines.m[f] = l
+	helpLines.Unlock()
+	return l
+}
+
 // line writes one line (with its line feed, except maybe the last).
 func (h *helpWriter) line(l []byte) {
 	if h.err != nil {
 		return
 	}
 	if fam, ok := bytes.CutPrefix(bytes.TrimRight(l, "\n"), helpPrefix); ok && bytes.IndexByte(fam, ' ') < 0 {
-		_, h.err = io.WriteString(h.w, "# HELP "+string(fam)+" "+helpOf(string(fam))+"\n")
+		_, h.err = h.w.Write(helpLine(fam))
 		return
 	}
 	_, h.err = h.w.Write(l)
