@@ -25,7 +25,8 @@ with its identity CA, three demo services (web calls books over HTTP and authors
 a share of its requests), each behind its own weft-proxy with mTLS between them, and a traffic
 generator. Every pod is a loopback address 127.<block>.0.N. The table shows, per service, what its
 proxy received: requests per second, success rate, p50/p99 latency and the share of mTLS traffic.
-Ctrl-C stops everything and removes the demo's files.
+Ctrl-C stops everything and removes the demo's files. With --prometheus, Prometheus (Debian's
+prometheus on PATH) scrapes every proxy on 127.<block>.0.1:9090, for weft stat and weft edges.
 
 weft-control and weft-proxy are looked for next to this binary, then on PATH (make build puts all
 three in bin/).`,
