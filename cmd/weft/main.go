@@ -38,6 +38,7 @@ func newRootCmd() *cobra.Command {
 	root.AddCommand(newCheckCmd())
 	root.AddCommand(newIdentityCmd())
 	root.AddCommand(newDemoCmd())
+	root.AddCommand(newTapCmd(), newTopCmd()) // tap.go
 	root.AddCommand(newConformanceCmd())
 	return root
 }
