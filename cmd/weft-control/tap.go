@@ -454,4 +454,3 @@ func (t *tapRelay) clientCert() (*tls.Certificate, error) {
 	t.cert, t.certIss = cert, iss
 	return cert, nil
 }
-

@@ -220,4 +220,3 @@ func hostOf(addr string) string {
 	}
 	return addr
 }
-
