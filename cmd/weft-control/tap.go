@@ -66,7 +66,6 @@ type tapRelay struct {
 	plain *http.Client // h2c to loopback pods
 
 	mu      sync.Mutex // guards the fields below
-	tlsC    *http.Client
 	cert    *tls.Certificate
 	certIss *identity.Issuer
 }
@@ -347,17 +346,14 @@ func (t *tapRelay) tapPod(ctx context.Context, p discovery.Pod, req *tapv1.Obser
 		return 0, fmt.Errorf("pod IP %q: %w", p.IP, err)
 	}
 	addr := netip.AddrPortFrom(ip, uint16(tapAdminPort)).String() // #nosec G115 -- a port number
-	var client *http.Client
-	url := "http://" + addr + tapv1.ObserveMethod
+	client, url := t.plain, "http://"+addr+tapv1.ObserveMethod
 	if !ip.IsLoopback() {
-		if client, err = t.tlsClient(); err != nil {
+		want := identity.ID{TrustDomain: t.trustDomain, Namespace: p.Namespace, ServiceAccount: p.ServiceAccount}
+		if client, err = t.tlsClient(want); err != nil {
 			return 0, err
 		}
+		defer client.CloseIdleConnections()
 		url = "https://" + addr + tapv1.ObserveMethod
-		want := identity.ID{TrustDomain: t.trustDomain, Namespace: p.Namespace, ServiceAccount: p.ServiceAccount}
-		ctx = context.WithValue(ctx, expectedPeerKey{}, want)
-	} else {
-		client = t.plain
 	}
 	s := grpcwire.OpenStream(ctx, client, url)
 	defer s.Close()
@@ -385,43 +381,40 @@ func (t *tapRelay) tapPod(ctx context.Context, p discovery.Pod, req *tapv1.Obser
 	}
 }
 
-type expectedPeerKey struct{}
-
-// tlsClient is the HTTP/2 client to the proxies' admin ports over mutual TLS: weft-control's own
+// tlsClient is an HTTP/2 client to one pod's proxy admin port over mutual TLS: weft-control's own
 // certificate (from its CA, renewed at 70% of its life or when the issuer changes), and a check that
-// the proxy's certificate is the pod's identity.
-func (t *tapRelay) tlsClient() (*http.Client, error) {
+// the proxy's certificate is want, the pod's identity. One per tapped pod (a tap is one long stream), so
+// that no pooled connection verified for one pod serves another.
+func (t *tapRelay) tlsClient(want identity.ID) (*http.Client, error) {
 	if t.ca == nil {
 		return nil, errors.New("tapping a pod's proxy needs weft-control's identity CA (--identity-dir): without it weft-control has no certificate the proxies accept")
-	}
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	if t.tlsC != nil {
-		return t.tlsC, nil
 	}
 	tr := &http.Transport{
 		DialContext: (&net.Dialer{Timeout: 5 * time.Second}).DialContext,
 		DialTLSContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-			want, _ := ctx.Value(expectedPeerKey{}).(identity.ID)
 			cfg := &tls.Config{
 				MinVersion: tls.VersionTLS13,
 				NextProtos: []string{"h2"},
-				// The proxy's certificate names a SPIFFE ID, not a host: VerifyPeerCertificate checks it
-				// against the trust bundle and the pod's identity.
-				InsecureSkipVerify: true, // #nosec G402 -- verified in VerifyPeerCertificate
+				// The proxy's certificate names a SPIFFE ID, not a host: VerifyConnection (which also runs
+				// on resumed sessions) checks it against the trust bundle and the pod's identity.
+				InsecureSkipVerify: true, // #nosec G402 -- verified in VerifyConnection
 				GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
 					return t.clientCert()
 				},
-				VerifyPeerCertificate: func(raw [][]byte, _ [][]*x509.Certificate) error {
+				VerifyConnection: func(cs tls.ConnectionState) error {
 					iss := t.ca.Issuer()
 					if iss == nil {
 						return identity.ErrNoIssuer
+					}
+					raw := make([][]byte, len(cs.PeerCertificates))
+					for i, c := range cs.PeerCertificates {
+						raw[i] = c.Raw
 					}
 					got, err := identity.VerifyPeer(raw, iss.TrustBundle(), x509.ExtKeyUsageServerAuth)
 					if err != nil {
 						return err
 					}
-					if !want.IsZero() && got != want {
+					if got != want {
 						return fmt.Errorf("the proxy at %s is %s, want the pod's %s", addr, got, want)
 					}
 					return nil
@@ -433,8 +426,7 @@ func (t *tapRelay) tlsClient() (*http.Client, error) {
 	}
 	tr.Protocols = new(http.Protocols)
 	tr.Protocols.SetHTTP2(true)
-	t.tlsC = &http.Client{Transport: tr}
-	return t.tlsC, nil
+	return &http.Client{Transport: tr}, nil
 }
 
 func (t *tapRelay) clientCert() (*tls.Certificate, error) {

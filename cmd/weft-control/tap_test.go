@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"io"
 	"log/slog"
@@ -9,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -26,6 +28,7 @@ import (
 
 	"github.com/weftmesh/weft/conformance/kubeenv"
 	"github.com/weftmesh/weft/discovery"
+	"github.com/weftmesh/weft/identity"
 	"github.com/weftmesh/weft/identity/grpcwire"
 	tapv1 "github.com/weftmesh/weft/proto/weft/tap/v1"
 )
@@ -258,5 +261,78 @@ func TestTapLocalModeIsLoopbackOnly(t *testing.T) {
 	}
 	if err := relay.authorize(at("10.0.0.9:5000"), "demo"); status.Code(err) != codes.PermissionDenied {
 		t.Errorf("a remote caller: %v, want PermissionDenied", err)
+	}
+}
+
+// TestTapRelayMTLS: to a pod's proxy the relay presents weft-control's own identity from its CA, and
+// accepts only the pod's identity.
+func TestTapRelayMTLS(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "ca")
+	if err := identity.Bootstrap(dir, identity.BootstrapOptions{TrustDomain: "cluster.local"}); err != nil {
+		t.Fatal(err)
+	}
+	ca, err := identity.NewCA("cluster.local")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := identity.LoadDirInto(ca, dir); err != nil {
+		t.Fatal(err)
+	}
+	podID := identity.ID{TrustDomain: "cluster.local", Namespace: "shop", ServiceAccount: "web"}
+	proxyCert, err := ca.ServingCertificate(podID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	clients := make(chan string, 4)
+	mux := http.NewServeMux()
+	mux.Handle("POST "+tapv1.ObserveMethod, grpcwire.StreamHandler(func(s *grpcwire.ServerStream) error {
+		if err := s.Recv(&tapv1.ObserveRequest{}); err != nil {
+			return err
+		}
+		return s.Send(&tapv1.ObserveResponse{Event: &tapv1.TapEvent{Proxy: "web-0.shop"}})
+	}))
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, TLSConfig: &tls.Config{
+		MinVersion: tls.VersionTLS13, Certificates: []tls.Certificate{*proxyCert},
+		ClientAuth: tls.RequireAndVerifyClientCert, ClientCAs: ca.Issuer().TrustBundle(),
+		VerifyConnection: func(cs tls.ConnectionState) error {
+			id, err := identity.IDFromCertificate(cs.PeerCertificates[0])
+			clients <- id.String()
+			return err
+		},
+	}}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = srv.ServeTLS(l, "", "") }()
+	t.Cleanup(func() { srv.Close() })
+
+	relay := newTapRelay(nil, "cluster.local", quietLog())
+	relay.ca = ca
+	call := func(want identity.ID) error {
+		c, err := relay.tlsClient(want)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.CloseIdleConnections()
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		s := grpcwire.OpenStream(ctx, c, "https://"+l.Addr().String()+tapv1.ObserveMethod)
+		defer s.Close()
+		if err := s.Send(&tapv1.ObserveRequest{}); err != nil {
+			return err
+		}
+		_ = s.CloseSend()
+		return s.Recv(&tapv1.ObserveResponse{})
+	}
+	if err := call(podID); err != nil {
+		t.Fatalf("tap over mTLS to the pod's proxy: %v", err)
+	}
+	if got := <-clients; got != "spiffe://cluster.local/ns/"+ownNamespace()+"/sa/weft-control" {
+		t.Errorf("the relay presented %s, want weft-control's identity", got)
+	}
+	err = call(identity.ID{TrustDomain: "cluster.local", Namespace: "shop", ServiceAccount: "books"})
+	if err == nil || !strings.Contains(err.Error(), "want the pod's spiffe://cluster.local/ns/shop/sa/books") {
+		t.Errorf("a proxy with another identity than the pod's: %v, want refused", err)
 	}
 }
