@@ -196,3 +196,36 @@ func TestTapSlowClientDropsEvents(t *testing.T) {
 	}
 	_ = tr
 }
+
+// BenchmarkHTTP1HopTap is BenchmarkHTTP1Hop's proxied GET with no tap (the lean path, the hook's one
+// atomic load), with a tap open that matches nothing (every request takes the net/http path and the
+// match) and with one that takes every request (an event built and queued per request).
+func BenchmarkHTTP1HopTap(b *testing.B) {
+	be := startBackend(b, "b", "127.0.0.1:0")
+	svc := newService(b, echoFQDN, "127.0.0.76", be.addr)
+	_, sc := mesh(b, svc)
+	for _, tc := range []struct {
+		name   string
+		open   bool
+		prefix string
+	}{{"off", false, ""}, {"on-nomatch", true, "/nothing"}, {"on-all", true, ""}} {
+		b.Run(tc.name, func(b *testing.B) {
+			if tc.open {
+				openTap(b, sc.p, &tapv1.ObserveRequest{MaxRps: 1e9, Match: &tapv1.Match{PathPrefix: tc.prefix}}, func(*tapv1.ObserveResponse) error { return nil })
+			}
+			c := &http.Client{Transport: resolve(&http.Transport{MaxIdleConnsPerHost: 64}, svc)}
+			b.ReportAllocs()
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					resp, err := c.Get("http://" + svc.authority() + "/")
+					if err != nil {
+						b.Error(err)
+						return
+					}
+					_, _ = io.Copy(io.Discard, resp.Body)
+					resp.Body.Close()
+				}
+			})
+		})
+	}
+}
