@@ -37,7 +37,7 @@ import (
 )
 
 // The tap relay (docs/design.md, "Tap"): weft-control serves Tap.Observe to users on its xDS ports
-// (15010, loopback in the pod: `weft tap` reaches it through a port-forward; and 15012). It authorizes
+// (15010 and 15012; `weft tap` reaches it with --control-addr, e.g. through kubectl port-forward). It authorizes
 // the caller, finds the target's meshed pods in the discovery state, opens Tap.Observe on each pod's
 // proxy (admin port 15000) and merges the streams.
 //
