@@ -20,9 +20,6 @@ import (
 // per pod, mTLS between them, traffic) and taps it as a user would: filtered tap lines within seconds,
 // -o json, and weft top in tmux showing the busiest paths until q.
 func TestTapAndTopOnTheDemo(t *testing.T) {
-	if testing.Short() {
-		t.Skip("builds the binaries and runs the demo mesh")
-	}
 	bin := t.TempDir()
 	build := exec.Command("go", "build", "-o", bin+"/", "github.com/weftmesh/weft/cmd/weft-control", "github.com/weftmesh/weft/cmd/weft-proxy", "github.com/weftmesh/weft/cmd/weft")
 	if out, err := build.CombinedOutput(); err != nil {
