@@ -73,6 +73,9 @@ func (p *Proxy) tapSlow(taps []*tapper, r *http.Request, rs *reqState, sw *statu
 		case t.ch <- ev: // shared: senders only read it
 		default:
 			t.dropped.Add(1)
+			if t.limit > 0 {
+				t.queued.Add(^uint64(0)) // not queued after all: a later request may take its place
+			}
 		}
 	}
 }
