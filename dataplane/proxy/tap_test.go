@@ -229,3 +229,42 @@ func BenchmarkHTTP1HopTap(b *testing.B) {
 		})
 	}
 }
+
+// Events dropped for a stuck client do not count toward the limit: once the client reads again, the tap
+// goes on to its limit.
+func TestTapLimitAfterDrops(t *testing.T) {
+	be := startBackend(t, "b", "127.0.0.1:0")
+	svc := newService(t, echoFQDN, "127.0.0.77", be.addr)
+	_, sc := mesh(t, svc)
+	c := &http.Client{Transport: resolve(&http.Transport{MaxIdleConnsPerHost: 8}, svc)}
+	unblock := make(chan struct{})
+	var once sync.Once
+	defer once.Do(func() { close(unblock) })
+	events := 0
+	const limit = 300 // more than the tap's buffer
+	tr := openTap(t, sc.p, &tapv1.ObserveRequest{MaxRps: 1e9, Limit: limit}, func(r *tapv1.ObserveResponse) error {
+		<-unblock
+		events++
+		return nil
+	})
+	for range limit + 50 { // fills the buffer while the client is stuck: some are dropped
+		do(t, c, "GET", "http://"+svc.authority()+"/", "", nil)
+	}
+	once.Do(func() { close(unblock) })
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		select {
+		case err := <-tr.done:
+			tr.done <- err
+			if err != nil || events != limit {
+				t.Fatalf("the tap ended with %v after %d events, want nil after %d", err, events, limit)
+			}
+			return
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the tap did not reach its limit of %d after drops", limit)
+		}
+		do(t, c, "GET", "http://"+svc.authority()+"/", "", nil)
+	}
+}
