@@ -121,7 +121,14 @@ func (t *tapRelay) observe(ss grpc.ServerStream) error {
 	if err != nil {
 		return err
 	}
-	return t.relay(ctx, req, pods, func(r *tapv1.ObserveResponse) error { return ss.SendMsg(r) })
+	send := func(r *tapv1.ObserveResponse) error { return ss.SendMsg(r) }
+	if len(pods) > tapMaxPods {
+		if err := send(&tapv1.ObserveResponse{Notice: fmt.Sprintf("tapping %d of the target's %d meshed pods (the most one tap takes)", tapMaxPods, len(pods))}); err != nil {
+			return err
+		}
+		pods = pods[:tapMaxPods]
+	}
+	return t.relay(ctx, req, pods, send)
 }
 
 // validateTap checks a request's fields; each error names the field and what to send.
@@ -250,9 +257,6 @@ func (t *tapRelay) targetPods(ctx context.Context, tg *tapv1.Target) ([]discover
 			return nil, status.Errorf(codes.FailedPrecondition, "pod %s/%s has no weft-proxy (it is not meshed), so there is nothing to tap: inject it (weft inject, or the weft.io/inject annotation)", ns, pods[0].Name)
 		}
 		return nil, status.Errorf(codes.FailedPrecondition, "%s has no meshed pods with an IP (%d without a weft-proxy or not started), so there is nothing to tap", what, len(pods))
-	}
-	if len(meshed) > tapMaxPods {
-		meshed = meshed[:tapMaxPods]
 	}
 	return meshed, nil
 }
