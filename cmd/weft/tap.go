@@ -33,7 +33,7 @@ func (f *tapFlags) add(cmd *cobra.Command) {
 	fl.StringVar(&f.method, "method", "", "only requests with this method (GET, POST, ...)")
 	fl.StringVar(&f.authority, "authority", "", "only requests with this authority (host:port as the client sent it)")
 	fl.Float64Var(&f.maxRPS, "max-rps", 100, "at most this many requests per second from each proxy")
-	fl.StringVar(&f.conn.ControlAddr, "control-addr", envOr("WEFT_CONTROL_ADDR", "127.0.0.1:15010"), "weft-control's plaintext xDS address, which serves Tap: weft demo's default, or in a cluster `kubectl -n weft port-forward deploy/weft-control 15010` (env WEFT_CONTROL_ADDR)")
+	fl.StringVar(&f.conn.ControlAddr, "control-addr", envOr("WEFT_CONTROL_ADDR", "127.0.0.1:15010"), "weft-control's plaintext xDS address, which serves Tap: weft demo's default, or in a cluster what kubectl -n weft port-forward deploy/weft-control 15010 opens (env WEFT_CONTROL_ADDR)")
 	fl.StringVar(&f.conn.Token, "token", "", "bearer token weft-control authorizes the tap with (default: the kubeconfig's; weft-control checks that its user may get pods in the namespace)")
 	fl.StringVar(&f.conn.Kubeconfig, "kubeconfig", "", "kubeconfig file whose bearer token to send (default: $KUBECONFIG or ~/.kube/config)")
 	fl.StringVar(&f.conn.Context, "context", "", "kubeconfig context (default: the current one)")
