@@ -130,6 +130,7 @@ func (p *Proxy) serveHTTP(w http.ResponseWriter, r *http.Request, info *connInfo
 	rs := &reqState{info: info, authority: authority, start: start}
 	sw := &statusWriter{ResponseWriter: w}
 	defer func() { p.metrics.observeHTTP(p, rs, sw.code, sw.Header(), start) }()
+	defer p.tapHTTP(r, rs, sw, start) // one atomic load when nobody taps (tap.go)
 
 	if r.ProtoMajor == 1 {
 		http1Framing(w, r)
