@@ -50,6 +50,8 @@ type runOptions struct {
 	appIP            string
 	// SDS for an Envoy in the same pod (off when empty)
 	sdsSocket string
+	// HTTP/2 client connections through the frame relay (dataplane/proxy/h2relay.go)
+	h2Relay bool
 	// the Go runtime's memory settings (memory.go)
 	gcPercent    int
 	gcPercentSet bool
@@ -106,6 +108,7 @@ func newRunCmd() *cobra.Command {
 	f.BoolVar(&o.inboundBindPodIP, "inbound-bind-pod-ip", false, "local mode, no iptables: bind <pod-ip>:<port> for each port of the inbound listener and serve it as if redirected")
 	f.StringVar(&o.appIP, "app-ip", "", "local mode: the address the application listens on, in place of 127.0.0.1 in the inbound clusters")
 	f.StringVar(&o.sdsSocket, "sds-socket", envOr("SDS_SOCKET", ""), "serve the workload certificate (default) and trust bundle (ROOTCA) over SDS on this Unix socket, mode 0660, for an Envoy in the pod (off when empty; env SDS_SOCKET)")
+	f.BoolVar(&o.h2Relay, "h2-relay", envOr("WEFT_H2_RELAY", "") == "true", "serve HTTP/2 and gRPC client connections with the frame relay (one goroutine per connection, flow control end to end) instead of net/http's HTTP/2 server (env WEFT_H2_RELAY=true)")
 	f.StringVar(&o.logLevel, "log-level", envOr("WEFT_PROXY_LOG_LEVEL", "info"), "log level: debug, info, warn or error")
 	f.DurationVar(&o.drainTimeout, "drain-timeout", 10*time.Second, "how long in-flight requests may take to finish on SIGTERM")
 	f.IntVar(&o.gcPercent, "gc-percent", defaultGCPercent, "the Go GC's target heap growth in percent (as GOGC): lower keeps the sidecar smaller for more CPU (50: ~2 MB less at 2000 rps, ~20% fewer new mTLS connections/s); GOGC in the environment replaces the default")
@@ -306,7 +309,7 @@ func run(ctx context.Context, o runOptions) error {
 		metrics.WriteProcessMetrics(w)
 		metrics.WriteFDMetrics(w) // process_open_fds, process_max_fds
 	}
-	p := proxy.New(proxy.Options{Identity: id, Metrics: set, Logger: log})
+	p := proxy.New(proxy.Options{Identity: id, Metrics: set, Logger: log, H2Relay: o.h2Relay})
 
 	cc := xdsclient.Dial(o.xdsAddr, xdsTLSConfig(o, id))
 	defer cc.Client.(*http.Client).CloseIdleConnections()

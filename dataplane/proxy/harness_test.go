@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/netip"
 	"net/url"
+	"os"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -42,6 +43,9 @@ func startSidecarWith(t testing.TB, cpAddr string, node xdsclient.Node, o proxy.
 	t.Helper()
 	reg := metrics.NewSet()
 	o.Metrics, o.DetectTimeout = reg, time.Second
+	if os.Getenv("WEFT_TEST_H2_RELAY") == "1" {
+		o.H2Relay = true // the whole suite through the HTTP/2 relay
+	}
 	p := proxy.New(o)
 	cc := xdsclient.Dial(cpAddr, nil)
 	c := xdsclient.New(xdsclient.Options{Node: node, Conn: cc, OnUpdate: p.Update, BackoffBase: 20 * time.Millisecond, BackoffMax: 200 * time.Millisecond})
