@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/net/http2"
@@ -178,8 +179,8 @@ type h2Stream struct {
 	timer    *time.Timer
 	bridge   *h2Bridge
 	done     bool
+	deadline time.Duration // grpc-timeout
 	held     bool // st holds one of its cluster's max_requests
-	clientRS bool // the client reset the stream before its response head
 }
 
 // serveH2Relay serves c, a connection whose next bytes are the HTTP/2 client preface.
@@ -882,7 +883,11 @@ func (s *h2Session) downHeaders(f *http2.MetaHeadersFrame) error {
 	return nil
 }
 
+// relayStreams counts the streams the relay took (tests read it).
+var relayStreams atomic.Int64
+
 func (s *h2Session) newStream(id uint32, f *http2.MetaHeadersFrame) *h2Stream {
+	relayStreams.Add(1)
 	st := &h2Stream{s: s, downID: id}
 	st.rs = reqState{info: s.info, start: time.Now()}
 	st.req = h2Half{recvWin: relayStreamWindow, clen: -1, end: f.StreamEnded()}
@@ -957,6 +962,8 @@ func (s *h2Session) route(st *h2Stream, f *http2.MetaHeadersFrame) {
 			if n, err := strconv.ParseInt(hf.Value, 10, 64); err == nil && n >= 0 {
 				st.req.clen = n
 			}
+		case "grpc-timeout":
+			st.deadline, _ = grpcTimeout(hf.Value)
 		case origProtoHeaderLower:
 			if s.info.direction == "inbound" {
 				s.toBridge(st, f)
@@ -1335,9 +1342,6 @@ func (st *h2Stream) rstFromDown(code http2.ErrCode) {
 		delete(s.down.streams, st.downID)
 		st.downID = 0
 	}
-	if !st.headers {
-		st.clientRS = true
-	}
 	st.resetUp(code)
 	st.finish()
 }
@@ -1508,11 +1512,16 @@ func (st *h2Stream) finish() {
 		if st.gstatus != "" {
 			h = http.Header{"Grpc-Status": {st.gstatus}}
 		}
-		code := st.code
-		if code == 0 && st.clientRS {
-			code = 499 // the client gave up before the response: not the upstream's failure
+		if st.code == 0 && st.grpc {
+			// No response: counted as net/http's path counts it (a gRPC deadline that passed, else
+			// CANCELLED; a request without response is a failure either way).
+			st.code, st.gstatus = http.StatusOK, "1"
+			if st.deadline > 0 && time.Since(st.rs.start) >= st.deadline {
+				st.gstatus = "4"
+			}
+			h = http.Header{"Grpc-Status": {st.gstatus}}
 		}
-		s.p.metrics.observeHTTP(s.p, &st.rs, code, h, st.rs.start)
+		s.p.metrics.observeHTTP(s.p, &st.rs, st.code, h, st.rs.start)
 	}
 	putRelayBuf(st.req.buf)
 	putRelayBuf(st.resp.buf)
