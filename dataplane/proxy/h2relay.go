@@ -69,8 +69,8 @@ const (
 	relayMaxStreams    = 1000      // SETTINGS_MAX_CONCURRENT_STREAMS the relay announces to clients
 	relayMaxFrame      = 16384     // frames the relay reads (the default SETTINGS_MAX_FRAME_SIZE)
 	relayReadBuf       = 32 << 10
-	relayMaxControl    = 10000      // queued control frames (PING/SETTINGS acks) before the peer is cut off
-	relayResetLimit    = 1000       // streams a client may reset before their response, per relayResetWindow
+	relayMaxControl    = 10000 // queued control frames (PING/SETTINGS acks) before the peer is cut off
+	relayResetLimit    = 1000  // streams a client may reset before their response, per relayResetWindow
 	relayResetWindow   = time.Second
 	relayWindowMax     = 1<<31 - 1
 	relayOutBufMax     = 256 << 10 // an output buffer larger than this is not kept for reuse
@@ -137,9 +137,9 @@ type h2Conn struct {
 	peerMaxStrm  uint32
 	control      int // control frames queued in out
 	streams      map[uint32]*h2Stream
-	nextID       uint32   // upstream: the next stream id
-	lastID       uint32   // client connection: the highest stream id opened
-	ready        bool     // upstream: dialed and preface written
+	nextID       uint32      // upstream: the next stream id
+	lastID       uint32      // client connection: the highest stream id opened
+	ready        bool        // upstream: dialed and preface written
 	waiting      []*h2Stream // upstream: streams waiting for the dial or for a stream slot
 	goaway       bool        // upstream: the peer sent GOAWAY; client connection: the relay sent one
 }
@@ -180,7 +180,7 @@ type h2Stream struct {
 	bridge   *h2Bridge
 	done     bool
 	deadline time.Duration // grpc-timeout
-	held     bool // st holds one of its cluster's max_requests
+	held     bool          // st holds one of its cluster's max_requests
 }
 
 // serveH2Relay serves c, a connection whose next bytes are the HTTP/2 client preface.
@@ -1563,9 +1563,9 @@ func appendRST(b []byte, id uint32, code http2.ErrCode) []byte {
 
 // relaySessions are the relay's client connections, for the proxy's drain.
 type relaySessions struct {
-	mu sync.Mutex
-	m  map[*h2Session]struct{}
-	wg sync.WaitGroup
+	mu      sync.Mutex
+	m       map[*h2Session]struct{}
+	wg      sync.WaitGroup
 	closing bool
 }
 

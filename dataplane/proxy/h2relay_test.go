@@ -33,7 +33,7 @@ type relayBackend struct {
 	testpb.UnimplementedTestServiceServer
 	addr      netip.AddrPort
 	slowEnded chan time.Duration // a "slow" unary call's deadline as the server saw it (0: none)
-	bidiEnded chan error // how a bidi call ended, when not by the client's CloseSend
+	bidiEnded chan error         // how a bidi call ended, when not by the client's CloseSend
 	sent      atomic.Int64
 }
 
