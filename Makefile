@@ -186,6 +186,7 @@ FUZZ_TARGETS := \
 	./dataplane/proxy:FuzzLeanRequest \
 	./dataplane/proxy:FuzzLeanResponse \
 	./dataplane/proxy:FuzzH2WriteConn \
+	./dataplane/proxy:FuzzH2Relay \
 	./dataplane/iptables:FuzzRules \
 	./deploy/inject:FuzzInject
 
