@@ -154,7 +154,9 @@ func (p *Proxy) serveHTTP1(c net.Conn, info *connInfo, cs *connServer) {
 		_ = c.SetReadDeadline(time.Time{})
 		var hc net.Conn = &peekedConn{Conn: c, r: s.br}
 		if b, _ := s.br.Peek(min(s.br.Buffered(), len(h2cStart))); string(b) == h2cStart && p.h2relay {
-			p.serveH2Relay(hc, info) // h2relay.go
+			raw := newRawSockConn(c)
+			s.fr.c = raw
+			p.serveH2Relay(&peekedConn{Conn: raw, r: s.br}, info) // h2relay.go
 			return
 		}
 		if b, _ := s.br.Peek(min(s.br.Buffered(), len(h2cStart))); string(b) == h2cStart {

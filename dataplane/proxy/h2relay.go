@@ -269,6 +269,9 @@ func (s *h2Session) readLoop(hc *h2Conn) {
 			var ce http2.ConnectionError
 			switch {
 			case errors.As(err, &se):
+				if !hc.client && se.StreamID > hc.lastID && se.StreamID%2 == 1 {
+					hc.lastID = se.StreamID // a malformed request head still opened (and closes) its stream
+				}
 				s.streamError(hc, se.StreamID, se.Code)
 				err = nil
 			case errors.As(err, &ce):
@@ -1184,8 +1187,10 @@ func (p *Proxy) relayDial(ctx context.Context, cl *clusterRT, h *host, useTLS bo
 	}
 	d := net.Dialer{Timeout: st.cfg.Load().ConnectTimeout, KeepAlive: 30 * time.Second}
 	c, err := d.DialContext(ctx, "tcp", h.addrStr)
-	c, err = st.countedConn(c, err)
-	return c, "", err
+	if c, err = st.countedConn(c, err); err != nil {
+		return nil, "", err
+	}
+	return newRawSockConn(c), "", nil // rawio.go
 }
 
 // dialFailed moves st to another endpoint after its connection was never made (connretry.go), or

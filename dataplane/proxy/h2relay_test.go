@@ -132,7 +132,7 @@ func relayClient(t *testing.T, authority, addr string) testpb.TestServiceClient 
 // relayPaths runs f through one sidecar (B1: h2c to the outbound listener, h2c to the app) and
 // through two (B2: h2c, mTLS HTTP/2 between the sidecars, h2c to the app), with the relay on.
 func relayPaths(t *testing.T, f func(t *testing.T, client testpb.TestServiceClient, b *relayBackend)) {
-	t.Setenv("WEFT_TEST_H2_RELAY", "1")
+	t.Setenv("WEFT_TEST_H2_RELAY", "1") // whatever the run chose for the rest of the package
 	for _, path := range []string{"B1", "B2"} {
 		t.Run(path, func(t *testing.T) {
 			b := startRelayBackend(t)
@@ -378,7 +378,7 @@ func TestH2RelaySlowReaderStallsOnlyItsStream(t *testing.T) {
 // Plain HTTP/2 (not gRPC) through the relay: a GET, a POST with a body larger than the windows, and
 // a proxy-made error, with an h2c client of net/http.
 func TestH2RelayPlainHTTP2(t *testing.T) {
-	t.Setenv("WEFT_TEST_H2_RELAY", "1")
+	t.Setenv("WEFT_TEST_H2_RELAY", "1") // whatever the run chose for the rest of the package
 	be := startBackend(t, "app", "127.0.0.1:0")
 	svc := newService(t, "web.shop.svc.cluster.local", "127.0.0.18", be.addr)
 	mesh(t, svc)
