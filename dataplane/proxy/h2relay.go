@@ -243,23 +243,19 @@ func (hc *h2Conn) attach(c net.Conn) {
 
 // readLoop reads hc's frames until it fails or closes.
 func (s *h2Session) readLoop(hc *h2Conn) {
-	if !hc.client {
-		// The client's first frame must be SETTINGS (RFC 9113 §3.4).
-		f, err := hc.fr.ReadFrame()
-		if sf, ok := f.(*http2.SettingsFrame); err != nil || !ok || sf.IsAck() {
-			s.mu.Lock()
-			s.connError(hc, http2.ErrCodeProtocol)
-			s.mu.Unlock()
-			s.flush()
-			return
-		} else {
-			s.mu.Lock()
-			err = s.handle(hc, f)
-			s.mu.Unlock()
-		}
-	}
+	first := !hc.client
 	for {
 		f, err := hc.fr.ReadFrame()
+		if first && err == nil {
+			// The client's first frame must be SETTINGS (RFC 9113 §3.4).
+			first = false
+			if sf, ok := f.(*http2.SettingsFrame); !ok || sf.IsAck() {
+				err = http2.ConnectionError(http2.ErrCodeProtocol)
+			}
+		}
+		if errors.Is(err, http2.ErrFrameTooLarge) {
+			err = http2.ConnectionError(http2.ErrCodeFrameSize)
+		}
 		s.mu.Lock()
 		if err == nil {
 			err = s.handle(hc, f)
