@@ -953,6 +953,7 @@ func (s *h2Session) route(st *h2Stream, f *http2.MetaHeadersFrame) {
 		path = path[:q]
 	}
 	st.rs.authority = authority
+	origH1 := false
 	for _, hf := range f.RegularFields() {
 		switch hf.Name {
 		case "content-type":
@@ -964,11 +965,12 @@ func (s *h2Session) route(st *h2Stream, f *http2.MetaHeadersFrame) {
 		case "grpc-timeout":
 			st.deadline, _ = grpcTimeout(hf.Value)
 		case origProtoHeaderLower:
-			if s.info.direction == "inbound" {
-				s.toBridge(st, f)
-				return
-			}
+			origH1 = s.info.direction == "inbound"
 		}
+	}
+	if origH1 {
+		s.toBridge(st, f) // HTTP/1.1 from the client's sidecar: its upstream is HTTP/1.1 (serveHTTP)
+		return
 	}
 	if st.req.clen >= 0 && st.req.end && st.req.clen != 0 {
 		s.streamError(s.down, st.downID, http2.ErrCodeProtocol)
