@@ -107,6 +107,7 @@ type h2Session struct {
 	idle     *time.Timer
 	resets   int
 	resetAt  time.Time
+	ghdr     http.Header    // grpc-status for the metrics
 	wg       sync.WaitGroup // upstream readers and bridged handlers
 }
 
@@ -1511,10 +1512,6 @@ func (st *h2Stream) finish() {
 	if st.bridge != nil {
 		st.bridge.ended()
 	} else {
-		var h http.Header
-		if st.gstatus != "" {
-			h = http.Header{"Grpc-Status": {st.gstatus}}
-		}
 		if st.code == 0 && st.grpc {
 			// No response: counted as net/http's path counts it (a gRPC deadline that passed, else
 			// CANCELLED; a request without response is a failure either way).
@@ -1522,7 +1519,14 @@ func (st *h2Stream) finish() {
 			if st.deadline > 0 && time.Since(st.rs.start) >= st.deadline {
 				st.gstatus = "4"
 			}
-			h = http.Header{"Grpc-Status": {st.gstatus}}
+		}
+		var h http.Header
+		if st.gstatus != "" {
+			if s.ghdr == nil {
+				s.ghdr = http.Header{"Grpc-Status": {""}}
+			}
+			h = s.ghdr // the session's, reused (s.mu is held)
+			h["Grpc-Status"][0] = st.gstatus
 		}
 		s.p.metrics.observeHTTP(s.p, &st.rs, st.code, h, st.rs.start)
 	}
