@@ -1222,6 +1222,7 @@ func (st *h2Stream) upGone(err error) {
 		return
 	}
 	if !st.headers {
+		st.rs.cluster.outcome(st.h, 0) // a gateway failure for outlier detection, as roundTrip's
 		st.errorResponse(http.StatusBadGateway, "upstream "+st.h.addrStr+": connection closed")
 		return
 	}
