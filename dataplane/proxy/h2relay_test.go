@@ -415,3 +415,66 @@ func TestH2RelayPlainHTTP2(t *testing.T) {
 		t.Fatalf("the relay took %d streams, want 3", proxy.RelayStreams()-before)
 	}
 }
+
+// An upstream's GOAWAY (grpc-go's GracefulStop) lets the streams it processed finish through the
+// relay, and the next call goes on a new connection (here to a new server on the same address).
+func TestH2RelayUpstreamGoaway(t *testing.T) {
+	t.Setenv("WEFT_TEST_H2_RELAY", "1")
+	l := listen(t, "127.0.0.1:0")
+	addr := netip.MustParseAddrPort(l.Addr().String())
+	first := grpc.NewServer()
+	testpb.RegisterTestServiceServer(first, &relayBackend{})
+	go func() { _ = first.Serve(l) }()
+	t.Cleanup(first.Stop)
+	svc := newService(t, "grpc.shop.svc.cluster.local", "127.0.0.17", addr)
+	mesh(t, svc)
+	client := relayClient(t, svc.authority(), svc.lis.Addr().String())
+	ctx := relayCtx(t)
+
+	bs, err := client.FullDuplexCall(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	echo := func(what string) {
+		t.Helper()
+		if err := bs.Send(&testpb.StreamingOutputCallRequest{Payload: &testpb.Payload{Body: []byte(what)}}); err != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
+		if m, err := bs.Recv(); err != nil || string(m.GetPayload().GetBody()) != what {
+			t.Fatalf("%s: %q, %v", what, m.GetPayload().GetBody(), err)
+		}
+	}
+	echo("before the GOAWAY")
+	stopped := make(chan struct{})
+	go func() { first.GracefulStop(); close(stopped) }() // GOAWAY; waits for the open stream
+	var second *grpc.Server
+	waitFor(t, "a second server on the first one's address", func() bool {
+		l2, err := net.Listen("tcp", addr.String())
+		if err != nil {
+			return false
+		}
+		second = grpc.NewServer()
+		testpb.RegisterTestServiceServer(second, &relayBackend{})
+		go func() { _ = second.Serve(l2) }()
+		return true
+	})
+	t.Cleanup(second.Stop)
+	for i := range 3 {
+		resp, err := client.UnaryCall(ctx, &testpb.SimpleRequest{Payload: &testpb.Payload{Body: []byte("after")}})
+		if err != nil || string(resp.GetPayload().GetBody()) != "after" {
+			t.Fatalf("call %d after the GOAWAY: %v", i, err)
+		}
+	}
+	echo("the stream the first server processed goes on")
+	if err := bs.CloseSend(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := bs.Recv(); err != io.EOF {
+		t.Fatalf("end of the stream: %v", err)
+	}
+	select {
+	case <-stopped:
+	case <-ctx.Done():
+		t.Fatal("the first server's GracefulStop never returned (its connection stayed open)")
+	}
+}
