@@ -35,12 +35,13 @@ type relayBackend struct {
 	slowEnded chan time.Duration // a "slow" unary call's deadline as the server saw it (0: none)
 	bidiEnded chan error         // how a bidi call ended, when not by the client's CloseSend
 	sent      atomic.Int64
+	hold      chan struct{} // a client stream whose first message is "hold" waits for it before reading on
 }
 
 const relayMaxMsg = 16 << 20
 
 func startRelayBackend(t *testing.T) *relayBackend {
-	b := &relayBackend{slowEnded: make(chan time.Duration, 8), bidiEnded: make(chan error, 8)}
+	b := &relayBackend{slowEnded: make(chan time.Duration, 8), bidiEnded: make(chan error, 8), hold: make(chan struct{})}
 	l := listen(t, "127.0.0.1:0")
 	s := grpc.NewServer(grpc.MaxRecvMsgSize(relayMaxMsg), grpc.MaxSendMsgSize(relayMaxMsg))
 	testpb.RegisterTestServiceServer(s, b)
@@ -87,6 +88,14 @@ func (b *relayBackend) StreamingInputCall(s grpc.ClientStreamingServer[testpb.St
 		}
 		if err != nil {
 			return err
+		}
+		if string(m.GetPayload().GetBody()) == "hold" {
+			select {
+			case <-b.hold:
+			case <-s.Context().Done():
+				return s.Context().Err()
+			}
+			continue
 		}
 		n += int32(len(m.GetPayload().GetBody()))
 	}
@@ -477,4 +486,52 @@ func TestH2RelayUpstreamGoaway(t *testing.T) {
 	case <-ctx.Done():
 		t.Fatal("the first server's GracefulStop never returned (its connection stayed open)")
 	}
+}
+
+// The other direction: a server that does not read a client stream holds back that stream only (the
+// client's sends block on its window), while other calls go on; released, it gets every byte.
+func TestH2RelaySlowServerStallsOnlyItsStream(t *testing.T) {
+	relayPaths(t, func(t *testing.T, client testpb.TestServiceClient, b *relayBackend) {
+		ctx := relayCtx(t)
+		cs, err := client.StreamingInputCall(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := cs.Send(&testpb.StreamingInputCallRequest{Payload: &testpb.Payload{Body: []byte("hold")}}); err != nil {
+			t.Fatal(err)
+		}
+		const msgs, size = 64, 64 << 10
+		var queued atomic.Int64
+		sendDone := make(chan error, 1)
+		go func() {
+			for range msgs {
+				if err := cs.Send(&testpb.StreamingInputCallRequest{Payload: &testpb.Payload{Body: make([]byte, size)}}); err != nil {
+					sendDone <- err
+					return
+				}
+				queued.Add(1)
+			}
+			sendDone <- nil
+		}()
+		waitFor(t, "the client to start sending", func() bool { return queued.Load() >= 2 })
+		for i := range 20 {
+			cctx, ccancel := context.WithTimeout(ctx, 5*time.Second)
+			_, err := client.UnaryCall(cctx, &testpb.SimpleRequest{Payload: &testpb.Payload{Body: []byte("beside")}})
+			ccancel()
+			if err != nil {
+				t.Fatalf("call %d beside the held stream: %v", i, err)
+			}
+		}
+		if got := queued.Load(); got >= msgs/2 {
+			t.Fatalf("the client could send %d of %d messages nobody read: flow control did not hold it back", got, msgs)
+		}
+		close(b.hold)
+		if err := <-sendDone; err != nil {
+			t.Fatal(err)
+		}
+		resp, err := cs.CloseAndRecv()
+		if err != nil || resp.GetAggregatedPayloadSize() != msgs*size {
+			t.Fatalf("held stream: %v, %v; want %d bytes", resp, err, msgs*size)
+		}
+	})
 }
