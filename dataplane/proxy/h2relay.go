@@ -70,7 +70,7 @@ const (
 	relayMaxFrame      = 16384     // frames the relay reads (the default SETTINGS_MAX_FRAME_SIZE)
 	relayReadBuf       = 32 << 10
 	relayMaxControl    = 10000 // queued control frames (PING/SETTINGS acks) before the peer is cut off
-	relayResetLimit    = 1000  // streams a client may reset before their response, per relayResetWindow
+	relayResetLimit    = 200   // premature resets that may end a connection (countReset)
 	relayResetWindow   = time.Second
 	relayWindowMax     = 1<<31 - 1
 	relayOutBufMax     = 256 << 10 // an output buffer larger than this is not kept for reuse
@@ -105,7 +105,8 @@ type h2Session struct {
 	draining bool
 	streams  int // streams open on down
 	idle     *time.Timer
-	resets   int
+	resets   int // streams reset by the client before their response head, since resetAt
+	opened   int // streams opened since resetAt
 	resetAt  time.Time
 	ghdr     http.Header    // grpc-status for the metrics
 	wg       sync.WaitGroup // upstream readers and bridged handlers
@@ -359,14 +360,19 @@ func (s *h2Session) queuedControl(hc *h2Conn) error {
 }
 
 // countReset counts a stream the client reset before its response head (CVE-2023-44487's rapid
-// reset) and reports whether the client went over the limit.
+// reset) and reports whether the client went over the limit: as Envoy's premature-reset check, at
+// least relayResetLimit such resets within relayResetWindow that are also more than half of the
+// streams it opened in that time.
 func (s *h2Session) countReset() bool {
-	now := time.Now()
-	if now.Sub(s.resetAt) > relayResetWindow {
-		s.resetAt, s.resets = now, 0
-	}
+	s.resetWindow()
 	s.resets++
-	return s.resets > relayResetLimit
+	return s.resets >= relayResetLimit && 2*s.resets > s.opened
+}
+
+func (s *h2Session) resetWindow() {
+	if now := time.Now(); now.Sub(s.resetAt) > relayResetWindow {
+		s.resetAt, s.resets, s.opened = now, 0, 0
+	}
 }
 
 func (s *h2Session) settings(hc *h2Conn, f *http2.SettingsFrame) error {
@@ -894,6 +900,8 @@ func (s *h2Session) newStream(id uint32, f *http2.MetaHeadersFrame) *h2Stream {
 	st.resp = h2Half{recvWin: relayStreamWindow, clen: -1, sendWin: s.down.peerInitWin}
 	s.down.streams[id] = st
 	s.streams++
+	s.resetWindow()
+	s.opened++
 	if s.idle != nil {
 		s.idle.Stop()
 	}

@@ -100,7 +100,9 @@ type fuzzRelay struct {
 
 // setupFuzzRelay starts a proxy whose inbound chain routes every path to a fuzzUpstream (over h2c),
 // "/timeout" with a 5 ms route timeout; both stop when the fuzz test ends.
-func setupFuzzRelay(f *testing.F) *fuzzRelay {
+func setupFuzzRelay(f *testing.F) *fuzzRelay { return setupRelayForTest(f) }
+
+func setupRelayForTest(f testing.TB) *fuzzRelay {
 	var r fuzzRelay
 	{
 		l, err := net.Listen("tcp", "127.0.0.1:0")
@@ -254,4 +256,54 @@ func FuzzH2Relay(f *testing.F) {
 			t.Fatal(err)
 		}
 	})
+}
+
+// TestH2RelayRapidReset: a client that opens streams and resets each before its response
+// (CVE-2023-44487) gets GOAWAY ENHANCE_YOUR_CALM once it passes the relay's limit, and the session
+// ends.
+func TestH2RelayRapidReset(t *testing.T) {
+	r := setupRelayForTest(t)
+	cEnd, pEnd := net.Pipe()
+	done := make(chan struct{})
+	go func() { defer close(done); r.p.serveH2Relay(pEnd, r.info) }()
+	defer cEnd.Close()
+	got := make(chan http2.ErrCode, 1)
+	go func() {
+		fr := http2.NewFramer(nil, cEnd)
+		for {
+			f, err := fr.ReadFrame()
+			if err != nil {
+				close(got)
+				return
+			}
+			if ga, ok := f.(*http2.GoAwayFrame); ok {
+				got <- ga.ErrCode
+				_, _ = io.Copy(io.Discard, cEnd)
+				return
+			}
+		}
+	}()
+	seed := newH2Seed().settings()
+	for i := range relayResetLimit + 10 {
+		id := uint32(2*i + 1)
+		seed.headers(id, http2.FlagHeadersEndStream, ":method", "GET", ":scheme", "http", ":authority", "app", ":path", "/").
+			frame(http2.FrameRSTStream, 0, id, []byte{0, 0, 0, 8})
+	}
+	go func() {
+		_, _ = cEnd.Write([]byte(clientPreface))
+		_, _ = cEnd.Write(seed.b)
+	}()
+	select {
+	case code := <-got:
+		if code != http2.ErrCodeEnhanceYourCalm {
+			t.Fatalf("GOAWAY %v, want ENHANCE_YOUR_CALM", code)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("no GOAWAY after a rapid reset flood")
+	}
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the session did not end")
+	}
 }
