@@ -814,15 +814,24 @@ func (s *h2Session) drain() {
 	}
 }
 
-// closeSoon closes a drained session with no streams left (after its GOAWAY is written).
+// closeSoon closes a drained session with no streams left, relayGoawayLinger after its GOAWAY is
+// written (as net/http's server: streams the client opened before it read the GOAWAY are refused
+// meanwhile, so that it retries them elsewhere, rather than lost in a connection reset); a client
+// that closes first ends it at once.
 func (s *h2Session) closeSoon() {
 	s.flush()
-	s.mu.Lock()
-	if !s.closed {
-		_ = s.down.c.Close() // the reader ends the session
-	}
-	s.mu.Unlock()
+	time.AfterFunc(relayGoawayLinger, func() {
+		s.mu.Lock()
+		if !s.closed {
+			_ = s.down.c.Close() // the reader ends the session
+		}
+		s.mu.Unlock()
+	})
 }
+
+// relayGoawayLinger is how long a drained session stays open after its last stream (net/http's
+// HTTP/2 server waits 1 s too).
+const relayGoawayLinger = time.Second
 
 // armIdle closes the session after the proxy's idle timeout without streams.
 func (s *h2Session) armIdle() {
