@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -967,7 +968,7 @@ func (s *h2Session) route(st *h2Stream, f *http2.MetaHeadersFrame) {
 		}
 	}
 	path := f.PseudoValue("path")
-	if q := indexByte(path, '?'); q >= 0 {
+	if q := strings.IndexByte(path, '?'); q >= 0 {
 		path = path[:q]
 	}
 	st.rs.authority = authority
@@ -1062,15 +1063,6 @@ func rewriteAuthority(fields []hpack.HeaderField, host string) []hpack.HeaderFie
 		out = append(out, f)
 	}
 	return out
-}
-
-func indexByte(s string, c byte) int {
-	for i := 0; i < len(s); i++ {
-		if s[i] == c {
-			return i
-		}
-	}
-	return -1
 }
 
 // attachUp puts st on the session's connection to its endpoint, dialing one if there is none.
