@@ -187,6 +187,7 @@ FUZZ_TARGETS := \
 	./dataplane/proxy:FuzzLeanResponse \
 	./dataplane/proxy:FuzzH2WriteConn \
 	./dataplane/proxy:FuzzRouteRequest \
+	./dataplane/proxy:FuzzH2Relay \
 	./dataplane/iptables:FuzzRules \
 	./deploy/inject:FuzzInject
 

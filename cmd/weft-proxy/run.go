@@ -52,6 +52,8 @@ type runOptions struct {
 	appIP            string
 	// SDS for an Envoy in the same pod (off when empty)
 	sdsSocket string
+	// HTTP/2 client connections through the frame relay (dataplane/proxy/h2relay.go)
+	h2Relay bool
 	// the Go runtime's memory settings (memory.go)
 	gcPercent    int
 	gcPercentSet bool
@@ -110,6 +112,7 @@ func newRunCmd() *cobra.Command {
 	f.BoolVar(&o.inboundBindPodIP, "inbound-bind-pod-ip", false, "local mode, no iptables: bind <pod-ip>:<port> for each port of the inbound listener and serve it as if redirected")
 	f.StringVar(&o.appIP, "app-ip", "", "local mode: the address the application listens on, in place of 127.0.0.1 in the inbound clusters")
 	f.StringVar(&o.sdsSocket, "sds-socket", envOr("SDS_SOCKET", ""), "serve the workload certificate (default) and trust bundle (ROOTCA) over SDS on this Unix socket, mode 0660, for an Envoy in the pod (off when empty; env SDS_SOCKET)")
+	f.BoolVar(&o.h2Relay, "h2-relay", envOr("WEFT_H2_RELAY", "true") != "false", "serve HTTP/2 and gRPC client connections (h2c, and mTLS with ALPN h2) with the frame relay (a goroutine per connection, flow control end to end) instead of net/http's HTTP/2 server; --h2-relay=false (env WEFT_H2_RELAY=false) goes back to net/http's")
 	f.StringVar(&o.logLevel, "log-level", envOr("WEFT_PROXY_LOG_LEVEL", "info"), "log level: debug, info, warn or error")
 	f.DurationVar(&o.drainTimeout, "drain-timeout", 10*time.Second, "how long in-flight requests may take to finish on SIGTERM")
 	f.IntVar(&o.gcPercent, "gc-percent", defaultGCPercent, "the Go GC's target heap growth in percent (as GOGC): lower keeps the sidecar smaller for more CPU (50: ~2 MB less at 2000 rps, ~20% fewer new mTLS connections/s); GOGC in the environment replaces the default")
@@ -312,7 +315,7 @@ func run(ctx context.Context, o runOptions) error {
 			metrics.WriteFDMetrics(w) // process_open_fds, process_max_fds
 		})
 	}
-	p := proxy.New(proxy.Options{Identity: id, Metrics: set, Logger: log,
+	p := proxy.New(proxy.Options{Identity: id, Metrics: set, Logger: log, H2Relay: o.h2Relay,
 		Workload: proxy.Workload{Namespace: o.namespace, Pod: o.podName, Deployment: o.deployment}})
 
 	cc := xdsclient.Dial(o.xdsAddr, xdsTLSConfig(o, id))

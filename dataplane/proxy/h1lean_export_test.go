@@ -11,3 +11,6 @@ func SetLeanOff(off bool) { leanOff.Store(off) }
 func SetFirstConfigWait(d time.Duration) time.Duration {
 	return time.Duration(firstConfigWait.Swap(int64(d)))
 }
+
+// RelayStreams is how many streams the HTTP/2 relay has taken (tests check that it served them).
+func RelayStreams() int64 { return relayStreams.Load() }

@@ -153,6 +153,12 @@ func (p *Proxy) serveHTTP1(c net.Conn, info *connInfo, cs *connServer) {
 		// net/http takes the connection over (its bytes so far included) and keeps it.
 		_ = c.SetReadDeadline(time.Time{})
 		var hc net.Conn = &peekedConn{Conn: c, r: s.br}
+		if b, _ := s.br.Peek(min(s.br.Buffered(), len(h2cStart))); string(b) == h2cStart && p.h2relay {
+			raw := newRawSockConn(c)
+			s.fr.c = raw
+			p.serveH2Relay(&peekedConn{Conn: raw, r: s.br}, info) // h2relay.go
+			return
+		}
 		if b, _ := s.br.Peek(min(s.br.Buffered(), len(h2cStart))); string(b) == h2cStart {
 			// h2c prior knowledge: raw reads and writes (rawio.go) and coalesced frames (h2coalesce.go).
 			raw := newRawSockConn(c)

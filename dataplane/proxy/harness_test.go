@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/netip"
 	"net/url"
+	"os"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -42,6 +43,9 @@ func startSidecarWith(t testing.TB, cpAddr string, node xdsclient.Node, o proxy.
 	t.Helper()
 	reg := metrics.NewSet()
 	o.Metrics, o.DetectTimeout = reg, time.Second
+	// HTTP/2 clients go through the relay (h2relay.go), as weft-proxy's default; WEFT_TEST_H2_RELAY=0
+	// runs the package through net/http's HTTP/2 server instead (--h2-relay=false).
+	o.H2Relay = os.Getenv("WEFT_TEST_H2_RELAY") != "0"
 	p := proxy.New(o)
 	cc := xdsclient.Dial(cpAddr, nil)
 	c := xdsclient.New(xdsclient.Options{Node: node, Conn: cc, OnUpdate: p.Update, BackoffBase: 20 * time.Millisecond, BackoffMax: 200 * time.Millisecond})

@@ -208,6 +208,10 @@ func (p *Proxy) handleConn(c net.Conn, name string) {
 		if name == "inbound" {
 			cs = p.inbound
 		}
+		if tc, ok := conn.(*tls.Conn); ok && tc.ConnectionState().NegotiatedProtocol == "h2" && p.h2relay {
+			p.serveH2Relay(tc, info) // h2relay.go
+			return
+		}
 		if tc, ok := conn.(*tls.Conn); ok && tc.ConnectionState().NegotiatedProtocol == "h2" {
 			// HTTP/2 between proxies: net/http's server, which takes it for HTTP/2 with prior
 			// knowledge (its handlers do not look at the request's TLS state: the peer is in info),

@@ -39,6 +39,9 @@ type Options struct {
 	// (DefaultIdleTimeout when zero); ReadHeaderTimeout one whose request head is not whole this long
 	// after it began (DefaultReadHeaderTimeout when zero).
 	IdleTimeout, ReadHeaderTimeout time.Duration
+	// H2Relay serves HTTP/2 client connections (h2c, and mTLS with ALPN h2) with the frame relay of
+	// h2relay.go instead of net/http's server (--h2-relay).
+	H2Relay bool
 }
 
 // Proxy serves the listeners with the latest configuration.
@@ -74,6 +77,8 @@ type Proxy struct {
 	fast              fastConns // connections on the HTTP/1.1 fast path (h1server.go)
 	sessions          tlsSessions
 	tap               tapHub // open taps (tap.go)
+	h2relay           bool
+	relays            relaySessions // the HTTP/2 relay's client connections (h2relay.go)
 }
 
 // New returns a proxy with an empty configuration.
@@ -95,6 +100,7 @@ func New(opts Options) *Proxy {
 		hosts:             map[string]*host{},
 		tunnels:           map[net.Conn]struct{}{},
 		configured:        make(chan struct{}),
+		h2relay:           opts.H2Relay,
 	}
 	p.rp = &httputil.ReverseProxy{
 		Rewrite:      p.rewrite,
@@ -216,8 +222,9 @@ func (p *Proxy) Shutdown(ctx context.Context) error {
 		go func() { defer wg.Done(); _ = s.Shutdown(ctx) }()
 	}
 	p.fast.closeIdle()
+	p.relays.drain()
 	done := make(chan struct{})
-	go func() { wg.Wait(); p.tunnelWG.Wait(); p.fast.wg.Wait(); close(done) }()
+	go func() { wg.Wait(); p.tunnelWG.Wait(); p.fast.wg.Wait(); p.relays.wg.Wait(); close(done) }()
 	select {
 	case <-done:
 		return nil
@@ -228,6 +235,7 @@ func (p *Proxy) Shutdown(ctx context.Context) error {
 		}
 		p.mu.Unlock()
 		p.fast.closeAll()
+		p.relays.closeAll()
 		for _, s := range servers {
 			s.Close()
 		}
