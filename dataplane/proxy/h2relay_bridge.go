@@ -33,6 +33,18 @@ type h2Bridge struct {
 	wrote  bool // the final response head
 	gone   bool // the stream ended before the handler
 	trkeys []string
+	// head is the final response head until the body's first byte, a flush or the handler's end sends
+	// it: a head with nothing after it then goes with END_STREAM, as net/http's server does, which a
+	// gRPC trailers-only answer (the proxy's own errors) needs.
+	head []hpack.HeaderField
+}
+
+// sendHead writes the held final response head (s.mu held).
+func (b *h2Bridge) sendHead() {
+	if b.head != nil && !b.gone && !b.st.done {
+		b.st.s.writeHeaders(b.st.s.down, b.st.downID, b.head, false)
+	}
+	b.head = nil
 }
 
 func (b *h2Bridge) wake() { b.cond.Broadcast() }
@@ -145,6 +157,17 @@ func (b *h2Bridge) end() {
 	if !b.wrote {
 		b.writeHeader(http.StatusOK)
 	}
+	if b.head != nil && st.resp.pending() == 0 && len(b.trkeys) == 0 && !hasTrailerPrefix(b.hdr) {
+		st.s.writeHeaders(st.s.down, st.downID, b.head, true) // head only: trailers-only for gRPC
+		b.head = nil
+		st.resp.end, st.resp.sent = true, true
+		st.req.sent = true // the handler reads no more of the request
+		st.s.creditAll(st)
+		st.s.markDirty(st.s.down)
+		st.maybeDone()
+		return
+	}
+	b.sendHead()
 	var trl []hpack.HeaderField
 	for _, k := range b.trkeys {
 		for _, v := range b.hdr[k] {
@@ -209,7 +232,16 @@ func (b *h2Bridge) writeHeader(code int) {
 	}
 	st.headers = true
 	st.code = code
-	st.s.writeHeaders(st.s.down, st.downID, fields, false)
+	b.head = fields // sent by sendHead or end
+}
+
+func hasTrailerPrefix(h http.Header) bool {
+	for k := range h {
+		if strings.HasPrefix(k, http.TrailerPrefix) {
+			return true
+		}
+	}
+	return false
 }
 
 var errBridgeGone = errors.New("http2: stream closed")
@@ -221,6 +253,7 @@ func (b *h2Bridge) Write(p []byte) (int, error) {
 	if !b.wrote {
 		b.writeHeader(http.StatusOK)
 	}
+	b.sendHead()
 	n := 0
 	for len(p) > 0 {
 		if b.gone || st.done {
@@ -258,6 +291,7 @@ func (b *h2Bridge) FlushError() error {
 	if !b.wrote {
 		b.writeHeader(http.StatusOK)
 	}
+	b.sendHead()
 	gone := b.gone
 	s.mu.Unlock()
 	s.flush()
