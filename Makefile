@@ -173,6 +173,7 @@ FUZZMINIMIZETIME ?= 5s
 FUZZPARALLEL ?=
 FUZZ_TARGETS := \
 	./discovery:FuzzParseObjects \
+	./xds:FuzzGAMMATranslate \
 	./dataplane/xdsclient:FuzzDecodeResource \
 	./xds/server:FuzzDecodeRequest \
 	./xds/server:FuzzADS \

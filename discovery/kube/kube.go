@@ -20,6 +20,7 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/clientcmd"
+	gwclient "sigs.k8s.io/gateway-api/pkg/client/clientset/versioned"
 
 	"github.com/weftmesh/weft/discovery"
 )
@@ -27,7 +28,10 @@ import (
 // Source watches Kubernetes and publishes a discovery.State after each burst of changes.
 type Source struct {
 	Client kubernetes.Interface
-	Logger *slog.Logger
+	// Gateway, if set, watches the Gateway API's HTTPRoutes, GRPCRoutes and ReferenceGrants (gamma.go)
+	// when their CRDs are served.
+	Gateway gwclient.Interface
+	Logger  *slog.Logger
 	// Quiet is how long no change must arrive before a new State is built (default 100 ms); Max caps
 	// how long a steady stream of changes can delay one (default 1 s).
 	Quiet, Max time.Duration
@@ -92,10 +96,17 @@ func (s *Source) Run(ctx context.Context, publish func(*discovery.State)) error 
 		}
 	}
 
+	gw, err := startGateway(s.Gateway, s.Client.Discovery(), handler, log)
+	if err != nil {
+		return err
+	}
+
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	factory.Start(ctx.Done())
 	defer factory.Shutdown()
+	gw.start(ctx)
+	defer gw.shutdown()
 	for typ, ok := range factory.WaitForCacheSync(ctx.Done()) {
 		if !ok {
 			if ctx.Err() != nil {
@@ -104,6 +115,12 @@ func (s *Source) Run(ctx context.Context, publish func(*discovery.State)) error 
 			return fmt.Errorf("the %v cache never synced", typ)
 		}
 	}
+	if err := gw.waitForSync(ctx); err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return err
+	}
 
 	build := func() *discovery.State {
 		var objs discovery.Objects
@@ -111,6 +128,7 @@ func (s *Source) Run(ctx context.Context, publish func(*discovery.State)) error 
 		objs.EndpointSlices, _ = sliceInf.Lister().List(labels.Everything())
 		objs.Pods, _ = podInf.Lister().List(labels.Everything())
 		objs.Namespaces, _ = nsInf.Lister().List(labels.Everything())
+		gw.list(&objs)
 		return discovery.Build(objs)
 	}
 	// Drain the marks made during the initial list: the first State already includes them.
