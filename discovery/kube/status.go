@@ -32,6 +32,10 @@ type StatusWriter struct {
 	Now func() time.Time
 
 	offers chan statusOffer
+	// patched is, per route ("Kind/ns/name"), the resourceVersion a successful patch was made from:
+	// until the State has a newer version of the route (with the status written), there is nothing
+	// to compare with. Owned by Run's goroutine.
+	patched map[string]string
 }
 
 type statusOffer struct {
@@ -102,7 +106,16 @@ func (w *StatusWriter) write(ctx context.Context, log *slog.Logger, o statusOffe
 	if w.Now != nil {
 		now = w.Now
 	}
+	if w.patched == nil {
+		w.patched = map[string]string{}
+	}
+	seen := map[string]bool{}
 	patch := func(kind string, meta metav1.ObjectMeta, have []gwv1.RouteParentStatus) {
+		key := kind + "/" + meta.Namespace + "/" + meta.Name
+		seen[key] = true
+		if w.patched[key] == meta.ResourceVersion {
+			return
+		}
 		parents, changed := w.merge(have, want[kind+"/"+meta.Namespace+"/"+meta.Name], metav1.NewTime(now().Truncate(time.Second)))
 		if !changed {
 			return
@@ -124,6 +137,7 @@ func (w *StatusWriter) write(ctx context.Context, log *slog.Logger, o statusOffe
 		}
 		switch {
 		case err == nil:
+			w.patched[key] = meta.ResourceVersion
 			log.Debug("wrote route status", "kind", kind, "route", meta.Namespace+"/"+meta.Name)
 		case apierrors.IsNotFound(err):
 			// Deleted meanwhile: nothing to say.
@@ -140,6 +154,11 @@ func (w *StatusWriter) write(ctx context.Context, log *slog.Logger, o statusOffe
 	}
 	for _, r := range o.state.GRPCRoutes {
 		patch("GRPCRoute", r.ObjectMeta, r.Status.Parents)
+	}
+	for key := range w.patched {
+		if !seen[key] {
+			delete(w.patched, key)
+		}
 	}
 	return failed
 }
