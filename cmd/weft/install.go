@@ -71,6 +71,7 @@ this binary (deploy/charts/weft; helm install renders the same objects):
 
   weft check --pre                              # can this cluster run Weft?
   weft install | kubectl apply -f -             # namespace weft: weft-control, the injector, the CA
+  weft install --crds | kubectl apply --server-side -f -   # and the Gateway API CRDs (HTTPRoute, GRPCRoute)
   weft check                                    # is it up?
   kubectl annotate namespace NS weft.io/inject=enabled
   kubectl rollout restart deployment -n NS      # the new Pods get the proxy
@@ -98,7 +99,7 @@ write them with -o FILE.`,
 	f.StringVar(&o.proxyMemLimit, "proxy-memory-limit", "64Mi", "memory limit of each proxy")
 	f.BoolVar(&o.native, "native-sidecars", true, "run the proxy as a native sidecar (Kubernetes 1.29+); false: an ordinary container")
 	f.BoolVar(&o.cni, "cni", false, "intercept traffic with the Weft CNI plugin (a DaemonSet) instead of a privileged init container in each Pod")
-	f.BoolVar(&o.crds, "crds", false, "include the Gateway API's standard channel CRDs (HTTPRoute, GRPCRoute, ReferenceGrant, ...) that weft routes by; leave off if the cluster has them")
+	f.BoolVar(&o.crds, "crds", false, "include the Gateway API's standard channel CRDs (HTTPRoute, GRPCRoute, ReferenceGrant, ...) that weft routes by; leave off if the cluster has them. Apply with kubectl apply --server-side: the HTTPRoute CRD is too big for client-side apply")
 	f.StringVar(&o.identityDir, "identity-dir", "", "CA directory from weft identity bootstrap (ca.crt, issuer.crt, issuer.key); default: a new CA for this install")
 	f.StringArrayVarP(&o.valueFiles, "values", "f", nil, "a values file of the chart (repeatable; later files win)")
 	f.StringArrayVar(&o.sets, "set", nil, "a chart value, key=value as with helm --set (repeatable; wins over the flags above)")
