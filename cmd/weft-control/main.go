@@ -269,6 +269,13 @@ func run(ctx context.Context, c config) error {
 			srv.Update(st)
 			statusWriter.Offer(st, xds.RouteStatuses(st, xopts))
 		}
+	} else {
+		// Local mode: no API server to write route status to; the log says what is wrong instead.
+		var logged map[string]string
+		publish = func(st *discovery.State) {
+			srv.Update(st)
+			logged = logRouteProblems(log, xds.RouteStatuses(st, xopts), logged)
+		}
 	}
 	go func() { errc <- src.Run(ctx, publish) }()
 	log.Info("weft-control serving", "xds", xdsLis.Addr().String(), "admin", adminLis.Addr().String(), "mode", mode(c))
