@@ -9,6 +9,7 @@ import (
 	route "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	"github.com/google/go-cmp/cmp"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/testing/protocmp"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/weftmesh/weft/discovery"
@@ -190,4 +191,49 @@ func FuzzGAMMATranslate(f *testing.F) {
 			}
 		}
 	})
+}
+
+// A Builder follows changes of routes and ReferenceGrants (the output equals BuildMesh's), and keeps
+// its routes when only a route's status changes (which weft-control itself writes).
+func TestBuilderFollowsRoutes(t *testing.T) {
+	base := load(t, "gamma.yaml")
+	steps := []struct {
+		name   string
+		change func(s *discovery.State)
+	}{
+		{"a weight", func(s *discovery.State) { *s.HTTPRoutes[len(s.HTTPRoutes)-1].Spec.Rules[0].BackendRefs[0].Weight = 50 }},
+		{"a route removed", func(s *discovery.State) { s.HTTPRoutes = s.HTTPRoutes[1:] }},
+		{"the ReferenceGrant removed", func(s *discovery.State) { s.ReferenceGrants = nil }},
+		{"the override annotation", func(s *discovery.State) {
+			for i := range s.HTTPRoutes {
+				delete(s.HTTPRoutes[i].Annotations, OverrideRouteAnnotation)
+			}
+		}},
+		{"a GRPCRoute's generation", func(s *discovery.State) { s.GRPCRoutes[0].Generation++ }},
+	}
+	b := NewBuilder(Options{})
+	check := func(step string, s *discovery.State) *Mesh {
+		t.Helper()
+		got, want := b.Build(s), BuildMesh(s, Options{})
+		if diff := cmp.Diff(want, got, protocmp.Transform()); diff != "" {
+			t.Errorf("%s: Builder differs from BuildMesh (-want +got):\n%s", step, diff)
+		}
+		return got
+	}
+	for _, step := range steps {
+		check(step.name+" (the base before)", base)
+		s := clone(t, base)
+		step.change(s)
+		check(step.name, s)
+	}
+	before := check("back to the base", base)
+	s := clone(t, base)
+	s.HTTPRoutes[0].Status.Parents = RouteStatuses(base, Options{})[0].Parents
+	s.HTTPRoutes[0].ResourceVersion = "42"
+	after := check("a status written", s)
+	for i := range after.Routes {
+		if after.Routes[i] != before.Routes[i] && !strings.HasPrefix(after.Routes[i].GetName(), "inbound|") {
+			t.Errorf("route configuration %s rebuilt after a status-only change", after.Routes[i].GetName())
+		}
+	}
 }
