@@ -157,7 +157,7 @@ func FuzzGAMMATranslate(f *testing.F) {
 	docs := strings.Split(string(base), "\n---\n")
 	var services []string
 	for _, d := range docs {
-		if strings.Contains(d, "kind: Service") {
+		if strings.Contains(d, "apiVersion: v1\nkind: Service\n") {
 			services = append(services, d)
 		} else if strings.Contains(d, "gateway.networking.k8s.io") {
 			f.Add(d)
