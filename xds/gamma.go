@@ -318,7 +318,7 @@ type ruleAction struct {
 
 // backendAction sets ra.route's action from its backends: one cluster, weighted clusters, or a 500
 // when no valid backend has a weight.
-func (ra *ruleAction) backendAction(action *route.RouteAction, where string, probs *routeProblems, hadRefs bool) {
+func (ra *ruleAction) backendAction(action *route.RouteAction, where string, probs *routeProblems) {
 	var live []backend
 	for _, b := range ra.backends {
 		if b.weight > 0 {
@@ -328,7 +328,7 @@ func (ra *ruleAction) backendAction(action *route.RouteAction, where string, pro
 	switch {
 	case len(live) == 0:
 		ra.route.Action = &route.Route_DirectResponse{DirectResponse: &route.DirectResponseAction{Status: 500}}
-		if hadRefs && len(ra.backends) > 0 {
+		if len(ra.backends) > 0 {
 			probs.notes = append(probs.notes, where+": every backendRef has weight 0, so its requests get a 500")
 		}
 		return
@@ -344,7 +344,8 @@ func (ra *ruleAction) backendAction(action *route.RouteAction, where string, pro
 	ra.route.Action = &route.Route_Route{Route: action}
 }
 
-// entries makes one gammaEntry per match, with the override routes when the route enables them.
+// entry completes e (one match of the rule) with its route, and the override routes before it when
+// the route enables them.
 func (ra *ruleAction) entry(m *route.RouteMatch, e gammaEntry, override bool) gammaEntry {
 	r := cloneRoute(ra.route)
 	r.Match = m

@@ -94,7 +94,7 @@ func httpRouteEntries(s *discovery.State, o Options, hr *gwv1.HTTPRoute, probs *
 		if redirect != nil {
 			ra.route.Action = &route.Route_Redirect{Redirect: redirectAction(redirect, where, probs)}
 		} else {
-			ra.backendAction(action, where, probs, true)
+			ra.backendAction(action, where, probs)
 		}
 		matches := rule.Matches
 		if len(matches) == 0 {
@@ -305,7 +305,7 @@ func grpcRouteEntries(s *discovery.State, o Options, gr *gwv1.GRPCRoute, probs *
 				ra.backends = append(ra.backends, b)
 			}
 		}
-		ra.backendAction(action, where, probs, true)
+		ra.backendAction(action, where, probs)
 		matches := rule.Matches
 		if len(matches) == 0 {
 			matches = []gwv1.GRPCRouteMatch{{}}

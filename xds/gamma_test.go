@@ -37,6 +37,7 @@ func TestRouteStatuses(t *testing.T) {
 		"HTTPRoute/shop/bad-regex":       {{"web", cond{"False", "UnsupportedValue", `spec.rules[0].matches[0].path.value: invalid regular expression "/(["`}, resolved, ControllerName, "Service"}},
 		"HTTPRoute/shop/missing-backend": {{"web-canary", ok, cond{"False", "BackendNotFound", "spec.rules[0].backendRefs[0]: Service shop/nosuch does not exist"}, ControllerName, "Service"}},
 		"HTTPRoute/shop/zero":            {{"zero", cond{"True", "Accepted", "spec.rules[0]: every backendRef has weight 0, so its requests get a 500"}, resolved, ControllerName, "Service"}},
+		"HTTPRoute/shop/wrong-kind":      {{"zero", ok, cond{"False", "InvalidKind", `spec.rules[0].backendRefs[0]: ConfigMap "settings" is not a Service`}, ControllerName, "Service"}},
 		"HTTPRoute/shop/cross":           {{"cross", ok, cond{"False", "RefNotPermitted", "Service store/db is in another namespace and no ReferenceGrant in store allows it"}, ControllerName, "Service"}},
 		"HTTPRoute/shop/orphan":          {{"ghost", cond{"False", "NoMatchingParent", "Service shop/ghost does not exist"}, resolved, ControllerName, "Service"}},
 	}
