@@ -260,6 +260,28 @@ func TestGAMMARoutesKubernetes(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitStatus("bad-regex", want{"True", "Accepted", "True", "ResolvedRefs", "attached to Service gamma/web"})
+
+	// A route moved from a Service to a Gateway parent is no longer ours: our entry goes.
+	o, err := gw.GatewayV1().HTTPRoutes("gamma").Get(ctx, "orphan", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	o.Spec.ParentRefs = []gwv1.ParentReference{{Name: "some-gateway"}}
+	if _, err := gw.GatewayV1().HTTPRoutes("gamma").Update(ctx, o, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		o, err := gw.GatewayV1().HTTPRoutes("gamma").Get(ctx, "orphan", metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(o.Status.Parents) == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("HTTPRoute gamma/orphan still has status entries after its Service parent went: %+v", o.Status.Parents)
+		}
+	}
 }
 
 // testWriter sends log lines to t.Log.

@@ -198,7 +198,11 @@ func (w *StatusWriter) merge(have, want []gwv1.RouteParentStatus, now metav1.Tim
 					x.ObservedGeneration == y.ObservedGeneration && x.LastTransitionTime.Equal(&y.LastTransitionTime)
 			})
 	})
-	return append(out, wantFull...), changed
+	out = append(out, wantFull...)
+	if out == nil {
+		out = []gwv1.RouteParentStatus{} // status.parents is required: [] rather than null
+	}
+	return out, changed
 }
 
 func findCondition(cs []metav1.Condition, typ string) *metav1.Condition {

@@ -52,6 +52,11 @@ func TestStatusMerge(t *testing.T) {
 		have:        []gwv1.RouteParentStatus{entry(ours, svc, then, "True", "Accepted"), entry(theirs, gateway, then, "True", "Accepted")},
 		out:         []gwv1.RouteParentStatus{entry(theirs, gateway, then, "True", "Accepted")},
 		wantChanged: true,
+	}, {
+		name:        "our last entry goes: an empty list, not null (status.parents is required)",
+		have:        []gwv1.RouteParentStatus{entry(ours, svc, then, "True", "Accepted")},
+		out:         []gwv1.RouteParentStatus{},
+		wantChanged: true,
 	}} {
 		t.Run(tc.name, func(t *testing.T) {
 			out, changed := w.merge(tc.have, tc.want, now)
