@@ -19,7 +19,8 @@ import (
 )
 
 // gammaMesh is a discovery file: Service echo (target of the client) on 127.0.0.2, Service echo-b on
-// 127.0.0.3, both on port, and a GRPCRoute attached to echo whose rules are given.
+// 127.0.0.3, both on port, an HTTPRoute on echo-b, and a GRPCRoute attached to echo whose rules are
+// given.
 func gammaMesh(port int, rules string) string {
 	svc := func(name, ip string) string {
 		return fmt.Sprintf(`apiVersion: v1
@@ -38,7 +39,20 @@ endpoints: [{addresses: [%[4]q], conditions: {ready: true}}]
 ---
 `, name, port, len(name), ip)
 	}
+	// An HTTPRoute on echo-b's virtual host of the same route configuration, with what grpc-go would
+	// refuse (path_separated_prefix, a retry policy of no retries): the client must get the gRPC
+	// variant, or it NACKs the whole configuration and none of the calls below is routed.
 	return svc("echo", "127.0.0.2") + svc("echo-b", "127.0.0.3") + `apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: echo-b, namespace: default}
+spec:
+  parentRefs: [{group: "", kind: Service, name: echo-b}]
+  rules:
+  - matches: [{path: {type: PathPrefix, value: /grpc.health.v1.Health}}]
+    timeouts: {request: 10s, backendRequest: 5s}
+    backendRefs: [{name: echo-b, port: 8080}]
+---
+apiVersion: gateway.networking.k8s.io/v1
 kind: GRPCRoute
 metadata: {name: echo, namespace: default}
 spec:
