@@ -65,7 +65,8 @@ func installGatewayCRDs(t *testing.T, env *kubeenv.Env) {
 }
 
 // TestGAMMARoutesKubernetes: real discovery and the status writer against a real kube-apiserver.
-// Without the Gateway API CRDs discovery works (routes ignored); with them, routes applied to the API
+// Without the Gateway API CRDs discovery works (routes ignored); once they are installed the same
+// discovery picks them up, and routes applied to the API
 // server get status.parents[] written back: a good route is Accepted and ResolvedRefs; a missing
 // backend, an invalid regular expression, a parent Service that does not exist, a cross-namespace
 // backend without a ReferenceGrant (then with one) and all-zero weights each say so.
@@ -102,7 +103,7 @@ func TestGAMMARoutesKubernetes(t *testing.T) {
 		done := make(chan error, 2)
 		go func() { done <- w.Run(rctx) }()
 		go func() {
-			done <- (&kube.Source{Client: c, Gateway: gw, Logger: log, Quiet: 20 * time.Millisecond, Max: 200 * time.Millisecond}).Run(rctx, func(st *discovery.State) {
+			done <- (&kube.Source{Client: c, Gateway: gw, Logger: log, Quiet: 20 * time.Millisecond, Max: 200 * time.Millisecond, GatewayRecheck: 100 * time.Millisecond}).Run(rctx, func(st *discovery.State) {
 				srv.Update(st)
 				w.Offer(st, xds.RouteStatuses(st, xds.Options{}))
 			})
@@ -128,16 +129,16 @@ func TestGAMMARoutesKubernetes(t *testing.T) {
 		}
 	}
 
-	// Without the CRDs (when this package's API server does not have them yet): Services still work.
-	if _, err := c.Discovery().ServerResourcesForGroupVersion("gateway.networking.k8s.io/v1"); err != nil {
-		srv, stop := run()
-		waitState(srv, "Service gamma/web", func(st *discovery.State) bool { _, ok := st.Service("gamma", "web"); return ok })
-		stop()
-	}
-
-	installGatewayCRDs(t, env)
+	// Without the CRDs (when this package's API server does not have them yet) discovery works; once
+	// they are installed, the same discovery watches the routes.
 	srv, stop := run()
 	defer stop()
+	if _, err := c.Discovery().ServerResourcesForGroupVersion("gateway.networking.k8s.io/v1"); err != nil {
+		waitState(srv, "Service gamma/web", func(st *discovery.State) bool { _, ok := st.Service("gamma", "web"); return ok })
+	} else {
+		t.Log("the Gateway API CRDs were already installed: not testing discovery without them")
+	}
+	installGatewayCRDs(t, env)
 
 	svcParent := func(name string) []gwv1.ParentReference {
 		return []gwv1.ParentReference{{Group: ptr.To(gwv1.Group("")), Kind: ptr.To(gwv1.Kind("Service")), Name: gwv1.ObjectName(name), Port: ptr.To(gwv1.PortNumber(80))}}

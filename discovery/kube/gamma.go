@@ -28,6 +28,23 @@ type gatewayWatch struct {
 	http    cache.SharedIndexInformer
 	grpc    cache.SharedIndexInformer
 	grants  cache.SharedIndexInformer
+	// complete: every kind is served (no need to ask again).
+	complete bool
+	// stop ends the informers (Shutdown waits for them to end).
+	stop context.CancelFunc
+}
+
+// kinds is how many of the kinds w watches; 0 for nil.
+func (w *gatewayWatch) kinds() int {
+	n := 0
+	if w != nil {
+		for _, inf := range []cache.SharedIndexInformer{w.http, w.grpc, w.grants} {
+			if inf != nil {
+				n++
+			}
+		}
+	}
+	return n
 }
 
 // servedGatewayKinds lists the resources of gateway.networking.k8s.io/v1 the API server serves; none
@@ -48,8 +65,8 @@ func servedGatewayKinds(d discovery.DiscoveryInterface) (map[string]bool, error)
 }
 
 // startGateway makes the informers of the Gateway API kinds that are served, with handler; nil when
-// none is. It logs once what is missing.
-func startGateway(client gwclient.Interface, disc discovery.DiscoveryInterface, handler cache.ResourceEventHandler, log *slog.Logger) (*gatewayWatch, error) {
+// none is. With warn, it logs what is missing.
+func startGateway(client gwclient.Interface, disc discovery.DiscoveryInterface, handler cache.ResourceEventHandler, log *slog.Logger, warn bool) (*gatewayWatch, error) {
 	if client == nil {
 		return nil, nil
 	}
@@ -63,13 +80,13 @@ func startGateway(client gwclient.Interface, disc discovery.DiscoveryInterface, 
 			missing = append(missing, r)
 		}
 	}
-	if len(missing) > 0 {
-		log.Warn("Gateway API CRDs are not installed; their routes are ignored until weft-control restarts with them (weft install --crds installs them)", "missing", missing, "group_version", gatewayGroupVersion)
+	if len(missing) > 0 && warn {
+		log.Warn("Gateway API CRDs are not installed; routes are ignored until they are (weft install --crds installs them)", "missing", missing, "group_version", gatewayGroupVersion)
 	}
 	if len(missing) == 3 {
 		return nil, nil
 	}
-	w := &gatewayWatch{factory: gwinformers.NewSharedInformerFactory(client, 0)}
+	w := &gatewayWatch{factory: gwinformers.NewSharedInformerFactory(client, 0), complete: len(missing) == 0}
 	v1 := w.factory.Gateway().V1()
 	if served["httproutes"] {
 		w.http = v1.HTTPRoutes().Informer()
@@ -109,12 +126,15 @@ func dropManagedFields(obj any) (any, error) {
 
 func (w *gatewayWatch) start(ctx context.Context) {
 	if w != nil {
+		ctx, w.stop = context.WithCancel(ctx)
 		w.factory.Start(ctx.Done())
 	}
 }
 
+// shutdown stops the informers and waits until they have.
 func (w *gatewayWatch) shutdown() {
-	if w != nil {
+	if w != nil && w.stop != nil {
+		w.stop()
 		w.factory.Shutdown()
 	}
 }
