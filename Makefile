@@ -35,7 +35,7 @@ GO_TEST_FLAGS ?= -count=1 -timeout=30m
 # workspace of its own, its Go code generated beside it.
 MIRRORS := dataplane/internal/xdsproto identity/workload/internal/certifypb
 
-.PHONY: all build images test lint gosec vulncheck unit proto proto-check deps apt tools kube demo fuzz bench bench-control bench-proxy bench-identity clean
+.PHONY: gateway-api-crds all build images test lint gosec vulncheck unit proto proto-check deps apt tools kube demo fuzz bench bench-control bench-proxy bench-identity clean
 
 all: build
 
@@ -158,6 +158,13 @@ $(TOOLS)/.stamp-%:
 	indexdb -vulns "$$(go mod download -json golang.org/x/vulndb@$(VULNDB_VERSION) | sed -n 's/^\t"Dir": "\(.*\)",$$/\1/p')/data/osv" -out $(TOOLS)/vulndb
 	@rm -f $(TOOLS)/.stamp-*; touch $@
 
+## gateway-api-crds: copy the Gateway API's standard channel CRDs of the module go.mod pins into the
+## chart (deploy/charts/weft/gateway-api; weft install --crds renders them). Run after bumping it.
+gateway-api-crds:
+	rm -f deploy/charts/weft/gateway-api/*.yaml
+	cp "$$(go list -m -f '{{.Dir}}' sigs.k8s.io/gateway-api)"/config/crd/standard/*.yaml deploy/charts/weft/gateway-api/
+	chmod 644 deploy/charts/weft/gateway-api/*.yaml
+
 # kube-apiserver, kube-controller-manager, kube-scheduler, kubectl and kwok for conformance/kubeenv,
 # built from the Go module proxy into ~/.cache/weft (about 21 minutes cold on 2 cores, nothing warm).
 kube:
@@ -173,6 +180,7 @@ FUZZMINIMIZETIME ?= 5s
 FUZZPARALLEL ?=
 FUZZ_TARGETS := \
 	./discovery:FuzzParseObjects \
+	./xds:FuzzGAMMATranslate \
 	./dataplane/xdsclient:FuzzDecodeResource \
 	./xds/server:FuzzDecodeRequest \
 	./xds/server:FuzzADS \

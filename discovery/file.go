@@ -139,6 +139,11 @@ func decodeDocument(doc []byte, objs *Objects) (ignored string, _ error) {
 			fieldErr = errors.Join(requireName(o.Name), validatePod(&o))
 			objs.Pods = append(objs.Pods, &o)
 		}
+	case "HTTPRoute", "GRPCRoute", "ReferenceGrant":
+		if !strings.HasPrefix(h.APIVersion, gatewayGroup+"/") {
+			return where, nil // a kind of the same name in another API group is not ours
+		}
+		fieldErr = decodeGateway(h.Kind, h.Metadata.Namespace, js, objs)
 	default:
 		return where, nil // other kinds (Deployments, ConfigMaps, ...) may share the file; they are not ours
 	}

@@ -27,6 +27,8 @@ func FuzzParseObjects(f *testing.F) {
 		"apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: s, labels: {kubernetes.io/service-name: a}}\naddressType: IPv6\nports: [{name: http, port: 8080}]\nendpoints: [{addresses: [\"fd00::1\"], conditions: {ready: true, terminating: false}, zone: z, nodeName: n, hostname: h, targetRef: {kind: Pod, name: p}}]\n",
 		"apiVersion: v1\nkind: Pod\nmetadata: {name: p, namespace: x, labels: {app: web}}\nspec: {serviceAccountName: web, containers: [{name: weft-proxy, image: i}]}\nstatus: {podIP: 10.44.0.3}\n",
 		"---\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\n---\nnull\n",
+		"apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r}\nspec: {parentRefs: [{group: \"\", kind: Service, name: a, port: 80}], rules: [{matches: [{path: {type: PathPrefix, value: /x}, headers: [{name: h, value: v}]}], backendRefs: [{name: a, port: 80, weight: 9}]}]}\n",
+		"apiVersion: gateway.networking.k8s.io/v1\nkind: GRPCRoute\nmetadata: {name: g}\nspec: {rules: [{matches: [{method: {service: s, method: m}}]}]}\n---\napiVersion: gateway.networking.k8s.io/v1\nkind: ReferenceGrant\nmetadata: {name: rg}\nspec: {from: [{group: g, kind: HTTPRoute, namespace: n}], to: [{group: \"\", kind: Service}]}\n",
 		"a: [b\n",
 		"apiVersion: v1\nmetadata: {name: a}\n",
 		"[1, 2]\n",

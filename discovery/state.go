@@ -10,6 +10,8 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
+
+	gwv1 "sigs.k8s.io/gateway-api/apis/v1"
 )
 
 // ProxyContainerName is the name of the sidecar container; a Pod with it runs a weft-proxy.
@@ -21,6 +23,10 @@ type State struct {
 	Namespaces []Namespace `json:"namespaces"`
 	Services   []Service   `json:"services"`
 	Pods       []Pod       `json:"pods"`
+	// Gateway API routes (mesh profile) and ReferenceGrants, sorted by namespace and name (gamma.go).
+	HTTPRoutes      []gwv1.HTTPRoute      `json:"httpRoutes,omitempty"`
+	GRPCRoutes      []gwv1.GRPCRoute      `json:"grpcRoutes,omitempty"`
+	ReferenceGrants []gwv1.ReferenceGrant `json:"referenceGrants,omitempty"`
 }
 
 // Namespace is a Kubernetes Namespace, with what the mesh reads of it.

@@ -26,6 +26,9 @@ type Builder struct {
 	heads    []discovery.Service      // every Service of the last Build, without its endpoints
 	outbound *listener.Listener
 	routes   []*route.RouteConfiguration
+	// grpcRoutes are routes for proxyless gRPC; gammaIn the Gateway API objects they were made from.
+	grpcRoutes []*route.RouteConfiguration
+	gammaIn    gammaInputs
 }
 
 // builtService is what one Service translated to, with the inputs it was made from.
@@ -84,9 +87,15 @@ func (b *Builder) Build(s *discovery.State) *Mesh {
 		m.Clusters = append(m.Clusters, inboundCluster(port))
 		m.Routes = append(m.Routes, inboundRoute(port))
 	}
-	// The outbound listener and routes read only the Services' names, addresses and ports.
-	if b.outbound == nil || !slices.EqualFunc(b.heads, s.Services, sameHead) {
-		b.outbound, b.routes = outboundListener(s, o), outboundRoutes(s, o)
+	// The outbound listener and routes read only the Services' names, addresses and ports, and the
+	// Gateway API objects.
+	if b.outbound == nil || !slices.EqualFunc(b.heads, s.Services, sameHead) || !b.gammaIn.same(s) {
+		b.outbound, b.routes = outboundListener(s, o), outboundRoutes(s, o, buildGAMMA(s, o))
+		b.grpcRoutes = make([]*route.RouteConfiguration, len(b.routes))
+		for i, rc := range b.routes {
+			b.grpcRoutes[i] = grpcRouteConfig(rc)
+		}
+		b.gammaIn = gammaInputsOf(s)
 		b.heads = make([]discovery.Service, len(s.Services))
 		for i, svc := range s.Services {
 			svc.Endpoints = nil
@@ -94,6 +103,7 @@ func (b *Builder) Build(s *discovery.State) *Mesh {
 		}
 	}
 	m.Routes = append(m.Routes, b.routes...)
+	m.GRPCRoutes = b.grpcRoutes
 	m.Outbound = b.outbound
 	b.services = built
 	sortMesh(m)

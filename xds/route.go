@@ -12,8 +12,9 @@ import (
 // outboundRoutes gives one RouteConfiguration per Service port number, named by the port, with a
 // virtual host per Service on that port. Domains: name, name.ns, name.ns.svc, the FQDN and the
 // ClusterIP, each also with ":port". The bare name is left out when two namespaces have a Service of
-// that name on the port (Envoy rejects duplicate domains; callers then use name.ns).
-func outboundRoutes(s *discovery.State, o Options) []*route.RouteConfiguration {
+// that name on the port (Envoy rejects duplicate domains; callers then use name.ns). The Gateway API
+// routes attached to a Service port (gamma) replace its default route.
+func outboundRoutes(s *discovery.State, o Options, gamma gammaTable) []*route.RouteConfiguration {
 	type entry struct {
 		svc discovery.Service
 		sp  discovery.ServicePort
@@ -59,7 +60,7 @@ func outboundRoutes(s *discovery.State, o Options) []*route.RouteConfiguration {
 			rc.VirtualHosts = append(rc.VirtualHosts, &route.VirtualHost{
 				Name:    f + p,
 				Domains: domains,
-				Routes:  []*route.Route{routeTo(OutboundClusterName(port, f))},
+				Routes:  gamma.vhostRoutes(e.svc, port, routeTo(OutboundClusterName(port, f))),
 			})
 		}
 		out = append(out, rc)

@@ -36,6 +36,9 @@ type Mesh struct {
 	Endpoints    []*endpoint.ClusterLoadAssignment
 	// Routes: one per Service port number (outbound) and `inbound|<port>` for every meshed pod port.
 	Routes []*route.RouteConfiguration
+	// GRPCRoutes are the outbound routes as proxyless gRPC gets them (the same names; see
+	// grpcRouteConfig).
+	GRPCRoutes []*route.RouteConfiguration
 	// Outbound is the sidecars' `outbound` listener.
 	Outbound *listener.Listener
 	// APIListeners for proxyless gRPC, one per Service port, named `<fqdn>:<port>`.
@@ -53,6 +56,7 @@ func sortMesh(m *Mesh) {
 		return strings.Compare(a.GetClusterName(), b.GetClusterName())
 	})
 	sortByName(m.Routes)
+	sortByName(m.GRPCRoutes)
 	sortByName(m.APIListeners)
 }
 
@@ -68,11 +72,7 @@ func (m *Mesh) For(s *discovery.State, p Proxy, o Options) Resources {
 	if p.Kind == KindGRPC {
 		r.Listeners = m.APIListeners
 		r.Clusters = m.GRPCClusters
-		for _, rc := range m.Routes {
-			if !strings.HasPrefix(rc.GetName(), "inbound|") {
-				r.Routes = append(r.Routes, rc)
-			}
-		}
+		r.Routes = m.GRPCRoutes
 		return r
 	}
 	ports := InboundPorts(s, p, o)

@@ -59,6 +59,8 @@ var fixtures = []fixture{
 	{"mesh.yaml", grpcClient},
 	{"mesh.yaml", webSidecar},
 	{"mesh.yaml", stranger},
+	{"gamma.yaml", webSidecar},
+	{"gamma.yaml", grpcClient},
 }
 
 func (f fixture) golden() string {

@@ -19,6 +19,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/keepalive"
 	"k8s.io/client-go/kubernetes"
+	gwclient "sigs.k8s.io/gateway-api/pkg/client/clientset/versioned"
 
 	"github.com/weftmesh/weft/cmd/internal/buildinfo"
 	"github.com/weftmesh/weft/deploy/inject"
@@ -151,7 +152,8 @@ func run(ctx context.Context, c config) error {
 	}
 
 	// With the identity CA on, inbound is strict (mutual TLS only) unless a workload opts out.
-	srv := server.New(server.Options{Logger: log, Translate: xds.Options{TrustDomain: c.trustDomain, Strict: c.identity.dir != ""}})
+	xopts := xds.Options{TrustDomain: c.trustDomain, Strict: c.identity.dir != ""}
+	srv := server.New(server.Options{Logger: log, Translate: xopts})
 	if c.trustBundle != "" {
 		pem, err := os.ReadFile(c.trustBundle)
 		if err != nil {
@@ -164,6 +166,7 @@ func run(ctx context.Context, c config) error {
 
 	var src discovery.Source
 	var kubeClient kubernetes.Interface
+	var statusWriter *kube.StatusWriter // Gateway API route status, in Kubernetes mode
 	if c.discoveryFile != "" {
 		// Load once up front so a bad file is reported before anything listens.
 		if _, err := discovery.LoadFile(c.discoveryFile); err != nil {
@@ -179,8 +182,13 @@ func run(ctx context.Context, c config) error {
 		if err != nil {
 			return fmt.Errorf("%w (check --kubeconfig, or use --discovery-file for local mode)", err)
 		}
-		src = &kube.Source{Client: client, Logger: log, Quiet: c.debounce, Max: c.debounceMax}
+		gw, err := gwclient.NewForConfig(cfg)
+		if err != nil {
+			return fmt.Errorf("making a Gateway API client: %w", err)
+		}
+		src = &kube.Source{Client: client, Gateway: gw, Logger: log, Quiet: c.debounce, Max: c.debounceMax}
 		kubeClient = client
+		statusWriter = kube.NewStatusWriter(gw, xds.ControllerName, log)
 	}
 
 	xdsLis, err := listen("--xds-addr", c.xdsAddr)
@@ -240,7 +248,7 @@ func run(ctx context.Context, c config) error {
 		MaxHeaderBytes:    maxHeaderBytes,
 	}
 
-	errc := make(chan error, 5)
+	errc := make(chan error, 6)
 	go func() { errc <- g.Serve(xdsLis) }()
 	if ident != nil {
 		go func() { errc <- ident.g.Serve(ident.lis) }()
@@ -259,7 +267,23 @@ func run(ctx context.Context, c config) error {
 		}()
 		log.Info("injector serving", "addr", inj.lis.Addr().String(), "path", inject.WebhookPath, "cert_names", c.injector.certDNS)
 	}
-	go func() { errc <- src.Run(ctx, tap.publishing(srv.Update)) }()
+	publish := srv.Update
+	if statusWriter != nil {
+		go func() { errc <- statusWriter.Run(ctx) }()
+		// The source's goroutine owns each State; the writer gets the statuses computed from it.
+		publish = func(st *discovery.State) {
+			srv.Update(st)
+			statusWriter.Offer(st, xds.RouteStatuses(st, xopts))
+		}
+	} else {
+		// Local mode: no API server to write route status to; the log says what is wrong instead.
+		var logged map[string]string
+		publish = func(st *discovery.State) {
+			srv.Update(st)
+			logged = logRouteProblems(log, xds.RouteStatuses(st, xopts), logged)
+		}
+	}
+	go func() { errc <- src.Run(ctx, tap.publishing(publish)) }()
 	log.Info("weft-control serving", "xds", xdsLis.Addr().String(), "admin", adminLis.Addr().String(), "mode", mode(c))
 
 	var runErr error

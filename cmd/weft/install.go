@@ -39,6 +39,7 @@ type installOptions struct {
 	native        bool
 	cni           bool
 	viz           bool
+	crds          bool
 	identityDir   string
 	valueFiles    []string
 	sets          []string
@@ -59,6 +60,7 @@ var flagValues = map[string]string{
 	"native-sidecars":      "proxy.nativeSidecars",
 	"cni":                  "cni.enabled",
 	"viz":                  "viz.enabled",
+	"crds":                 "gatewayAPI.crds",
 }
 
 func newInstallCmd() *cobra.Command {
@@ -71,6 +73,7 @@ this binary (deploy/charts/weft; helm install renders the same objects):
 
   weft check --pre                              # can this cluster run Weft?
   weft install | kubectl apply -f -             # namespace weft: weft-control, the injector, the CA
+  weft install --crds | kubectl apply --server-side -f -   # and the Gateway API CRDs (HTTPRoute, GRPCRoute)
   weft check                                    # is it up?
   kubectl annotate namespace NS weft.io/inject=enabled
   kubectl rollout restart deployment -n NS      # the new Pods get the proxy
@@ -99,6 +102,7 @@ write them with -o FILE.`,
 	f.BoolVar(&o.native, "native-sidecars", true, "run the proxy as a native sidecar (Kubernetes 1.29+); false: an ordinary container")
 	f.BoolVar(&o.cni, "cni", false, "intercept traffic with the Weft CNI plugin (a DaemonSet) instead of a privileged init container in each Pod")
 	f.BoolVar(&o.viz, "viz", false, "also run a Prometheus that scrapes every meshed Pod's proxy (weft-prometheus), for weft stat and weft edges")
+	f.BoolVar(&o.crds, "crds", false, "include the Gateway API's standard channel CRDs (HTTPRoute, GRPCRoute, ReferenceGrant, ...) that weft routes by; leave off if the cluster has them. Apply with kubectl apply --server-side: the HTTPRoute CRD is too big for client-side apply")
 	f.StringVar(&o.identityDir, "identity-dir", "", "CA directory from weft identity bootstrap (ca.crt, issuer.crt, issuer.key); default: a new CA for this install")
 	f.StringArrayVarP(&o.valueFiles, "values", "f", nil, "a values file of the chart (repeatable; later files win)")
 	f.StringArrayVar(&o.sets, "set", nil, "a chart value, key=value as with helm --set (repeatable; wins over the flags above)")
@@ -289,6 +293,7 @@ func newUninstallCmd() *cobra.Command {
 	var (
 		namespace string
 		cni       bool
+		crds      bool
 		output    string
 	)
 	cmd := &cobra.Command{
@@ -300,7 +305,7 @@ namespace last. Meshed Pods keep their proxy until they are restarted; remove th
 annotations and restart them first if the proxies should go too.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			manifests, err := uninstallManifests(namespace, cni)
+			manifests, err := uninstallManifests(namespace, cni, crds)
 			if err != nil {
 				return err
 			}
@@ -316,6 +321,7 @@ annotations and restart them first if the proxies should go too.`,
 	}
 	cmd.Flags().StringVar(&namespace, "namespace", charts.DefaultNamespace, "namespace of the control plane")
 	cmd.Flags().BoolVar(&cni, "cni", true, "include the CNI DaemonSet and its RBAC (kubectl delete --ignore-not-found skips them if absent)")
+	cmd.Flags().BoolVar(&crds, "crds", false, "include the Gateway API CRDs: this deletes every HTTPRoute, GRPCRoute and ReferenceGrant of the cluster, and a Gateway controller's routes too")
 	cmd.Flags().StringVarP(&output, "output", "o", "", "write to this file instead of standard output")
 	return cmd
 }
@@ -329,7 +335,7 @@ func orDash(s string) string {
 
 // uninstallManifests renders the chart with every optional part on and placeholder identity, and keeps
 // of each object only what kubectl delete needs, in reverse install order.
-func uninstallManifests(namespace string, cni bool) (string, error) {
+func uninstallManifests(namespace string, cni, crds bool) (string, error) {
 	placeholder := identityValues{bundlePEM: "-", issuerCertPEM: "-", issuerKeyPEM: "-"}
 	o := installOptions{namespace: namespace, tag: buildinfo.Version, replicas: 1, logLevel: "info", proxyLogLevel: "info", proxyCPU: "1", proxyMemory: "1", proxyMemLimit: "1"}
 	vals, err := installValues(o, pflag.NewFlagSet("uninstall", pflag.ContinueOnError), nil, placeholder)
@@ -338,6 +344,7 @@ func uninstallManifests(namespace string, cni bool) (string, error) {
 	}
 	vals["cni"] = map[string]any{"enabled": cni}
 	vals["viz"] = map[string]any{"enabled": true} // weft install --viz's Prometheus (absent: --ignore-not-found skips it)
+	vals["gatewayAPI"] = map[string]any{"crds": crds}
 	manifests, err := renderChart(namespace, vals)
 	if err != nil {
 		return "", err

@@ -20,6 +20,7 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/clientcmd"
+	gwclient "sigs.k8s.io/gateway-api/pkg/client/clientset/versioned"
 
 	"github.com/weftmesh/weft/discovery"
 )
@@ -27,7 +28,13 @@ import (
 // Source watches Kubernetes and publishes a discovery.State after each burst of changes.
 type Source struct {
 	Client kubernetes.Interface
-	Logger *slog.Logger
+	// Gateway, if set, watches the Gateway API's HTTPRoutes, GRPCRoutes and ReferenceGrants (gamma.go)
+	// when their CRDs are served.
+	Gateway gwclient.Interface
+	// GatewayRecheck is how often, while the Gateway API CRDs are not served, the API server is asked
+	// again (default 30 s); once they are, their routes are watched.
+	GatewayRecheck time.Duration
+	Logger         *slog.Logger
 	// Quiet is how long no change must arrive before a new State is built (default 100 ms); Max caps
 	// how long a steady stream of changes can delay one (default 1 s).
 	Quiet, Max time.Duration
@@ -92,10 +99,25 @@ func (s *Source) Run(ctx context.Context, publish func(*discovery.State)) error 
 		}
 	}
 
+	gw, err := startGateway(s.Gateway, s.Client.Discovery(), handler, log, true)
+	if err != nil {
+		return err
+	}
+	recheckEvery := s.GatewayRecheck
+	if recheckEvery <= 0 {
+		recheckEvery = 30 * time.Second
+	}
+	var recheck <-chan time.Time
+	if s.Gateway != nil && (gw == nil || !gw.complete) {
+		recheck = time.After(recheckEvery)
+	}
+
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	factory.Start(ctx.Done())
 	defer factory.Shutdown()
+	gw.start(ctx)
+	defer func() { gw.shutdown() }() // gw may start later (recheck below)
 	for typ, ok := range factory.WaitForCacheSync(ctx.Done()) {
 		if !ok {
 			if ctx.Err() != nil {
@@ -104,6 +126,12 @@ func (s *Source) Run(ctx context.Context, publish func(*discovery.State)) error 
 			return fmt.Errorf("the %v cache never synced", typ)
 		}
 	}
+	if err := gw.waitForSync(ctx); err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return err
+	}
 
 	build := func() *discovery.State {
 		var objs discovery.Objects
@@ -111,6 +139,7 @@ func (s *Source) Run(ctx context.Context, publish func(*discovery.State)) error 
 		objs.EndpointSlices, _ = sliceInf.Lister().List(labels.Everything())
 		objs.Pods, _ = podInf.Lister().List(labels.Everything())
 		objs.Namespaces, _ = nsInf.Lister().List(labels.Everything())
+		gw.list(&objs)
 		return discovery.Build(objs)
 	}
 	// Drain the marks made during the initial list: the first State already includes them.
@@ -138,6 +167,32 @@ func (s *Source) Run(ctx context.Context, publish func(*discovery.State)) error 
 		case <-quietTimer.C:
 		case <-maxTimer:
 			quietTimer.Stop()
+		case <-recheck:
+			// Some Gateway API CRDs were not served: are more of them now?
+			recheck = nil
+			next, err := startGateway(s.Gateway, s.Client.Discovery(), handler, log, false)
+			if err != nil {
+				log.Warn("checking for the Gateway API CRDs", "error", err)
+			}
+			if err != nil || next.kinds() <= gw.kinds() {
+				recheck = time.After(recheckEvery)
+				continue
+			}
+			if !next.complete {
+				recheck = time.After(recheckEvery)
+			}
+			gw.shutdown()
+			gw = next
+			gw.start(ctx)
+			if err := gw.waitForSync(ctx); err != nil {
+				if ctx.Err() != nil {
+					return nil
+				}
+				return err
+			}
+			log.Info("Gateway API CRDs are served now: watching them", "kinds", gw.kinds(), "all", gw.complete)
+			mark()
+			continue
 		}
 		maxTimer = nil
 		publish(build())

@@ -109,7 +109,7 @@ func (m *metrics) observeUpdate(s *Server, changed int, took time.Duration) {
 	m.configBytes.WithLabelValues("cds").Set(float64(s.clusters.bytes + s.grpcCDS.bytes))
 	m.configBytes.WithLabelValues("eds").Set(float64(s.endpoints.bytes))
 	m.configBytes.WithLabelValues("lds").Set(float64(lds))
-	m.configBytes.WithLabelValues("rds").Set(float64(s.routes.bytes))
+	m.configBytes.WithLabelValues("rds").Set(float64(s.routes.bytes + s.grpcRDS.bytes))
 }
 
 // Registry is the registry of the server's metrics, for /metrics; callers may add their own.

@@ -77,6 +77,7 @@ type Server struct {
 	grpcCDS   *typedCache // proxyless gRPC
 	endpoints *typedCache
 	routes    *typedCache
+	grpcRDS   *typedCache // proxyless gRPC: outbound routes only, as xds.Mesh.GRPCRoutes
 	apiLDS    *typedCache
 	secrets   *typedCache
 	groups    map[string]*listenerGroup
@@ -133,6 +134,7 @@ func New(o Options) *Server {
 	s.grpcCDS = s.newCache(xds.ClusterType)
 	s.endpoints = s.newCache(xds.EndpointType)
 	s.routes = s.newCache(xds.RouteType)
+	s.grpcRDS = s.newCache(xds.RouteType)
 	s.apiLDS = s.newCache(xds.ListenerType)
 	s.secrets = s.newCache(xds.SecretType)
 	s.clients = newTracker(s)
@@ -237,6 +239,7 @@ func (s *Server) Update(st *discovery.State) {
 		feed(g.lds, s.groupListeners(g.ports))
 	}
 	feed(s.routes, byName(mesh.Routes, nameOf))
+	feed(s.grpcRDS, byName(mesh.GRPCRoutes, nameOf))
 	if changed > 0 {
 		names := map[string]string{}
 		for _, c := range s.caches() {
@@ -254,7 +257,7 @@ func (s *Server) Update(st *discovery.State) {
 
 // caches are every typedCache; s.mu is held.
 func (s *Server) caches() []*typedCache {
-	cs := []*typedCache{s.clusters, s.grpcCDS, s.endpoints, s.routes, s.apiLDS, s.secrets}
+	cs := []*typedCache{s.clusters, s.grpcCDS, s.endpoints, s.routes, s.grpcRDS, s.apiLDS, s.secrets}
 	for _, g := range s.groups {
 		cs = append(cs, g.lds)
 	}
@@ -321,6 +324,9 @@ func (s *Server) typedCacheFor(typeURL string, p xds.Proxy, names []string) (*ty
 	case xds.EndpointType:
 		return s.endpoints, nil
 	case xds.RouteType:
+		if p.Kind == xds.KindGRPC {
+			return s.grpcRDS, nil
+		}
 		return s.routes, nil
 	case xds.SecretType:
 		return s.secrets, nil
@@ -467,6 +473,9 @@ func (s *Server) exists(typeURL string, node *core.Node, name string) bool {
 	case xds.EndpointType:
 		return s.endpoints.current[name] != nil
 	case xds.RouteType:
+		if p.Kind == xds.KindGRPC {
+			return s.grpcRDS.current[name] != nil
+		}
 		return s.routes.current[name] != nil
 	case xds.SecretType:
 		return s.secrets.current[name] != nil
