@@ -133,12 +133,27 @@ func prefixRewrite(e gammaEntry, m gwv1.HTTPRouteMatch, redirect *gwv1.HTTPReque
 		probs.unsupported("%s: replacePrefixMatch needs a PathPrefix match", where)
 		return
 	}
+	// Envoy's prefix_rewrite glues the rest of the path onto the new prefix, so "/" for the prefix
+	// "/foo" would make "/foo/bar" "//bar"; the spec wants "/bar" (and "/" for "/foo"): a regex
+	// rewrite of the prefix and its following slashes does that, as Envoy Gateway emits it.
+	var regex *matcher.RegexMatchAndSubstitute
+	if prefix := strings.TrimRight(matchPrefix(m), "/"); *p.ReplacePrefixMatch == "/" && prefix != "" {
+		regex = &matcher.RegexMatchAndSubstitute{Pattern: &matcher.RegexMatcher{Regex: "^" + regexp.QuoteMeta(prefix) + "/*"}, Substitution: "/"}
+	}
 	for _, r := range append([]*route.Route{e.r}, e.overrides...) {
 		switch a := r.Action.(type) {
 		case *route.Route_Redirect:
-			a.Redirect.PathRewriteSpecifier = &route.RedirectAction_PrefixRewrite{PrefixRewrite: *p.ReplacePrefixMatch}
+			if regex != nil {
+				a.Redirect.PathRewriteSpecifier = &route.RedirectAction_RegexRewrite{RegexRewrite: regex}
+			} else {
+				a.Redirect.PathRewriteSpecifier = &route.RedirectAction_PrefixRewrite{PrefixRewrite: *p.ReplacePrefixMatch}
+			}
 		case *route.Route_Route:
-			a.Route.PrefixRewrite = *p.ReplacePrefixMatch
+			if regex != nil {
+				a.Route.RegexRewrite = regex
+			} else {
+				a.Route.PrefixRewrite = *p.ReplacePrefixMatch
+			}
 		}
 	}
 }
@@ -377,4 +392,12 @@ func grpcMatch(m gwv1.GRPCRouteMatch, where string, probs *routeProblems) (*rout
 	}
 	e.headers = len(m.Headers)
 	return rm, e
+}
+
+// matchPrefix is the path prefix of a PathPrefix match ("/" when the match has no path).
+func matchPrefix(m gwv1.HTTPRouteMatch) string {
+	if m.Path == nil || m.Path.Value == nil {
+		return "/"
+	}
+	return *m.Path.Value
 }
