@@ -35,6 +35,17 @@ func TestGRPCMatrix(t *testing.T) {
 		{"B2", m.grpcMeshed, m.serverApp},
 	} {
 		t.Run(path.name, func(t *testing.T) {
+			inboundBefore := m.server.inboundMTLSRequests(t)
+			if path.name == "B2" {
+				t.Cleanup(func() {
+					// B2 went over mutual TLS: server-0's sidecar counted the calls inbound with
+					// client-0's identity. (B1's app has no sidecar: its calls cannot go around
+					// client-0's, which the client dials.)
+					if n := m.server.inboundMTLSRequests(t) - inboundBefore; n < 100 {
+						t.Errorf("server-0's sidecar counted %v requests inbound over mTLS from %s during B2, want ≥ 100", n, clientID)
+					}
+				})
+			}
 			cc := m.dialGRPC(t, path.authority)
 			c := testgrpc.NewTestServiceClient(cc)
 			srv := path.app.grpc

@@ -445,6 +445,40 @@ func (p *proxyProc) rssKB(t testing.TB) int64 {
 	return 0
 }
 
+// clientID is client-0's SPIFFE identity.
+var clientID = "spiffe://" + trustDomain + "/ns/" + namespace + "/sa/client"
+
+// inboundMTLSRequests sums the proxy's request_total series of direction inbound, over TLS, from
+// client-0's identity (its /metrics, as Prometheus reads it).
+func (p *proxyProc) inboundMTLSRequests(t testing.TB) float64 {
+	t.Helper()
+	c := &http.Client{Timeout: 5 * time.Second}
+	resp, err := c.Get("http://" + p.admin + "/metrics")
+	if err != nil {
+		t.Fatalf("%s's /metrics: %v", p.name, err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sum float64
+	for line := range strings.SplitSeq(string(body), "\n") {
+		if !strings.HasPrefix(line, "request_total{") || !strings.Contains(line, `direction="inbound"`) ||
+			!strings.Contains(line, `tls="true"`) || !strings.Contains(line, `client_id="`+clientID+`"`) {
+			continue
+		}
+		if i := strings.LastIndexByte(line, ' '); i > 0 {
+			v, err := strconv.ParseFloat(line[i+1:], 64)
+			if err != nil {
+				t.Fatalf("%s's /metrics: %q: %v", p.name, line, err)
+			}
+			sum += v
+		}
+	}
+	return sum
+}
+
 func writeFile(t *testing.T, path, content string) {
 	t.Helper()
 	if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
