@@ -103,15 +103,15 @@ func readJUnit(path string) (h2specResult, error) {
 	var doc struct {
 		Suites []struct {
 			Cases []struct {
-				Package   string    `xml:"package,attr"`
-				ClassName string    `xml:"classname,attr"`
+				Package   string `xml:"package,attr"`
+				ClassName string `xml:"classname,attr"`
 				Failure   *struct {
 					Content string `xml:",innerxml"`
 				} `xml:"failure"`
 				Error *struct {
 					Content string `xml:",innerxml"`
 				} `xml:"error"`
-				Skipped   *struct{} `xml:"skipped"`
+				Skipped *struct{} `xml:"skipped"`
 			} `xml:"testcase"`
 		} `xml:"testsuite"`
 	}
@@ -196,4 +196,3 @@ func portOf(addr string) string {
 	}
 	return p
 }
-
