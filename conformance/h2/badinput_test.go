@@ -62,7 +62,7 @@ func startBystander(t *testing.T, m *mesh, webURL string) *bystander {
 	b := &bystander{stop: cancel}
 	loop := func(call func(ctx context.Context) error) {
 		for ctx.Err() == nil {
-			cctx, ccancel := context.WithTimeout(ctx, 5*time.Second)
+			cctx, ccancel := context.WithTimeout(ctx, 10*time.Second)
 			err := call(cctx)
 			ccancel()
 			switch {
@@ -141,7 +141,7 @@ func attack(t *testing.T, m *mesh, f func(t *testing.T, s side)) {
 			// A fresh connection is served.
 			h := s.dial(t)
 			id := h.request(get(s.authority, "/after"))
-			if ev, seen, ok := h.await(10*time.Second, func(ev frameEvent) bool { return ev.typ == http2.FrameHeaders && ev.stream == id }); !ok || ev.status != "200" {
+			if ev, seen, ok := h.await(30*time.Second, func(ev frameEvent) bool { return ev.typ == http2.FrameHeaders && ev.stream == id }); !ok || ev.status != "200" {
 				t.Errorf("a request on a new connection after the attack: %s", summarize(seen))
 			}
 		})
@@ -301,7 +301,7 @@ func TestBadInput(t *testing.T) {
 			if werr != nil {
 				verdict = fmt.Sprintf("the server closed the connection after %d streams (%v)", sent, werr)
 			}
-			alive, seen := h.ping(20 * time.Second)
+			alive, seen := h.ping(60 * time.Second)
 			var goaway *frameEvent
 			for i := range seen {
 				if seen[i].typ == http2.FrameGoAway {
@@ -317,7 +317,7 @@ func TestBadInput(t *testing.T) {
 			case alive:
 				verdict = fmt.Sprintf("all %d streams taken, the connection still answers PING", sent)
 			case werr == nil:
-				t.Fatalf("rapid reset: after %d streams the connection neither answered PING within 20s nor sent GOAWAY: %s", sent, summarize(seen))
+				t.Fatalf("rapid reset: after %d streams the connection neither answered PING within 60s nor sent GOAWAY: %s", sent, summarize(seen))
 			}
 			t.Logf("rapid reset of %d streams: %s; the app saw %d of them", streams, verdict, s.app.webHit.Load()-hitsBefore)
 		})
