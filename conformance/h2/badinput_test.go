@@ -70,7 +70,7 @@ func startBystander(t *testing.T, m *mesh, webURL string) *bystander {
 				b.ok.Add(1)
 			case ctx.Err() == nil:
 				b.failed.Add(1)
-				b.firstErr.CompareAndSwap(nil, err)
+				b.firstErr.CompareAndSwap(nil, err.Error()) // one type: Value panics on mixed ones
 			}
 		}
 	}
@@ -325,41 +325,74 @@ func TestBadInput(t *testing.T) {
 
 	t.Run("CONTINUATION flood", func(t *testing.T) {
 		// CVE-2024-27316 (and CVE-2023-45288): a header block that never ends, CONTINUATION after
-		// CONTINUATION. The server must cut it off with a connection error once the block is over
-		// its limit, not buffer (or decode) it without end.
-		const maxFlood = 64 << 20
-		attack(t, m, func(t *testing.T, s side) {
-			h := s.dial(t)
-			limit := h.settings[http2.SettingMaxHeaderListSize]
-			id := h.newStream()
-			head := h.headerBlock(get(s.authority, "/flood")...)
-			var frag []byte
-			for i := range 40 { // distinct literal fields, not indexed: each costs the decoder
-				frag = append(frag, h.headerBlockLiteral(fmt.Sprintf("x-flood-%d", i), strings.Repeat("v", 300))...)
-			}
-			werr := h.write(func() error {
-				return h.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: head, EndStream: true})
-			})
-			for werr == nil && !h.ended.Load() && h.sentBytes() < maxFlood {
-				werr = h.write(func() error {
-					h.sent += int64(len(frag) + 9)
-					return h.fr.WriteContinuation(id, false, frag)
+		// CONTINUATION. The server must cut it off with a connection error, not buffer (or decode)
+		// it without end: with header data, once the block is over its limit; with empty frames
+		// (nothing to buffer, but a connection held busy for ever), once their number is absurd.
+		for _, shape := range []struct {
+			name     string
+			frag     func(h *h2client) []byte
+			batch    int   // frames per write
+			maxFlood int64 // bytes the client writes at most
+			// mustStop: the proxy must end the block with GOAWAY. Today's proxy (net/http's HTTP/2
+			// server) takes empty CONTINUATION frames without end, so for those the test only
+			// checks memory and the bystanders, and logs whether the proxy stopped the flood.
+			mustStop bool
+		}{
+			{"header data", func(h *h2client) []byte {
+				var frag []byte
+				for i := range 40 { // distinct literal fields, not indexed: each costs the decoder
+					frag = append(frag, h.headerBlockLiteral(fmt.Sprintf("x-flood-%d", i), strings.Repeat("v", 300))...)
+				}
+				return frag
+			}, 1, 64 << 20, true},
+			{"empty frames", func(*h2client) []byte { return nil }, 1000, 16 << 20, false},
+		} {
+			t.Run(shape.name, func(t *testing.T) {
+				attack(t, m, func(t *testing.T, s side) {
+					h := s.dial(t)
+					limit := h.settings[http2.SettingMaxHeaderListSize]
+					id := h.newStream()
+					head := h.headerBlock(get(s.authority, "/flood")...)
+					frag := shape.frag(h)
+					werr := h.write(func() error {
+						return h.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: head, EndStream: true})
+					})
+					frames := 0
+					for werr == nil && !h.ended.Load() && h.sentBytes() < shape.maxFlood {
+						werr = h.write(func() error {
+							for range shape.batch {
+								h.sent += int64(len(frag) + 9)
+								frames++
+								if err := h.fr.WriteContinuation(id, false, frag); err != nil {
+									return err
+								}
+							}
+							return nil
+						})
+					}
+					if !shape.mustStop && werr == nil && !h.ended.Load() {
+						// (No PING to see if it lives: any frame but CONTINUATION inside a header
+						// block is itself a connection error.)
+						t.Logf("CONTINUATION flood of %d empty frames (%d bytes, more than the sockets buffer): the proxy read them all and sent no GOAWAY", frames, h.sentBytes())
+						return
+					}
+					ev, seen, ok := h.await(20*time.Second, func(ev frameEvent) bool { return ev.typ == http2.FrameGoAway || ev.closed != nil })
+					if !ok {
+						t.Fatalf("CONTINUATION flood: after %d frames (%d bytes), no GOAWAY and the connection is open: %s", frames, h.sentBytes(), summarize(seen))
+					}
+					if ev.typ != http2.FrameGoAway {
+						t.Fatalf("CONTINUATION flood: the connection closed without GOAWAY after %d bytes (%v)", ev.lastSent, ev.closed)
+					}
+					if ev.code != http2.ErrCodeProtocol && ev.code != http2.ErrCodeEnhanceYourCalm && ev.code != http2.ErrCodeCompression {
+						t.Fatalf("CONTINUATION flood: %v, want GOAWAY PROTOCOL_ERROR, ENHANCE_YOUR_CALM or COMPRESSION_ERROR", ev)
+					}
+					// What the client had written includes what the sockets buffered (megabytes on
+					// loopback), so it says little about what the proxy took; the memory bound
+					// (attack) does.
+					t.Logf("CONTINUATION flood: %v when the client had written %d bytes in %d frames (limit %d)", ev, ev.lastSent, frames, limit)
 				})
-			}
-			ev, seen, ok := h.await(20*time.Second, func(ev frameEvent) bool { return ev.typ == http2.FrameGoAway || ev.closed != nil })
-			if !ok {
-				t.Fatalf("CONTINUATION flood: after %d bytes, no GOAWAY and the connection is open: %s", h.sentBytes(), summarize(seen))
-			}
-			if ev.typ != http2.FrameGoAway {
-				t.Fatalf("CONTINUATION flood: the connection closed without GOAWAY after %d bytes (%v)", ev.lastSent, ev.closed)
-			}
-			if ev.code != http2.ErrCodeProtocol && ev.code != http2.ErrCodeEnhanceYourCalm && ev.code != http2.ErrCodeCompression {
-				t.Fatalf("CONTINUATION flood: %v, want GOAWAY PROTOCOL_ERROR, ENHANCE_YOUR_CALM or COMPRESSION_ERROR", ev)
-			}
-			// What the client had written includes what the sockets buffered (megabytes on loopback),
-			// so it says little about what the proxy took; the memory bound (attack) does.
-			t.Logf("CONTINUATION flood: %v when the client had written %d bytes (limit %d)", ev, ev.lastSent, limit)
-		})
+			})
+		}
 	})
 }
 
