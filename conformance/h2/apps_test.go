@@ -89,6 +89,14 @@ type testServer struct {
 	ends    map[string]chan callEnd
 	open    atomic.Int64
 	maxOpen atomic.Int64
+	sent    sync.Map // x-tag → *atomic.Int64: messages StreamingOutputCall has handed to grpc-go
+}
+
+// sentCount is how many messages StreamingOutputCall has sent on the call tagged tag (grpc-go's Send
+// returns only once the stream's flow control lets the message out, give or take its write quota).
+func (s *testServer) sentCount(tag string) *atomic.Int64 {
+	v, _ := s.sent.LoadOrStore(tag, new(atomic.Int64))
+	return v.(*atomic.Int64)
 }
 
 func newTestServer() *testServer { return &testServer{ends: map[string]chan callEnd{}} }
@@ -181,11 +189,18 @@ func (s *testServer) StreamingOutputCall(req *testgrpc.StreamingOutputCallReques
 	if err := s.prologue(ctx); err != nil {
 		return err
 	}
+	var sent *atomic.Int64
+	if tag := md(ctx, "x-tag"); tag != "" {
+		sent = s.sentCount(tag)
+	}
 	for _, p := range req.GetResponseParameters() {
 		body := make([]byte, p.GetSize())
 		fill(body)
 		if err := stream.Send(&testgrpc.StreamingOutputCallResponse{Payload: &testgrpc.Payload{Body: body}}); err != nil {
 			return err
+		}
+		if sent != nil {
+			sent.Add(1)
 		}
 	}
 	if md(ctx, "x-hold") != "" {

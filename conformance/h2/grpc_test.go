@@ -293,6 +293,92 @@ func TestGRPCMatrix(t *testing.T) {
 				}
 			})
 
+			t.Run("a slow reader holds back only its own stream", func(t *testing.T) {
+				// Stream A: the server sends 64 MB that the client does not read. Flow control must
+				// stop the server (the proxies buffer a window's worth, not the lot) while stream B
+				// on the same connection goes on; then A is read to the end, intact.
+				const msgs, size = 1000, 64 << 10
+				tag := path.name + "-slow"
+				var params []*testgrpc.ResponseParameters
+				for range msgs {
+					params = append(params, &testgrpc.ResponseParameters{Size: size})
+				}
+				proxies := []*proxyProc{m.client}
+				if path.name == "B2" {
+					proxies = append(proxies, m.server)
+				}
+				var rssBefore []int64
+				for _, p := range proxies {
+					rssBefore = append(rssBefore, p.rssKB(t))
+				}
+				actx := metadata.AppendToOutgoingContext(ctx(t), "x-tag", tag)
+				a, err := c.StreamingOutputCall(actx, &testgrpc.StreamingOutputCallRequest{ResponseParameters: params})
+				if err != nil {
+					t.Fatal(err)
+				}
+				sent := srv.sentCount(tag)
+				// The server stops when the windows between it and the unread client are full: wait
+				// until its count holds still.
+				last, still := int64(-1), 0
+				waitFor(t, "the server of the unread stream to be held back", 30*time.Second, func() error {
+					n := sent.Load()
+					if n == last && n > 0 {
+						still++
+					} else {
+						still = 0
+					}
+					last = n
+					if n >= msgs {
+						return nil // it got everything out: the check below fails it
+					}
+					if still < 10 { // half a second without progress
+						return fmt.Errorf("%d messages sent so far", n)
+					}
+					return nil
+				})
+				held := sent.Load()
+				t.Logf("the server was held back after %d of %d messages (%d MB)", held, msgs, held*size>>20)
+				if held >= msgs {
+					t.Fatalf("the server sent all %d MB to a client that read nothing: no flow control end to end", msgs*size>>20)
+				}
+				for i, p := range proxies {
+					if grew := p.rssKB(t) - rssBefore[i]; grew > maxRSSGrowthKB {
+						t.Errorf("%s's VmRSS grew by %d KiB holding an unread stream", p.name, grew)
+					}
+				}
+				b, err := c.FullDuplexCall(ctx(t))
+				if err != nil {
+					t.Fatal(err)
+				}
+				for i := range 20 {
+					msg := fmt.Appendf(nil, "beside a stalled stream %d", i)
+					if err := b.Send(&testgrpc.StreamingOutputCallRequest{Payload: &testgrpc.Payload{Body: msg}}); err != nil {
+						t.Fatal(err)
+					}
+					if r, err := b.Recv(); err != nil || !bytes.Equal(r.GetPayload().GetBody(), msg) {
+						t.Fatalf("stream B beside the stalled one: %v", err)
+					}
+				}
+				if err := b.CloseSend(); err != nil {
+					t.Fatal(err)
+				}
+				if sent.Load() >= msgs {
+					t.Fatalf("the unread stream's server got all its data out meanwhile")
+				}
+				for i := range msgs {
+					r, err := a.Recv()
+					if err != nil {
+						t.Fatalf("reading the held stream, message %d: %v", i, err)
+					}
+					if len(r.GetPayload().GetBody()) != size || !filled(r.GetPayload().GetBody()) {
+						t.Fatalf("message %d of the held stream arrived changed", i)
+					}
+				}
+				if _, err := a.Recv(); !errors.Is(err, io.EOF) {
+					t.Fatalf("the held stream's end: %v", err)
+				}
+			})
+
 			t.Run("metadata and trailers", func(t *testing.T) {
 				var header, trailer metadata.MD
 				mctx := metadata.AppendToOutgoingContext(ctx(t), "x-echo", "v-"+path.name)
