@@ -90,6 +90,13 @@ type testServer struct {
 	open    atomic.Int64
 	maxOpen atomic.Int64
 	sent    sync.Map // x-tag → *atomic.Int64: messages StreamingOutputCall has handed to grpc-go
+	gates   sync.Map // x-tag → chan struct{}: StreamingInputCall with x-stall reads nothing until closed
+}
+
+// gate is the channel that StreamingInputCall tagged tag (with x-stall) waits on before reading.
+func (s *testServer) gate(tag string) chan struct{} {
+	v, _ := s.gates.LoadOrStore(tag, make(chan struct{}))
+	return v.(chan struct{})
 }
 
 // sentCount is how many messages StreamingOutputCall has sent on the call tagged tag (grpc-go's Send
@@ -210,8 +217,16 @@ func (s *testServer) StreamingOutputCall(req *testgrpc.StreamingOutputCallReques
 }
 
 func (s *testServer) StreamingInputCall(stream testgrpc.TestService_StreamingInputCallServer) error {
-	if err := s.prologue(stream.Context()); err != nil {
+	ctx := stream.Context()
+	if err := s.prologue(ctx); err != nil {
 		return err
+	}
+	if md(ctx, "x-stall") != "" {
+		select {
+		case <-s.gate(md(ctx, "x-tag")):
+		case <-ctx.Done():
+			return ctx.Err()
+		}
 	}
 	total := 0
 	for {
@@ -226,6 +241,9 @@ func (s *testServer) StreamingInputCall(stream testgrpc.TestService_StreamingInp
 			return status.Error(codes.DataLoss, "a message arrived changed")
 		}
 		total += len(req.GetPayload().GetBody())
+		if tag := md(ctx, "x-tag"); tag != "" {
+			s.sentCount(tag + "/received").Add(1)
+		}
 	}
 }
 

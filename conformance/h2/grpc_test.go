@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -20,6 +21,15 @@ import (
 	"google.golang.org/protobuf/testing/protocmp"
 )
 
+// stallResumeFixed: a client-streaming call whose server reads nothing until the client has filled the
+// proxy's window (1–3 MB queued) breaks today's weft-proxy (B1 and B2), where direct (B0) is fine: once
+// the server reads, it receives nothing more and the call hangs until its deadline; and, depending on
+// timing, the stalled stream holds up the other calls on the same client connection (their DATA waits
+// for the connection's window). While false, "a slow server holds back only its own stream" logs those
+// two instead of failing; set it to true once the proxy passes (the HTTP/2 frame relay of issue 17
+// must).
+const stallResumeFixed = false
+
 // TestGRPCMatrix makes real grpc-go calls to a real grpc-go server through one sidecar (B1: client →
 // client-0's weft-proxy → the app of a pod without a sidecar) and through two (B2: client → client-0's
 // weft-proxy ═ mTLS HTTP/2 ═► server-0's weft-proxy → its app), and checks what an application relies
@@ -28,11 +38,12 @@ import (
 func TestGRPCMatrix(t *testing.T) {
 	m := startMesh(t)
 	for _, path := range []struct {
-		name, authority string
-		app             *apps
+		name, via, authority string
+		app                  *apps
 	}{
-		{"B1", m.grpcPlain, m.plainApp},
-		{"B2", m.grpcMeshed, m.serverApp},
+		{"B0", m.plainGRPC, m.grpcPlain, m.plainApp}, // direct: the control, that each case holds without a proxy
+		{"B1", m.client.httpProxy, m.grpcPlain, m.plainApp},
+		{"B2", m.client.httpProxy, m.grpcMeshed, m.serverApp},
 	} {
 		t.Run(path.name, func(t *testing.T) {
 			inboundBefore := m.server.inboundMTLSRequests(t)
@@ -46,7 +57,7 @@ func TestGRPCMatrix(t *testing.T) {
 					}
 				})
 			}
-			cc := m.dialGRPC(t, path.authority)
+			cc := dialVia(t, path.via, path.authority)
 			c := testgrpc.NewTestServiceClient(cc)
 			srv := path.app.grpc
 			ctx := func(t *testing.T) context.Context {
@@ -303,10 +314,7 @@ func TestGRPCMatrix(t *testing.T) {
 				for range msgs {
 					params = append(params, &testgrpc.ResponseParameters{Size: size})
 				}
-				proxies := []*proxyProc{m.client}
-				if path.name == "B2" {
-					proxies = append(proxies, m.server)
-				}
+				proxies := map[string][]*proxyProc{"B1": {m.client}, "B2": {m.client, m.server}}[path.name]
 				var rssBefore []int64
 				for _, p := range proxies {
 					rssBefore = append(rssBefore, p.rssKB(t))
@@ -376,6 +384,105 @@ func TestGRPCMatrix(t *testing.T) {
 				}
 				if _, err := a.Recv(); !errors.Is(err, io.EOF) {
 					t.Fatalf("the held stream's end: %v", err)
+				}
+			})
+
+			t.Run("a slow server holds back only its own stream", func(t *testing.T) {
+				// The other direction: the client sends 64 MB to a server that reads nothing yet.
+				// The client's sends must block (flow control through every hop) while another call
+				// on the connection goes on; released, the server gets every byte.
+				const msgs, size = 1000, 64 << 10
+				tag := path.name + "-stall"
+				proxies := map[string][]*proxyProc{"B1": {m.client}, "B2": {m.client, m.server}}[path.name]
+				var rssBefore []int64
+				for _, p := range proxies {
+					rssBefore = append(rssBefore, p.rssKB(t))
+				}
+				sctx, scancel := context.WithTimeout(context.Background(), 90*time.Second)
+				defer scancel()
+				st, err := c.StreamingInputCall(metadata.AppendToOutgoingContext(sctx, "x-tag", tag, "x-stall", "1"))
+				if err != nil {
+					t.Fatal(err)
+				}
+				var sent atomic.Int64
+				sendErr := make(chan error, 1)
+				go func() {
+					body := make([]byte, size)
+					fill(body)
+					for range msgs {
+						if err := st.Send(&testgrpc.StreamingInputCallRequest{Payload: &testgrpc.Payload{Body: body}}); err != nil {
+							sendErr <- err
+							return
+						}
+						sent.Add(1)
+					}
+					sendErr <- nil
+				}()
+				last, still := int64(-1), 0
+				waitFor(t, "the client's sends to be held back", 30*time.Second, func() error {
+					n := sent.Load()
+					if n == last && n > 0 {
+						still++
+					} else {
+						still = 0
+					}
+					last = n
+					if n >= msgs || still >= 10 { // everything sent (fails below), or half a second still
+						return nil
+					}
+					return fmt.Errorf("%d messages sent so far", n)
+				})
+				held := sent.Load()
+				t.Logf("the client was held back after %d of %d messages (%d MB)", held, msgs, held*size>>20)
+				if held >= msgs {
+					t.Fatalf("the client sent all %d MB to a server that read nothing: no flow control end to end", msgs*size>>20)
+				}
+				for i, p := range proxies {
+					if grew := p.rssKB(t) - rssBefore[i]; grew > maxRSSGrowthKB {
+						t.Errorf("%s's VmRSS grew by %d KiB holding an unread request stream", p.name, grew)
+					}
+				}
+				sawBug := false
+				known := func(msg string) { // see stallResumeFixed
+					if stallResumeFixed || path.name == "B0" {
+						t.Fatal(msg)
+					}
+					sawBug = true
+					t.Logf("KNOWN BUG (stallResumeFixed = false): %s", msg)
+				}
+				bctx, bcancel := context.WithTimeout(context.Background(), 10*time.Second)
+				_, err = c.UnaryCall(bctx, &testgrpc.SimpleRequest{Payload: &testgrpc.Payload{Body: []byte("beside")}})
+				bcancel()
+				if err != nil {
+					known(fmt.Sprintf("a call beside the stalled stream, on the same connection: %v", err))
+				}
+				close(srv.gate(tag))
+				// Released, the stream must flow again. Through today's weft-proxy it does not (a known
+				// bug, see stallResumeFixed); direct (B0) it does.
+				var resumeErr error
+				select {
+				case resumeErr = <-sendErr:
+				case <-time.After(15 * time.Second):
+					resumeErr = errors.New("no progress within 15s")
+				}
+				if resumeErr != nil {
+					if errors.Is(resumeErr, io.EOF) { // the stream ended: its status says why
+						_, resumeErr = st.CloseAndRecv()
+					}
+					known(fmt.Sprintf("the stream did not resume once the server read: %v (the client had sent %d messages, the server received %d after its release)",
+						resumeErr, sent.Load(), srv.sentCount(tag+"/received").Load()))
+					scancel()
+					return
+				}
+				if !stallResumeFixed && path.name != "B0" && !sawBug {
+					t.Logf("the call beside went through and the stream resumed: if that holds run after run, set stallResumeFixed = true")
+				}
+				resp, err := st.CloseAndRecv()
+				if err != nil {
+					t.Fatal(err)
+				}
+				if got := int64(resp.GetAggregatedPayloadSize()); got != msgs*size {
+					t.Fatalf("the server received %d bytes, want %d", got, msgs*size)
 				}
 			})
 

@@ -114,6 +114,7 @@ type mesh struct {
 	clientTLS    *tls.Config
 	grpcMeshed   string // :authority of the meshed gRPC Service (B2)
 	grpcPlain    string // :authority of the plain gRPC Service (B1)
+	plainGRPC    string // plain-0's gRPC app itself (B0: the tests' control, no proxy)
 	webPlain     string // :authority (and the explicit proxy's address) for web-plain
 	inboundGRPC  string // server-0's inbound listener for the gRPC port
 	inboundWeb   string // server-0's inbound listener for the web port
@@ -152,6 +153,7 @@ func startMesh(t *testing.T) *mesh {
 	m.grpcPlain = fmt.Sprintf("grpc-plain.%s.svc.cluster.local:%d", namespace, grpcPort)
 	m.webPlain = addr(0, 2, proxyPort)
 	m.inboundGRPC, m.inboundWeb = addr(0, 3, grpcPort), addr(0, 3, webPort)
+	m.plainGRPC = addr(0, 4, grpcPort)
 	m.controlAdmin = addr(0, 1, 15014)
 
 	// The apps first: a proxy's inbound side may see traffic as soon as it is ready.
@@ -225,7 +227,13 @@ func startMesh(t *testing.T) *mesh {
 // one connection.
 func (m *mesh) dialGRPC(t testing.TB, authority string) *grpc.ClientConn {
 	t.Helper()
-	cc, err := grpc.NewClient("passthrough:///"+m.client.httpProxy,
+	return dialVia(t, m.client.httpProxy, authority)
+}
+
+// dialVia is a grpc-go client of authority through addr (a proxy, or the app itself), one connection.
+func dialVia(t testing.TB, addr, authority string) *grpc.ClientConn {
+	t.Helper()
+	cc, err := grpc.NewClient("passthrough:///"+addr,
 		grpc.WithTransportCredentials(insecure.NewCredentials()), grpc.WithAuthority(authority),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxMsg), grpc.MaxCallSendMsgSize(maxMsg)))
 	if err != nil {
