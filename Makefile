@@ -14,6 +14,9 @@ PROTOC_GEN_GO_VERSION := v1.36.12
 PROTOC_GEN_GO_GRPC_VERSION := v1.6.2
 STATICCHECK_MODULE_VERSION := v0.8.2
 GRPCURL_VERSION := v1.9.4
+# h2spec: HTTP/2 conformance (conformance/h2 runs it against weft-proxy's HTTP/2 listeners). Its module
+# has no go.mod, so go install resolves its few dependencies (x/net, cobra, color) at their latest.
+H2SPEC_VERSION := v2.2.1+incompatible
 GOSEC_VERSION := v2.30.0
 GOVULNCHECK_VERSION := v1.10.0
 # govulncheck's database. vuln.go.dev is out of reach from the machines this project runs on (only the
@@ -140,7 +143,7 @@ apt:
 	  DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
 
-tools: $(TOOLS)/.stamp-$(BUF_VERSION)-$(PROTOC_GEN_GO_VERSION)-$(PROTOC_GEN_GO_GRPC_VERSION)-$(STATICCHECK_MODULE_VERSION)-$(GRPCURL_VERSION)-$(HELM_VERSION)-$(CRANE_VERSION)-$(GOSEC_VERSION)-$(GOVULNCHECK_VERSION)-$(VULNDB_VERSION)
+tools: $(TOOLS)/.stamp-$(BUF_VERSION)-$(PROTOC_GEN_GO_VERSION)-$(PROTOC_GEN_GO_GRPC_VERSION)-$(STATICCHECK_MODULE_VERSION)-$(GRPCURL_VERSION)-$(H2SPEC_VERSION)-$(HELM_VERSION)-$(CRANE_VERSION)-$(GOSEC_VERSION)-$(GOVULNCHECK_VERSION)-$(VULNDB_VERSION)
 
 $(TOOLS)/.stamp-%:
 	@mkdir -p $(TOOLS)
@@ -149,6 +152,7 @@ $(TOOLS)/.stamp-%:
 	GOBIN=$(TOOLS) go install google.golang.org/grpc/cmd/protoc-gen-go-grpc@$(PROTOC_GEN_GO_GRPC_VERSION)
 	GOBIN=$(TOOLS) go install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_MODULE_VERSION)
 	GOBIN=$(TOOLS) go install github.com/fullstorydev/grpcurl/cmd/grpcurl@$(GRPCURL_VERSION)
+	GOBIN=$(TOOLS) go install github.com/summerwind/h2spec/cmd/h2spec@$(H2SPEC_VERSION)
 	GOBIN=$(TOOLS) go install helm.sh/helm/v4/cmd/helm@$(HELM_VERSION)
 	GOBIN=$(TOOLS) go install github.com/google/go-containerregistry/cmd/crane@$(CRANE_VERSION)
 	GOBIN=$(TOOLS) go install github.com/securego/gosec/v2/cmd/gosec@$(GOSEC_VERSION)

@@ -153,4 +153,20 @@ func (echo) UnaryCall(_ context.Context, r *testpb.SimpleRequest) (*testpb.Simpl
 	return &testpb.SimpleResponse{Payload: r.GetPayload()}, nil
 }
 
+// FullDuplexCall echoes each message (the gRPC streaming phase).
+func (echo) FullDuplexCall(st testpb.TestService_FullDuplexCallServer) error {
+	for {
+		r, err := st.Recv()
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if err := st.Send(&testpb.StreamingOutputCallResponse{Payload: r.GetPayload()}); err != nil {
+			return err
+		}
+	}
+}
+
 var errNoBulk = errors.New("the sink saw no bulk transfer end")

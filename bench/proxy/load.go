@@ -224,6 +224,8 @@ type grpcResult struct {
 	p50, p99 time.Duration
 	errors   int64
 	firstErr string
+	calls    int     // calls that succeeded
+	min, max float64 // the lowest and highest rate of the rounds (medianGRPC)
 }
 
 // grpcUnary runs `inflight` closed-loop callers of TestService.UnaryCall (1 KB echo) over one
@@ -280,7 +282,7 @@ func grpcUnary(ctx context.Context, addr string, inflight int, d time.Duration) 
 	wg.Wait()
 	elapsed := time.Since(start)
 	slices.Sort(all)
-	r := grpcResult{rps: float64(len(all)) / elapsed.Seconds(), p50: percentile(all, 0.5), p99: percentile(all, 0.99), errors: errCount.Load()}
+	r := grpcResult{rps: float64(len(all)) / elapsed.Seconds(), p50: percentile(all, 0.5), p99: percentile(all, 0.99), errors: errCount.Load(), calls: len(all)}
 	if s, ok := firstErr.Load().(string); ok {
 		r.firstErr = s
 	}

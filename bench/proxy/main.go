@@ -45,6 +45,10 @@ type options struct {
 	wrkRounds             int
 	grpcDur               time.Duration
 	grpcInflight          int
+	grpcRounds            int           // gRPC unary rounds (issue 17: the median round with the range)
+	grpcStreams           int           // bidi streams of the gRPC streaming phase
+	grpcStreamDur         time.Duration // the gRPC streaming phase (0: grpcDur)
+	grpcOpen              time.Duration // the gRPC open-loop phase at the target rate (0: grpcDur)
 	tcpDur                time.Duration
 	connDur               time.Duration // the new-connections phase
 	connWorkers           int
@@ -72,6 +76,10 @@ func main() {
 	flag.IntVar(&o.wrkConns, "wrk-conns", 64, "wrk connections")
 	flag.DurationVar(&o.grpcDur, "grpc", 3*time.Second, "duration of each gRPC phase")
 	flag.IntVar(&o.grpcInflight, "grpc-inflight", 16, "concurrent gRPC calls")
+	flag.IntVar(&o.grpcRounds, "grpc-rounds", 3, "gRPC unary rounds: each path once per round, each round in a rotated order; the median round is reported")
+	flag.IntVar(&o.grpcStreams, "grpc-streams", 16, "bidi streams of the gRPC streaming phase (one connection)")
+	flag.DurationVar(&o.grpcStreamDur, "grpc-stream", 3*time.Second, "duration of each gRPC streaming phase")
+	flag.DurationVar(&o.grpcOpen, "grpc-open", 5*time.Second, "duration of each gRPC open-loop phase at 1000 rps (the latency targets of issue 17)")
 	flag.DurationVar(&o.tcpDur, "tcp", 3*time.Second, "duration of each TCP bulk phase")
 	flag.DurationVar(&o.connDur, "conns", 3*time.Second, "duration of each new-connections phase")
 	flag.IntVar(&o.connWorkers, "conn-workers", 16, "concurrent workers of the new-connections phase (each opens, echoes, closes, repeats)")
@@ -161,6 +169,11 @@ type results struct {
 	// the peer's SPIFFE identity, on the server's inbound and the client's outbound side.
 	mtlsIn, mtlsOut float64
 	mtlsErr         error
+	// Issue 17: the gRPC unary rounds' CPU per call and RSS, gRPC streaming, gRPC latency at the
+	// target rate (open loop).
+	grpcProcs  map[string]*grpcProcStats
+	grpcStream map[string]streamResult
+	grpcOpen   map[string]latencyStats
 	// relayed is, for F1 and F2, the sessions each relay process (client side first) took by the end
 	// of the open-loop phases: the evidence that the floor's traffic crossed each of them.
 	relayed map[string][]int64
@@ -209,7 +222,18 @@ func run(ctx context.Context, o options) (*results, error) {
 	}
 	res := &results{opts: o, when: time.Now().UTC(), paths: t.paths, open: map[string]map[int]latencyStats{},
 		wrk: map[string]wrkResult{}, grpc: map[string]grpcResult{}, tcp: map[string]float64{}, conns: map[string]connResult{},
-		errs: map[string]error{}, procs: map[string]*procStats{}, relayed: map[string][]int64{}}
+		errs: map[string]error{}, procs: map[string]*procStats{}, relayed: map[string][]int64{},
+		grpcProcs: map[string]*grpcProcStats{}, grpcStream: map[string]streamResult{}, grpcOpen: map[string]latencyStats{}}
+	if o.grpcStreamDur <= 0 {
+		o.grpcStreamDur = o.grpcDur
+	}
+	if o.grpcOpen <= 0 {
+		o.grpcOpen = o.grpcDur
+	}
+	if o.grpcStreams <= 0 {
+		o.grpcStreams = o.grpcInflight
+	}
+	res.opts = o
 	if t.haproxy != "" {
 		if out, err := exec.Command(t.haproxy, "-v").Output(); err == nil {
 			res.hap, _, _ = strings.Cut(string(out), "\n")
@@ -381,20 +405,7 @@ func run(ctx context.Context, o options) (*results, error) {
 			res.wrk[k] = medianWrk(ws)
 		}
 	}
-	for _, p := range live {
-		if p.floor {
-			continue
-		}
-		logf("gRPC unary: %s %s", p.key, p.name)
-		prof := profile("grpc", p, o.grpcDur)
-		g, err := grpcUnary(ctx, p.grpc, o.grpcInflight, o.grpcDur)
-		profiled(prof)
-		if err != nil {
-			res.fail(p.key, "grpc", err)
-			continue
-		}
-		res.grpc[p.key] = g
-	}
+	runGRPC(ctx, o, res, live, logf, profile, profiled)
 	for _, p := range live {
 		if p.tcpErr != nil || p.floor {
 			continue

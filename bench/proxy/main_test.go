@@ -43,6 +43,11 @@ func TestSmoke(t *testing.T) {
 			t.Errorf("%s: %v", k, err)
 		}
 	}
+	for _, k := range []string{"B0", "F1", "F2", "B1", "B2", "H1", "H2"} { // the gRPC open loop, floor included
+		if st := res.grpcOpen[k]; st.n == 0 || st.errors != 0 {
+			t.Errorf("%s gRPC open loop: %d ok, %d failed (%s)", k, st.n, st.errors, st.firstErr)
+		}
+	}
 	for _, k := range columns {
 		st, ok := res.open[k][100]
 		if !ok || st.n == 0 || st.errors != 0 {
@@ -67,8 +72,14 @@ func TestSmoke(t *testing.T) {
 		if c := res.conns[k]; (k == "H2" || k == "B2") && (!c.resumeMeasured || c.resumeErr != nil || c.resumed+c.full < int64(c.n)) {
 			t.Errorf("%s TLS sessions not counted: %d resumed + %d full for %d connections (%v)", k, c.resumed, c.full, c.n, c.resumeErr)
 		}
+		if s := res.grpcStream[k]; s.msgsPerSec <= 0 || s.errors != 0 {
+			t.Errorf("%s gRPC streaming: %+v", k, s)
+		}
 		if k == "B0" {
 			continue
+		}
+		if g := res.grpcProcs[k]; g == nil || g.err != nil || g.cpuPerCall < 0 || len(g.rssKB) != len(res.procs[k].rssIdleKB) {
+			t.Errorf("%s proxies not measured under gRPC load: %+v", k, g)
 		}
 		ps := res.procs[k]
 		if ps == nil || len(ps.rssIdleKB) == 0 || len(ps.rssLoadKB) != len(ps.rssIdleKB) || len(ps.anonLoadKB) != len(ps.rssIdleKB) || ps.cpuErr != nil {
@@ -95,7 +106,9 @@ func TestSmoke(t *testing.T) {
 	for _, want := range []string{"### Against direct", "| F1 1 TCP relay | F2 2 TCP relays |", "#### B2's latency target against the machine's floor",
 		"| B2 over F2: what the two sidecars add beyond two relay processes | ", "| F2 (2 relay processes) over direct: the floor | ", "| max rps (wrk) |", "| TCP bulk Gbit/s |", "### weft-proxy against HAProxy", "### Targets (issue 4)", "| B1 max rps ≥ 60% of direct |",
 		"| new TCP connections/s (4 workers) |", "| B2 new mTLS connections ≥ 600/s (issue 5) |",
-		"| TLS sessions resumed between the proxies |"} {
+		"| TLS sessions resumed between the proxies |", "### Targets (issue 17: HTTP/2 and gRPC)", "| gRPC unary rps B2 ≥ 1.0× H2 (median of 1 rounds) |",
+		"| gRPC streaming msg/s B1 ≥ 1.0× H1 |", "| CPU per gRPC call B2 ≤ 1.0× H2 |", "| sidecar RSS under gRPC load ≤ 20 MB, each weft-proxy |",
+		"| gRPC p99 @100 rps: (B2 − F2) ≤ 0.8 × (H2 − F2) |", "| HTTP/1.1 p50 @100 rps: (B2 − F2) ≤ 0.8 × (H2 − F2) |"} {
 		if !strings.Contains(report, want) {
 			t.Errorf("report lacks %q:\n%s", want, report)
 		}

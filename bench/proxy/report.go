@@ -136,11 +136,12 @@ func (r *results) report(w io.Writer) {
 		"B2 client sidecar → mTLS HTTP/2 → server sidecar; H1/H2 the same through HAProxy; F1/F2 the floor: one and two no-op TCP relay processes "+
 		"(HAProxy mode tcp, latency and wrk only). HTTP/1.1 GET, 1 KB responses. "+
 		"Open loop: %v per rate after %v warm-up, over %d keep-alive connections, latency from the intended send time. Closed loop: wrk -t%d -c%d, %d rounds of %v per path in rotated orders, median round shown with the rounds' range. "+
-		"gRPC unary 1 KB echo, %d in flight, %v. TCP bulk: one connection, %v. "+
+		"gRPC unary 1 KB echo, %d in flight, %d rounds of %v per path in rotated orders (median round, the rounds' range); gRPC streaming: %d bidi streams echoing 1 KB messages on one connection, %v; gRPC open loop at %d rps (F1/F2 relay to the gRPC app too), %v. TCP bulk: one connection, %v. "+
 		"New connections: %d workers for %v, each connection through the TCP path: connect, 64-byte echo, close. "+
 		"Load average before/after: %s / %s (the machine is shared: compare columns, not runs).%s\n\n",
 		r.when.Format("2006-01-02 15:04 UTC"), runtime.NumCPU(), runtime.GOMAXPROCS(0), orNA(r.hap, "HAProxy not run"),
-		o.open, o.warm, o.openConns, o.wrkThreads, o.wrkConns, max(1, o.wrkRounds), max(time.Second, (o.closed/time.Duration(max(1, o.wrkRounds))).Round(time.Second)), o.grpcInflight, o.grpcDur, o.tcpDur, o.connWorkers, o.connDur, r.load[0], r.load[1], beforeNote(o))
+		o.open, o.warm, o.openConns, o.wrkThreads, o.wrkConns, max(1, o.wrkRounds), max(time.Second, (o.closed/time.Duration(max(1, o.wrkRounds))).Round(time.Second)), o.grpcInflight, max(1, o.grpcRounds), o.grpcDur,
+		o.grpcStreams, o.grpcStreamDur, r.rateNear(targetRate), o.grpcOpen, o.tcpDur, o.connWorkers, o.connDur, r.load[0], r.load[1], beforeNote(o))
 
 	fmt.Fprintf(w, "### Against direct\n\n")
 	head, rule := "| |", "|---|"
@@ -213,6 +214,9 @@ func (r *results) report(w io.Writer) {
 		if k != "B0" {
 			s += pct(g.rps, gbase)
 		}
+		if g.max > g.min {
+			s += fmt.Sprintf(" [%.0f–%.0f]", g.min, g.max)
+		}
 		if g.errors > 0 {
 			s += fmt.Sprintf(" (%d failed %s)", g.errors, rw.note(fmt.Sprintf("%s gRPC: %d calls failed, first: %s", k, g.errors, g.firstErr)))
 		}
@@ -232,6 +236,7 @@ func (r *results) report(w io.Writer) {
 		}
 		return addedMS(g.p50-b.p50) + " / " + addedMS(g.p99-b.p99)
 	})
+	rw.grpcRows()
 	tbase := r.tcp["B0"]
 	rw.row("TCP bulk Gbit/s", func(k string) string {
 		v, ok := r.tcp[k]
@@ -324,6 +329,7 @@ func (r *results) report(w io.Writer) {
 
 	rw.versusHAProxy()
 	rw.targets()
+	rw.targets17()
 	if len(rw.notes) > 0 {
 		fmt.Fprintf(w, "\n")
 		for i, n := range rw.notes {

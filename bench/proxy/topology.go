@@ -371,30 +371,35 @@ func (t *topology) haproxyH1(ctx context.Context, p *path) error {
 }
 
 // haproxyRelay starts one HAProxy process that relays TCP from bind to upstream (mode tcp: no HTTP
-// parsing, no TLS, a process hop and nothing else), with the same global settings (threads) as the
-// H paths' HAProxies, and a stats listener that counts the relay's sessions.
-func (t *topology) haproxyRelay(ctx context.Context, name, bind, upstream string) (*proc, string, error) {
+// parsing, no TLS, a process hop and nothing else), and from grpcBind to grpcUpstream the same way (the
+// gRPC app behind the floor), with the same global settings (threads) as the H paths' HAProxies, and a
+// stats listener that counts the relay's sessions.
+func (t *topology) haproxyRelay(ctx context.Context, name, bind, upstream, grpcBind, grpcUpstream string) (*proc, string, error) {
 	stats, err := freeAddr("127.0.0.1")
 	if err != nil {
 		return nil, "", err
 	}
 	pr, err := t.startHAProxy(ctx, name, []string{
 		tcpFrontend("relay", bind, "", upstream, ""),
+		tcpFrontend("relay_grpc", grpcBind, "", grpcUpstream, ""),
 		fmt.Sprintf("listen stats\n    mode http\n    bind %s\n    stats enable\n    stats uri /stats\n", stats),
-	}, []string{bind, stats})
+	}, []string{bind, grpcBind, stats})
 	if err != nil {
 		return nil, "", err
 	}
 	return pr, "http://" + stats + "/stats;csv", nil
 }
 
-// floorF1 is client → one relay process → the HTTP app.
+// floorF1 is client → one relay process → the HTTP app (and the gRPC app).
 func (t *topology) floorF1(ctx context.Context, p *path) error {
 	var err error
 	if p.http, err = freeAddr("127.0.0.71"); err != nil {
 		return err
 	}
-	pr, stats, err := t.haproxyRelay(ctx, "haproxy-f1", p.http, t.be.http.String())
+	if p.grpc, err = freeAddr("127.0.0.72"); err != nil {
+		return err
+	}
+	pr, stats, err := t.haproxyRelay(ctx, "haproxy-f1", p.http, t.be.http.String(), p.grpc, t.be.grpc.String())
 	if err != nil {
 		return err
 	}
@@ -402,21 +407,28 @@ func (t *topology) floorF1(ctx context.Context, p *path) error {
 	return nil
 }
 
-// floorF2 is client → relay process → relay process → the HTTP app: B2's and H2's two process hops,
-// plaintext, without the proxies' work.
+// floorF2 is client → relay process → relay process → the HTTP app (and the gRPC app): B2's and H2's
+// two process hops, plaintext, without the proxies' work.
 func (t *topology) floorF2(ctx context.Context, p *path) error {
 	srv, err := freeAddr("127.0.0.82")
 	if err != nil {
 		return err
 	}
-	server, sstats, err := t.haproxyRelay(ctx, "haproxy-f2-server", srv, t.be.http.String())
+	srvGRPC, err := freeAddr("127.0.0.84")
+	if err != nil {
+		return err
+	}
+	server, sstats, err := t.haproxyRelay(ctx, "haproxy-f2-server", srv, t.be.http.String(), srvGRPC, t.be.grpc.String())
 	if err != nil {
 		return err
 	}
 	if p.http, err = freeAddr("127.0.0.81"); err != nil {
 		return err
 	}
-	client, cstats, err := t.haproxyRelay(ctx, "haproxy-f2-client", p.http, srv)
+	if p.grpc, err = freeAddr("127.0.0.83"); err != nil {
+		return err
+	}
+	client, cstats, err := t.haproxyRelay(ctx, "haproxy-f2-client", p.http, srv, p.grpc, srvGRPC)
 	if err != nil {
 		return err
 	}
