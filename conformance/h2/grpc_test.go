@@ -28,7 +28,7 @@ import (
 // for the connection's window). While false, "a slow server holds back only its own stream" logs those
 // two instead of failing; set it to true once the proxy passes (the HTTP/2 frame relay of issue 17
 // must).
-const stallResumeFixed = false
+const stallResumeFixed = true
 
 // TestGRPCMatrix makes real grpc-go calls to a real grpc-go server through one sidecar (B1: client →
 // client-0's weft-proxy → the app of a pod without a sidecar) and through two (B2: client → client-0's

@@ -237,7 +237,7 @@ func (s *h2Session) newConn(c net.Conn, client bool) *h2Conn {
 func (hc *h2Conn) attach(c net.Conn) {
 	hc.c = c
 	hc.br = bufio.NewReaderSize(c, relayReadBuf)
-	hc.fr = http2.NewFramer(nil, hc.br)
+	hc.fr = http2.NewFramer(nil, &contGuard{r: hc.br}) // h2relay_guard.go
 	hc.fr.SetMaxReadFrameSize(relayMaxFrame)
 	hc.fr.MaxHeaderListSize = MaxHeaderBytes
 	hc.fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
