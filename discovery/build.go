@@ -8,6 +8,8 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
+
+	"github.com/weftmesh/weft/discovery/authz"
 )
 
 // Objects is a set of Kubernetes objects to build a State from. Order does not matter.
@@ -16,6 +18,8 @@ type Objects struct {
 	Services       []*corev1.Service
 	EndpointSlices []*discoveryv1.EndpointSlice
 	Pods           []*corev1.Pod
+	// AuthorizationPolicies of policy.weft.io (authz.go).
+	AuthorizationPolicies []*authz.AuthorizationPolicy
 	// Ignored names the documents of other kinds that ParseObjects skipped ("document 3 (Deployment
 	// default/web)"), for a warning: they may share the file, but they may also be a typo of a kind.
 	Ignored []string
@@ -92,6 +96,7 @@ func Build(objs Objects) *State {
 		return cmp.Or(strings.Compare(a.Namespace, b.Namespace), strings.Compare(a.Name, b.Name))
 	})
 	s.Pods = slices.CompactFunc(s.Pods, func(a, b Pod) bool { return a.Key() == b.Key() })
+	s.AuthorizationPolicies = buildPolicies(objs.AuthorizationPolicies)
 	return s
 }
 

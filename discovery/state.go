@@ -21,6 +21,8 @@ type State struct {
 	Namespaces []Namespace `json:"namespaces"`
 	Services   []Service   `json:"services"`
 	Pods       []Pod       `json:"pods"`
+	// AuthorizationPolicies of policy.weft.io, sorted by namespace and name (authz.go).
+	AuthorizationPolicies []AuthorizationPolicy `json:"authorizationPolicies,omitempty"`
 }
 
 // Namespace is a Kubernetes Namespace, with what the mesh reads of it.

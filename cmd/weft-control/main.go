@@ -18,6 +18,7 @@ import (
 	"github.com/spf13/cobra"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/keepalive"
+	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/weftmesh/weft/cmd/internal/buildinfo"
@@ -179,7 +180,11 @@ func run(ctx context.Context, c config) error {
 		if err != nil {
 			return fmt.Errorf("%w (check --kubeconfig, or use --discovery-file for local mode)", err)
 		}
-		src = &kube.Source{Client: client, Logger: log, Quiet: c.debounce, Max: c.debounceMax}
+		dyn, err := dynamic.NewForConfig(cfg)
+		if err != nil {
+			return fmt.Errorf("making a Kubernetes client: %w", err)
+		}
+		src = &kube.Source{Client: client, Dynamic: dyn, Logger: log, Quiet: c.debounce, Max: c.debounceMax}
 		kubeClient = client
 	}
 

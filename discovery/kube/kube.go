@@ -15,6 +15,7 @@ import (
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
@@ -27,7 +28,9 @@ import (
 // Source watches Kubernetes and publishes a discovery.State after each burst of changes.
 type Source struct {
 	Client kubernetes.Interface
-	Logger *slog.Logger
+	// Dynamic, when set, watches AuthorizationPolicies (authz.go); nil: no policies.
+	Dynamic dynamic.Interface
+	Logger  *slog.Logger
 	// Quiet is how long no change must arrive before a new State is built (default 100 ms); Max caps
 	// how long a steady stream of changes can delay one (default 1 s).
 	Quiet, Max time.Duration
@@ -92,10 +95,17 @@ func (s *Source) Run(ctx context.Context, publish func(*discovery.State)) error 
 		}
 	}
 
+	policies, err := watchPolicies(s.Client, s.Dynamic, handler, log)
+	if err != nil {
+		return err
+	}
+
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	factory.Start(ctx.Done())
 	defer factory.Shutdown()
+	policies.start(ctx)
+	defer policies.shutdown()
 	for typ, ok := range factory.WaitForCacheSync(ctx.Done()) {
 		if !ok {
 			if ctx.Err() != nil {
@@ -104,6 +114,12 @@ func (s *Source) Run(ctx context.Context, publish func(*discovery.State)) error 
 			return fmt.Errorf("the %v cache never synced", typ)
 		}
 	}
+	if !policies.synced(ctx) {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return errors.New("the AuthorizationPolicy cache never synced")
+	}
 
 	build := func() *discovery.State {
 		var objs discovery.Objects
@@ -111,6 +127,7 @@ func (s *Source) Run(ctx context.Context, publish func(*discovery.State)) error 
 		objs.EndpointSlices, _ = sliceInf.Lister().List(labels.Everything())
 		objs.Pods, _ = podInf.Lister().List(labels.Everything())
 		objs.Namespaces, _ = nsInf.Lister().List(labels.Everything())
+		objs.AuthorizationPolicies = policies.list()
 		return discovery.Build(objs)
 	}
 	// Drain the marks made during the initial list: the first State already includes them.
@@ -119,6 +136,7 @@ func (s *Source) Run(ctx context.Context, publish func(*discovery.State)) error 
 	default:
 	}
 	st := build()
+	discovery.WarnInvalidPolicies(log, st, nil)
 	log.Info("kubernetes caches synced", "services", len(st.Services), "pods", len(st.Pods))
 	publish(st)
 
@@ -140,7 +158,10 @@ func (s *Source) Run(ctx context.Context, publish func(*discovery.State)) error 
 			quietTimer.Stop()
 		}
 		maxTimer = nil
-		publish(build())
+		next := build()
+		discovery.WarnInvalidPolicies(log, next, st)
+		st = next
+		publish(st)
 	}
 }
 

@@ -1,0 +1,106 @@
+package kube
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/dynamic/dynamicinformer"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/cache"
+
+	"github.com/weftmesh/weft/discovery/authz"
+)
+
+// PolicyResource is the AuthorizationPolicy CRD's resource.
+var PolicyResource = schema.GroupVersionResource{Group: authz.Group, Version: authz.Version, Resource: authz.Resource}
+
+// policyWatch watches AuthorizationPolicies with a dynamic informer whose transform turns each object
+// into an *authz.AuthorizationPolicy. Without the CRD the informer still runs (its reflector retries
+// the list until the CRD appears), but nothing waits for it: discovery works without policies.
+type policyWatch struct {
+	factory  dynamicinformer.DynamicSharedInformerFactory
+	informer cache.SharedIndexInformer
+	// installed: the CRD was served when the watch started; the first State then waits for its sync.
+	installed bool
+}
+
+// watchPolicies sets up the watch, or returns nil when dyn is nil (policies off).
+func watchPolicies(client kubernetes.Interface, dyn dynamic.Interface, handler cache.ResourceEventHandler, log *slog.Logger) (*policyWatch, error) {
+	if dyn == nil {
+		return nil, nil
+	}
+	w := &policyWatch{installed: true}
+	if _, err := client.Discovery().ServerResourcesForGroupVersion(authz.APIVersion); err != nil {
+		if !apierrors.IsNotFound(err) {
+			return nil, fmt.Errorf("looking for the AuthorizationPolicy CRD (%s): %w", authz.APIVersion, err)
+		}
+		w.installed = false
+		log.Warn("the AuthorizationPolicy CRD (authorizationpolicies.policy.weft.io) is not installed: no authorization policies until it is (weft install installs it)")
+	}
+	w.factory = dynamicinformer.NewDynamicSharedInformerFactory(dyn, 0)
+	w.informer = w.factory.ForResource(PolicyResource).Informer()
+	if err := w.informer.SetTransform(PolicyFromUnstructured); err != nil {
+		return nil, fmt.Errorf("setting informer transform: %w", err)
+	}
+	if _, err := w.informer.AddEventHandler(handler); err != nil {
+		return nil, fmt.Errorf("adding informer handler: %w", err)
+	}
+	return w, nil
+}
+
+func (w *policyWatch) start(ctx context.Context) {
+	if w != nil {
+		w.factory.Start(ctx.Done())
+	}
+}
+
+func (w *policyWatch) shutdown() {
+	if w != nil {
+		w.factory.Shutdown()
+	}
+}
+
+// synced waits for the first list when the CRD was installed at the start.
+func (w *policyWatch) synced(ctx context.Context) bool {
+	if w == nil || !w.installed {
+		return true
+	}
+	return cache.WaitForCacheSync(ctx.Done(), w.informer.HasSynced)
+}
+
+func (w *policyWatch) list() []*authz.AuthorizationPolicy {
+	if w == nil {
+		return nil
+	}
+	var out []*authz.AuthorizationPolicy
+	for _, o := range w.informer.GetStore().List() {
+		if p, ok := o.(*authz.AuthorizationPolicy); ok {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// PolicyFromUnstructured is the policy informer's transform: an unstructured AuthorizationPolicy
+// becomes an *authz.AuthorizationPolicy (anything else, a tombstone, passes through). An object that
+// does not convert (the CRD's schema makes that unlikely) becomes a policy whose action is not valid,
+// so that it fails closed (discovery.AuthorizationPolicy) instead of vanishing.
+func PolicyFromUnstructured(obj any) (any, error) {
+	u, ok := obj.(*unstructured.Unstructured)
+	if !ok {
+		return obj, nil
+	}
+	var p authz.AuthorizationPolicy
+	if err := runtime.DefaultUnstructuredConverter.FromUnstructured(u.Object, &p); err != nil {
+		p = authz.AuthorizationPolicy{Spec: authz.Spec{Action: authz.Action("unreadable object: " + err.Error())}}
+	}
+	p.ObjectMeta = metav1.ObjectMeta{Name: u.GetName(), Namespace: u.GetNamespace(), UID: u.GetUID(), ResourceVersion: u.GetResourceVersion()}
+	return &p, nil
+}
