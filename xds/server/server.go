@@ -349,7 +349,7 @@ func (s *Server) listenerGroup(p xds.Proxy) *typedCache {
 	ports := xds.InboundPorts(s.state, p, s.opts.Translate)
 	var key strings.Builder
 	for _, ip := range ports {
-		fmt.Fprintf(&key, "%d/%s/%t,", ip.Port, ip.Protocol, ip.Permissive)
+		key.WriteString(ip.Key() + ",")
 	}
 	g, ok := s.groups[key.String()]
 	if !ok {
