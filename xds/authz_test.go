@@ -89,7 +89,7 @@ func TestAuthzKeys(t *testing.T) {
 // "allow" fails closed.
 func TestAuthzDefaultDeny(t *testing.T) {
 	for _, tc := range []struct {
-		ns, pod string
+		ns, pod  string
 		wantRBAC bool
 	}{
 		{"", "", false},
