@@ -68,6 +68,9 @@ func (s *h1Conn1) serveLean(head []byte) (handled, keep bool) {
 		return false, false
 	}
 	p, info := s.p, s.info
+	if authzOn(info) { // authz.go: serveFast checks it
+		return false, false
+	}
 	start := monoNow()
 	ls.start, ls.end = start, 0
 	rt := p.rt.Load()
