@@ -67,14 +67,17 @@ func (p *Proxy) denyHTTP(w http.ResponseWriter, r *http.Request, info *connInfo)
 		return false
 	}
 	req := &config.AuthzRequest{
-		PeerID:  info.peerID,
-		Source:  addrPort(remoteAddr(r)).Addr().Unmap(),
-		Dst:     info.dst,
-		HTTP:    true,
-		Method:  r.Method,
-		Path:    config.NormalizePath(r.URL.Path),
-		Header:  func(name string) string { return headerValue(r, name) },
-		Headers: func(name string) bool { _, ok := r.Header[http.CanonicalHeaderKey(name)]; return ok || name == ":authority" },
+		PeerID: info.peerID,
+		Source: addrPort(remoteAddr(r)).Addr().Unmap(),
+		Dst:    info.dst,
+		HTTP:   true,
+		Method: r.Method,
+		Path:   config.NormalizePath(r.URL.Path),
+		Header: func(name string) string { return headerValue(r, name) },
+		Headers: func(name string) bool {
+			_, ok := r.Header[http.CanonicalHeaderKey(name)]
+			return ok || name == ":authority"
+		},
 	}
 	ok, policy := decideRBAC(info.chain.cfg.HTTP.RBAC, req)
 	p.metrics.observeAuthz("http", ok, policy, info.peerID)
