@@ -187,7 +187,8 @@ FUZZ_TARGETS := \
 	./dataplane/proxy:FuzzLeanResponse \
 	./dataplane/proxy:FuzzH2WriteConn \
 	./dataplane/iptables:FuzzRules \
-	./deploy/inject:FuzzInject
+	./deploy/inject:FuzzInject \
+	./xds:FuzzAuthzTranslation
 
 fuzz:
 	@summary=""; for t in $(FUZZ_TARGETS); do \
