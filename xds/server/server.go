@@ -80,6 +80,7 @@ type Server struct {
 	apiLDS    *typedCache
 	secrets   *typedCache
 	groups    map[string]*listenerGroup
+	lds       ldsWatches // delta watches on listener groups (regroup.go)
 	// names holds every resource name served, one copy each: requests naming them share it.
 	names atomic.Pointer[map[string]string]
 
@@ -212,6 +213,7 @@ func (s *Server) Update(st *discovery.State) {
 	start := s.now()
 	s.buildMu.Lock()
 	defer s.buildMu.Unlock()
+	defer s.regroup() // regroup.go; after s.mu is released
 	mesh := s.builder.Build(st)
 
 	s.mu.Lock()
@@ -384,11 +386,15 @@ func (r router) CreateWatch(req *cache.Request, sub cache.Subscription, ch chan 
 }
 
 func (r router) CreateDeltaWatch(req *cache.DeltaRequest, sub cache.Subscription, ch chan cache.DeltaResponse) (func(), error) {
-	c, err := r.s.cacheFor(req.GetTypeUrl(), req.GetNode(), req.GetResourceNamesSubscribe())
+	p := xds.ProxyFromNode(req.GetNode())
+	c, err := r.s.typedCacheFor(req.GetTypeUrl(), p, req.GetResourceNamesSubscribe())
 	if err != nil {
 		return nil, err
 	}
-	return c.CreateDeltaWatch(req, sub, ch)
+	if req.GetTypeUrl() == xds.ListenerType && c != r.s.apiLDS {
+		return r.s.createDeltaLDSWatch(c, p, req, sub, ch) // regroup.go
+	}
+	return c.linear.CreateDeltaWatch(req, sub, ch)
 }
 
 func (r router) Fetch(context.Context, *cache.Request) (cache.Response, error) {

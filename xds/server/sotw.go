@@ -262,6 +262,7 @@ func (a *ads) StreamAggregatedResources(st discoverypb.AggregatedDiscoveryServic
 		select {
 		case <-as.wake:
 			as.mu.Lock()
+			as.sotwRegroup() // regroup.go
 			err := as.push(nil, false)
 			as.mu.Unlock()
 			if err != nil {
