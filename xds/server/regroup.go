@@ -90,7 +90,9 @@ func (s *Server) regroup() {
 func (w *ldsDeltaWatch) move() {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if w.done {
+	// No cancel: the watch answered when it was made, and the stream's next request makes the next
+	// watch (on the right group).
+	if w.done || w.cancel == nil {
 		return
 	}
 	c := w.s.listenerGroup(w.proxy)
