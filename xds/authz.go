@@ -3,6 +3,7 @@ package xds
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"strconv"
 	"strings"
 
 	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
@@ -99,14 +100,7 @@ func defaultInboundPolicy(s *discovery.State, pod discovery.Pod) string {
 // PolicyName is the RBAC policy name of rule i of an AuthorizationPolicy: "<ns>/<name>/<i>". The
 // proxy reports "<ns>/<name>" in its metrics.
 func PolicyName(p discovery.AuthorizationPolicy, i int) string {
-	return p.Namespace + "/" + p.Name + "/" + itoa(i)
-}
-
-func itoa(i int) string {
-	if i < 10 {
-		return string(rune('0' + i))
-	}
-	return itoa(i/10) + string(rune('0'+i%10))
+	return p.Namespace + "/" + p.Name + "/" + strconv.Itoa(i)
 }
 
 // addPolicies adds one Envoy policy per rule. A policy with an Error fails closed: as ALLOW it adds
