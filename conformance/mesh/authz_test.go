@@ -237,6 +237,34 @@ spec:
 		}
 	})
 
+	t.Run("a policy applied while the mesh runs takes effect, and so does its removal", func(t *testing.T) {
+		deny := fmt.Sprintf(`apiVersion: policy.weft.io/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: deny-frontend-tcp, namespace: %s}
+spec:
+  action: DENY
+  rules:
+  - from: [{source: {principals: [%s]}}]
+    to: [{operation: {ports: ["%d"]}}]
+`, ns, frontendID, authzTCPPort)
+		if out, err := env.Kubectl(ctx, strings.NewReader(deny), "apply", "-f", "-"); err != nil {
+			t.Fatalf("%v\n%s", err, out)
+		}
+		waitFor(t, "frontend → api over TCP refused", 30*time.Second, func() error {
+			if line, err := readLine(allowed, apiIP+":7000"); err == nil {
+				return fmt.Errorf("still answered %q", line)
+			}
+			return nil
+		})
+		if out, err := env.Kubectl(ctx, nil, "delete", "-n", ns, "authorizationpolicy", "deny-frontend-tcp"); err != nil {
+			t.Fatalf("%v\n%s", err, out)
+		}
+		waitFor(t, "frontend → api over TCP allowed again", 30*time.Second, func() error {
+			_, err := readLine(allowed, apiIP+":7000")
+			return err
+		})
+	})
+
 	t.Run("the decisions are in the api sidecar's metrics", func(t *testing.T) {
 		m := metrics(t, api)
 		for _, want := range []map[string]string{
