@@ -80,3 +80,17 @@ spec: {}
 		t.Errorf("%d warnings, want one per invalid policy, not repeated:\n%s", n, buf.String())
 	}
 }
+
+// TestPolicyExample: deploy/examples/authorization-policy.yaml loads, and its policies are valid.
+func TestPolicyExample(t *testing.T) {
+	s, err := LoadFile("../deploy/examples/authorization-policy.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(s.AuthorizationPolicies) != 2 || len(s.InvalidPolicies()) != 0 {
+		t.Errorf("policies %+v, want 2 valid ones", s.AuthorizationPolicies)
+	}
+	if ns, _ := s.Namespace("vault"); ns.Annotations["config.weft.io/default-inbound-policy"] != "deny" {
+		t.Errorf("namespace vault: %+v", ns)
+	}
+}
