@@ -127,18 +127,23 @@ func InboundPorts(s *discovery.State, p Proxy, o Options) []InboundPort {
 	if !ok {
 		return nil
 	}
-	return podInboundPorts(s, pod, o)
+	ports := podInboundPorts(s, pod, o)
+	if az := podAuthz(s, pod, o); az != nil { // authz.go
+		for i := range ports {
+			ports[i].Authz = az
+		}
+	}
+	return ports
 }
 
 func podInboundPorts(s *discovery.State, pod discovery.Pod, o Options) []InboundPort {
 	permissive := !o.Strict || inboundPolicy(s, pod) == "permissive"
-	az := podAuthz(s, pod, o)
 	var out []InboundPort
 	for _, cp := range pod.Ports {
 		if cp.Protocol != "TCP" {
 			continue
 		}
-		out = append(out, InboundPort{Port: cp.Port, Protocol: inboundProtocol(s, pod, cp.Port), Permissive: permissive, Authz: az})
+		out = append(out, InboundPort{Port: cp.Port, Protocol: inboundProtocol(s, pod, cp.Port), Permissive: permissive})
 	}
 	slices.SortFunc(out, func(a, b InboundPort) int { return cmp.Compare(a.Port, b.Port) })
 	return slices.CompactFunc(out, func(a, b InboundPort) bool { return a.Port == b.Port })
