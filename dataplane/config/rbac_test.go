@@ -147,3 +147,33 @@ func tcpProxyFilter(t *testing.T) *listenerv3.Filter {
 	must(t, err)
 	return &listenerv3.Filter{Name: "envoy.filters.network.tcp_proxy", ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: a}}
 }
+
+// BenchmarkRBACOfWeftControlOutput: one request through the DENY and ALLOW filters of
+// xds/testdata/authz.api-0.golden.json (an allowed GET: every policy is looked at).
+func BenchmarkRBACOfWeftControlOutput(b *testing.B) {
+	raw, err := os.ReadFile("../../xds/testdata/authz.api-0.golden.json")
+	if err != nil {
+		b.Fatal(err)
+	}
+	var m listenerv3.Listener
+	if err := protojson.Unmarshal(raw, &m); err != nil {
+		b.Fatal(err)
+	}
+	l, err := config.DecodeListener(&m)
+	if err != nil {
+		b.Fatal(err)
+	}
+	var rs []*config.RBAC
+	for _, c := range l.Chains {
+		if c.Name == "inbound|8080||mtls" {
+			rs = c.HTTP.RBAC
+		}
+	}
+	req := &config.AuthzRequest{PeerID: "spiffe://cluster.local/ns/monitoring/sa/prom", Dst: netip.MustParseAddrPort("10.2.0.1:8080"), HTTP: true, Method: "GET", Path: "/api/v1/items"}
+	b.ReportAllocs()
+	for b.Loop() {
+		if !decide(rs, req) {
+			b.Fatal("denied")
+		}
+	}
+}
