@@ -10,9 +10,9 @@ import (
 
 // Moving proxies between listener groups. Proxies share an inbound listener (a listener group) when
 // their ports, protocols, mTLS mode and authorization (xds.InboundPort.Key) are equal; a stream picks
-// its group when it asks for listeners. When an Update changes what a proxy's group is (a policy
-// now selects its pod, its default-inbound-policy changed, a Service made a port HTTP), the proxy
-// must get its new inbound listener without asking: its old group's listener did not change, so
+// its group when it asks for listeners. When an Update changes a proxy's RBAC (a policy now selects
+// its pod, its default-inbound-policy changed), the proxy must get its new inbound listener without
+// asking (see authzMoved for the other changes): its old group's listener did not change, so
 // nothing would wake it. After each Update, regroup therefore wakes the SotW streams that watch a
 // listener group (each re-resolves its group when woken, sotwRegroup) and moves the delta watches on
 // listener groups whose proxy now belongs to another group to that group's cache, which answers them
@@ -96,7 +96,7 @@ func (w *ldsDeltaWatch) move() {
 		return
 	}
 	c := w.s.listenerGroup(w.proxy)
-	if c == w.c {
+	if c == w.c || !w.s.authzMoved(w.c, c) {
 		return
 	}
 	w.cancel()
@@ -109,6 +109,32 @@ func (w *ldsDeltaWatch) move() {
 	w.c, w.cancel = c, cancel
 }
 
+// authzMoved reports whether the listener groups of caches from and to differ in their RBAC. Only
+// then is a proxy moved without asking: a move for another reason (a port whose protocol changed from
+// TCP to HTTP when a Service started to target it) would send the proxy a chain naming a route it
+// does not have yet, and weft-proxy does not warm listeners (Envoy waits for the route; weft-proxy
+// would answer 503 meanwhile), so those proxies keep their listener until they ask, as before.
+func (s *Server) authzMoved(from, to *typedCache) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	key := func(c *typedCache) (string, bool) {
+		for _, g := range s.groups {
+			if g.lds == c {
+				for _, p := range g.ports {
+					if p.Authz != nil {
+						return p.Authz.Key, true
+					}
+				}
+				return "", true
+			}
+		}
+		return "", false
+	}
+	a, okA := key(from)
+	b, okB := key(to)
+	return okA && okB && a != b
+}
+
 // sotwRegroup re-resolves a SotW stream's listener group when woken; as.mu is held.
 func (as *adsStream) sotwRegroup() {
 	t := as.typ(xds.ListenerType)
@@ -116,7 +142,7 @@ func (as *adsStream) sotwRegroup() {
 		return
 	}
 	c, err := as.s.typedCacheFor(xds.ListenerType, as.proxy, t.applied)
-	if err != nil || c == t.cache {
+	if err != nil || c == t.cache || !as.s.authzMoved(t.cache, c) {
 		return
 	}
 	t.cache.subs.remove(as)
