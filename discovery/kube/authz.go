@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"sync"
+	"time"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -22,21 +24,32 @@ import (
 var PolicyResource = schema.GroupVersionResource{Group: authz.Group, Version: authz.Version, Resource: authz.Resource}
 
 // policyWatch watches AuthorizationPolicies with a dynamic informer whose transform turns each object
-// into an *authz.AuthorizationPolicy. Without the CRD the informer still runs (its reflector retries
-// the list until the CRD appears), but nothing waits for it: discovery works without policies.
+// into an *authz.AuthorizationPolicy. Without the CRD nothing waits for it: discovery works without
+// policies, and the informer starts once the API server serves the CRD (checked every poll; a
+// reflector started without it would log a failed list at each retry).
 type policyWatch struct {
 	factory  dynamicinformer.DynamicSharedInformerFactory
 	informer cache.SharedIndexInformer
+	client   kubernetes.Interface
+	log      *slog.Logger
+	poll     time.Duration
 	// installed: the CRD was served when the watch started; the first State then waits for its sync.
 	installed bool
+
+	mu               sync.Mutex
+	started, stopped bool
+	stop, done       chan struct{} // shutdown closes stop; the poller closes done when it ends
 }
 
 // watchPolicies sets up the watch, or returns nil when dyn is nil (policies off).
-func watchPolicies(client kubernetes.Interface, dyn dynamic.Interface, handler cache.ResourceEventHandler, log *slog.Logger) (*policyWatch, error) {
+func watchPolicies(client kubernetes.Interface, dyn dynamic.Interface, handler cache.ResourceEventHandler, log *slog.Logger, poll time.Duration) (*policyWatch, error) {
 	if dyn == nil {
 		return nil, nil
 	}
-	w := &policyWatch{installed: true}
+	if poll <= 0 {
+		poll = 30 * time.Second
+	}
+	w := &policyWatch{installed: true, client: client, log: log, poll: poll}
 	if _, err := client.Discovery().ServerResourcesForGroupVersion(authz.APIVersion); err != nil {
 		if !apierrors.IsNotFound(err) {
 			return nil, fmt.Errorf("looking for the AuthorizationPolicy CRD (%s): %w", authz.APIVersion, err)
@@ -56,15 +69,57 @@ func watchPolicies(client kubernetes.Interface, dyn dynamic.Interface, handler c
 }
 
 func (w *policyWatch) start(ctx context.Context) {
-	if w != nil {
+	if w == nil {
+		return
+	}
+	if w.installed {
+		w.startInformer(ctx)
+		return
+	}
+	w.stop, w.done = make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(w.done)
+		t := time.NewTicker(w.poll)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-w.stop:
+				return
+			case <-t.C:
+			}
+			if _, err := w.client.Discovery().ServerResourcesForGroupVersion(authz.APIVersion); err == nil {
+				w.log.Info("the AuthorizationPolicy CRD is installed: watching authorization policies")
+				w.startInformer(ctx)
+				return
+			}
+		}
+	}()
+}
+
+func (w *policyWatch) startInformer(ctx context.Context) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if !w.stopped {
+		w.started = true
 		w.factory.Start(ctx.Done())
 	}
 }
 
+// shutdown stops the poller and the informer.
 func (w *policyWatch) shutdown() {
-	if w != nil {
-		w.factory.Shutdown()
+	if w == nil {
+		return
 	}
+	if w.done != nil {
+		close(w.stop)
+		<-w.done
+	}
+	w.mu.Lock()
+	w.stopped = true
+	w.mu.Unlock()
+	w.factory.Shutdown()
 }
 
 // synced waits for the first list when the CRD was installed at the start.

@@ -33,7 +33,7 @@ func TestPolicies(t *testing.T) {
 		t.Fatal(err)
 	}
 	var l latest
-	src := &Source{Client: env.Client, Dynamic: dyn, Quiet: 20 * time.Millisecond, Max: 200 * time.Millisecond}
+	src := &Source{Client: env.Client, Dynamic: dyn, PolicyPoll: 100 * time.Millisecond, Quiet: 20 * time.Millisecond, Max: 200 * time.Millisecond}
 	done := make(chan error, 1)
 	go func() { done <- src.Run(ctx, l.publish) }()
 	defer func() { cancel(); <-done }()

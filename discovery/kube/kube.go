@@ -28,9 +28,11 @@ import (
 // Source watches Kubernetes and publishes a discovery.State after each burst of changes.
 type Source struct {
 	Client kubernetes.Interface
-	// Dynamic, when set, watches AuthorizationPolicies (authz.go); nil: no policies.
-	Dynamic dynamic.Interface
-	Logger  *slog.Logger
+	// Dynamic, when set, watches AuthorizationPolicies (authz.go); nil: no policies. Without the CRD,
+	// PolicyPoll (default 30 s) is how often the source looks whether it was installed.
+	Dynamic    dynamic.Interface
+	PolicyPoll time.Duration
+	Logger     *slog.Logger
 	// Quiet is how long no change must arrive before a new State is built (default 100 ms); Max caps
 	// how long a steady stream of changes can delay one (default 1 s).
 	Quiet, Max time.Duration
@@ -95,7 +97,7 @@ func (s *Source) Run(ctx context.Context, publish func(*discovery.State)) error 
 		}
 	}
 
-	policies, err := watchPolicies(s.Client, s.Dynamic, handler, log)
+	policies, err := watchPolicies(s.Client, s.Dynamic, handler, log, s.PolicyPoll)
 	if err != nil {
 		return err
 	}
