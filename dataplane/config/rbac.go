@@ -30,6 +30,36 @@ const (
 type RBAC struct {
 	Deny     bool
 	Policies []RBACPolicy
+	// readsHeaders: a rule reads a header other than :method and :path.
+	readsHeaders bool
+}
+
+// ReadsHeaders reports whether a rule reads a request header other than :method and :path (a
+// request path that has only those at hand then leaves the decision to one that has them all).
+func (r *RBAC) ReadsHeaders() bool { return r.readsHeaders }
+
+func (p *Permission) readsHeaders() bool {
+	if p.Kind == RuleHeader && p.Header.Name != ":method" && p.Header.Name != ":path" {
+		return true
+	}
+	for i := range p.Children {
+		if p.Children[i].readsHeaders() {
+			return true
+		}
+	}
+	return false
+}
+
+func (p *Principal) readsHeaders() bool {
+	if p.Kind == RuleHeader && p.Header.Name != ":method" && p.Header.Name != ":path" {
+		return true
+	}
+	for i := range p.Children {
+		if p.Children[i].readsHeaders() {
+			return true
+		}
+	}
+	return false
 }
 
 // RBACPolicy matches when any permission and any principal match.
@@ -378,6 +408,12 @@ func decodeRBAC(r *xp.RBAC) (*RBAC, error) {
 				return nil, fmt.Errorf("rbac: policy %q: principals[%d]: %w", name, i, err)
 			}
 			pol.Principals = append(pol.Principals, d)
+		}
+		for i := range pol.Permissions {
+			out.readsHeaders = out.readsHeaders || pol.Permissions[i].readsHeaders()
+		}
+		for i := range pol.Principals {
+			out.readsHeaders = out.readsHeaders || pol.Principals[i].readsHeaders()
 		}
 		out.Policies = append(out.Policies, pol)
 	}

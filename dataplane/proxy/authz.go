@@ -4,6 +4,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"strconv"
 	"strings"
 
@@ -15,8 +16,8 @@ import (
 // the mTLS handshake (a denied connection is closed before anything reaches the app); an HTTP
 // chain's RBAC decides per request, before routing: a denied request gets a 403 with a weft-error
 // header saying why, a denied gRPC call grpc-status 7 (PERMISSION_DENIED). The request path calls one
-// hook each (handleConn, serveHTTP; the lean HTTP/1.1 path hands requests of chains with RBAC to
-// serveFast, which goes through serveHTTP). Decisions are counted in inbound_authz_total.
+// hook each (handleConn, serveHTTP, and serveLean, which serves allowed requests itself and hands
+// the others to serveFast, which goes through serveHTTP). Decisions are counted in inbound_authz_total.
 
 // authzOn reports whether requests on the connection's chain are subject to HTTP RBAC.
 func authzOn(info *connInfo) bool {
@@ -44,6 +45,31 @@ func policyLabel(name string) string {
 		return name[:strings.LastIndexByte(name, '/')]
 	}
 	return name
+}
+
+// leanAllowed decides a request of the lean HTTP/1.1 path (GET or HEAD; its path has no
+// percent-encoding, leanPath): true when the chain's HTTP RBAC allows it (counted here), false when
+// it must take serveFast: denied (serveFast answers and counts it) or the rules read headers the lean
+// path does not keep.
+func (s *h1Conn1) leanAllowed(q *leanReq) bool {
+	filters := s.info.chain.cfg.HTTP.RBAC
+	for _, r := range filters {
+		if r.ReadsHeaders() {
+			return false
+		}
+	}
+	method := http.MethodGet
+	if q.head {
+		method = http.MethodHead
+	}
+	src, _ := netip.ParseAddrPort(s.remote)
+	req := &config.AuthzRequest{PeerID: s.info.peerID, Source: src.Addr().Unmap(), Dst: s.info.dst, HTTP: true,
+		Method: method, Path: config.NormalizePath(string(q.path))}
+	ok, policy := decideRBAC(filters, req)
+	if ok {
+		s.p.metrics.observeAuthz("http", true, policy, s.info.peerID)
+	}
+	return ok
 }
 
 // authorizeConn checks a connection against its chain's network RBAC; false: close it.

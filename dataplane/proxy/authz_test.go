@@ -179,8 +179,13 @@ func TestInboundAuthorization(t *testing.T) {
 			t.Errorf("TCP, %s: got %q, want the connection closed", name, got)
 		}
 	}
+	// One allowed HTTP request, counted once (the lean path decides it; a double count would mean the
+	// request was decided twice).
+	allowHTTP := map[string]string{"transport": "http", "decision": "allow", "policy": "shop/allow-client", "client_id": clientID}
+	if v := metricValue(t, server.reg, "inbound_authz_total", allowHTTP); v != 1 {
+		t.Errorf("inbound_authz_total%v = %v, want 1", allowHTTP, v)
+	}
 	for _, want := range []map[string]string{
-		{"transport": "http", "decision": "allow", "policy": "shop/allow-client", "client_id": clientID},
 		{"transport": "http", "decision": "deny", "policy": "shop/deny-admin", "client_id": clientID},
 		{"transport": "http", "decision": "deny", "policy": "", "client_id": ""},
 		{"transport": "tcp", "decision": "allow", "policy": "shop/allow-client", "client_id": clientID},

@@ -68,9 +68,6 @@ func (s *h1Conn1) serveLean(head []byte) (handled, keep bool) {
 		return false, false
 	}
 	p, info := s.p, s.info
-	if authzOn(info) { // authz.go: serveFast checks it
-		return false, false
-	}
 	start := monoNow()
 	ls.start, ls.end = start, 0
 	rt := p.rt.Load()
@@ -96,6 +93,9 @@ func (s *h1Conn1) serveLean(head []byte) (handled, keep bool) {
 		return false, false
 	}
 	if hr := route.HostRewrite; hr != "" && (!validHost(hr) || bytes.IndexByte([]byte(hr), '%') >= 0) {
+		return false, false
+	}
+	if authzOn(info) && !s.leanAllowed(q) { // authz.go: a denial is serveFast's to answer
 		return false, false
 	}
 	ls.out = q.appendUpstream(ls.out[:0], route.HostRewrite)
