@@ -201,7 +201,8 @@ FUZZ_TARGETS := \
 	./dataplane/proxy:FuzzRouteRequest \
 	./dataplane/proxy:FuzzH2Relay \
 	./dataplane/iptables:FuzzRules \
-	./deploy/inject:FuzzInject
+	./deploy/inject:FuzzInject \
+	./xds:FuzzAuthzTranslation
 
 fuzz:
 	@summary=""; for t in $(FUZZ_TARGETS); do \

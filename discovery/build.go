@@ -9,6 +9,8 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	gwv1 "sigs.k8s.io/gateway-api/apis/v1"
+
+	"github.com/weftmesh/weft/discovery/authz"
 )
 
 // Objects is a set of Kubernetes objects to build a State from. Order does not matter.
@@ -21,6 +23,8 @@ type Objects struct {
 	HTTPRoutes      []*gwv1.HTTPRoute
 	GRPCRoutes      []*gwv1.GRPCRoute
 	ReferenceGrants []*gwv1.ReferenceGrant
+	// AuthorizationPolicies of policy.weft.io (authz.go).
+	AuthorizationPolicies []*authz.AuthorizationPolicy
 	// Ignored names the documents of other kinds that ParseObjects skipped ("document 3 (Deployment
 	// default/web)"), for a warning: they may share the file, but they may also be a typo of a kind.
 	Ignored []string
@@ -98,6 +102,7 @@ func Build(objs Objects) *State {
 	})
 	s.Pods = slices.CompactFunc(s.Pods, func(a, b Pod) bool { return a.Key() == b.Key() })
 	buildGAMMA(objs, s)
+	s.AuthorizationPolicies = buildPolicies(objs.AuthorizationPolicies)
 	return s
 }
 

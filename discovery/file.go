@@ -23,6 +23,8 @@ import (
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	sigsjson "sigs.k8s.io/json"
 	"sigs.k8s.io/yaml"
+
+	"github.com/weftmesh/weft/discovery/authz"
 )
 
 // Source produces States. Run publishes a first, complete State once it has one (for Kubernetes:
@@ -144,6 +146,16 @@ func decodeDocument(doc []byte, objs *Objects) (ignored string, _ error) {
 			return where, nil // a kind of the same name in another API group is not ours
 		}
 		fieldErr = decodeGateway(h.Kind, h.Metadata.Namespace, js, objs)
+	case authz.Kind:
+		if h.APIVersion != authz.APIVersion {
+			return where, nil
+		}
+		var o authz.AuthorizationPolicy
+		if fieldErr = strictJSON(js, &o); fieldErr == nil {
+			o.Namespace = h.Metadata.Namespace
+			fieldErr = requireName(o.Name)
+			objs.AuthorizationPolicies = append(objs.AuthorizationPolicies, &o)
+		}
 	default:
 		return where, nil // other kinds (Deployments, ConfigMaps, ...) may share the file; they are not ours
 	}
@@ -366,6 +378,7 @@ func (f *FileSource) Run(ctx context.Context, publish func(*State)) error {
 		return err
 	}
 	warnIgnored(log, f.Path, ignored)
+	WarnInvalidPolicies(log, last, nil)
 	read := sha256.Sum256(data) // the content last read, good or not
 	publish(last)
 
@@ -409,6 +422,7 @@ func (f *FileSource) Run(ctx context.Context, publish func(*State)) error {
 			if reflect.DeepEqual(s, last) {
 				continue
 			}
+			WarnInvalidPolicies(log, s, last)
 			last = s
 			log.Info("discovery file reloaded", "file", f.Path, "services", len(s.Services), "pods", len(s.Pods))
 			publish(s)
@@ -424,7 +438,7 @@ func concernsFile(path, name string) bool {
 
 func warnIgnored(log *slog.Logger, path string, ignored []string) {
 	if len(ignored) > 0 {
-		log.Warn("discovery file: documents of kinds Weft does not read (it reads Namespace, Service, EndpointSlice, Pod) are ignored",
+		log.Warn("discovery file: documents of kinds Weft does not read (it reads Namespace, Service, EndpointSlice, Pod, AuthorizationPolicy) are ignored",
 			"file", path, "ignored", strings.Join(ignored, ", "))
 	}
 }

@@ -279,7 +279,7 @@ func TestFileSourceWatchesTheFileAlone(t *testing.T) {
 		t.Errorf("the same rejected content was logged %d times, want at most once", n)
 	}
 	// Writes to other files only: nothing is read, so nothing is logged or published.
-	before := logs.count("discovery file: documents of kinds Weft does not read (it reads Namespace, Service, EndpointSlice, Pod) are ignored")
+	before := logs.count("discovery file: documents of kinds Weft does not read (it reads Namespace, Service, EndpointSlice, Pod, AuthorizationPolicy) are ignored")
 	if before < 1 || before > 2 {
 		t.Errorf("ignored-kind warning logged %d times for 2 contents, want 1 or 2", before)
 	}
@@ -289,7 +289,7 @@ func TestFileSourceWatchesTheFileAlone(t *testing.T) {
 	replace(path, good) // same content again: read, not parsed
 	replace(path, example)
 	next("the edit without the Deployment")
-	if after := logs.count("discovery file: documents of kinds Weft does not read (it reads Namespace, Service, EndpointSlice, Pod) are ignored"); after != before {
+	if after := logs.count("discovery file: documents of kinds Weft does not read (it reads Namespace, Service, EndpointSlice, Pod, AuthorizationPolicy) are ignored"); after != before {
 		t.Errorf("ignored-kind warnings went from %d to %d for contents without a new ignored document", before, after)
 	}
 }

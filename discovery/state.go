@@ -27,6 +27,8 @@ type State struct {
 	HTTPRoutes      []gwv1.HTTPRoute      `json:"httpRoutes,omitempty"`
 	GRPCRoutes      []gwv1.GRPCRoute      `json:"grpcRoutes,omitempty"`
 	ReferenceGrants []gwv1.ReferenceGrant `json:"referenceGrants,omitempty"`
+	// AuthorizationPolicies of policy.weft.io, sorted by namespace and name (authz.go).
+	AuthorizationPolicies []AuthorizationPolicy `json:"authorizationPolicies,omitempty"`
 }
 
 // Namespace is a Kubernetes Namespace, with what the mesh reads of it.

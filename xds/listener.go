@@ -93,6 +93,9 @@ func InboundListener(ports []InboundPort) *listener.Listener {
 	for _, p := range ports {
 		cluster := InboundClusterName(p.Port)
 		filters := func() []*listener.Filter {
+			if p.Authz != nil { // authz.go
+				return authzFilters(p, cluster)
+			}
 			if p.Protocol.IsHTTP() {
 				return []*listener.Filter{httpConnectionManager(cluster, InboundRouteName(p.Port))}
 			}

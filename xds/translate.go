@@ -3,6 +3,7 @@ package xds
 import (
 	"cmp"
 	"slices"
+	"strconv"
 	"strings"
 
 	cluster "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
@@ -102,6 +103,18 @@ type InboundPort struct {
 	Protocol Protocol
 	// Permissive: plaintext is accepted besides mutual TLS (see Options.Strict).
 	Permissive bool
+	// Authz is the pod's RBAC (authz.go), nil when nothing restricts it; the same for all its ports.
+	Authz *InboundAuthz
+}
+
+// Key identifies what the inbound listener makes of the port: proxies whose ports have equal keys
+// share one.
+func (p InboundPort) Key() string {
+	k := strconv.Itoa(int(p.Port)) + "/" + string(p.Protocol) + "/" + strconv.FormatBool(p.Permissive)
+	if p.Authz != nil {
+		k += "/" + p.Authz.Key
+	}
+	return k
 }
 
 // InboundPorts lists the ports the inbound listener of proxy p serves: its pod's container ports.
@@ -114,7 +127,13 @@ func InboundPorts(s *discovery.State, p Proxy, o Options) []InboundPort {
 	if !ok {
 		return nil
 	}
-	return podInboundPorts(s, pod, o)
+	ports := podInboundPorts(s, pod, o)
+	if az := podAuthz(s, pod, o); az != nil { // authz.go
+		for i := range ports {
+			ports[i].Authz = az
+		}
+	}
+	return ports
 }
 
 func podInboundPorts(s *discovery.State, pod discovery.Pod, o Options) []InboundPort {

@@ -352,7 +352,7 @@ func TestSidecar(t *testing.T) {
 func TestInboundPortsByIPWhenNameUnknown(t *testing.T) {
 	s := load(t, "mesh.yaml")
 	got := InboundPorts(s, Proxy{IP: "10.1.0.2", Kind: KindEnvoy}, Options{})
-	want := []InboundPort{{8080, ProtocolHTTP, true}, {9000, ProtocolGRPC, true}}
+	want := []InboundPort{{8080, ProtocolHTTP, true, nil}, {9000, ProtocolGRPC, true, nil}}
 	if d := cmp.Diff(want, got); d != "" {
 		t.Errorf("InboundPorts by IP (-want +got):\n%s", d)
 	}

@@ -18,6 +18,7 @@ import (
 	"github.com/spf13/cobra"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/keepalive"
+	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 	gwclient "sigs.k8s.io/gateway-api/pkg/client/clientset/versioned"
 
@@ -186,7 +187,11 @@ func run(ctx context.Context, c config) error {
 		if err != nil {
 			return fmt.Errorf("making a Gateway API client: %w", err)
 		}
-		src = &kube.Source{Client: client, Gateway: gw, Logger: log, Quiet: c.debounce, Max: c.debounceMax}
+		dyn, err := dynamic.NewForConfig(cfg)
+		if err != nil {
+			return fmt.Errorf("making a Kubernetes client: %w", err)
+		}
+		src = &kube.Source{Client: client, Gateway: gw, Dynamic: dyn, Logger: log, Quiet: c.debounce, Max: c.debounceMax}
 		kubeClient = client
 		statusWriter = kube.NewStatusWriter(gw, xds.ControllerName, log)
 	}

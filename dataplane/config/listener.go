@@ -150,6 +150,15 @@ func decodeChain(fc *xp.FilterChain) (*FilterChain, error) {
 				return nil, fmt.Errorf("filter %q: %w", f.GetName(), err)
 			}
 			out.HTTP = h
+		case networkRBACTypeURL: // rbac.go
+			if last {
+				return nil, errors.New("rbac cannot be the last filter (tcp_proxy or http_connection_manager must follow)")
+			}
+			r, err := decodeNetworkRBAC(tc)
+			if err != nil {
+				return nil, fmt.Errorf("filter %q: %w", f.GetName(), err)
+			}
+			out.RBAC = append(out.RBAC, r)
 		case tcpProxyTypeURL:
 			if !last {
 				return nil, errors.New("tcp_proxy must be the last filter")
@@ -177,12 +186,18 @@ func decodeHCM(a *anypb.Any) (*HTTPConnectionManager, error) {
 	if err := proto.Unmarshal(a.GetValue(), &h); err != nil {
 		return nil, err
 	}
+	out := &HTTPConnectionManager{}
 	for _, hf := range h.GetHttpFilters() {
-		if u := hf.GetTypedConfig().GetTypeUrl(); u != "" && u != routerTypeURL && !hf.GetIsOptional() {
+		if u := hf.GetTypedConfig().GetTypeUrl(); u == httpRBACTypeURL { // rbac.go
+			r, err := decodeHTTPRBAC(hf.GetTypedConfig())
+			if err != nil {
+				return nil, fmt.Errorf("http filter %q: %w", hf.GetName(), err)
+			}
+			out.RBAC = append(out.RBAC, r)
+		} else if u != "" && u != routerTypeURL && !hf.GetIsOptional() {
 			return nil, fmt.Errorf("http filter %q (%s) is not supported", hf.GetName(), u)
 		}
 	}
-	out := &HTTPConnectionManager{}
 	switch rs := h.GetRouteSpecifier().(type) {
 	case *xp.HttpConnectionManager_Rds:
 		if rs.Rds.GetRouteConfigName() == "" {

@@ -30,6 +30,8 @@ type FilterChain struct {
 	TCP  *TCPProxy
 	// TLS, when set, terminates TLS (mTLS) on this chain before the filter runs.
 	TLS *DownstreamTLS
+	// RBAC filters before the terminal one, in order (rbac.go): all must allow a connection.
+	RBAC []*RBAC
 }
 
 // ChainMatch is the subset of FilterChainMatch we honour.
@@ -44,6 +46,8 @@ type ChainMatch struct {
 type HTTPConnectionManager struct {
 	RouteConfigName string
 	Inline          *RouteConfig
+	// RBAC HTTP filters, in order (rbac.go): all must allow a request.
+	RBAC []*RBAC
 }
 
 // TCPProxy is the tcp_proxy filter.

@@ -998,9 +998,10 @@ func (s *h2Session) route(st *h2Stream, f *http2.MetaHeadersFrame) {
 	rt := s.p.rt.Load()
 	var route *config.Route
 	var cl *clusterRT
-	// A tap that is open, or a virtual host whose routes match on more than the path or have filters
-	// (routefilter.go), leave the request to serveHTTP through the bridge, as the lean HTTP/1.1 path does.
-	if f.PseudoValue("method") != http.MethodConnect && path != "" && path[0] == '/' && s.p.tap.on.Load() == nil {
+	// A tap that is open, a chain with HTTP RBAC (authz.go), or a virtual host whose routes match on
+	// more than the path or have filters (routefilter.go) leave the request to serveHTTP through the
+	// bridge, as the lean HTTP/1.1 path does: its hooks decide, answer and report.
+	if f.PseudoValue("method") != http.MethodConnect && path != "" && path[0] == '/' && s.p.tap.on.Load() == nil && !authzOn(s.info) {
 		if table := rt.routeTableFor(s.info, authority); table != nil {
 			if vh := table.match(authority); vh != nil && !vh.Extended {
 				route = matchRoute(vh, path, nil)

@@ -139,6 +139,9 @@ func (p *Proxy) serveHTTP(w http.ResponseWriter, r *http.Request, info *connInfo
 		rs.origH1 = r.Header.Get(origProtoHeader) == "HTTP/1.1"
 		r.Header.Del(origProtoHeader)
 	}
+	if p.denyHTTP(sw, r, info) { // authz.go
+		return
+	}
 	table := rt.routeTableFor(info, authority)
 	var vh *config.VirtualHost
 	if table != nil {

@@ -202,6 +202,10 @@ func (p *Proxy) handleConn(c net.Conn, name string) {
 			conn = plainView{tc}
 		}
 	}
+	if !p.authorizeConn(conn, info) { // authz.go
+		conn.Close()
+		return
+	}
 	switch {
 	case chain.cfg.HTTP != nil:
 		cs := p.outbound

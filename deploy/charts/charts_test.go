@@ -102,7 +102,7 @@ func TestRenderObjects(t *testing.T) {
 			t.Errorf("%s rendered twice", key)
 		}
 		seen[key] = i
-		clusterScoped := map[string]bool{"Namespace": true, "ClusterRole": true, "ClusterRoleBinding": true, "MutatingWebhookConfiguration": true}
+		clusterScoped := map[string]bool{"Namespace": true, "ClusterRole": true, "ClusterRoleBinding": true, "MutatingWebhookConfiguration": true, "CustomResourceDefinition": true}
 		if !clusterScoped[obj.Kind] && obj.Metadata.Namespace != "mesh-system" {
 			t.Errorf("%s is in namespace %q, want mesh-system", key, obj.Metadata.Namespace)
 		}
@@ -116,6 +116,7 @@ func TestRenderObjects(t *testing.T) {
 		"Namespace/mesh-system", "ServiceAccount/weft-control", "ClusterRole/weft-control", "ClusterRoleBinding/weft-control",
 		"Secret/weft-identity", "ConfigMap/weft-config", "Deployment/weft-control", "Service/weft-control",
 		"Service/weft-injector", "PodDisruptionBudget/weft-control", "MutatingWebhookConfiguration/weft-injector", "DaemonSet/weft-cni",
+		"CustomResourceDefinition/authorizationpolicies.policy.weft.io",
 	} {
 		if _, ok := seen[want]; !ok {
 			t.Errorf("%s is not rendered; got %v", want, seen)

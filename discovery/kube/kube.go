@@ -15,6 +15,7 @@ import (
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
@@ -34,7 +35,11 @@ type Source struct {
 	// GatewayRecheck is how often, while the Gateway API CRDs are not served, the API server is asked
 	// again (default 30 s); once they are, their routes are watched.
 	GatewayRecheck time.Duration
-	Logger         *slog.Logger
+	// Dynamic, when set, watches AuthorizationPolicies (authz.go); nil: no policies. Without the CRD,
+	// PolicyPoll (default 30 s) is how often the source looks whether it was installed.
+	Dynamic    dynamic.Interface
+	PolicyPoll time.Duration
+	Logger     *slog.Logger
 	// Quiet is how long no change must arrive before a new State is built (default 100 ms); Max caps
 	// how long a steady stream of changes can delay one (default 1 s).
 	Quiet, Max time.Duration
@@ -111,6 +116,10 @@ func (s *Source) Run(ctx context.Context, publish func(*discovery.State)) error 
 	if s.Gateway != nil && (gw == nil || !gw.complete) {
 		recheck = time.After(recheckEvery)
 	}
+	policies, err := watchPolicies(s.Client, s.Dynamic, handler, log, s.PolicyPoll)
+	if err != nil {
+		return err
+	}
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -118,6 +127,8 @@ func (s *Source) Run(ctx context.Context, publish func(*discovery.State)) error 
 	defer factory.Shutdown()
 	gw.start(ctx)
 	defer func() { gw.shutdown() }() // gw may start later (recheck below)
+	policies.start(ctx)
+	defer policies.shutdown()
 	for typ, ok := range factory.WaitForCacheSync(ctx.Done()) {
 		if !ok {
 			if ctx.Err() != nil {
@@ -132,6 +143,12 @@ func (s *Source) Run(ctx context.Context, publish func(*discovery.State)) error 
 		}
 		return err
 	}
+	if !policies.synced(ctx) {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return errors.New("the AuthorizationPolicy cache never synced")
+	}
 
 	build := func() *discovery.State {
 		var objs discovery.Objects
@@ -140,6 +157,7 @@ func (s *Source) Run(ctx context.Context, publish func(*discovery.State)) error 
 		objs.Pods, _ = podInf.Lister().List(labels.Everything())
 		objs.Namespaces, _ = nsInf.Lister().List(labels.Everything())
 		gw.list(&objs)
+		objs.AuthorizationPolicies = policies.list()
 		return discovery.Build(objs)
 	}
 	// Drain the marks made during the initial list: the first State already includes them.
@@ -148,6 +166,7 @@ func (s *Source) Run(ctx context.Context, publish func(*discovery.State)) error 
 	default:
 	}
 	st := build()
+	discovery.WarnInvalidPolicies(log, st, nil)
 	log.Info("kubernetes caches synced", "services", len(st.Services), "pods", len(st.Pods))
 	publish(st)
 
@@ -195,7 +214,10 @@ func (s *Source) Run(ctx context.Context, publish func(*discovery.State)) error 
 			continue
 		}
 		maxTimer = nil
-		publish(build())
+		next := build()
+		discovery.WarnInvalidPolicies(log, next, st)
+		st = next
+		publish(st)
 	}
 }
 

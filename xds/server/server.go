@@ -81,6 +81,7 @@ type Server struct {
 	apiLDS    *typedCache
 	secrets   *typedCache
 	groups    map[string]*listenerGroup
+	lds       ldsWatches // delta watches on listener groups (regroup.go)
 	// names holds every resource name served, one copy each: requests naming them share it.
 	names atomic.Pointer[map[string]string]
 
@@ -214,6 +215,7 @@ func (s *Server) Update(st *discovery.State) {
 	start := s.now()
 	s.buildMu.Lock()
 	defer s.buildMu.Unlock()
+	defer s.regroup() // regroup.go; after s.mu is released
 	mesh := s.builder.Build(st)
 
 	s.mu.Lock()
@@ -355,7 +357,7 @@ func (s *Server) listenerGroup(p xds.Proxy) *typedCache {
 	ports := xds.InboundPorts(s.state, p, s.opts.Translate)
 	var key strings.Builder
 	for _, ip := range ports {
-		fmt.Fprintf(&key, "%d/%s/%t,", ip.Port, ip.Protocol, ip.Permissive)
+		key.WriteString(ip.Key() + ",")
 	}
 	g, ok := s.groups[key.String()]
 	if !ok {
@@ -390,11 +392,15 @@ func (r router) CreateWatch(req *cache.Request, sub cache.Subscription, ch chan 
 }
 
 func (r router) CreateDeltaWatch(req *cache.DeltaRequest, sub cache.Subscription, ch chan cache.DeltaResponse) (func(), error) {
-	c, err := r.s.cacheFor(req.GetTypeUrl(), req.GetNode(), req.GetResourceNamesSubscribe())
+	p := xds.ProxyFromNode(req.GetNode())
+	c, err := r.s.typedCacheFor(req.GetTypeUrl(), p, req.GetResourceNamesSubscribe())
 	if err != nil {
 		return nil, err
 	}
-	return c.CreateDeltaWatch(req, sub, ch)
+	if req.GetTypeUrl() == xds.ListenerType && c != r.s.apiLDS {
+		return r.s.createDeltaLDSWatch(c, p, req, sub, ch) // regroup.go
+	}
+	return c.linear.CreateDeltaWatch(req, sub, ch)
 }
 
 func (r router) Fetch(context.Context, *cache.Request) (cache.Response, error) {

@@ -262,6 +262,7 @@ func (a *ads) StreamAggregatedResources(st discoverypb.AggregatedDiscoveryServic
 		select {
 		case <-as.wake:
 			as.mu.Lock()
+			as.sotwRegroup() // regroup.go
 			err := as.push(nil, false)
 			as.mu.Unlock()
 			if err != nil {
@@ -327,6 +328,7 @@ func (as *adsStream) handle(req *discoverypb.DiscoveryRequest) error {
 	if t.cache != c {
 		if t.cache != nil {
 			t.cache.subs.remove(as)
+			t.sent = map[string]string{} // another listener group: its versions are not comparable (regroup.go)
 		}
 		t.cache, t.recheck = c, true
 		c.subs.add(as)
