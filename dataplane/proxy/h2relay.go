@@ -329,10 +329,18 @@ func (s *h2Session) handle(hc *h2Conn, f http2.Frame) error {
 		if f.IsAck() {
 			return nil
 		}
-		if err := s.settings(hc, f); err != nil {
+		grew, err := s.settings(hc, f)
+		if err != nil {
 			return err
 		}
 		hc.out = appendFrameHdr(hc.out, 0, http2.FrameSettings, http2.FlagSettingsAck, 0)
+		if grew {
+			// What the larger windows let go leaves after the ack (a peer that changed the setting waits
+			// for the ack, and the data it allows comes after it, as net/http's server sends it).
+			for _, x := range hc.streams {
+				s.pumpOf(x, hc)
+			}
+		}
 		return s.queuedControl(hc)
 	case *http2.PingFrame:
 		if f.IsAck() {
@@ -384,8 +392,11 @@ func (s *h2Session) resetWindow() {
 	}
 }
 
-func (s *h2Session) settings(hc *h2Conn, f *http2.SettingsFrame) error {
-	return f.ForeachSetting(func(st http2.Setting) error {
+// settings applies the peer's SETTINGS; grew reports that its streams' send windows grew (the
+// caller then sends what they allow: the windows of every open stream move by the change of
+// SETTINGS_INITIAL_WINDOW_SIZE, and may become negative, RFC 9113 §6.9.2).
+func (s *h2Session) settings(hc *h2Conn, f *http2.SettingsFrame) (grew bool, err error) {
+	err = f.ForeachSetting(func(st http2.Setting) error {
 		if err := st.Valid(); err != nil {
 			return err
 		}
@@ -402,10 +413,8 @@ func (s *h2Session) settings(hc *h2Conn, f *http2.SettingsFrame) error {
 				if half.sendWin > relayWindowMax {
 					return http2.ConnectionError(http2.ErrCodeFlowControl)
 				}
-				if delta > 0 {
-					s.pumpOf(x, hc)
-				}
 			}
+			grew = grew || delta > 0
 		case http2.SettingMaxFrameSize:
 			hc.peerMaxFrame = int(st.Val)
 		case http2.SettingHeaderTableSize:
@@ -415,6 +424,7 @@ func (s *h2Session) settings(hc *h2Conn, f *http2.SettingsFrame) error {
 		}
 		return nil
 	})
+	return grew, err
 }
 
 // pumpOf moves the half of st that hc receives.

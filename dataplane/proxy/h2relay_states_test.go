@@ -160,3 +160,82 @@ func hpackBlock(kv []string) []byte {
 	}
 	return bytes.Clone(s.hb.Bytes())
 }
+
+// TestH2RelayInitialWindowChange: a change of the client's SETTINGS_INITIAL_WINDOW_SIZE moves the send
+// window of a stream already open by the difference, below zero too (RFC 9113 §6.9.2); the relay
+// sends what a larger window allows after its SETTINGS ack, and nothing while the window is not
+// positive.
+func TestH2RelayInitialWindowChange(t *testing.T) {
+	r := setupRelayForTest(t)
+	reply := newH2Seed().settings().headers(1, 0, ":status", "200").
+		frame(http2.FrameData, http2.FlagDataEndStream, 1, []byte("0123456789")).b
+	r.up.reply.Store(&reply)
+	cEnd, pEnd := net.Pipe()
+	done := make(chan struct{})
+	go func() { defer close(done); r.p.serveH2Relay(pEnd, r.info) }()
+	defer func() {
+		cEnd.Close()
+		<-done
+	}()
+	_ = cEnd.SetDeadline(time.Now().Add(20 * time.Second))
+	writes := make(chan []byte, 16)
+	go func() {
+		for b := range writes {
+			if _, err := cEnd.Write(b); err != nil {
+				return
+			}
+		}
+	}()
+	defer close(writes)
+	fr := http2.NewFramer(nil, cEnd)
+	// next returns the relay's next frame but WINDOW_UPDATEs and its own SETTINGS, in short.
+	next := func() string {
+		t.Helper()
+		for {
+			f, err := fr.ReadFrame()
+			if err != nil {
+				t.Fatalf("reading the relay's frames: %v", err)
+			}
+			switch f := f.(type) {
+			case *http2.SettingsFrame:
+				if f.IsAck() {
+					return "SETTINGS ack"
+				}
+			case *http2.WindowUpdateFrame:
+			case *http2.DataFrame:
+				return fmt.Sprintf("DATA %d %q end=%v", f.StreamID, f.Data(), f.StreamEnded())
+			case *http2.PingFrame:
+				return "PING ack"
+			default:
+				return fmt.Sprintf("%v %d", f.Header().Type, f.Header().StreamID)
+			}
+		}
+	}
+	expect := func(step string, want ...string) {
+		t.Helper()
+		var got []string
+		for range want {
+			got = append(got, next())
+		}
+		if diff := cmp.Diff(want, got); diff != "" {
+			t.Fatalf("%s: the relay's frames (-want +got):\n%s", step, diff)
+		}
+	}
+	iws := func(v uint32) []byte { return newH2Seed().settings(uint32(http2.SettingInitialWindowSize), v).b }
+	wu := func(n byte) []byte { return newH2Seed().frame(http2.FrameWindowUpdate, 0, 1, []byte{0, 0, 0, n}).b }
+	ping := newH2Seed().frame(http2.FramePing, 0, 0, make([]byte, 8)).b
+
+	writes <- append([]byte(clientPreface), iws(0)...)
+	writes <- newH2Seed().headers(1, http2.FlagHeadersEndStream, getRoot...).b
+	expect("window 0", "SETTINGS ack", "HEADERS 1")
+	writes <- ping // the response's body reached the relay by now, or comes with nothing sent
+	expect("window 0", "PING ack")
+	writes <- iws(1)
+	expect("window 0 → 1", "SETTINGS ack", `DATA 1 "0" end=false`)
+	writes <- append(append(iws(0), wu(1)...), ping...) // window 0 - 1 + 1
+	expect("window 1 → 0 (-1) → 0 (WINDOW_UPDATE 1)", "SETTINGS ack", "PING ack")
+	writes <- wu(2)
+	expect("window 0 → 2 (WINDOW_UPDATE 2)", `DATA 1 "12" end=false`)
+	writes <- iws(100)
+	expect("window 0 → 100", "SETTINGS ack", `DATA 1 "3456789" end=true`)
+}
