@@ -145,6 +145,10 @@ type h2Conn struct {
 	ready        bool        // upstream: dialed and preface written
 	waiting      []*h2Stream // upstream: streams waiting for the dial or for a stream slot
 	goaway       bool        // upstream: the peer sent GOAWAY; client connection: the relay sent one
+
+	// client connection: the streams the relay reset lately (h2relay_states.go)
+	rstIDs  [relayRecentResets]uint32
+	rstNext uint32
 }
 
 // h2Half is one direction of a stream: bytes received from one side, waiting to go to the other.
@@ -306,7 +310,7 @@ func (s *h2Session) handle(hc *h2Conn, f http2.Frame) error {
 	case *http2.RSTStreamFrame:
 		st := hc.streams[f.StreamID]
 		if st == nil {
-			if !hc.client && f.StreamID > hc.lastID {
+			if hc.idleStream(f.StreamID) {
 				return http2.ConnectionError(http2.ErrCodeProtocol) // an idle stream
 			}
 			return nil
@@ -325,10 +329,18 @@ func (s *h2Session) handle(hc *h2Conn, f http2.Frame) error {
 		if f.IsAck() {
 			return nil
 		}
-		if err := s.settings(hc, f); err != nil {
+		grew, err := s.settings(hc, f)
+		if err != nil {
 			return err
 		}
 		hc.out = appendFrameHdr(hc.out, 0, http2.FrameSettings, http2.FlagSettingsAck, 0)
+		if grew {
+			// What the larger windows let go leaves after the ack (a peer that changed the setting waits
+			// for the ack, and the data it allows comes after it, as net/http's server sends it).
+			for _, x := range hc.streams {
+				s.pumpOf(x, hc)
+			}
+		}
 		return s.queuedControl(hc)
 	case *http2.PingFrame:
 		if f.IsAck() {
@@ -342,6 +354,10 @@ func (s *h2Session) handle(hc *h2Conn, f http2.Frame) error {
 	case *http2.GoAwayFrame:
 		if hc.client {
 			s.upGoaway(hc, f.LastStreamID)
+		}
+	case *http2.PriorityFrame:
+		if selfDependent(f.StreamID, f.PriorityParam) {
+			s.streamError(hc, f.StreamID, http2.ErrCodeProtocol)
 		}
 	case *http2.PushPromiseFrame:
 		return http2.ConnectionError(http2.ErrCodeProtocol) // push is off (ENABLE_PUSH 0 upstream; never from clients)
@@ -376,8 +392,11 @@ func (s *h2Session) resetWindow() {
 	}
 }
 
-func (s *h2Session) settings(hc *h2Conn, f *http2.SettingsFrame) error {
-	return f.ForeachSetting(func(st http2.Setting) error {
+// settings applies the peer's SETTINGS; grew reports that its streams' send windows grew (the
+// caller then sends what they allow: the windows of every open stream move by the change of
+// SETTINGS_INITIAL_WINDOW_SIZE, and may become negative, RFC 9113 §6.9.2).
+func (s *h2Session) settings(hc *h2Conn, f *http2.SettingsFrame) (grew bool, err error) {
+	err = f.ForeachSetting(func(st http2.Setting) error {
 		if err := st.Valid(); err != nil {
 			return err
 		}
@@ -394,10 +413,8 @@ func (s *h2Session) settings(hc *h2Conn, f *http2.SettingsFrame) error {
 				if half.sendWin > relayWindowMax {
 					return http2.ConnectionError(http2.ErrCodeFlowControl)
 				}
-				if delta > 0 {
-					s.pumpOf(x, hc)
-				}
 			}
+			grew = grew || delta > 0
 		case http2.SettingMaxFrameSize:
 			hc.peerMaxFrame = int(st.Val)
 		case http2.SettingHeaderTableSize:
@@ -407,6 +424,7 @@ func (s *h2Session) settings(hc *h2Conn, f *http2.SettingsFrame) error {
 		}
 		return nil
 	})
+	return grew, err
 }
 
 // pumpOf moves the half of st that hc receives.
@@ -435,7 +453,10 @@ func (s *h2Session) windowUpdate(hc *h2Conn, f *http2.WindowUpdateFrame) error {
 	}
 	st := hc.streams[f.StreamID]
 	if st == nil {
-		return nil
+		if hc.idleStream(f.StreamID) {
+			return http2.ConnectionError(http2.ErrCodeProtocol) // RFC 9113 §5.1
+		}
+		return nil // a closed stream: WINDOW_UPDATE may still come (§6.9)
 	}
 	half := &st.resp
 	if hc.client {
@@ -466,14 +487,15 @@ func (s *h2Session) data(hc *h2Conn, f *http2.DataFrame) error {
 		}
 	}
 	if st == nil || half.end {
-		// A stream already closed (reset): its bytes still count in the connection window.
-		if !hc.client && (f.StreamID > hc.lastID) {
+		// A stream already closed (reset), or half closed: its bytes still count in the connection window.
+		if st == nil && hc.idleStream(f.StreamID) {
 			return http2.ConnectionError(http2.ErrCodeProtocol)
 		}
-		s.credit(hc, nil, 0, n)
-		if st != nil {
-			s.streamError(hc, f.StreamID, http2.ErrCodeStreamClosed)
+		if st == nil {
+			return s.closedData(hc, f.StreamID, n) // h2relay_states.go
 		}
+		s.credit(hc, nil, 0, n)
+		s.streamError(hc, f.StreamID, http2.ErrCodeStreamClosed)
 		return nil
 	}
 	half.recvWin -= n
@@ -696,6 +718,7 @@ func (s *h2Session) flush() {
 func (s *h2Session) streamError(hc *h2Conn, id uint32, code http2.ErrCode) {
 	if !hc.closed {
 		hc.out = appendRST(hc.out, id, code)
+		hc.resetSent(id)
 		s.markDirty(hc)
 	}
 	st := hc.streams[id]
@@ -854,7 +877,11 @@ func (s *h2Session) downHeaders(f *http2.MetaHeadersFrame) error {
 	d := s.down
 	id := f.StreamID
 	if st := d.streams[id]; st != nil {
-		if !f.StreamEnded() || st.req.end || len(f.PseudoFields()) > 0 {
+		if st.req.end {
+			s.streamError(d, id, http2.ErrCodeStreamClosed) // RFC 9113 §5.1: half closed (remote)
+			return nil
+		}
+		if !f.StreamEnded() || len(f.PseudoFields()) > 0 || f.HasPriority() && selfDependent(id, f.Priority) {
 			s.streamError(d, id, http2.ErrCodeProtocol)
 			return nil
 		}
@@ -871,16 +898,25 @@ func (s *h2Session) downHeaders(f *http2.MetaHeadersFrame) error {
 		return http2.ConnectionError(http2.ErrCodeProtocol)
 	}
 	if id <= d.lastID {
+		if d.recentlyReset(id) {
+			return nil // trailers the client had in flight when the relay reset the stream
+		}
 		return http2.ConnectionError(http2.ErrCodeStreamClosed) // RFC 9113 §5.1: a closed stream
 	}
 	d.lastID = id
+	if f.HasPriority() && selfDependent(id, f.Priority) {
+		s.streamError(d, id, http2.ErrCodeProtocol)
+		return nil
+	}
 	if d.goaway {
 		d.out = appendRST(d.out, id, http2.ErrCodeRefusedStream)
+		d.resetSent(id)
 		s.markDirty(d)
 		return nil
 	}
 	if s.streams >= relayMaxStreams {
 		d.out = appendRST(d.out, id, http2.ErrCodeRefusedStream) // RFC 9113 §5.1.2
+		d.resetSent(id)
 		s.markDirty(d)
 		return nil
 	}
@@ -1387,6 +1423,7 @@ func (st *h2Stream) resetDown(code http2.ErrCode) {
 		delete(s.down.streams, st.downID)
 		if !s.down.closed {
 			s.down.out = appendRST(s.down.out, st.downID, code)
+			s.down.resetSent(st.downID)
 			s.markDirty(s.down)
 		}
 		st.downID = 0
@@ -1472,6 +1509,7 @@ func (st *h2Stream) maybeDone() {
 			if !st.req.end {
 				// The response is whole before the request: the client need send no more (RFC 9113 §8.1).
 				st.s.down.out = appendRST(st.s.down.out, st.downID, http2.ErrCodeNo)
+				st.s.down.resetSent(st.downID)
 				st.s.markDirty(st.s.down)
 			}
 			st.downID = 0
