@@ -15,6 +15,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -195,7 +196,8 @@ func (m *mesh) must(t *testing.T, method, svc, pathQuery string, header map[stri
 // echoApp is one version's HTTP server (behind its pod's sidecar). It answers its name, except:
 //
 //	/slow        holds the request until the client goes away (or 10 s)
-//	/flaky?id=X  answers 503 to the first request of each X, then 200; attempts counts them
+//	/flaky?id=X&fail=N  answers 503 to the first N requests of each X (1 without fail), then 200;
+//	                    attempts counts them
 type echoApp struct {
 	name     string
 	mu       sync.Mutex
@@ -231,7 +233,11 @@ func (a *echoApp) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		a.attempts[id]++
 		n := a.attempts[id]
 		a.mu.Unlock()
-		if n == 1 {
+		fail, err := strconv.Atoi(r.URL.Query().Get("fail"))
+		if err != nil {
+			fail = 1
+		}
+		if n <= fail {
 			http.Error(w, a.name+" fails the first try", http.StatusServiceUnavailable)
 			return
 		}
