@@ -51,6 +51,9 @@ func TestMain(m *testing.M) {
 	if buildDir != "" {
 		os.RemoveAll(buildDir)
 	}
+	if weftBuildDir != "" {
+		os.RemoveAll(weftBuildDir)
+	}
 	os.Exit(code)
 }
 
@@ -76,7 +79,11 @@ type mesh struct {
 	control *proc
 	client  *http.Client // through client-0's sidecar
 	v1, v2  *echoApp
+	pods    []meshPod
 }
+
+// meshPod is one pod with a sidecar, as Prometheus is told to scrape it.
+type meshPod struct{ name, deployment, admin string }
 
 type proc struct {
 	name   string
@@ -118,10 +125,9 @@ func startMesh(t *testing.T) *mesh {
 		"--debounce", "20ms", "--log-level", "warn")
 	waitFor(t, "weft-control /ready", 60*time.Second, func() error { return httpOK("http://" + controlAdmin + "/ready") })
 
-	var admins []string
 	sidecar := func(name, sa string, pod, app netip.Addr) {
 		admin := addr(pod, adminPort)
-		admins = append(admins, admin)
+		m.pods = append(m.pods, meshPod{name: name, deployment: strings.TrimSuffix(name, "-0"), admin: admin})
 		startProc(t, m.dir, "weft-proxy-"+name, bins[1], "run",
 			"--xds-addr", idAddr, "--xds-tls",
 			"--pod-name", name, "--namespace", namespace, "--pod-ip", pod.String(), "--service-account", sa,
@@ -135,8 +141,8 @@ func startMesh(t *testing.T) *mesh {
 	sidecar("client-0", "client", b.ip(0, 2), b.ip(1, 2))
 	sidecar("echo-v1-0", "echo", b.ip(0, 3), b.ip(1, 3))
 	sidecar("echo-v2-0", "echo", b.ip(0, 4), b.ip(1, 4))
-	for _, a := range admins {
-		waitFor(t, a+" /ready", 60*time.Second, func() error { return httpOK("http://" + a + "/ready") })
+	for _, p := range m.pods {
+		waitFor(t, p.name+" /ready", 60*time.Second, func() error { return httpOK("http://" + p.admin + "/ready") })
 	}
 	proxyURL := &url.URL{Scheme: "http", Host: addr(b.ip(0, 2), proxyPort)}
 	tr := &http.Transport{Proxy: http.ProxyURL(proxyURL), MaxIdleConnsPerHost: 16}
@@ -354,6 +360,7 @@ func pickBlock(t *testing.T) block {
 		free := true
 		for _, a := range []netip.AddrPort{
 			netip.AddrPortFrom(b.ip(0, 1), 15010), netip.AddrPortFrom(b.ip(0, 1), 15012), netip.AddrPortFrom(b.ip(0, 1), 15014),
+			netip.AddrPortFrom(b.ip(0, 1), promPort),
 			netip.AddrPortFrom(b.ip(0, 2), adminPort), netip.AddrPortFrom(b.ip(0, 2), proxyPort),
 			netip.AddrPortFrom(b.ip(0, 3), adminPort), netip.AddrPortFrom(b.ip(0, 3), appPort),
 			netip.AddrPortFrom(b.ip(0, 4), adminPort), netip.AddrPortFrom(b.ip(0, 4), appPort),
