@@ -29,7 +29,8 @@ import (
 const (
 	namespace   = "gamma"
 	trustDomain = "cluster.local"
-	appPort     = 8080 // every Service's port and every app's port
+	appPort     = 8080 // the HTTP Services' port and the apps' HTTP port
+	grpcPort    = 9090 // the gRPC Services' port and the apps' gRPC port
 	proxyPort   = 4140 // client-0's explicit HTTP proxy
 	adminPort   = 15000
 )
@@ -67,19 +68,21 @@ func (b block) ip(third, last byte) netip.Addr {
 //
 //	weft-control  127.B.0.1 (xDS 15010, Certify and xDS over mTLS 15012, admin 15014)
 //	client-0      127.B.0.2  a weft-proxy (explicit HTTP proxy :4140); the test is its app
-//	echo-v1-0     127.B.0.3  a weft-proxy (inbound mTLS :8080), its app on 127.B.1.3:8080
-//	echo-v2-0     127.B.0.4  a weft-proxy (inbound mTLS :8080), its app on 127.B.1.4:8080
+//	echo-v1-0     127.B.0.3  a weft-proxy (inbound mTLS :8080, :9090), its apps on 127.B.1.3 (HTTP :8080, gRPC :9090)
+//	echo-v2-0     127.B.0.4  a weft-proxy (inbound mTLS :8080, :9090), its apps on 127.B.1.4
 //
 // Services, all on port 8080 (appProtocol http): echo (both pods), echo-v1, echo-v2 (one pod each),
-// lonely (echo-v1-0: a Service whose route names a missing backend).
+// lonely (echo-v1-0: a Service whose route names a missing backend); on port 9090 (appProtocol grpc):
+// grpc-echo (both pods), grpc-echo-v1, grpc-echo-v2, with the GRPCRoute grpcRoute.
 type mesh struct {
-	block   block
-	dir     string
-	file    string // the discovery file
-	control *proc
-	client  *http.Client // through client-0's sidecar
-	v1, v2  *echoApp
-	pods    []meshPod
+	block     block
+	dir       string
+	file      string // the discovery file
+	control   *proc
+	client    *http.Client // through client-0's sidecar
+	proxyAddr string       // client-0's explicit proxy
+	v1, v2    *echoApp
+	pods      []meshPod
 }
 
 // meshPod is one pod with a sidecar, as Prometheus is told to scrape it.
@@ -103,6 +106,8 @@ func startMesh(t *testing.T) *mesh {
 	addr := func(ip netip.Addr, port int) string { return netip.AddrPortFrom(ip, uint16(port)).String() }
 	m.v1 = startEcho(t, "echo-v1", addr(b.ip(1, 3), appPort))
 	m.v2 = startEcho(t, "echo-v2", addr(b.ip(1, 4), appPort))
+	startGRPCEcho(t, "echo-v1", addr(b.ip(1, 3), grpcPort))
+	startGRPCEcho(t, "echo-v2", addr(b.ip(1, 4), grpcPort))
 
 	caDir := filepath.Join(m.dir, "ca")
 	if err := identity.Bootstrap(caDir, identity.BootstrapOptions{TrustDomain: trustDomain}); err != nil {
@@ -144,7 +149,8 @@ func startMesh(t *testing.T) *mesh {
 	for _, p := range m.pods {
 		waitFor(t, p.name+" /ready", 60*time.Second, func() error { return httpOK("http://" + p.admin + "/ready") })
 	}
-	proxyURL := &url.URL{Scheme: "http", Host: addr(b.ip(0, 2), proxyPort)}
+	m.proxyAddr = addr(b.ip(0, 2), proxyPort)
+	proxyURL := &url.URL{Scheme: "http", Host: m.proxyAddr}
 	tr := &http.Transport{Proxy: http.ProxyURL(proxyURL), MaxIdleConnsPerHost: 16}
 	t.Cleanup(tr.CloseIdleConnections)
 	m.client = &http.Client{Timeout: 10 * time.Second, Transport: tr}
@@ -274,26 +280,26 @@ kind: Pod
 metadata: {name: %s, namespace: %s, labels: {app: %s}}
 spec:
   serviceAccountName: %s
-  containers: [{name: app, image: app, ports: [{containerPort: %d}]}, {name: weft-proxy, image: weft/proxy}]
+  containers: [{name: app, image: app, ports: [{containerPort: %d}, {containerPort: %d}]}, {name: weft-proxy, image: weft/proxy}]
 status: {podIP: %s}
-`, name, namespace, app, sa, appPort, ip)
+`, name, namespace, app, sa, appPort, grpcPort, ip)
 	}
-	svc := func(name string, last byte, pods ...string) {
+	svc := func(name string, last byte, port int, proto string, pods ...string) {
 		fmt.Fprintf(&s, `---
 apiVersion: v1
 kind: Service
 metadata: {name: %[1]s, namespace: %[2]s}
 spec:
   clusterIP: 10.96.%[3]d.%[4]d
-  ports: [{name: http, port: %[5]d, targetPort: %[5]d, appProtocol: http}]
+  ports: [{name: %[6]s, port: %[5]d, targetPort: %[5]d, appProtocol: %[6]s}]
 ---
 apiVersion: discovery.k8s.io/v1
 kind: EndpointSlice
 metadata: {name: %[1]s-1, namespace: %[2]s, labels: {kubernetes.io/service-name: %[1]s}}
 addressType: IPv4
-ports: [{name: http, port: %[5]d, protocol: TCP}]
+ports: [{name: %[6]s, port: %[5]d, protocol: TCP}]
 endpoints:
-`, name, namespace, b, last, appPort)
+`, name, namespace, b, last, port, proto)
 		for _, p := range pods {
 			ip := b.ip(0, 3)
 			if p == "echo-v2-0" {
@@ -305,10 +311,14 @@ endpoints:
 	pod("client-0", "client", "client", b.ip(0, 2))
 	pod("echo-v1-0", "echo", "echo-v1", b.ip(0, 3))
 	pod("echo-v2-0", "echo", "echo-v2", b.ip(0, 4))
-	svc("echo", 10, "echo-v1-0", "echo-v2-0")
-	svc("echo-v1", 11, "echo-v1-0")
-	svc("echo-v2", 12, "echo-v2-0")
-	svc("lonely", 13, "echo-v1-0")
+	svc("echo", 10, appPort, "http", "echo-v1-0", "echo-v2-0")
+	svc("echo-v1", 11, appPort, "http", "echo-v1-0")
+	svc("echo-v2", 12, appPort, "http", "echo-v2-0")
+	svc("lonely", 13, appPort, "http", "echo-v1-0")
+	svc("grpc-echo", 20, grpcPort, "grpc", "echo-v1-0", "echo-v2-0")
+	svc("grpc-echo-v1", 21, grpcPort, "grpc", "echo-v1-0")
+	svc("grpc-echo-v2", 22, grpcPort, "grpc", "echo-v2-0")
+	s.WriteString(grpcRoute)
 	fmt.Fprintf(&s, `---
 apiVersion: gateway.networking.k8s.io/v1
 kind: HTTPRoute
@@ -365,6 +375,8 @@ func pickBlock(t *testing.T) block {
 			netip.AddrPortFrom(b.ip(0, 3), adminPort), netip.AddrPortFrom(b.ip(0, 3), appPort),
 			netip.AddrPortFrom(b.ip(0, 4), adminPort), netip.AddrPortFrom(b.ip(0, 4), appPort),
 			netip.AddrPortFrom(b.ip(1, 3), appPort), netip.AddrPortFrom(b.ip(1, 4), appPort),
+			netip.AddrPortFrom(b.ip(0, 3), grpcPort), netip.AddrPortFrom(b.ip(0, 4), grpcPort),
+			netip.AddrPortFrom(b.ip(1, 3), grpcPort), netip.AddrPortFrom(b.ip(1, 4), grpcPort),
 		} {
 			l, err := net.Listen("tcp", a.String())
 			if err != nil {

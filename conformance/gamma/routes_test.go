@@ -42,6 +42,7 @@ func TestRoutes(t *testing.T) {
 	t.Run("TimeoutAndRetry", m.timeoutAndRetry)
 	t.Run("OverrideHeader", m.override)
 	t.Run("BadRoutesLeaveTheRestWorking", m.badRoutes)
+	t.Run("GRPCRouteMethodAndHeader", m.grpcRouteMatches)
 }
 
 // count sends n GETs to Service echo through client-0's sidecar, 8 at a time, and counts who answered.
