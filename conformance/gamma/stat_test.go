@@ -56,9 +56,9 @@ type statRow struct {
 
 // TestCanaryInWeftStat is the canary walk-through as a user watches it: Prometheus scrapes the sidecars
 // (as `weft demo --prometheus` runs it), client-0 sends a steady 100 requests a second to Service echo,
-// and at each step of the route (90/10, 50/50, 100/0) `weft stat deploy -n gamma` over the last 5 s
-// shows echo-v1 and echo-v2 sharing the traffic as the weights say (within 10 points: the rates are
-// extrapolated from 1 s scrapes), all of it successful.
+// and at each step of the route (90/10, 50/50, 0/100: the canary promoted) `weft stat deploy -n gamma`
+// over the last 5 s shows echo-v1 and echo-v2 sharing the traffic as the weights say (within 10 points:
+// the rates are extrapolated from 1 s scrapes), none at a weight 0, all of it successful.
 func TestCanaryInWeftStat(t *testing.T) {
 	prom := prereq.Binary(t, "prometheus")
 	weft, err := weftBinary()
@@ -115,7 +115,7 @@ func TestCanaryInWeftStat(t *testing.T) {
 	})
 
 	const window = 5 * time.Second
-	for _, w := range []struct{ v1, v2 int }{{90, 10}, {50, 50}, {100, 0}} {
+	for _, w := range []struct{ v1, v2 int }{{90, 10}, {50, 50}, {0, 100}} {
 		m.apply(t, split(w.v1, w.v2, ""))
 		// The window must hold this step's traffic only, scraped: wait for 6 s of it, then a scrape.
 		from = sent.Load()
@@ -150,8 +150,13 @@ func TestCanaryInWeftStat(t *testing.T) {
 		if math.Abs(share-float64(w.v2)/100) > 0.10 {
 			t.Errorf("weights %d/%d: weft stat shows echo-v2 at %.1f of %.1f RPS (%.0f%%), want %d%% ± 10", w.v1, w.v2, v2.RPS, total, 100*share, w.v2)
 		}
-		if w.v2 == 0 && v2.Requests != 0 {
-			t.Errorf("weights 100/0: weft stat shows %v requests at echo-v2 in the window, want none", v2.Requests)
+		for _, r := range []struct {
+			row    statRow
+			weight int
+		}{{v1, w.v1}, {v2, w.v2}} {
+			if r.weight == 0 && r.row.Requests != 0 {
+				t.Errorf("weights %d/%d: weft stat shows %v requests at deploy/%s in the window, want none", w.v1, w.v2, r.row.Requests, r.row.Name)
+			}
 		}
 		for _, r := range []statRow{v1, v2} {
 			if r.Requests > 0 && (r.Success == nil || *r.Success != 1) {
