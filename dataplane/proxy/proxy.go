@@ -21,6 +21,7 @@ import (
 
 	"github.com/weftmesh/weft/dataplane"
 	"github.com/weftmesh/weft/dataplane/config"
+	"github.com/weftmesh/weft/dataplane/tracing"
 )
 
 // Options configure a Proxy.
@@ -37,6 +38,8 @@ type Options struct {
 	// (DefaultIdleTimeout when zero); ReadHeaderTimeout one whose request head is not whole this long
 	// after it began (DefaultReadHeaderTimeout when zero).
 	IdleTimeout, ReadHeaderTimeout time.Duration
+	// Tracer, when set, traces requests (trace.go) and exports their spans; its Run is the caller's.
+	Tracer *tracing.Exporter
 }
 
 // Proxy serves the listeners with the latest configuration.
@@ -47,6 +50,7 @@ type Proxy struct {
 	log      *slog.Logger
 	detect   time.Duration
 	rp       *httputil.ReverseProxy
+	tracer   *tracing.Exporter // nil: tracing is off
 
 	idleTimeout, readHeaderTimeout time.Duration
 
@@ -83,6 +87,7 @@ func New(opts Options) *Proxy {
 	}
 	p := &Proxy{
 		identity:          opts.Identity,
+		tracer:            opts.Tracer,
 		metrics:           NewMetrics(opts.Metrics),
 		log:               opts.Logger.With("component", "proxy"),
 		detect:            opts.DetectTimeout,
