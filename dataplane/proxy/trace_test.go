@@ -348,3 +348,61 @@ func mustHex(s string) []byte {
 	}
 	return b
 }
+
+// BenchmarkTracedHop is a keep-alive HTTP/1.1 GET through the outbound listener: without a tracer,
+// with one and no trace context (the lean path, as without), and with a sampled traceparent (the
+// net/http path, a span per request exported to a collector that discards it).
+func BenchmarkTracedHop(b *testing.B) {
+	be := startBackend(b, "b", "127.0.0.1:0")
+	collector := &http.Server{ReadHeaderTimeout: 5 * time.Second, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { _, _ = io.Copy(io.Discard, r.Body) })}
+	cl := listen(b, "127.0.0.1:0")
+	go func() { _ = collector.Serve(cl) }()
+	b.Cleanup(func() { collector.Close() })
+	for _, tc := range []struct {
+		name   string
+		tracer bool
+		header string
+	}{
+		{"off", false, ""},
+		{"on-untraced", true, ""},
+		{"on-sampled", true, "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"},
+	} {
+		b.Run(tc.name, func(b *testing.B) {
+			svc := newService(b, echoFQDN, "127.0.0.72", be.addr)
+			cp := startCP(b, "127.0.0.1:0", nil, false)
+			cp.set(b, clientNode.ID(), "v1", resources(svc)...)
+			var o proxy.Options
+			if tc.tracer {
+				e, err := tracing.New(tracing.Options{Endpoint: cl.Addr().String(), QueueSize: 1 << 16})
+				if err != nil {
+					b.Fatal(err)
+				}
+				ctx, cancel := context.WithCancel(context.Background())
+				done := make(chan struct{})
+				go func() { defer close(done); e.Run(ctx) }()
+				b.Cleanup(func() { cancel(); <-done })
+				o.Tracer = e
+			}
+			sc := startSidecarWith(b, cp.addr, clientNode, o)
+			sc.outboundAt(svc.lis)
+			sc.waitReady(b)
+			c := &http.Client{Transport: resolve(&http.Transport{MaxIdleConnsPerHost: 64}, svc)}
+			b.ReportAllocs()
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					req, _ := http.NewRequest(http.MethodGet, "http://"+svc.authority()+"/", nil)
+					if tc.header != "" {
+						req.Header.Set("Traceparent", tc.header)
+					}
+					resp, err := c.Do(req)
+					if err != nil {
+						b.Error(err)
+						return
+					}
+					_, _ = io.Copy(io.Discard, resp.Body)
+					resp.Body.Close()
+				}
+			})
+		})
+	}
+}
