@@ -107,12 +107,12 @@ func TestTransparentMeshInNamespaces(t *testing.T) {
 		t.Fatalf("meshed call: %q %v", body, err)
 	}
 	metrics, err := podGet(clientPod, "http://127.0.0.1:15000/metrics")
-	want := `response_total{authority="` + fqdn + `",classification="success",client_id="` + clientSA + `",direction="outbound",server_id="` + echoSA + `",status_code="200",target_cluster="` + cl + `",tls="true"} 1`
+	want := `response_total{authority="` + fqdn + `",classification="success",client_id="` + clientSA + `",direction="outbound",dst_namespace="shop",dst_service="echo",namespace="shop",pod="client-0",server_id="` + echoSA + `",status_code="200",target_cluster="` + cl + `",tls="true"} 1`
 	if err != nil || !strings.Contains(metrics, want) {
 		t.Errorf("client sidecar metrics lack %s", want)
 	}
 	metrics, err = podGet(serverPod, "http://127.0.0.1:15000/metrics")
-	want = `client_id="` + clientSA + `",direction="inbound",server_id="` + echoSA + `",status_code="200",target_cluster="` + in + `",tls="true"} 1`
+	want = `client_id="` + clientSA + `",direction="inbound",namespace="shop",pod="server-0",server_id="` + echoSA + `",status_code="200",target_cluster="` + in + `",tls="true"} 1`
 	if err != nil || !strings.Contains(metrics, want) {
 		t.Errorf("server sidecar metrics lack %s", want)
 	}

@@ -38,6 +38,7 @@ import (
 
 type runOptions struct {
 	xdsAddr, podName, namespace, podIP, serviceAccount  string
+	deployment                                          string
 	adminAddr, httpProxyAddr, outboundAddr, inboundAddr string
 	certDir, logLevel                                   string
 	drainTimeout                                        time.Duration
@@ -92,6 +93,7 @@ func newRunCmd() *cobra.Command {
 	f.StringVar(&o.xdsAddr, "xds-addr", envOr("XDS_ADDR", ""), "control plane xDS address host:port (env XDS_ADDR)")
 	f.StringVar(&o.podName, "pod-name", envOr("POD_NAME", ""), "this pod's name (env POD_NAME)")
 	f.StringVar(&o.namespace, "namespace", envOr("POD_NAMESPACE", ""), "this pod's namespace (env POD_NAMESPACE)")
+	f.StringVar(&o.deployment, "deployment", envOr("POD_DEPLOYMENT", ""), "this pod's Deployment, the deployment label of its metrics (env POD_DEPLOYMENT; default: from the pod name, <deployment>-<hash>-<suffix>)")
 	f.StringVar(&o.podIP, "pod-ip", envOr("POD_IP", ""), "this pod's IP (env POD_IP)")
 	f.StringVar(&o.serviceAccount, "service-account", envOr("SERVICE_ACCOUNT", ""), "this pod's service account (env SERVICE_ACCOUNT)")
 	f.StringVar(&o.adminAddr, "admin-addr", "0.0.0.0:15000", "admin server address (/ready, /live, /metrics to anyone; /config_dump, /clusters, /xds, /shutdown to loopback clients only)")
@@ -306,16 +308,19 @@ func run(ctx context.Context, o runOptions) error {
 	// process_resident_memory_bytes, process_cpu_seconds_total, ...).
 	set := metrics.NewSet()
 	writeMetrics := func(w io.Writer) {
-		set.WritePrometheus(w)
-		metrics.WriteProcessMetrics(w)
-		metrics.WriteFDMetrics(w) // process_open_fds, process_max_fds
+		proxy.WithHelp(w, func(w io.Writer) { // HELP text on every family
+			set.WritePrometheus(w)
+			metrics.WriteProcessMetrics(w)
+			metrics.WriteFDMetrics(w) // process_open_fds, process_max_fds
+		})
 	}
 	tracer, err := newTracer(o, log)
 	if err != nil {
 		return err
 	}
 	defer runTracer(tracer)() // after the drain below: its spans are flushed
-	p := proxy.New(proxy.Options{Identity: id, Metrics: set, Logger: log, Tracer: tracer})
+	p := proxy.New(proxy.Options{Identity: id, Metrics: set, Logger: log, Tracer: tracer,
+		Workload: proxy.Workload{Namespace: o.namespace, Pod: o.podName, Deployment: o.deployment}})
 
 	cc := xdsclient.Dial(o.xdsAddr, xdsTLSConfig(o, id))
 	defer cc.Client.(*http.Client).CloseIdleConnections()

@@ -69,7 +69,7 @@ func TestRunServesAdminAndTraffic(t *testing.T) {
 
 	cp := startCP(t, "127.0.0.1:0", nil, false)
 	o := runOptions{
-		xdsAddr: cp.addr, podName: "web-1", namespace: "shop", podIP: "127.0.0.1", serviceAccount: "web",
+		xdsAddr: cp.addr, podName: "web-1", namespace: "shop", deployment: "web", podIP: "127.0.0.1", serviceAccount: "web",
 		adminAddr: freeAddr(t), httpProxyAddr: freeAddr(t), outboundAddr: freeAddr(t), inboundAddr: freeAddr(t),
 		logLevel: "warn", drainTimeout: 5 * time.Second,
 	}
@@ -106,9 +106,15 @@ func TestRunServesAdminAndTraffic(t *testing.T) {
 	}
 
 	_, metrics, _ := httpGet(admin + "/metrics")
-	want := `response_total{authority="web.shop.svc.cluster.local",classification="success",client_id="",direction="outbound",server_id="",status_code="200",target_cluster="outbound|80||web.shop.svc.cluster.local",tls="false"} 3`
+	want := `response_total{authority="web.shop.svc.cluster.local",classification="success",deployment="web",direction="outbound",dst_namespace="shop",dst_service="web",namespace="shop",pod="web-1",status_code="200",target_cluster="outbound|80||web.shop.svc.cluster.local",tls="false"} 3`
 	if !strings.Contains(metrics, want) {
 		t.Errorf("/metrics lacks %s", want)
+	}
+	// Every family has HELP text (Prometheus and Grafana show it).
+	for line := range strings.Lines(metrics) {
+		if f, ok := strings.CutPrefix(line, "# HELP "); ok && !strings.Contains(strings.TrimSpace(f), " ") {
+			t.Errorf("/metrics: no HELP text in %q", line)
+		}
 	}
 	// The runtime's and the process's series that operators watch a sidecar by.
 	for _, series := range []string{"# TYPE response_total counter", "# TYPE response_latency_ms histogram", "\nprocess_resident_memory_bytes ",

@@ -25,7 +25,8 @@ with its identity CA, three demo services (web calls books over HTTP and authors
 a share of its requests), each behind its own weft-proxy with mTLS between them, and a traffic
 generator. Every pod is a loopback address 127.<block>.0.N. The table shows, per service, what its
 proxy received: requests per second, success rate, p50/p99 latency and the share of mTLS traffic.
-Ctrl-C stops everything and removes the demo's files.
+Ctrl-C stops everything and removes the demo's files. With --prometheus, Prometheus (Debian's
+prometheus on PATH) scrapes every proxy on 127.<block>.0.1:9090, for weft stat and weft edges.
 
 weft-control and weft-proxy are looked for next to this binary, then on PATH (make build puts all
 three in bin/).`,
@@ -46,6 +47,9 @@ three in bin/).`,
 			if o.FailRate < 0 || o.FailRate > 1 {
 				return fmt.Errorf("--fail-rate %v: want a share between 0 and 1", o.FailRate)
 			}
+			if o.ScrapeInterval < time.Second {
+				return fmt.Errorf("--scrape-interval %v: want at least 1s", o.ScrapeInterval)
+			}
 			o.Block = byte(block)
 			o.Out, o.Log = cmd.OutOrStdout(), cmd.ErrOrStderr()
 			o.Plain = plain || !isTerminal(os.Stdout)
@@ -62,6 +66,8 @@ three in bin/).`,
 	f.IntVar(&block, "block", 0, "loopback block: the demo uses 127.<block>.0.0/16")
 	f.IntVar(&o.RPS, "rps", 20, "requests per second the traffic generator sends to web")
 	f.Float64Var(&o.FailRate, "fail-rate", 0.1, "share of books' requests that fail")
+	f.BoolVar(&o.Prometheus, "prometheus", false, "also run Prometheus (Debian's prometheus on PATH) on 127.<block>.0.1:9090, scraping every proxy, for weft stat and weft edges")
+	f.DurationVar(&o.ScrapeInterval, "scrape-interval", 5*time.Second, "with --prometheus: how often Prometheus scrapes the proxies")
 	return cmd
 }
 

@@ -38,6 +38,7 @@ type installOptions struct {
 	proxyMemLimit string
 	native        bool
 	cni           bool
+	viz           bool
 	identityDir   string
 	valueFiles    []string
 	sets          []string
@@ -57,6 +58,7 @@ var flagValues = map[string]string{
 	"proxy-memory-limit":   "proxy.resources.limits.memory",
 	"native-sidecars":      "proxy.nativeSidecars",
 	"cni":                  "cni.enabled",
+	"viz":                  "viz.enabled",
 }
 
 func newInstallCmd() *cobra.Command {
@@ -96,6 +98,7 @@ write them with -o FILE.`,
 	f.StringVar(&o.proxyMemLimit, "proxy-memory-limit", "64Mi", "memory limit of each proxy")
 	f.BoolVar(&o.native, "native-sidecars", true, "run the proxy as a native sidecar (Kubernetes 1.29+); false: an ordinary container")
 	f.BoolVar(&o.cni, "cni", false, "intercept traffic with the Weft CNI plugin (a DaemonSet) instead of a privileged init container in each Pod")
+	f.BoolVar(&o.viz, "viz", false, "also run a Prometheus that scrapes every meshed Pod's proxy (weft-prometheus), for weft stat and weft edges")
 	f.StringVar(&o.identityDir, "identity-dir", "", "CA directory from weft identity bootstrap (ca.crt, issuer.crt, issuer.key); default: a new CA for this install")
 	f.StringArrayVarP(&o.valueFiles, "values", "f", nil, "a values file of the chart (repeatable; later files win)")
 	f.StringArrayVar(&o.sets, "set", nil, "a chart value, key=value as with helm --set (repeatable; wins over the flags above)")
@@ -334,6 +337,7 @@ func uninstallManifests(namespace string, cni bool) (string, error) {
 		return "", err
 	}
 	vals["cni"] = map[string]any{"enabled": cni}
+	vals["viz"] = map[string]any{"enabled": true} // weft install --viz's Prometheus (absent: --ignore-not-found skips it)
 	manifests, err := renderChart(namespace, vals)
 	if err != nil {
 		return "", err

@@ -38,6 +38,8 @@ func newRootCmd() *cobra.Command {
 	root.AddCommand(newCheckCmd())
 	root.AddCommand(newIdentityCmd())
 	root.AddCommand(newDemoCmd())
+	root.AddCommand(newStatCmd())
+	root.AddCommand(newEdgesCmd())
 	root.AddCommand(newConformanceCmd())
 	return root
 }

@@ -150,7 +150,7 @@ func leanMatchRoute(vh *config.VirtualHost, path []byte) *config.Route {
 func (s *h1Conn1) leanObserve(rs *reqState, code int, grpcFail bool, took time.Duration) {
 	m, ls := s.p.metrics, s.lean
 	key := m.key(s.p, rs)
-	if ls.series == nil || key != ls.seriesKey {
+	if ls.series == nil || key != ls.seriesKey || ls.series.dropped.Load() {
 		ls.series, ls.seriesKey = m.seriesOf(key), key
 		ls.resps = respCache{}
 	}
@@ -159,7 +159,7 @@ func (s *h1Conn1) leanObserve(rs *reqState, code int, grpcFail bool, took time.D
 	if code == 0 {
 		code = http.StatusBadGateway
 	}
-	rk := respKey{code, code >= 500 || grpcFail}
+	rk := respKey{code, code >= 500 || grpcFail, leanGRPC(grpcFail)}
 	if ls.resps.rs == nil || ls.resps.key != rk {
 		ls.resps = respCache{rk, m.respSeriesOf(hs, key, rk)}
 	}

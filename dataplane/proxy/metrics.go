@@ -7,13 +7,17 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/VictoriaMetrics/metrics"
 )
 
-// Metrics are the proxy's golden metrics, labelled as Linkerd's: direction, authority, target
-// cluster, tls, client_id and server_id.
+// Metrics are the proxy's golden metrics, named and labelled as Linkerd's: request_total,
+// response_total (status_code, grpc_status, classification), response_latency_ms and the tcp_*
+// counters, each with direction, authority, target_cluster, dst_namespace and dst_service (from an
+// outbound cluster's name), tls, client_id and server_id, and the proxy's workload: namespace, pod and
+// deployment. Series of clusters that the configuration no longer has are dropped (retain).
 //
 // They are kept in a VictoriaMetrics/metrics Set, which writes the Prometheus text format, rather than
 // in client_golang: client_golang links its protobuf data model, expfmt and procfs, and an idle
@@ -23,9 +27,13 @@ import (
 // created once per label set and then cached, so the request path neither formats labels nor takes the
 // set's lock once a series exists.
 type Metrics struct {
-	set    *metrics.Set
-	series sync.Map // seriesKey → *httpSeries
-	tcp    sync.Map // tcpLabelValues → *tcpSeries
+	set *metrics.Set
+	// workload are the label pairs namespace, pod and deployment of every series (this proxy's pod).
+	workload []string
+	series   sync.Map // seriesKey → *httpSeries
+	tcp      sync.Map // tcpLabelValues → *tcpSeries
+	// retainMu serializes retain (dropping the series of removed clusters).
+	retainMu sync.Mutex
 }
 
 // latencyBuckets are response_latency_ms's bucket bounds (Linkerd's).
@@ -34,24 +42,29 @@ var latencyBuckets = []float64{1, 2, 3, 4, 5, 10, 20, 30, 40, 50, 100, 200, 300,
 // NewMetrics keeps the proxy's metrics in set (a new one when nil). It turns on the library's
 // # HELP/# TYPE lines, a setting of the whole process (the proxy is the library's only user), so that a
 // scrape sees counters and histograms rather than untyped series.
-func NewMetrics(set *metrics.Set) *Metrics {
+// Every series carries w's labels namespace, pod and deployment.
+func NewMetrics(set *metrics.Set, w Workload) *Metrics {
 	metrics.ExposeMetadata(true)
 	if set == nil {
 		set = metrics.NewSet()
 	}
-	return &Metrics{set: set}
+	return &Metrics{set: set, workload: w.labels()}
 }
 
-// WritePrometheus writes the proxy's metrics in the Prometheus text format.
-func (m *Metrics) WritePrometheus(w io.Writer) { m.set.WritePrometheus(w) }
+// WritePrometheus writes the proxy's metrics in the Prometheus text format, with HELP text.
+func (m *Metrics) WritePrometheus(w io.Writer) { WithHelp(w, m.set.WritePrometheus) }
 
 // seriesName writes a metric name with its labels (label names and values alternate in kv), sorted
 // by name as client_golang writes them, the values escaped as the Prometheus text format wants
-// (backslash, double quote and line feed) and made valid UTF-8.
+// (backslash, double quote and line feed) and made valid UTF-8. A label with an empty value is left
+// out: to Prometheus it is the same series, and every scrape is shorter (a histogram repeats its
+// labels on each of its 27 lines).
 func seriesName(name string, kv ...string) string {
 	order := make([]int, 0, len(kv)/2)
 	for i := 0; i+1 < len(kv); i += 2 {
-		order = append(order, i)
+		if kv[i+1] != "" {
+			order = append(order, i)
+		}
 	}
 	slices.SortFunc(order, func(a, b int) int { return strings.Compare(kv[a], kv[b]) })
 	var b strings.Builder
@@ -115,13 +128,9 @@ func (m *Metrics) observeHTTP(p *Proxy, rs *reqState, code int, h http.Header, s
 	if code == 0 {
 		code = http.StatusBadGateway
 	}
-	failure := code >= 500
-	if !failure {
-		if g := grpcStatus(h); g != "" && g != "0" {
-			failure = true
-		}
-	}
-	rsr := m.respSeriesOf(hs, key, respKey{code, failure})
+	g := grpcCode(grpcStatus(h))
+	failure := code >= 500 || g > 0
+	rsr := m.respSeriesOf(hs, key, respKey{code, failure, g})
 	rsr.total.Inc()
 	rsr.latency.Update(float64(time.Since(start).Microseconds()) / 1000)
 }
@@ -168,26 +177,35 @@ type seriesKey struct {
 type respKey struct {
 	code    int
 	failure bool
+	grpc    int8 // the grpc-status, -1 when the response has none
 }
 
 type httpSeries struct {
 	requests  *metrics.Counter
-	responses sync.Map // respKey → *respSeries
+	name      string      // request_total's series name, for retain
+	dropped   atomic.Bool // set by retain: a connection's cached series (h1lean) is looked up again
+	responses sync.Map    // respKey → *respSeries
 }
 
 type respSeries struct {
 	total   *metrics.Counter
 	latency *metrics.PrometheusHistogram
+	names   [2]string // for retain
 }
 
-// labels are a series' label names and values in the order of the Prometheus series name.
-func (k seriesKey) labels() []string {
-	return []string{"direction", k.direction, "authority", k.authority, "target_cluster", k.cluster,
+// labels are a series' label names and values: its own, the destination's (from the cluster name)
+// and this proxy's workload.
+func (m *Metrics) labels(k seriesKey) []string {
+	dstNS, dstSvc := clusterService(k.cluster)
+	l := []string{"direction", k.direction, "authority", k.authority, "target_cluster", k.cluster,
+		"dst_namespace", dstNS, "dst_service", dstSvc,
 		"tls", boolLabel(k.tls), "client_id", k.client, "server_id", k.server}
+	return append(l, m.workload...)
 }
 
 func (m *Metrics) newSeries(k seriesKey) *httpSeries {
-	return &httpSeries{requests: m.set.GetOrCreateCounter(seriesName("request_total", k.labels()...))}
+	name := seriesName("request_total", m.labels(k)...)
+	return &httpSeries{requests: m.set.GetOrCreateCounter(name), name: name}
 }
 
 func (m *Metrics) newRespSeries(k seriesKey, r respKey) *respSeries {
@@ -195,10 +213,16 @@ func (m *Metrics) newRespSeries(k seriesKey, r respKey) *respSeries {
 	if r.failure {
 		class = "failure"
 	}
-	lv := append(k.labels(), "status_code", strconv.Itoa(r.code), "classification", class)
+	grpc := ""
+	if r.grpc >= 0 {
+		grpc = strconv.Itoa(int(r.grpc))
+	}
+	lv := append(m.labels(k), "status_code", strconv.Itoa(r.code), "classification", class, "grpc_status", grpc)
+	total, latency := seriesName("response_total", lv...), seriesName("response_latency_ms", lv...)
 	return &respSeries{
-		total:   m.set.GetOrCreateCounter(seriesName("response_total", lv...)),
-		latency: m.set.GetOrCreatePrometheusHistogramExt(seriesName("response_latency_ms", lv...), latencyBuckets),
+		total:   m.set.GetOrCreateCounter(total),
+		latency: m.set.GetOrCreatePrometheusHistogramExt(latency, latencyBuckets),
+		names:   [2]string{total, latency},
 	}
 }
 
@@ -214,6 +238,7 @@ type tcpLabelValues [6]string
 // tcpSeries are the TCP counters of one label set.
 type tcpSeries struct {
 	opens, closes, read, write *metrics.Counter
+	names                      [4]string // for retain
 }
 
 func (m *Metrics) tcpLabels(info *connInfo, cluster, authority string, tls bool, ids [2]string) tcpLabelValues {
@@ -224,13 +249,15 @@ func (m *Metrics) tcpSeries(l tcpLabelValues) *tcpSeries {
 	if v, ok := m.tcp.Load(l); ok {
 		return v.(*tcpSeries)
 	}
-	kv := []string{"direction", l[0], "authority", l[1], "target_cluster", l[2], "tls", l[3], "client_id", l[4], "server_id", l[5]}
-	s := &tcpSeries{
-		opens:  m.set.GetOrCreateCounter(seriesName("tcp_open_total", kv...)),
-		closes: m.set.GetOrCreateCounter(seriesName("tcp_close_total", kv...)),
-		read:   m.set.GetOrCreateCounter(seriesName("tcp_read_bytes_total", kv...)),
-		write:  m.set.GetOrCreateCounter(seriesName("tcp_write_bytes_total", kv...)),
-	}
+	dstNS, dstSvc := clusterService(l[2])
+	kv := append([]string{"direction", l[0], "authority", l[1], "target_cluster", l[2], "dst_namespace", dstNS, "dst_service", dstSvc,
+		"tls", l[3], "client_id", l[4], "server_id", l[5]}, m.workload...)
+	s := &tcpSeries{names: [4]string{seriesName("tcp_open_total", kv...), seriesName("tcp_close_total", kv...),
+		seriesName("tcp_read_bytes_total", kv...), seriesName("tcp_write_bytes_total", kv...)}}
+	s.opens = m.set.GetOrCreateCounter(s.names[0])
+	s.closes = m.set.GetOrCreateCounter(s.names[1])
+	s.read = m.set.GetOrCreateCounter(s.names[2])
+	s.write = m.set.GetOrCreateCounter(s.names[3])
 	v, _ := m.tcp.LoadOrStore(l, s)
 	return v.(*tcpSeries)
 }

@@ -16,7 +16,7 @@ import (
 // authority is the client's Host header) coming back as they went in, and the latency histogram with
 // its buckets.
 func TestMetricsExposition(t *testing.T) {
-	m := NewMetrics(nil)
+	m := NewMetrics(nil, Workload{})
 	odd := "we\"ird\\host\nname:80"
 	l := tcpLabelValues{"outbound", odd, "outbound|80||web.shop.svc.cluster.local", "true", "spiffe://cluster.local/ns/shop/sa/web", ""}
 	m.tcpOpen(l)

@@ -31,7 +31,9 @@ type Options struct {
 	Identity dataplane.Identity
 	// Metrics receives the proxy's metrics (a new set when nil); its WritePrometheus serves them.
 	Metrics *metrics.Set
-	Logger  *slog.Logger
+	// Workload labels every golden metric (namespace, pod, deployment).
+	Workload Workload
+	Logger   *slog.Logger
 	// DetectTimeout bounds the first read of protocol detection (default 1 s).
 	DetectTimeout time.Duration
 	// IdleTimeout closes an HTTP client connection that sends no request for this long
@@ -88,7 +90,7 @@ func New(opts Options) *Proxy {
 	p := &Proxy{
 		identity:          opts.Identity,
 		tracer:            opts.Tracer,
-		metrics:           NewMetrics(opts.Metrics),
+		metrics:           NewMetrics(opts.Metrics, opts.Workload),
 		log:               opts.Logger.With("component", "proxy"),
 		detect:            opts.DetectTimeout,
 		idleTimeout:       cmp.Or(opts.IdleTimeout, DefaultIdleTimeout),
@@ -116,6 +118,7 @@ func (p *Proxy) Update(s *config.Snapshot) {
 	p.updateMu.Lock()
 	defer p.updateMu.Unlock()
 	p.rt.Store(p.buildRuntime(s))
+	p.metrics.retain(s)
 	if s.Complete {
 		p.configuredMu.Do(func() { p.hasConfig.Store(true); close(p.configured) })
 	}

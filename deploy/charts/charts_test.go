@@ -70,6 +70,7 @@ func TestRenderGolden(t *testing.T) {
 	}{
 		{"default.yaml", "", identityValues()},
 		{"cni.yaml", "", with(identityValues(), "cni", map[string]any{"enabled": true})},
+		{"viz.yaml", "", with(identityValues(), "viz", map[string]any{"enabled": true})},
 		{"custom.yaml", "mesh-system", with(identityValues(),
 			"image", map[string]any{"registry": "registry.example:5000/weft", "tag": "v9.9.9", "pullPolicy": "Always"},
 			"controlPlane", map[string]any{"replicas": 1},

@@ -40,7 +40,7 @@ func (a *apps) start(failRate float64) error {
 	// books: HTTP, fails failRate of its requests.
 	booksMux := http.NewServeMux()
 	booksMux.HandleFunc("/books/", func(w http.ResponseWriter, r *http.Request) {
-		if rand.Float64() < a.failRate {
+		if r.URL.Query().Get("fail") == "1" || rand.Float64() < a.failRate { // ?fail=1: a test's designed failure
 			http.Error(w, "books: the shelf collapsed", http.StatusInternalServerError)
 			return
 		}

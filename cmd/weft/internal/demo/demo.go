@@ -31,6 +31,13 @@ type Options struct {
 	FailRate float64
 	// ControlBin and ProxyBin are the binaries; found with FindBinary when empty.
 	ControlBin, ProxyBin string
+	// Prometheus also runs Prometheus on loopback (Layout.PrometheusAddr), scraping every proxy each
+	// ScrapeInterval (5 s when zero), with PrometheusBin (prometheus on PATH when empty).
+	Prometheus     bool
+	PrometheusBin  string
+	ScrapeInterval time.Duration
+	// NoTraffic leaves the traffic generator off (a test sends its own requests).
+	NoTraffic bool
 	// Out receives the table; Log receives progress lines.
 	Out, Log io.Writer
 	// Started, when set, is called once everything runs, with the child pids and the temp dir.
@@ -73,7 +80,7 @@ func Run(ctx context.Context, o Options) (res *Result, err error) {
 		}
 	}
 	layout := NewLayout(o.Block)
-	if err := checkFree(layout); err != nil {
+	if err := checkFree(layout, o.Prometheus); err != nil {
 		return nil, err
 	}
 	dir, err := os.MkdirTemp("", "weft-demo-")
@@ -105,6 +112,16 @@ func Run(ctx context.Context, o Options) (res *Result, err error) {
 		}
 		return res, err
 	}
+	if o.Prometheus {
+		if err := startPrometheus(ctx, sup, o, layout, dir); err != nil {
+			if ctx.Err() != nil {
+				return res, nil
+			}
+			return res, err
+		}
+		u := "http://" + layout.PrometheusAddr()
+		fmt.Fprintf(o.Log, "weft demo: Prometheus at %s; in another terminal: weft stat deploy -n %s --prometheus-url %s\n", u, Namespace, u)
+	}
 	if o.Started != nil {
 		o.Started(sup.pids(), dir)
 	}
@@ -117,7 +134,12 @@ func Run(ctx context.Context, o Options) (res *Result, err error) {
 
 	genCtx, stopGen := context.WithCancel(ctx)
 	genDone := make(chan struct{})
-	go func() { defer close(genDone); generate(genCtx, layout, o.RPS) }()
+	go func() {
+		defer close(genDone)
+		if !o.NoTraffic {
+			generate(genCtx, layout, o.RPS)
+		}
+	}()
 	defer func() { stopGen(); <-genDone }()
 
 	drain := func() { stopGen(); <-genDone }
@@ -127,8 +149,11 @@ func Run(ctx context.Context, o Options) (res *Result, err error) {
 }
 
 // checkFree fails early, with a clear message, when another demo (or anything) holds the addresses.
-func checkFree(l Layout) error {
+func checkFree(l Layout, prometheus bool) error {
 	addrs := []string{l.XDSAddr(), l.ControlAdminAddr(), l.IdentityAddr()}
+	if prometheus {
+		addrs = append(addrs, l.PrometheusAddr())
+	}
 	for _, p := range l.Pods {
 		addrs = append(addrs, p.AdminAddr(), p.HTTPProxyAddr())
 		if p.Port != 0 {
@@ -197,7 +222,7 @@ func startMesh(ctx context.Context, sup *supervisor, o Options, l Layout, dir st
 	for _, p := range l.Pods {
 		args := []string{"run",
 			"--xds-addr", l.IdentityAddr(), "--xds-tls",
-			"--pod-name", p.Name, "--namespace", Namespace, "--pod-ip", p.IP.String(), "--service-account", p.App,
+			"--pod-name", p.Name, "--namespace", Namespace, "--deployment", p.App, "--pod-ip", p.IP.String(), "--service-account", p.App,
 			"--identity-addr", l.IdentityAddr(), "--token-file", filepath.Join(dir, p.App+".token"),
 			"--trust-bundle-file", filepath.Join(dir, "ca", identity.BundleFile),
 			"--admin-addr", p.AdminAddr(), "--http-proxy-addr", p.HTTPProxyAddr(),
