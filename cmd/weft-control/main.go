@@ -227,6 +227,12 @@ func run(ctx context.Context, c config) error {
 
 	g := grpc.NewServer(c.limits.grpcServerOptions()...)
 	srv.Register(g)
+	tap := newTapRelay(kubeClient, c.trustDomain, log) // Tap.Observe for weft tap/top (tap.go)
+	tap.register(g)
+	if ident != nil {
+		tap.ca = ident.ca
+		tap.register(ident.g)
+	}
 	httpSrv := &http.Server{
 		Handler:           adminHandler(srv.AdminHandler()),
 		ReadHeaderTimeout: c.limits.handshake,
@@ -253,7 +259,7 @@ func run(ctx context.Context, c config) error {
 		}()
 		log.Info("injector serving", "addr", inj.lis.Addr().String(), "path", inject.WebhookPath, "cert_names", c.injector.certDNS)
 	}
-	go func() { errc <- src.Run(ctx, srv.Update) }()
+	go func() { errc <- src.Run(ctx, tap.publishing(srv.Update)) }()
 	log.Info("weft-control serving", "xds", xdsLis.Addr().String(), "admin", adminLis.Addr().String(), "mode", mode(c))
 
 	var runErr error

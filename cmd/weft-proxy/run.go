@@ -46,6 +46,7 @@ type runOptions struct {
 	identityAddr, tokenFile, trustBundleFile, trustDomain string
 	trustAnchors                                          string
 	xdsTLS                                                bool
+	tapIdentity                                           string // --tap-identity (tap.go)
 	// local mode (weft demo): inbound ports bound on the pod IP, the app on another loopback address
 	inboundBindPodIP bool
 	appIP            string
@@ -106,6 +107,7 @@ func newRunCmd() *cobra.Command {
 	f.StringVar(&o.trustBundleFile, "trust-bundle-file", "/var/run/secrets/weft/ca.crt", "trust anchors (PEM) for --identity-addr")
 	f.StringVar(&o.trustAnchors, "trust-anchors", envOr("TRUST_ANCHORS", ""), "trust anchors for --identity-addr as PEM text, in place of --trust-bundle-file (env TRUST_ANCHORS, set by the injector)")
 	f.StringVar(&o.trustDomain, "trust-domain", envOr("TRUST_DOMAIN", "cluster.local"), "SPIFFE trust domain (env TRUST_DOMAIN)")
+	f.StringVar(&o.tapIdentity, "tap-identity", envOr("TAP_IDENTITY", ""), "SPIFFE ID that may tap this proxy over mutual TLS on the admin port (default: weft-control's, spiffe://<trust-domain>/ns/<namespace of --xds-addr>/sa/weft-control; env TAP_IDENTITY)")
 	f.BoolVar(&o.xdsTLS, "xds-tls", envOr("XDS_TLS", "") == "true", "talk xDS over mTLS with the workload certificate (control plane port 15012; env XDS_TLS=true)")
 	f.BoolVar(&o.inboundBindPodIP, "inbound-bind-pod-ip", false, "local mode, no iptables: bind <pod-ip>:<port> for each port of the inbound listener and serve it as if redirected")
 	f.StringVar(&o.appIP, "app-ip", "", "local mode: the address the application listens on, in place of 127.0.0.1 in the inbound clusters")
@@ -386,15 +388,26 @@ func run(ctx context.Context, o runOptions) error {
 
 	shutdown := make(chan struct{})
 	var shutdownOnce sync.Once
+	tapStop, stopTaps := context.WithCancel(context.Background())
+	defer stopTaps()
 	adminSrv := &http.Server{
 		Handler: admin.Handler(admin.Options{Proxy: p, XDS: xc, Metrics: writeMetrics, Shutdown: func() {
 			shutdownOnce.Do(func() { close(shutdown) })
-		}}),
+		}, Tap: tapFunc(p, node.ID(), tapStop)}),
 		ReadHeaderTimeout: cmp.Or(o.adminHeaderTimeout, defaultAdminHeaderTimeout),
 		IdleTimeout:       cmp.Or(o.adminIdleTimeout, defaultAdminIdleTimeout),
 		MaxHeaderBytes:    admin.MaxHeaderBytes,
 	}
+	adminSrv.Protocols = new(http.Protocols) // HTTP/1.1, h2c (loopback tap) and HTTP/2 over TLS (tap.go)
+	adminSrv.Protocols.SetHTTP1(true)
+	adminSrv.Protocols.SetUnencryptedHTTP2(true)
+	adminSrv.Protocols.SetHTTP2(true)
 	if adminL != nil {
+		var tapTLS *tls.Config
+		if id != nil {
+			tapTLS = tapTLSConfig(id, cmp.Or(o.tapIdentity, defaultTapIdentity(o.trustDomain, o.xdsAddr)))
+		}
+		adminL = newSniffListener(adminL, tapTLS)
 		go func() {
 			if err := adminSrv.Serve(adminL); err != nil && !errors.Is(err, http.ErrServerClosed) {
 				errc <- fmt.Errorf("admin server: %w", err)
@@ -432,6 +445,7 @@ func run(ctx context.Context, o runOptions) error {
 	if err := p.Shutdown(dctx); err != nil {
 		log.Warn("drain timed out; closed the remaining connections", "err", err)
 	}
+	stopTaps()
 	_ = adminSrv.Shutdown(dctx)
 	cancel()
 	<-xdsDone

@@ -40,6 +40,7 @@ func newRootCmd() *cobra.Command {
 	root.AddCommand(newDemoCmd())
 	root.AddCommand(newStatCmd())
 	root.AddCommand(newEdgesCmd())
+	root.AddCommand(newTapCmd(), newTopCmd()) // tap.go
 	root.AddCommand(newConformanceCmd())
 	return root
 }

@@ -1,7 +1,8 @@
 // Package admin is weft-proxy's admin server (--admin-addr, 15000 by convention): /ready, /live,
 // /metrics, /config_dump (Envoy's JSON format, with versions), /clusters and POST /shutdown; and, in a
 // binary built with -tags weftpprof only, Go's profiler under /debug/pprof/ (see pprof.go). Only
-// /ready, /live and /metrics answer clients off loopback (Public).
+// /ready, /live and /metrics answer clients off loopback (Public), and Tap.Observe answers weft-control
+// over mutual TLS (tap.go).
 package admin
 
 import (
@@ -18,6 +19,7 @@ import (
 	"github.com/weftmesh/weft/dataplane/config"
 	"github.com/weftmesh/weft/dataplane/proxy"
 	"github.com/weftmesh/weft/dataplane/xdsclient"
+	tapv1 "github.com/weftmesh/weft/proto/weft/tap/v1"
 )
 
 // Proxy is what the admin server asks of the data path.
@@ -40,6 +42,8 @@ type Options struct {
 	Metrics func(io.Writer)
 	// Shutdown starts a graceful drain and exit (POST /shutdown). It must not block.
 	Shutdown func()
+	// Tap serves Tap.Observe (tap.go); nil: no tap.
+	Tap TapFunc
 }
 
 // Public are the endpoints anyone who reaches the admin port may call: the kubelet's probes (/ready,
@@ -61,7 +65,7 @@ func Handler(o Options) http.Handler {
 	mux := handler(o)
 	h := http.MaxBytesHandler(mux, MaxBodyBytes)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if !slices.Contains(Public, r.URL.Path) && !FromLoopback(r) {
+		if !slices.Contains(Public, r.URL.Path) && !FromLoopback(r) && !tapOverTLS(r) {
 			http.Error(w, r.URL.Path+" is served to loopback clients only (from inside the pod, or through kubectl port-forward)", http.StatusForbidden)
 			return
 		}
@@ -122,6 +126,9 @@ func handler(o Options) *http.ServeMux {
 		o.Shutdown()
 		_, _ = w.Write([]byte("draining\n"))
 	})
+	if o.Tap != nil {
+		mux.Handle("POST "+tapv1.ObserveMethod, tapHandler(o.Tap))
+	}
 	for _, register := range extraHandlers {
 		register(mux)
 	}

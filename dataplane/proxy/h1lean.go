@@ -65,6 +65,9 @@ func (s *h1Conn1) serveLean(head []byte) (handled, keep bool) {
 	}
 	ls := s.lean
 	q := &ls.req
+	if s.p.tap.on.Load() != nil { // a tap is open: serveHTTP reports each request (tap.go)
+		return false, false
+	}
 	if !q.parse(head) {
 		return false, false
 	}

@@ -135,6 +135,7 @@ func (p *Proxy) serveHTTP(w http.ResponseWriter, r *http.Request, info *connInfo
 			defer p.traceEnd(sp, rs, sw)
 		}
 	}
+	defer p.tapHTTP(r, rs, sw, start) // one atomic load when nobody taps (tap.go)
 
 	if r.ProtoMajor == 1 {
 		http1Framing(w, r)

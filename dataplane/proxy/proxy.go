@@ -77,6 +77,7 @@ type Proxy struct {
 	outbound, inbound *connServer
 	fast              fastConns // connections on the HTTP/1.1 fast path (h1server.go)
 	sessions          tlsSessions
+	tap               tapHub // open taps (tap.go)
 }
 
 // New returns a proxy with an empty configuration.

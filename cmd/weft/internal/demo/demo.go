@@ -126,6 +126,7 @@ func Run(ctx context.Context, o Options) (res *Result, err error) {
 		o.Started(sup.pids(), dir)
 	}
 	fmt.Fprintf(o.Log, "weft demo: mesh ready; traffic at %d requests/s (Ctrl-C stops everything)\n", o.RPS)
+	fmt.Fprintf(o.Log, "weft demo: watch it live with weft tap deploy/books -n %s%s (or weft top)\n", Namespace, tapAddrFlag(layout))
 	if o.Duration > 0 { // counted from here: a slow start does not eat the traffic's time
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, o.Duration)
@@ -328,4 +329,12 @@ func watch(ctx context.Context, sup *supervisor, o Options, l Layout, drain func
 			fmt.Fprintln(o.Out)
 		}
 	}
+}
+
+// tapAddrFlag is the --control-addr weft tap needs for this layout ("" on block 0, its default).
+func tapAddrFlag(l Layout) string {
+	if l.XDSAddr() == "127.0.0.1:15010" {
+		return ""
+	}
+	return " --control-addr " + l.XDSAddr()
 }
