@@ -95,7 +95,7 @@ taps through weft-control (kubectl -n weft port-forward deploy/weft-control 1501
 	f.StringVar(&o.vizNamespace, "viz-namespace", "weft", "namespace of weft install --viz's Prometheus")
 	f.StringVar(&o.kubeconfig, "kubeconfig", "", "kubeconfig file (default: $KUBECONFIG or ~/.kube/config)")
 	f.StringVar(&o.context, "context", "", "kubeconfig context (default: the current one)")
-	f.StringVar(&conn.ControlAddr, "control-addr", envOr("WEFT_CONTROL_ADDR", "127.0.0.1:15010"), "weft-control's plaintext xDS address, which serves Tap: weft demo's default, or in a cluster `kubectl -n weft port-forward deploy/weft-control 15010` (env WEFT_CONTROL_ADDR; empty: no tap)")
+	f.StringVar(&conn.ControlAddr, "control-addr", envOr("WEFT_CONTROL_ADDR", "127.0.0.1:15010"), "weft-control's plaintext xDS address, which serves Tap: weft demo's default, or in a cluster that of kubectl -n weft port-forward deploy/weft-control 15010 (env WEFT_CONTROL_ADDR; empty: no tap view)")
 	f.StringVar(&conn.Token, "token", "", "bearer token weft-control authorizes taps with (default: the kubeconfig's)")
 	o.window = time.Minute
 	o.allNamespaces = true
