@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"cmp"
 	"net"
 	"net/http"
 	"strconv"
@@ -86,8 +87,21 @@ func (p *Proxy) traceEnd(sp *tracing.Span, rs *reqState, sw *statusWriter) {
 		sp.Error, sp.Message = true, sw.Header().Get("Weft-Error")
 		sp.Attrs = append(sp.Attrs, tracing.String("error.type", strconv.Itoa(code)))
 	}
+	if g, err := strconv.Atoi(grpcStatus(sw.Header())); err == nil {
+		sp.Attrs = append(sp.Attrs, tracing.String("rpc.system", "grpc"), tracing.Int("rpc.grpc.status_code", int64(g)))
+		// OpenTelemetry's gRPC conventions: a client span fails on any status but OK, a server span on
+		// the statuses that are the server's fault.
+		if g != 0 && (sp.Kind == tracing.Client || grpcServerFault[g]) && !sp.Error {
+			sp.Error = true
+			sp.Message = cmp.Or(sw.Header().Get("Grpc-Message"), sw.Header().Get(http.TrailerPrefix+"Grpc-Message"))
+			sp.Attrs = append(sp.Attrs, tracing.String("error.type", strconv.Itoa(g)))
+		}
+	}
 	p.tracer.Enqueue(sp)
 }
+
+// grpcServerFault are UNKNOWN, DEADLINE_EXCEEDED, UNIMPLEMENTED, INTERNAL, UNAVAILABLE and DATA_LOSS.
+var grpcServerFault = map[int]bool{2: true, 4: true, 12: true, 13: true, 14: true, 15: true}
 
 // splitAuthority is an authority's host and port (0 when it has none).
 func splitAuthority(authority string) (string, int) {

@@ -4,10 +4,12 @@ import (
 	"bytes"
 	"context"
 	"encoding/hex"
+	"fmt"
 	"io"
 	"net/http"
 	"net/netip"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -16,6 +18,11 @@ import (
 	coltracepb "go.opentelemetry.io/proto/otlp/collector/trace/v1"
 	commonpb "go.opentelemetry.io/proto/otlp/common/v1"
 	tracepb "go.opentelemetry.io/proto/otlp/trace/v1"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	testpb "google.golang.org/grpc/interop/grpc_testing"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/weftmesh/weft/dataplane/proxy"
@@ -404,5 +411,96 @@ func BenchmarkTracedHop(b *testing.B) {
 				}
 			})
 		})
+	}
+}
+
+// traceGRPC is a gRPC server that records the traceparent each call brings and fails "fail" with
+// NOT_FOUND.
+type traceGRPC struct {
+	testpb.UnimplementedTestServiceServer
+	mu   sync.Mutex
+	seen []string
+}
+
+func (s *traceGRPC) UnaryCall(ctx context.Context, req *testpb.SimpleRequest) (*testpb.SimpleResponse, error) {
+	md, _ := metadata.FromIncomingContext(ctx)
+	s.mu.Lock()
+	s.seen = append(s.seen, strings.Join(md.Get("traceparent"), ","))
+	s.mu.Unlock()
+	if string(req.GetPayload().GetBody()) == "fail" {
+		return nil, status.Error(codes.NotFound, "no such thing")
+	}
+	return &testpb.SimpleResponse{Payload: req.GetPayload()}, nil
+}
+
+// TestTracingGRPCThroughTwoSidecars: a gRPC call with a traceparent in its metadata crosses both
+// sidecars (HTTP/2 end to end, mTLS between them) with the same parent/child chain as HTTP/1.1, and
+// the spans carry the gRPC status (a NOT_FOUND fails the CLIENT span, not the SERVER span: the
+// OpenTelemetry gRPC conventions).
+func TestTracingGRPCThroughTwoSidecars(t *testing.T) {
+	ca := testpki.NewCA("mesh")
+	rc := startOTLPReceiver(t)
+	app := &traceGRPC{}
+	l := listen(t, "127.0.0.1:0")
+	gs := grpc.NewServer()
+	testpb.RegisterTestServiceServer(gs, app)
+	go func() { _ = gs.Serve(l) }()
+	t.Cleanup(gs.Stop)
+	appAddr := netip.MustParseAddrPort(l.Addr().String())
+	pod := netip.MustParseAddrPort("127.0.0.38:" + strconv.Itoa(int(appAddr.Port())))
+
+	cp := startCP(t, "127.0.0.1:0", nil, false)
+	cp.set(t, serverNode.ID(), "v1", inboundResources(int(appAddr.Port()), false)...)
+	server := startSidecarWith(t, cp.addr, serverNode, proxy.Options{Identity: testpki.Identity{Leaf: ca.Issue(echoID), CA: ca}, Tracer: startExporter(t, rc.addr, "echo", 0)})
+	server.inboundAt(t, pod.String())
+	server.waitReady(t)
+	svc := newService(t, "grpc.shop.svc.cluster.local", "127.0.0.39", pod)
+	msgs := resources(svc)
+	withCluster(msgs, svc.cluster(), func(c *clusterv3.Cluster) { fx.WithMTLS(c, echoID) })
+	cp.set(t, clientNode.ID(), "v1", msgs...)
+	client := startSidecarWith(t, cp.addr, clientNode, proxy.Options{Identity: testpki.Identity{Leaf: ca.Issue(clientID), CA: ca}, Tracer: startExporter(t, rc.addr, "client", 0)})
+	client.outboundAt(svc.lis)
+	client.waitReady(t)
+
+	gc := testpb.NewTestServiceClient(grpcClient(t, svc.authority(), svc.lis.Addr().String()))
+	for i, body := range []string{"hello", "fail"} {
+		trace := fmt.Sprintf("%032x", i+1)
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		ctx = metadata.AppendToOutgoingContext(ctx, "traceparent", "00-"+trace+"-00f067aa0ba902b7-01")
+		_, err := gc.UnaryCall(ctx, &testpb.SimpleRequest{Payload: &testpb.Payload{Body: []byte(body)}})
+		cancel()
+		if want := map[string]codes.Code{"hello": codes.OK, "fail": codes.NotFound}[body]; status.Code(err) != want {
+			t.Fatalf("%s: %v, want %v", body, err, want)
+		}
+		spans := rc.spansOf(t, mustHex(trace), 2)
+		var cs, ss recvSpan
+		for _, s := range spans {
+			if s.GetKind() == tracepb.Span_SPAN_KIND_CLIENT {
+				cs = s
+			} else {
+				ss = s
+			}
+		}
+		if cs.Span == nil || ss.Span == nil || hex.EncodeToString(cs.GetParentSpanId()) != "00f067aa0ba902b7" || !bytes.Equal(ss.GetParentSpanId(), cs.GetSpanId()) {
+			t.Fatalf("%s: spans %v, want CLIENT (child of the app's span) → SERVER", body, spans)
+		}
+		app.mu.Lock()
+		got := app.seen[len(app.seen)-1]
+		app.mu.Unlock()
+		if want := "00-" + trace + "-" + hex.EncodeToString(ss.GetSpanId()) + "-01"; got != want {
+			t.Errorf("%s: the server app got traceparent %q, want %q", body, got, want)
+		}
+		wantCode := map[string]string{"hello": "0", "fail": "5"}[body]
+		for _, s := range []recvSpan{cs, ss} {
+			if a := attrs(s.Span); a["rpc.system"] != "grpc" || a["rpc.grpc.status_code"] != wantCode || a["url.path"] != "/grpc.testing.TestService/UnaryCall" {
+				t.Errorf("%s %s span attributes: %v", body, s.GetKind(), a)
+			}
+		}
+		if failed := cs.GetStatus().GetCode() == tracepb.Status_STATUS_CODE_ERROR; failed != (body == "fail") {
+			t.Errorf("%s: CLIENT span status %v", body, cs.GetStatus())
+		}
+		if ss.GetStatus().GetCode() == tracepb.Status_STATUS_CODE_ERROR {
+			t.Errorf("%s: SERVER span status %v, want unset (NOT_FOUND is not the server's fault)", body, ss.GetStatus())
+		}
 	}
 }
