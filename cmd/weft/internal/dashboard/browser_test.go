@@ -277,8 +277,12 @@ func TestDashboardOnTheDemo(t *testing.T) {
 		}
 	}
 
-	// Let the charts have a second point, then keep a screenshot.
-	if _, err := chromedp.Run(tctx, chromedp.Poll[bool](`Number(document.body.dataset.refreshes) >= 2`, chromedp.WithPollingTimeout(20*time.Second))); err != nil {
+	// Let the charts have a few points (more for the README's picture), then keep a screenshot.
+	points := 3
+	if os.Getenv("WEFT_DASHBOARD_DOC") == "1" {
+		points = 12
+	}
+	if _, err := chromedp.Run(tctx, chromedp.Poll[bool](fmt.Sprintf(`Number(document.body.dataset.refreshes) >= %d`, points), chromedp.WithPollingTimeout(40*time.Second))); err != nil {
 		t.Errorf("the page did not refresh: %v", err)
 	}
 	png, err := chromedp.Run(tctx, chromedp.FullScreenshot(100))
