@@ -31,7 +31,7 @@ HELM_VERSION := $(shell awk '$$1 == "helm.sh/helm/v4" {print $$2}' go.mod)
 CRANE_VERSION := $(shell awk '$$1 == "github.com/google/go-containerregistry" {print $$2}' go.mod)
 
 # containerd (with runc): deploy/images' test imports and runs an image as kind and ctr would.
-APT_PACKAGES := etcd-server iptables nftables iproute2 haproxy wrk ca-certificates git make containerd prometheus tmux
+APT_PACKAGES := etcd-server iptables nftables iproute2 haproxy wrk ca-certificates git make containerd prometheus tmux chromium
 GO_TEST_FLAGS ?= -count=1 -timeout=30m
 
 # weft-proxy's wire-compatible mirrors (slim Envoy messages; Certify's two messages): each a buf

@@ -185,6 +185,16 @@ func TestRunFlagErrors(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "cert.pem") {
 		t.Fatalf("empty cert dir: %v", err)
 	}
+	for _, tc := range []struct{ addr, rate, want string }{
+		{"collector", "0", `--otlp-addr "collector": want host:port (OTLP/HTTP`},
+		{"collector:4318", "half", `--trace-sampling "half": want a fraction from 0 to 1`},
+		{"collector:4318", "2", `--trace-sampling "2": want a fraction from 0 to 1`},
+	} {
+		err = run(context.Background(), runOptions{xdsAddr: "127.0.0.1:1", podName: "a", namespace: "b", logLevel: "info", otlpAddr: tc.addr, traceSampling: tc.rate})
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("--otlp-addr %s --trace-sampling %s: %v, want %q", tc.addr, tc.rate, err, tc.want)
+		}
+	}
 }
 
 func TestRunIdentityFlagErrors(t *testing.T) {

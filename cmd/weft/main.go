@@ -41,6 +41,7 @@ func newRootCmd() *cobra.Command {
 	root.AddCommand(newStatCmd())
 	root.AddCommand(newEdgesCmd())
 	root.AddCommand(newTapCmd(), newTopCmd()) // tap.go
+	root.AddCommand(newDashboardCmd())        // dashboard.go
 	root.AddCommand(newConformanceCmd())
 	return root
 }

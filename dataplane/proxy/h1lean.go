@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/weftmesh/weft/dataplane/config"
+	"github.com/weftmesh/weft/dataplane/tracing"
 )
 
 // The lean path serves the fast path's common request — a GET or HEAD whose head h1lean_head.go
@@ -69,6 +70,9 @@ func (s *h1Conn1) serveLean(head []byte) (handled, keep bool) {
 	}
 	if !q.parse(head) {
 		return false, false
+	}
+	if s.p.tracer != nil && (s.p.tracer.SamplesNew() || tracing.HeadMayCarry(head)) {
+		return false, false // traced in serveHTTP (trace.go)
 	}
 	p, info := s.p, s.info
 	start := monoNow()

@@ -1034,10 +1034,12 @@ func (s *h2Session) route(st *h2Stream, f *http2.MetaHeadersFrame) {
 	rt := s.p.rt.Load()
 	var route *config.Route
 	var cl *clusterRT
-	// A tap that is open, a chain with HTTP RBAC (authz.go), or a virtual host whose routes match on
-	// more than the path or have filters (routefilter.go) leave the request to serveHTTP through the
-	// bridge, as the lean HTTP/1.1 path does: its hooks decide, answer and report.
-	if f.PseudoValue("method") != http.MethodConnect && path != "" && path[0] == '/' && s.p.tap.on.Load() == nil && !authzOn(s.info) {
+	// A tap that is open, a chain with HTTP RBAC (authz.go), a request that tracing may trace
+	// (trace.go), or a virtual host whose routes match on more than the path or have filters
+	// (routefilter.go) leave the request to serveHTTP through the bridge, as the lean HTTP/1.1 path
+	// does: its hooks decide, answer and report.
+	if f.PseudoValue("method") != http.MethodConnect && path != "" && path[0] == '/' && s.p.tap.on.Load() == nil &&
+		!authzOn(s.info) && !s.p.mayTrace(f.RegularFields()) {
 		if table := rt.routeTableFor(s.info, authority); table != nil {
 			if vh := table.match(authority); vh != nil && !vh.Extended {
 				route = matchRoute(vh, path, nil)
@@ -1678,4 +1680,21 @@ func (r *relaySessions) closeAll() {
 		}
 		s.mu.Unlock()
 	}
+}
+
+// mayTrace reports whether tracing may trace a request with these header fields: it starts traces, or
+// the request carries a W3C or B3 context.
+func (p *Proxy) mayTrace(fields []hpack.HeaderField) bool {
+	if p.tracer == nil {
+		return false
+	}
+	if p.tracer.SamplesNew() {
+		return true
+	}
+	for _, hf := range fields {
+		if hf.Name == "traceparent" || hf.Name == "b3" || strings.HasPrefix(hf.Name, "x-b3-") {
+			return true
+		}
+	}
+	return false
 }

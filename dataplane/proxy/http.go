@@ -130,6 +130,11 @@ func (p *Proxy) serveHTTP(w http.ResponseWriter, r *http.Request, info *connInfo
 	rs := &reqState{info: info, authority: authority, start: start}
 	sw := &statusWriter{ResponseWriter: w}
 	defer func() { p.metrics.observeHTTP(p, rs, sw.code, sw.Header(), start) }()
+	if p.tracer != nil {
+		if sp := p.traceStart(r, rs); sp != nil {
+			defer p.traceEnd(sp, rs, sw)
+		}
+	}
 	defer p.tapHTTP(r, rs, sw, start) // one atomic load when nobody taps (tap.go)
 
 	if r.ProtoMajor == 1 {

@@ -21,6 +21,7 @@ import (
 
 	"github.com/weftmesh/weft/dataplane"
 	"github.com/weftmesh/weft/dataplane/config"
+	"github.com/weftmesh/weft/dataplane/tracing"
 )
 
 // Options configure a Proxy.
@@ -42,6 +43,8 @@ type Options struct {
 	// H2Relay serves HTTP/2 client connections (h2c, and mTLS with ALPN h2) with the frame relay of
 	// h2relay.go instead of net/http's server (--h2-relay).
 	H2Relay bool
+	// Tracer, when set, traces requests (trace.go) and exports their spans; its Run is the caller's.
+	Tracer *tracing.Exporter
 }
 
 // Proxy serves the listeners with the latest configuration.
@@ -52,6 +55,7 @@ type Proxy struct {
 	log      *slog.Logger
 	detect   time.Duration
 	rp       *httputil.ReverseProxy
+	tracer   *tracing.Exporter // nil: tracing is off
 
 	idleTimeout, readHeaderTimeout time.Duration
 
@@ -91,6 +95,7 @@ func New(opts Options) *Proxy {
 	}
 	p := &Proxy{
 		identity:          opts.Identity,
+		tracer:            opts.Tracer,
 		metrics:           NewMetrics(opts.Metrics, opts.Workload),
 		log:               opts.Logger.With("component", "proxy"),
 		detect:            opts.DetectTimeout,

@@ -13,6 +13,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/weftmesh/weft/conformance/prereq"
+	"github.com/weftmesh/weft/deploy/inject"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden files in testdata/")
@@ -75,6 +76,7 @@ func TestRenderGolden(t *testing.T) {
 			"controlPlane", map[string]any{"replicas": 1},
 			"trustDomain", "prod.example",
 			"webhook", map[string]any{"failurePolicy": "Fail"},
+			"tracing", map[string]any{"collector": "otel-collector.observability:4318", "sampling": 0.1},
 		)},
 	} {
 		t.Run(tc.golden, func(t *testing.T) {
@@ -194,5 +196,36 @@ func TestHelmTemplateAgrees(t *testing.T) {
 	want := YAML(render(t, "mesh-system", with(identityValues(), "cni", map[string]any{"enabled": true}, "image", map[string]any{"tag": "v1.2.3"})))
 	if d := cmp.Diff(want, got); d != "" {
 		t.Errorf("helm template and Render differ (-Render +helm):\n%s", d)
+	}
+}
+
+// TestTracingValuesReachTheInjector: the chart's tracing values render into weft-config's config.yaml
+// as the injector reads it (deploy/inject.ParseConfig), and without a collector there is no tracing key.
+func TestTracingValuesReachTheInjector(t *testing.T) {
+	configOf := func(values map[string]any) inject.Config {
+		t.Helper()
+		for _, m := range render(t, "weft", values) {
+			var cm struct {
+				Kind string
+				Data map[string]string
+			}
+			if err := yaml.Unmarshal([]byte(m.Content), &cm); err != nil || cm.Kind != "ConfigMap" || cm.Data["config.yaml"] == "" {
+				continue
+			}
+			c, err := inject.ParseConfig([]byte(cm.Data["config.yaml"]))
+			if err != nil {
+				t.Fatalf("the injector rejects the rendered config.yaml: %v", err)
+			}
+			return c
+		}
+		t.Fatal("no config.yaml rendered")
+		return inject.Config{}
+	}
+	if c := configOf(identityValues()); c.Tracing != nil {
+		t.Errorf("tracing without a collector: %+v", c.Tracing)
+	}
+	c := configOf(with(identityValues(), "tracing", map[string]any{"collector": "http://jaeger.tracing:4318", "sampling": 0.5}))
+	if c.Tracing == nil || c.Tracing.Collector != "http://jaeger.tracing:4318" || c.Tracing.Sampling != 0.5 {
+		t.Errorf("tracing = %+v, want the collector and sampling 0.5", c.Tracing)
 	}
 }

@@ -41,6 +41,15 @@ type Config struct {
 	Version string `json:"version"`
 	// Resources of the proxy (and of the short-lived init containers).
 	Resources corev1.ResourceRequirements `json:"resources"`
+	// Tracing, when its collector is set, has the proxies export their spans (the chart's tracing.*).
+	Tracing *Tracing `json:"tracing,omitempty"`
+}
+
+// Tracing is the proxies' OTLP/HTTP collector (host:port or http(s):// URL; env OTLP_ADDR of the
+// proxy) and the fraction of requests without a trace context that start a trace (TRACE_SAMPLING).
+type Tracing struct {
+	Collector string  `json:"collector"`
+	Sampling  float64 `json:"sampling,omitempty"`
 }
 
 // ParseConfig reads a config.yaml strictly: an unknown key or a wrong type is an error naming it.
@@ -88,6 +97,14 @@ func (c Config) Validate() error {
 	}
 	if c.Version == "" {
 		return errors.New("version: missing (the proxy version recorded as weft.io/proxy-version)")
+	}
+	if t := c.Tracing; t != nil {
+		if t.Collector == "" && t.Sampling != 0 {
+			return errors.New("tracing.sampling: set tracing.collector too (the OTLP/HTTP collector the spans go to)")
+		}
+		if t.Sampling < 0 || t.Sampling > 1 {
+			return fmt.Errorf("tracing.sampling %v: want a fraction from 0 to 1", t.Sampling)
+		}
 	}
 	for name, req := range c.Resources.Requests {
 		if lim, ok := c.Resources.Limits[name]; ok && req.Cmp(lim) > 0 {

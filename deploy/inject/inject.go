@@ -3,6 +3,7 @@ package inject
 import (
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 
 	corev1 "k8s.io/api/core/v1"
@@ -310,6 +311,10 @@ func proxyContainer(o options, cfg Config) corev1.Container {
 	}
 	if cfg.TrustAnchorsPEM != "" {
 		env = append(env, corev1.EnvVar{Name: "TRUST_ANCHORS", Value: cfg.TrustAnchorsPEM})
+	}
+	if t := cfg.Tracing; t != nil && t.Collector != "" {
+		env = append(env, corev1.EnvVar{Name: "OTLP_ADDR", Value: t.Collector},
+			corev1.EnvVar{Name: "TRACE_SAMPLING", Value: strconv.FormatFloat(t.Sampling, 'g', -1, 64)})
 	}
 	return corev1.Container{
 		Name:  ProxyContainer,

@@ -98,6 +98,9 @@ func TestInject(t *testing.T) {
 		{name: "namespace-options", pod: appPod(map[string]string{AnnotationProxyLogLevel: "warn"}), ns: map[string]string{
 			AnnotationInject: Enabled, AnnotationProxyLogLevel: "debug", AnnotationSkipOutboundPorts: "25",
 		}, inject: true},
+		{name: "tracing", pod: appPod(nil), ns: enabledNS, edit: func(c *Config) {
+			c.Tracing = &Tracing{Collector: "otel-collector.observability:4318", Sampling: 0.25}
+		}, inject: true},
 		{name: "no-anchors", pod: appPod(nil), ns: enabledNS, edit: func(c *Config) { c.TrustAnchorsPEM = "" }, inject: true},
 		{name: "already-injected", pod: injected(t), ns: enabledNS},
 		{name: "pod-disabled", pod: appPod(map[string]string{AnnotationInject: Disabled}), ns: enabledNS},
@@ -308,6 +311,8 @@ func TestParseConfig(t *testing.T) {
 		{"bad quantity", "resources: {requests: {cpu: lots}}\n", "quantities must match"},
 		{"request above limit", "resources: {requests: {memory: 1Gi}, limits: {memory: 64Mi}}\n", "memory request 1Gi is above its limit 64Mi"},
 		{"no image", "proxyImage: \"\"\n", "proxyImage: missing"},
+		{"tracing sampling without a collector", "tracing: {sampling: 0.5}\n", "tracing.sampling: set tracing.collector too"},
+		{"tracing sampling above 1", "tracing: {collector: c:4318, sampling: 2}\n", "tracing.sampling 2: want a fraction from 0 to 1"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := ParseConfig([]byte(replaceKeys(testConfigYAML, tc.edit)))
