@@ -61,9 +61,9 @@ func grpcCode(s string) int8 {
 	case s == "":
 		return -1
 	case len(s) == 1 && s[0] >= '0' && s[0] <= '9':
-		return int8(s[0] - '0')
+		return int8(s[0] - '0') // #nosec G115 -- a digit, 0 to 9
 	case len(s) == 2 && s[0] == '1' && s[1] >= '0' && s[1] <= '6':
-		return int8(10 + s[1] - '0')
+		return int8(10 + s[1] - '0') // #nosec G115 -- 10 to 16
 	}
 	return 2
 }
