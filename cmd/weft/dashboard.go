@@ -66,7 +66,13 @@ taps through weft-control (kubectl -n weft port-forward deploy/weft-control 1501
 			if err != nil {
 				return fmt.Errorf("--addr %s: %w (is another dashboard running? choose another address with --addr)", addr, err)
 			}
-			srv := &http.Server{Handler: dashboard.Handler(opts), ReadHeaderTimeout: 10 * time.Second}
+			// Only requests naming this machine's loopback, or the host --addr names, are served
+			// (dashboard.HostGuard: DNS rebinding, cross-origin reads).
+			hosts := []string{"127.0.0.1", "localhost", "::1"}
+			if host != "" && host != "0.0.0.0" && host != "::" {
+				hosts = append(hosts, host)
+			}
+			srv := &http.Server{Handler: dashboard.HostGuard(dashboard.Handler(opts), hosts...), ReadHeaderTimeout: 10 * time.Second}
 			if host == "" || host == "0.0.0.0" || host == "::" {
 				host = "127.0.0.1"
 			}

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
+	"encoding/binary"
 	"errors"
 	"io"
 	"net"
@@ -540,7 +541,7 @@ func (s *h2Session) credit(hc *h2Conn, half *h2Half, id uint32, n int64) {
 	}
 	hc.owed += n
 	if hc.owed >= relayConnWindow/4 {
-		hc.out = appendWindowUpdate(hc.out, 0, uint32(hc.owed))
+		hc.out = appendWindowUpdate(hc.out, 0, uint32(hc.owed)) // #nosec G115 -- owed ≤ the connection window (< 2^31)
 		hc.recvWin += hc.owed
 		hc.owed = 0
 		s.markDirty(hc)
@@ -550,7 +551,7 @@ func (s *h2Session) credit(hc *h2Conn, half *h2Half, id uint32, n int64) {
 	}
 	half.owed += n
 	if half.owed >= relayStreamWindow/4 {
-		hc.out = appendWindowUpdate(hc.out, id, uint32(half.owed))
+		hc.out = appendWindowUpdate(hc.out, id, uint32(half.owed)) // #nosec G115 -- owed ≤ the stream window (< 2^31)
 		half.recvWin += half.owed
 		half.owed = 0
 		s.markDirty(hc)
@@ -740,9 +741,7 @@ func (s *h2Session) streamError(hc *h2Conn, id uint32, code http2.ErrCode) {
 func (s *h2Session) connError(hc *h2Conn, code http2.ErrCode) {
 	if !hc.closed && hc.c != nil {
 		last := hc.lastID
-		hc.out = append(hc.out, 0, 0, 8, byte(http2.FrameGoAway), 0, 0, 0, 0, 0,
-			byte(last>>24), byte(last>>16), byte(last>>8), byte(last),
-			byte(code>>24), byte(code>>16), byte(code>>8), byte(code))
+		hc.out = appendGoAway(hc.out, last, code)
 		buf := hc.out
 		hc.out = nil
 		// Written here, under the lock, with a short deadline: the connection is ending anyway.
@@ -829,8 +828,7 @@ func (s *h2Session) drain() {
 	s.draining = true
 	d := s.down
 	last := d.lastID
-	d.out = append(d.out, 0, 0, 8, byte(http2.FrameGoAway), 0, 0, 0, 0, 0,
-		byte(last>>24), byte(last>>16), byte(last>>8), byte(last), 0, 0, 0, 0)
+	d.out = appendGoAway(d.out, last, http2.ErrCodeNo)
 	d.goaway = true
 	s.markDirty(d)
 	if s.streams == 0 {
@@ -1038,8 +1036,10 @@ func (s *h2Session) route(st *h2Stream, f *http2.MetaHeadersFrame) {
 	// (trace.go), or a virtual host whose routes match on more than the path or have filters
 	// (routefilter.go) leave the request to serveHTTP through the bridge, as the lean HTTP/1.1 path
 	// does: its hooks decide, answer and report.
+	// So does a :path that serveHTTP would route or forward differently (percent escapes, a query
+	// it cleans: h2relay_headers.go).
 	if f.PseudoValue("method") != http.MethodConnect && path != "" && path[0] == '/' && s.p.tap.on.Load() == nil &&
-		!authzOn(s.info) && !s.p.mayTrace(f.RegularFields()) {
+		!authzOn(s.info) && !s.p.mayTrace(f.RegularFields()) && relayPathAsIs(f.PseudoValue("path")) {
 		if table := rt.routeTableFor(s.info, authority); table != nil {
 			if vh := table.match(authority); vh != nil && !vh.Extended {
 				route = matchRoute(vh, path, nil)
@@ -1057,7 +1057,7 @@ func (s *h2Session) route(st *h2Stream, f *http2.MetaHeadersFrame) {
 	if cl.cfg.LB == config.LBRingHash {
 		st.rs.hashKey = hashString(remoteIP(s.down.c.RemoteAddr().String()))
 	}
-	st.hdrs = f.Fields
+	st.hdrs = withoutFields(f.Fields, relayDropsRequest) // h2relay_headers.go
 	if route.HostRewrite != "" {
 		st.hdrs = rewriteAuthority(st.hdrs, route.HostRewrite)
 	}
@@ -1120,7 +1120,7 @@ func (s *h2Session) attachUp(st *h2Stream) {
 		go s.dialUp(up)
 	}
 	st.up = up
-	if up.ready && uint32(len(up.streams)) < up.peerMaxStrm {
+	if up.ready && int64(len(up.streams)) < int64(up.peerMaxStrm) {
 		s.startUp(st)
 		return
 	}
@@ -1199,7 +1199,7 @@ func (s *h2Session) dialUp(up *h2Conn) {
 
 // startWaiting starts the streams waiting for up, as far as its concurrency limit allows.
 func (s *h2Session) startWaiting(up *h2Conn) {
-	for len(up.waiting) > 0 && uint32(len(up.streams)) < up.peerMaxStrm && !up.goaway && !up.closed {
+	for len(up.waiting) > 0 && int64(len(up.streams)) < int64(up.peerMaxStrm) && !up.goaway && !up.closed {
 		st := up.waiting[0]
 		up.waiting = up.waiting[1:]
 		if !st.done {
@@ -1360,7 +1360,7 @@ func (s *h2Session) upHeaders(hc *h2Conn, f *http2.MetaHeadersFrame) error {
 		st.rs.cluster.outcome(st.h, code)
 	}
 	end := f.StreamEnded()
-	s.writeHeaders(s.down, st.downID, f.Fields, end)
+	s.writeHeaders(s.down, st.downID, withoutFields(f.Fields, relayDropsResponse), end)
 	if end {
 		st.resp.end, st.resp.sent = true, true
 		st.maybeDone()
@@ -1599,27 +1599,39 @@ func (st *h2Stream) finish() {
 
 // Frame writing (the Framer is used for reading only: writing appends to a connection's buffer).
 
+// Fields go big-endian with encoding/binary's appenders; lengths are at most the peer's max frame
+// size (2^24-1 by the RFC), and stream ids and window increments are 31-bit (the top bit, reserved,
+// is cleared).
+
 func appendFrameHdr(b []byte, length int, typ http2.FrameType, flags http2.Flags, id uint32) []byte {
-	return append(b, byte(length>>16), byte(length>>8), byte(length), byte(typ), byte(flags),
-		byte(id>>24)&0x7f, byte(id>>16), byte(id>>8), byte(id))
+	b = binary.BigEndian.AppendUint32(b, uint32(length&0xffffff)<<8|uint32(typ)) // #nosec G115 -- masked to 24 bits
+	b = append(b, byte(flags))
+	return binary.BigEndian.AppendUint32(b, id&0x7fffffff)
 }
 
 func appendSettings(b []byte, settings []http2.Setting) []byte {
 	b = appendFrameHdr(b, 6*len(settings), http2.FrameSettings, 0, 0)
 	for _, s := range settings {
-		b = append(b, byte(s.ID>>8), byte(s.ID), byte(s.Val>>24), byte(s.Val>>16), byte(s.Val>>8), byte(s.Val))
+		b = binary.BigEndian.AppendUint16(b, uint16(s.ID))
+		b = binary.BigEndian.AppendUint32(b, s.Val)
 	}
 	return b
 }
 
 func appendWindowUpdate(b []byte, id, inc uint32) []byte {
 	b = appendFrameHdr(b, 4, http2.FrameWindowUpdate, 0, id)
-	return append(b, byte(inc>>24)&0x7f, byte(inc>>16), byte(inc>>8), byte(inc))
+	return binary.BigEndian.AppendUint32(b, inc&0x7fffffff)
 }
 
 func appendRST(b []byte, id uint32, code http2.ErrCode) []byte {
 	b = appendFrameHdr(b, 4, http2.FrameRSTStream, 0, id)
-	return append(b, byte(code>>24), byte(code>>16), byte(code>>8), byte(code))
+	return binary.BigEndian.AppendUint32(b, uint32(code))
+}
+
+func appendGoAway(b []byte, lastID uint32, code http2.ErrCode) []byte {
+	b = appendFrameHdr(b, 8, http2.FrameGoAway, 0, 0)
+	b = binary.BigEndian.AppendUint32(b, lastID&0x7fffffff)
+	return binary.BigEndian.AppendUint32(b, uint32(code))
 }
 
 // relaySessions are the relay's client connections, for the proxy's drain.

@@ -352,6 +352,7 @@ func (r *bridgeBody) Close() error {
 		st.req.sent = true
 		s.creditAll(st)
 	}
+	r.b.wake() // a Read waiting for DATA (the transport's body writer) returns now
 	s.mu.Unlock()
 	s.flush()
 	return nil

@@ -30,7 +30,7 @@ func (g *contGuard) Read(p []byte) (int, error) {
 	n, err := g.r.Read(p)
 	for i := 0; i < n; {
 		if g.payload > 0 {
-			k := min(g.payload, uint32(n-i))
+			k := min(g.payload, uint32(n-i)) // #nosec G115 -- n-i ≤ len(p), and min bounds it by payload
 			g.payload -= k
 			i += int(k)
 			continue

@@ -253,7 +253,7 @@ func (s *server) tap(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if s.o.Tap == nil {
-		_ = send("end", "tap is not available: weft dashboard found no weft-control to relay it (--tap-addr)")
+		_ = send("end", "tap is not available: weft dashboard found no weft-control to relay it (--control-addr)")
 		return
 	}
 	_ = send("notice", "tapping "+req.GetTarget().GetNamespace()+"/"+req.GetTarget().GetName()+"…")
