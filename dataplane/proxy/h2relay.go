@@ -1039,7 +1039,7 @@ func (s *h2Session) route(st *h2Stream, f *http2.MetaHeadersFrame) {
 	// (routefilter.go) leave the request to serveHTTP through the bridge, as the lean HTTP/1.1 path
 	// does: its hooks decide, answer and report.
 	if f.PseudoValue("method") != http.MethodConnect && path != "" && path[0] == '/' && s.p.tap.on.Load() == nil &&
-		!authzOn(s.info) && !s.p.mayTrace(f.RegularFields()) {
+		!authzOn(rt, s.info) && !s.p.mayTrace(f.RegularFields()) {
 		if table := rt.routeTableFor(s.info, authority); table != nil {
 			if vh := table.match(authority); vh != nil && !vh.Extended {
 				route = matchRoute(vh, path, nil)
