@@ -13,8 +13,13 @@ import (
 	"time"
 
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	rbacv3 "github.com/envoyproxy/go-control-plane/envoy/config/rbac/v3"
+	netrbac "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/rbac/v3"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/weftmesh/weft/dataplane/testpki"
+	fx "github.com/weftmesh/weft/dataplane/xdsfixture"
 )
 
 // TestAuthorizationAppliesToOpenConnections: a policy pushed while connections are open applies to
@@ -139,4 +144,63 @@ func TestAuthorizationAppliesToOpenConnections(t *testing.T) {
 		t.Errorf("dials: h2c %d, HTTP/2 over mTLS %d; want one connection each", n, m)
 	}
 	waitFor(t, "TCP connection closed", func() bool { return echo() != nil })
+}
+
+// TestAuthorizationOnThePassthroughChain: a port no chain serves (the app listens on it, no Service
+// declares it) goes through the listener's default chain; weft-control puts the pod's network RBAC
+// there (xds/authz.go passthroughFilters), and the proxy enforces it: served before the policy, a
+// new connection is closed once the pod is default-deny (an ALLOW without policies).
+func TestAuthorizationOnThePassthroughChain(t *testing.T) {
+	ca := testpki.NewCA("mesh")
+	app := startBackend(t, "app", "127.0.0.1:0")
+	lineApp := listen(t, "127.0.0.1:0")
+	serveEach(lineApp, func(c net.Conn) { _, _ = io.WriteString(c, "line\n"); c.Close() })
+	httpPort := int(app.addr.Port())
+	undeclared := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.30"), uint16(lineApp.Addr().(*net.TCPAddr).Port)).String()
+
+	msgs := func(rules ...*rbacv3.RBAC) []proto.Message {
+		out := inboundPorts(map[int]bool{httpPort: false})
+		// The default chain forwards to the app's undeclared port (weft-control's goes to the
+		// original destination; without iptables here that would be the listener itself).
+		out = append(out, fx.StaticCluster("passthrough", netip.MustParseAddrPort(lineApp.Addr().String())))
+		for _, m := range out {
+			if l, ok := m.(*listenerv3.Listener); ok {
+				def := fx.Chain{Name: "passthrough", Cluster: "passthrough"}
+				l.DefaultFilterChain = fx.Listener("x", netip.MustParseAddrPort("0.0.0.0:1"), &def).GetDefaultFilterChain()
+				var fs []*listenerv3.Filter
+				for _, r := range rules {
+					a, err := anypb.New(&netrbac.RBAC{Rules: r, StatPrefix: "passthrough"})
+					if err != nil {
+						t.Fatal(err)
+					}
+					fs = append(fs, &listenerv3.Filter{Name: "envoy.filters.network.rbac", ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: a}})
+				}
+				l.DefaultFilterChain.Filters = append(fs, l.DefaultFilterChain.Filters...)
+			}
+		}
+		return out
+	}
+	cp := startCP(t, "127.0.0.1:0", nil, false)
+	cp.set(t, serverNode.ID(), "v1", msgs()...)
+	server := startSidecar(t, cp.addr, serverNode, testpki.Identity{Leaf: ca.Issue(echoID), CA: ca})
+	server.inboundAt(t, undeclared)
+	server.waitReady(t)
+	line := func() (string, error) {
+		c, err := net.Dial("tcp", undeclared)
+		if err != nil {
+			return "", err
+		}
+		defer c.Close()
+		_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+		return bufio.NewReader(c).ReadString('\n')
+	}
+	if got, err := line(); err != nil || got != "line\n" {
+		t.Fatalf("undeclared port without a policy: %q, %v; want it passed through", got, err)
+	}
+	cp.set(t, serverNode.ID(), "v2", msgs(&rbacv3.RBAC{Action: rbacv3.RBAC_ALLOW})...) // default-deny
+	waitFor(t, "undeclared port refused", func() bool { _, err := line(); return err != nil })
+	deny := map[string]string{"transport": "tcp", "decision": "deny", "policy": "", "client_id": ""}
+	if v := metricValue(t, server.reg, "inbound_authz_total", deny); v < 1 {
+		t.Errorf("inbound_authz_total%v = %v, want at least 1", deny, v)
+	}
 }
