@@ -398,3 +398,17 @@ func authzFilters(p InboundPort, cluster string) []*listener.Filter {
 	}
 	return append(networkRBACFilters(p.Authz, cluster), tcpProxy(cluster))
 }
+
+// passthroughFilters are the filters of the inbound listener's default chain, which passes through
+// connections to ports no chain serves (ports the pod does not declare): with the pod's authz, its
+// network RBAC (deny, then allow) before the tcp_proxy, as Istio does, so that a port the app listens
+// on without declaring it is not a way around the policies or default-deny. A pod without ports has
+// one InboundPort of port 0 that carries only its Authz.
+func passthroughFilters(ports []InboundPort) []*listener.Filter {
+	for _, p := range ports {
+		if p.Authz != nil {
+			return append(networkRBACFilters(p.Authz, PassthroughCluster), tcpProxy(PassthroughCluster))
+		}
+	}
+	return []*listener.Filter{tcpProxy(PassthroughCluster)}
+}

@@ -14,10 +14,11 @@ import (
 )
 
 // TestAuthzGolden: the inbound listener of each pod of testdata/authz.yaml, with its RBAC filters,
-// against testdata/authz.<pod>.golden.json (go test ./xds -update rewrites them).
+// against testdata/authz.<pod>.golden.json (go test ./xds -update rewrites them). The passthrough
+// (default) chain carries the network RBAC too, also on a pod that declares no port (portless-0).
 func TestAuthzGolden(t *testing.T) {
 	s := load(t, "authz.yaml")
-	for _, pod := range []string{"shop/api-0", "shop/bad-0", "vault/safe-0"} {
+	for _, pod := range []string{"shop/api-0", "shop/bad-0", "vault/safe-0", "vault/portless-0"} {
 		ns, name, _ := cutSlash(pod)
 		t.Run(pod, func(t *testing.T) {
 			r := Translate(s, Proxy{Namespace: ns, PodName: name, Kind: KindWeft}, Options{Strict: true})

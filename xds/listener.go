@@ -88,9 +88,12 @@ func InboundListener(ports []InboundPort) *listener.Listener {
 			{Name: originalDstFilterName, ConfigType: &listener.ListenerFilter_TypedConfig{TypedConfig: mustAny(&origdst.OriginalDst{})}},
 			{Name: tlsInspectorFilterName, ConfigType: &listener.ListenerFilter_TypedConfig{TypedConfig: mustAny(&tlsinspector.TlsInspector{})}},
 		},
-		DefaultFilterChain: &listener.FilterChain{Name: PassthroughCluster, Filters: []*listener.Filter{tcpProxy(PassthroughCluster)}},
+		DefaultFilterChain: &listener.FilterChain{Name: PassthroughCluster, Filters: passthroughFilters(ports)}, // authz.go
 	}
 	for _, p := range ports {
+		if p.Port == 0 { // only the Authz of a pod without ports (authz.go)
+			continue
+		}
 		cluster := InboundClusterName(p.Port)
 		filters := func() []*listener.Filter {
 			if p.Authz != nil { // authz.go

@@ -132,6 +132,9 @@ func InboundPorts(s *discovery.State, p Proxy, o Options) []InboundPort {
 		for i := range ports {
 			ports[i].Authz = az
 		}
+		if len(ports) == 0 {
+			ports = []InboundPort{{Authz: az}} // for the passthrough chain's RBAC
+		}
 	}
 	return ports
 }

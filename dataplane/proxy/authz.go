@@ -19,9 +19,10 @@ import (
 // hook each (handleConn, serveHTTP, and serveLean, which serves allowed requests itself and hands
 // the others to serveFast, which goes through serveHTTP). Decisions are counted in inbound_authz_total.
 
-// authzOn reports whether requests on the connection's chain are subject to HTTP RBAC.
-func authzOn(info *connInfo) bool {
-	return info != nil && info.chain != nil && info.chain.cfg.HTTP != nil && len(info.chain.cfg.HTTP.RBAC) > 0
+// authzOn reports whether requests on the connection's chain are subject to HTTP RBAC in the
+// current runtime rt (authz_current.go: a policy applies to connections already open).
+func authzOn(rt *runtime, info *connInfo) bool {
+	return len(rt.httpRBAC(info)) > 0
 }
 
 // decideRBAC runs the filters in order; the first that denies decides.
@@ -51,8 +52,8 @@ func policyLabel(name string) string {
 // percent-encoding, leanPath): true when the chain's HTTP RBAC allows it (counted here), false when
 // it must take serveFast: denied (serveFast answers and counts it) or the rules read headers the lean
 // path does not keep.
-func (s *h1Conn1) leanAllowed(q *leanReq) bool {
-	filters := s.info.chain.cfg.HTTP.RBAC
+func (s *h1Conn1) leanAllowed(rt *runtime, q *leanReq) bool {
+	filters := rt.httpRBAC(s.info)
 	for _, r := range filters {
 		if r.ReadsHeaders() {
 			return false
@@ -74,11 +75,12 @@ func (s *h1Conn1) leanAllowed(q *leanReq) bool {
 
 // authorizeConn checks a connection against its chain's network RBAC; false: close it.
 func (p *Proxy) authorizeConn(c net.Conn, info *connInfo) bool {
-	if info.chain == nil || len(info.chain.cfg.RBAC) == 0 {
+	filters := p.rt.Load().networkRBAC(info)
+	if len(filters) == 0 {
 		return true
 	}
 	req := &config.AuthzRequest{PeerID: info.peerID, Source: addrPort(c.RemoteAddr()).Addr().Unmap(), Dst: info.dst}
-	ok, policy := decideRBAC(info.chain.cfg.RBAC, req)
+	ok, policy := decideRBAC(filters, req)
 	p.metrics.observeAuthz("tcp", ok, policy, info.peerID)
 	if !ok {
 		p.log.Debug("inbound connection denied by authorization policy", "remote", c.RemoteAddr(), "client_id", info.peerID, "dst", info.dst, "policy", policy)
@@ -89,7 +91,8 @@ func (p *Proxy) authorizeConn(c net.Conn, info *connInfo) bool {
 // denyHTTP checks an inbound request against its chain's HTTP RBAC; true: it was denied and
 // answered.
 func (p *Proxy) denyHTTP(w http.ResponseWriter, r *http.Request, info *connInfo) bool {
-	if !authzOn(info) {
+	filters := p.rt.Load().httpRBAC(info)
+	if len(filters) == 0 {
 		return false
 	}
 	req := &config.AuthzRequest{
@@ -105,7 +108,7 @@ func (p *Proxy) denyHTTP(w http.ResponseWriter, r *http.Request, info *connInfo)
 			return ok || name == ":authority"
 		},
 	}
-	ok, policy := decideRBAC(info.chain.cfg.HTTP.RBAC, req)
+	ok, policy := decideRBAC(filters, req)
 	p.metrics.observeAuthz("http", ok, policy, info.peerID)
 	if ok {
 		return false

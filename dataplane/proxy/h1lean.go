@@ -102,7 +102,7 @@ func (s *h1Conn1) serveLean(head []byte) (handled, keep bool) {
 	if hr := route.HostRewrite; hr != "" && (!validHost(hr) || bytes.IndexByte([]byte(hr), '%') >= 0) {
 		return false, false
 	}
-	if authzOn(info) && !s.leanAllowed(q) { // authz.go: a denial is serveFast's to answer
+	if authzOn(rt, info) && !s.leanAllowed(rt, q) { // authz.go: a denial is serveFast's to answer
 		return false, false
 	}
 	ls.out = q.appendUpstream(ls.out[:0], route.HostRewrite)

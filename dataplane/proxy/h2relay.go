@@ -1039,7 +1039,7 @@ func (s *h2Session) route(st *h2Stream, f *http2.MetaHeadersFrame) {
 	// So does a :path that serveHTTP would route or forward differently (percent escapes, a query
 	// it cleans: h2relay_headers.go).
 	if f.PseudoValue("method") != http.MethodConnect && path != "" && path[0] == '/' && s.p.tap.on.Load() == nil &&
-		!authzOn(s.info) && !s.p.mayTrace(f.RegularFields()) && relayPathAsIs(f.PseudoValue("path")) {
+		!authzOn(rt, s.info) && !s.p.mayTrace(f.RegularFields()) && relayPathAsIs(f.PseudoValue("path")) {
 		if table := rt.routeTableFor(s.info, authority); table != nil {
 			if vh := table.match(authority); vh != nil && !vh.Extended {
 				route = matchRoute(vh, path, nil)

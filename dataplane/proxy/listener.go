@@ -226,6 +226,7 @@ func (p *Proxy) handleConn(c net.Conn, name string) {
 		}
 		p.serveHTTP1(conn, info, cs)
 	case chain.cfg.TCP != nil:
+		defer p.trackTCP(conn, info)() // authz_current.go
 		p.proxyTCP(conn, info, chain.cfg.TCP.Cluster)
 	default:
 		conn.Close()

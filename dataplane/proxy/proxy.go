@@ -80,7 +80,8 @@ type Proxy struct {
 	outbound, inbound *connServer
 	fast              fastConns // connections on the HTTP/1.1 fast path (h1server.go)
 	sessions          tlsSessions
-	tap               tapHub // open taps (tap.go)
+	tap               tapHub   // open taps (tap.go)
+	authzTCP          tcpConns // open inbound TCP connections, decided again at each Update (authz_current.go)
 	h2relay           bool
 	relays            relaySessions // the HTTP/2 relay's client connections (h2relay.go)
 }
@@ -124,7 +125,9 @@ func New(opts Options) *Proxy {
 func (p *Proxy) Update(s *config.Snapshot) {
 	p.updateMu.Lock()
 	defer p.updateMu.Unlock()
-	p.rt.Store(p.buildRuntime(s))
+	rt := p.buildRuntime(s)
+	p.rt.Store(rt)
+	p.reauthorize(rt) // authz_current.go
 	p.metrics.retain(s)
 	if s.Complete {
 		p.configuredMu.Do(func() { p.hasConfig.Store(true); close(p.configured) })

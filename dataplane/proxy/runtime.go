@@ -25,6 +25,7 @@ type listenerRT struct {
 	cfg    *config.Listener
 	chains []*chainRT
 	def    *chainRT
+	byName map[string]*chainRT // chains and def by name (authz_current.go)
 }
 
 type chainRT struct {
@@ -141,6 +142,7 @@ func (p *Proxy) buildRuntime(s *config.Snapshot) *runtime {
 		if l.Default != nil {
 			lr.def = newChainRT(l.Default)
 		}
+		lr.indexChains() // authz_current.go
 		rt.listeners[name] = lr
 	}
 	liveHosts := map[string]bool{}

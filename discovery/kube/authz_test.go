@@ -9,6 +9,8 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/client-go/dynamic"
 
 	"github.com/weftmesh/weft/conformance/kubeenv"
@@ -85,6 +87,33 @@ spec:
 			t.Errorf("%s: the apiserver accepted %q: %s", bad.name, bad.spec, out)
 		} else if !strings.Contains(err.Error(), bad.want) {
 			t.Errorf("%s: the error does not name %s: %v", bad.name, bad.want, err)
+		}
+	}
+	// Istio's fields weft does not implement are refused even from a client without strict field
+	// validation (which would otherwise see them pruned silently, and an ALLOW rule allow more).
+	gvr := schema.GroupVersionResource{Group: "policy.weft.io", Version: "v1alpha1", Resource: "authorizationpolicies"}
+	for _, bad := range []struct {
+		name string
+		rule map[string]any
+	}{
+		{"when", map[string]any{"when": []any{map[string]any{"key": "request.auth.claims[iss]", "values": []any{"x"}}}}},
+		{"hosts", map[string]any{"to": []any{map[string]any{"operation": map[string]any{"hosts": []any{"a.example"}}}}}},
+		{"notHosts", map[string]any{"to": []any{map[string]any{"operation": map[string]any{"notHosts": []any{"a.example"}}}}}},
+		{"ipBlocks", map[string]any{"from": []any{map[string]any{"source": map[string]any{"ipBlocks": []any{"10.0.0.0/8"}}}}}},
+		{"remoteIpBlocks", map[string]any{"from": []any{map[string]any{"source": map[string]any{"remoteIpBlocks": []any{"10.0.0.0/8"}}}}}},
+		{"notRequestPrincipals", map[string]any{"from": []any{map[string]any{"source": map[string]any{"notRequestPrincipals": []any{"*"}}}}}},
+	} {
+		obj := &unstructured.Unstructured{Object: map[string]any{
+			"apiVersion": "policy.weft.io/v1alpha1", "kind": "AuthorizationPolicy",
+			"metadata": map[string]any{"name": "unsupported", "namespace": ns},
+			"spec":     map[string]any{"rules": []any{bad.rule}},
+		}}
+		_, err := dyn.Resource(gvr).Namespace(ns).Create(kctx, obj, metav1.CreateOptions{FieldValidation: "Ignore"})
+		if err == nil {
+			_ = dyn.Resource(gvr).Namespace(ns).Delete(kctx, "unsupported", metav1.DeleteOptions{})
+			t.Errorf("%s: the apiserver accepted it (without strict field validation)", bad.name)
+		} else if !strings.Contains(err.Error(), bad.name) || !strings.Contains(err.Error(), "not supported by weft") {
+			t.Errorf("%s: the error does not say it is unsupported: %v", bad.name, err)
 		}
 	}
 
