@@ -30,6 +30,14 @@ import (
 //     debug.FreeOSMemory once start-up is done raised it by 0.6–1 MB instead (start-up garbage is only
 //     ~0.45 MB, scattered over spans that stay in use), and so did a GC percent of 25 during start-up
 //     (+1 MB, same run: the collector's own metadata and workers cost more than the garbage it frees).
+//   - Session 7's features (the HTTP/2 frame relay, tap, tracing, route filters, RBAC) added 719 KB to
+//     the loaded image (text+rodata+pclntab+data, 10.87 -> 11.59 MB) and ~0.6 MB of RssFile: the relay
+//     and the features' own code in dataplane/proxy and dataplane/config (~2/3), golang.org/x/net/http2's
+//     Framer with hpack, httpguts, idna and x/text/unicode/norm (~130 KB: net/http's bundled copies are
+//     not importable), the larger slim descriptors (rbac.proto) and tap/v1. Writing OTLP with protowire
+//     (dataplane/tracing), sort.Slice for struct slices (each slices.SortFunc of a struct type links its
+//     own ~15 KB pdqsort) and data tables instead of map literals took 152 KB of it back. Anonymous
+//     memory grew ~0.2 MB: protobuf-go's set-up of the bigger slim messages, descriptor registration.
 //   - A scraped sidecar grows towards the GC's 4 MB minimum heap: each /metrics scrape allocates
 //     ~55 KB (it was ~230 KB with client_golang's Go and process collectors, which also linked ~1 MB
 //     of resident binary: dataplane/proxy/metrics.go); --gc-percent scales that minimum.

@@ -4,10 +4,13 @@ package config
 // and whether the proxy ignores them, by slim message name.
 func RouteUnknownFields() map[string]map[int32]string {
 	out := map[string]map[int32]string{}
-	for msg, fs := range routeUnknowns {
-		out[string(msg)] = map[int32]string{}
-		for n, f := range fs {
-			out[string(msg)][int32(n)] = f.name
+	for _, f := range routeUnknowns {
+		msg := slimPackage + f.msg
+		if out[msg] == nil {
+			out[msg] = map[int32]string{}
+		}
+		if f.num != 0 {
+			out[msg][int32(f.num)] = f.name
 		}
 	}
 	return out

@@ -17,95 +17,140 @@ import (
 // TestUnknownFieldTables (wire_test.go) checks these tables against go-control-plane's descriptors, so
 // every Envoy field of these messages is either read, or named here.
 
-// unknownField names a field of Envoy's that the slim message lacks; ignore says that the proxy may
-// ignore it.
+// unknownField names a field of Envoy's that the slim message msg lacks; ignore says that the proxy
+// may ignore it.
 type unknownField struct {
+	msg    string
+	num    protowire.Number
 	name   string
 	ignore bool
 }
 
-// routeUnknowns lists, per message of the route configuration, Envoy's fields the slim one lacks.
-// A message not listed here (or a number not listed) is refused whenever it carries an unknown field.
-var routeUnknowns = map[protoreflect.FullName]map[protowire.Number]unknownField{
-	"weft.dataplane.envoy.v3.RouteConfiguration": {
-		3: {"internal_only_headers", false}, 7: {"validate_clusters", true}, 9: {"vhds", false},
-		11: {"max_direct_response_body_size_bytes", false}, 12: {"cluster_specifier_plugins", false},
-		13: {"request_mirror_policies", false}, 14: {"ignore_port_in_host_matching", false},
-		15: {"ignore_path_parameters_in_path_matching", false}, 16: {"typed_per_filter_config", false},
-		17: {"metadata", true}, 18: {"vhost_header", false}, 19: {"route_specifiers", false},
-	},
-	"weft.dataplane.envoy.v3.VirtualHost": {
-		4: {"require_tls", false}, 5: {"virtual_clusters", true}, 6: {"rate_limits", false}, 8: {"cors", false},
-		14: {"include_request_attempt_count", false}, 15: {"typed_per_filter_config", false},
-		17: {"hedge_policy", false}, 18: {"per_request_buffer_limit_bytes", true},
-		19: {"include_attempt_count_in_response", false}, 20: {"retry_policy_typed_config", false},
-		21: {"matcher", false}, 22: {"request_mirror_policies", false}, 23: {"include_is_timeout_retry_header", false},
-		24: {"metadata", true}, 25: {"request_body_buffer_limit", true}, 26: {"route_specifiers", false},
-	},
-	"weft.dataplane.envoy.v3.Route": {
-		4: {"metadata", true}, 5: {"decorator", true}, 13: {"typed_per_filter_config", false}, 15: {"tracing", true},
-		16: {"per_request_buffer_limit_bytes", true}, 17: {"filter_action", false}, 18: {"non_forwarding_action", false},
-		19: {"stat_prefix", true}, 20: {"request_body_buffer_limit", true}, 21: {"route_specifiers", false},
-	},
-	"weft.dataplane.envoy.v3.RouteMatch": {
-		9: {"runtime_fraction", false}, 11: {"tls_context", false}, 12: {"connect_matcher", false},
-		13: {"dynamic_metadata", false}, 15: {"path_match_policy", false}, 16: {"filter_state", false}, 17: {"cookies", false},
-	},
-	"weft.dataplane.envoy.v3.HeaderMatcher": {
-		6: {"range_match", false},
-	},
-	"weft.dataplane.envoy.v3.QueryParameterMatcher": {},
-	"weft.dataplane.envoy.v3.StringMatcher": {
-		8: {"custom", false},
-	},
-	"weft.dataplane.envoy.v3.RegexMatcher": {
-		1: {"google_re2", true}, // deprecated engine options; the regex is RE2 either way
-	},
-	"weft.dataplane.envoy.v3.RegexMatchAndSubstitute": {},
-	"weft.dataplane.envoy.v3.RouteAction": {
-		2: {"cluster_header", false}, 4: {"metadata_match", false}, 7: {"auto_host_rewrite", false},
-		11: {"priority", false}, 13: {"rate_limits", false}, 14: {"include_vh_rate_limits", true},
-		15: {"hash_policy", false}, 17: {"cors", false}, 20: {"cluster_not_found_response_code", false},
-		23: {"max_grpc_timeout", false}, 24: {"idle_timeout", false}, 25: {"upgrade_configs", false},
-		26: {"internal_redirect_action", false}, 27: {"hedge_policy", false}, 28: {"grpc_timeout_offset", false},
-		29: {"host_rewrite_header", false}, 31: {"max_internal_redirects", false}, 33: {"retry_policy_typed_config", false},
-		34: {"internal_redirect_policy", false}, 35: {"host_rewrite_path_regex", false},
-		37: {"cluster_specifier_plugin", false}, 38: {"append_x_forwarded_host", false},
-		39: {"inline_cluster_specifier_plugin", false}, 40: {"early_data_policy", true},
-		41: {"path_rewrite_policy", false}, 42: {"flush_timeout", false}, 44: {"host_rewrite", false},
-		45: {"path_rewrite", false},
-	},
-	"weft.dataplane.envoy.v3.RouteAction.RequestMirrorPolicy": {
-		4: {"trace_sampled", true}, 5: {"cluster_header", false}, 7: {"request_headers_mutations", false},
-	},
-	"weft.dataplane.envoy.v3.RouteAction.MaxStreamDuration": {},
-	"weft.dataplane.envoy.v3.RuntimeFractionalPercent": {
-		2: {"runtime_key", true}, // no runtime: the default value is the value
-	},
-	"weft.dataplane.envoy.v3.FractionalPercent": {},
-	"weft.dataplane.envoy.v3.RedirectAction": {
-		10: {"path_rewrite", false},
-	},
-	"weft.dataplane.envoy.v3.DirectResponseAction": {
-		3: {"body_format", false},
-	},
-	"weft.dataplane.envoy.v3.DataSource": {
-		4: {"environment_variable", false}, 5: {"watched_directory", false},
-	},
-	"weft.dataplane.envoy.v3.WeightedCluster": {
-		2: {"runtime_key_prefix", true}, 4: {"header_name", false}, 5: {"use_hash_policy", false},
-	},
-	"weft.dataplane.envoy.v3.WeightedCluster.ClusterWeight": {
-		3: {"metadata_match", false}, 10: {"typed_per_filter_config", false}, 12: {"cluster_header", false},
-	},
-	"weft.dataplane.envoy.v3.HeaderValueOption": {},
-	"weft.dataplane.envoy.v3.HeaderValue":       {},
-	"weft.dataplane.envoy.v3.RetryPolicy": {
-		4: {"retry_priority", false}, 5: {"retry_host_predicate", false}, 6: {"host_selection_retry_max_attempts", false},
-		9: {"retriable_headers", false}, 10: {"retriable_request_headers", false}, 11: {"rate_limited_retry_back_off", false},
-		12: {"retry_options_predicates", false}, 13: {"per_try_idle_timeout", false}, 14: {"refresh_cluster_on_retry", false},
-	},
-	"weft.dataplane.envoy.v3.RetryPolicy.RetryBackOff": {},
+// lookupUnknown finds field num of message msg (a full name) in routeUnknowns.
+func lookupUnknown(msg string, num protowire.Number) (unknownField, bool) {
+	msg = strings.TrimPrefix(msg, slimPackage)
+	for _, f := range routeUnknowns {
+		if f.msg == msg && f.num == num && num != 0 {
+			return f, true
+		}
+	}
+	return unknownField{}, false
+}
+
+const slimPackage = "weft.dataplane.envoy.v3."
+
+// routeUnknowns lists, per message of the route configuration (its name without the package
+// weft.dataplane.envoy.v3.), Envoy's fields the slim one lacks; a message whose slim form lacks none
+// has one entry of number 0. A message not listed here (or a number not listed) is refused whenever it
+// carries an unknown field. An array of constants rather than maps: the linker lays it out as data,
+// where maps would be built by ~7 KB of init code into heap that every sidecar keeps.
+var routeUnknowns = [...]unknownField{
+	{"RouteConfiguration", 3, "internal_only_headers", false},
+	{"RouteConfiguration", 7, "validate_clusters", true},
+	{"RouteConfiguration", 9, "vhds", false},
+	{"RouteConfiguration", 11, "max_direct_response_body_size_bytes", false},
+	{"RouteConfiguration", 12, "cluster_specifier_plugins", false},
+	{"RouteConfiguration", 13, "request_mirror_policies", false},
+	{"RouteConfiguration", 14, "ignore_port_in_host_matching", false},
+	{"RouteConfiguration", 15, "ignore_path_parameters_in_path_matching", false},
+	{"RouteConfiguration", 16, "typed_per_filter_config", false},
+	{"RouteConfiguration", 17, "metadata", true},
+	{"RouteConfiguration", 18, "vhost_header", false},
+	{"RouteConfiguration", 19, "route_specifiers", false},
+	{"VirtualHost", 4, "require_tls", false},
+	{"VirtualHost", 5, "virtual_clusters", true},
+	{"VirtualHost", 6, "rate_limits", false},
+	{"VirtualHost", 8, "cors", false},
+	{"VirtualHost", 14, "include_request_attempt_count", false},
+	{"VirtualHost", 15, "typed_per_filter_config", false},
+	{"VirtualHost", 17, "hedge_policy", false},
+	{"VirtualHost", 18, "per_request_buffer_limit_bytes", true},
+	{"VirtualHost", 19, "include_attempt_count_in_response", false},
+	{"VirtualHost", 20, "retry_policy_typed_config", false},
+	{"VirtualHost", 21, "matcher", false},
+	{"VirtualHost", 22, "request_mirror_policies", false},
+	{"VirtualHost", 23, "include_is_timeout_retry_header", false},
+	{"VirtualHost", 24, "metadata", true},
+	{"VirtualHost", 25, "request_body_buffer_limit", true},
+	{"VirtualHost", 26, "route_specifiers", false},
+	{"Route", 4, "metadata", true},
+	{"Route", 5, "decorator", true},
+	{"Route", 13, "typed_per_filter_config", false},
+	{"Route", 15, "tracing", true},
+	{"Route", 16, "per_request_buffer_limit_bytes", true},
+	{"Route", 17, "filter_action", false},
+	{"Route", 18, "non_forwarding_action", false},
+	{"Route", 19, "stat_prefix", true},
+	{"Route", 20, "request_body_buffer_limit", true},
+	{"Route", 21, "route_specifiers", false},
+	{"RouteMatch", 9, "runtime_fraction", false},
+	{"RouteMatch", 11, "tls_context", false},
+	{"RouteMatch", 12, "connect_matcher", false},
+	{"RouteMatch", 13, "dynamic_metadata", false},
+	{"RouteMatch", 15, "path_match_policy", false},
+	{"RouteMatch", 16, "filter_state", false},
+	{"RouteMatch", 17, "cookies", false},
+	{"HeaderMatcher", 6, "range_match", false},
+	{"QueryParameterMatcher", 0, "", false},
+	{"StringMatcher", 8, "custom", false},
+	{"RegexMatcher", 1, "google_re2", true}, // deprecated engine options; the regex is RE2 either way
+	{"RegexMatchAndSubstitute", 0, "", false},
+	{"RouteAction", 2, "cluster_header", false},
+	{"RouteAction", 4, "metadata_match", false},
+	{"RouteAction", 7, "auto_host_rewrite", false},
+	{"RouteAction", 11, "priority", false},
+	{"RouteAction", 13, "rate_limits", false},
+	{"RouteAction", 14, "include_vh_rate_limits", true},
+	{"RouteAction", 15, "hash_policy", false},
+	{"RouteAction", 17, "cors", false},
+	{"RouteAction", 20, "cluster_not_found_response_code", false},
+	{"RouteAction", 23, "max_grpc_timeout", false},
+	{"RouteAction", 24, "idle_timeout", false},
+	{"RouteAction", 25, "upgrade_configs", false},
+	{"RouteAction", 26, "internal_redirect_action", false},
+	{"RouteAction", 27, "hedge_policy", false},
+	{"RouteAction", 28, "grpc_timeout_offset", false},
+	{"RouteAction", 29, "host_rewrite_header", false},
+	{"RouteAction", 31, "max_internal_redirects", false},
+	{"RouteAction", 33, "retry_policy_typed_config", false},
+	{"RouteAction", 34, "internal_redirect_policy", false},
+	{"RouteAction", 35, "host_rewrite_path_regex", false},
+	{"RouteAction", 37, "cluster_specifier_plugin", false},
+	{"RouteAction", 38, "append_x_forwarded_host", false},
+	{"RouteAction", 39, "inline_cluster_specifier_plugin", false},
+	{"RouteAction", 40, "early_data_policy", true},
+	{"RouteAction", 41, "path_rewrite_policy", false},
+	{"RouteAction", 42, "flush_timeout", false},
+	{"RouteAction", 44, "host_rewrite", false},
+	{"RouteAction", 45, "path_rewrite", false},
+	{"RouteAction.RequestMirrorPolicy", 4, "trace_sampled", true},
+	{"RouteAction.RequestMirrorPolicy", 5, "cluster_header", false},
+	{"RouteAction.RequestMirrorPolicy", 7, "request_headers_mutations", false},
+	{"RouteAction.MaxStreamDuration", 0, "", false},
+	{"RuntimeFractionalPercent", 2, "runtime_key", true}, // no runtime: the default value is the value
+	{"FractionalPercent", 0, "", false},
+	{"RedirectAction", 10, "path_rewrite", false},
+	{"DirectResponseAction", 3, "body_format", false},
+	{"DataSource", 4, "environment_variable", false},
+	{"DataSource", 5, "watched_directory", false},
+	{"WeightedCluster", 2, "runtime_key_prefix", true},
+	{"WeightedCluster", 4, "header_name", false},
+	{"WeightedCluster", 5, "use_hash_policy", false},
+	{"WeightedCluster.ClusterWeight", 3, "metadata_match", false},
+	{"WeightedCluster.ClusterWeight", 10, "typed_per_filter_config", false},
+	{"WeightedCluster.ClusterWeight", 12, "cluster_header", false},
+	{"HeaderValueOption", 0, "", false},
+	{"HeaderValue", 0, "", false},
+	{"RetryPolicy", 4, "retry_priority", false},
+	{"RetryPolicy", 5, "retry_host_predicate", false},
+	{"RetryPolicy", 6, "host_selection_retry_max_attempts", false},
+	{"RetryPolicy", 9, "retriable_headers", false},
+	{"RetryPolicy", 10, "retriable_request_headers", false},
+	{"RetryPolicy", 11, "rate_limited_retry_back_off", false},
+	{"RetryPolicy", 12, "retry_options_predicates", false},
+	{"RetryPolicy", 13, "per_try_idle_timeout", false},
+	{"RetryPolicy", 14, "refresh_cluster_on_retry", false},
+	{"RetryPolicy.RetryBackOff", 0, "", false},
 }
 
 // checkUnknown refuses m when it, or a message within it, carries an unknown field the proxy may not
@@ -117,18 +162,17 @@ func checkUnknown(m proto.Message) error {
 
 func walkUnknown(m protoreflect.Message, path string) error {
 	d := m.Descriptor()
-	if !strings.HasPrefix(string(d.FullName()), "weft.dataplane.envoy.v3.") {
+	if !strings.HasPrefix(string(d.FullName()), slimPackage) {
 		return nil // google.protobuf's well-known types: complete
 	}
 	if u := m.GetUnknown(); len(u) > 0 {
-		known := routeUnknowns[d.FullName()]
 		for len(u) > 0 {
 			num, _, n := protowire.ConsumeField(u)
 			if n < 0 {
 				return fmt.Errorf("%s: malformed unknown field", where(path, d))
 			}
 			u = u[n:]
-			f, ok := known[num]
+			f, ok := lookupUnknown(string(d.FullName()), num)
 			switch {
 			case ok && f.ignore:
 				continue

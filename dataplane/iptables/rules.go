@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"sort"
 	"strconv"
 	"strings"
 )
@@ -170,11 +171,13 @@ func (o Options) normalize() (Options, error) {
 		}
 		subnets = append(subnets, netip.PrefixFrom(p.Addr().Unmap(), bits).Masked())
 	}
-	slices.SortFunc(subnets, func(a, b netip.Prefix) int {
-		if c := a.Addr().Compare(b.Addr()); c != 0 {
-			return c
+	// sort.Slice, not slices.SortFunc: a generic sort of a struct type links its own copy of the sort
+	// into weft-proxy (resident in every sidecar); sort.Slice is linked anyway.
+	sort.Slice(subnets, func(i, j int) bool {
+		if c := subnets[i].Addr().Compare(subnets[j].Addr()); c != 0 {
+			return c < 0
 		}
-		return a.Bits() - b.Bits()
+		return subnets[i].Bits() < subnets[j].Bits()
 	})
 	o.SkipSubnets = slices.Compact(subnets)
 	return o, nil
@@ -191,11 +194,11 @@ func normalizePorts(what string, in []PortRange) ([]PortRange, error) {
 		}
 		out = append(out, r)
 	}
-	slices.SortFunc(out, func(a, b PortRange) int {
-		if a.From != b.From {
-			return int(a.From) - int(b.From)
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].From != out[j].From {
+			return out[i].From < out[j].From
 		}
-		return int(a.To) - int(b.To)
+		return out[i].To < out[j].To
 	})
 	return slices.Compact(out), nil
 }

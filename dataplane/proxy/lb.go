@@ -3,7 +3,7 @@ package proxy
 import (
 	"hash/fnv"
 	"math/rand/v2"
-	"slices"
+	"sort"
 	"strconv"
 	"time"
 
@@ -87,28 +87,14 @@ func buildRing(hosts []*host) []ringEntry {
 			ring = append(ring, ringEntry{hash: f.Sum64(), h: h})
 		}
 	}
-	slices.SortFunc(ring, func(a, b ringEntry) int {
-		switch {
-		case a.hash < b.hash:
-			return -1
-		case a.hash > b.hash:
-			return 1
-		}
-		return 0
-	})
+	// sort.Slice, not slices.SortFunc: a generic sort of a struct type links its own ~15 KB copy of
+	// pdqsort (resident in every sidecar); sort.Slice is linked anyway.
+	sort.Slice(ring, func(i, j int) bool { return ring[i].hash < ring[j].hash })
 	return ring
 }
 
 func (c *clusterRT) ringLookup(key uint64) *host {
-	i, _ := slices.BinarySearchFunc(c.ring, key, func(e ringEntry, k uint64) int {
-		switch {
-		case e.hash < k:
-			return -1
-		case e.hash > k:
-			return 1
-		}
-		return 0
-	})
+	i := sort.Search(len(c.ring), func(i int) bool { return c.ring[i].hash >= key })
 	if i == len(c.ring) {
 		i = 0
 	}

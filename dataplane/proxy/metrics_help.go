@@ -40,9 +40,6 @@ func RegisterHelp(family, text string) {
 	help.Lock()
 	help.m[family] = text
 	help.Unlock()
-	helpLines.Lock()
-	delete(helpLines.m, family)
-	helpLines.Unlock()
 }
 
 func helpOf(family string) string {
@@ -110,25 +107,47 @@ func (h *helpWriter) Write(p []byte) (int, error) {
 
 var helpPrefix = []byte("# HELP ")
 
-// helpLines caches each family's whole HELP line, so that a scrape allocates none.
-var helpLines = struct {
-	sync.RWMutex
-	m map[string][]byte
-}{m: map[string][]byte{}}
-
-func helpLine(fam []byte) []byte {
-	helpLines.RLock()
-	l, ok := helpLines.m[string(fam)]
-	helpLines.RUnlock()
+// writeHelp writes family's whole HELP line in pieces: nothing is allocated, and nothing is kept (a
+// cache of the lines was ~20 KB of heap in every scraped sidecar).
+func (h *helpWriter) writeHelp(fam []byte) {
+	help.RLock()
+	text, ok := help.m[string(fam)]
+	help.RUnlock()
+	h.write(helpPrefix)
+	h.write(fam)
 	if ok {
-		return l
+		h.writeString(" ")
+		h.writeString(text)
+	} else {
+		// The library's other process and Go runtime families: as helpOf says them.
+		switch {
+		case bytes.HasPrefix(fam, []byte("go_")):
+			h.writeString(" Go runtime metric ")
+			h.write(fam)
+			h.writeString(" of weft-proxy.")
+		case bytes.HasPrefix(fam, []byte("process_")):
+			h.writeString(" Process metric ")
+			h.write(fam)
+			h.writeString(" of weft-proxy.")
+		default:
+			h.writeString(" weft-proxy metric ")
+			h.write(fam)
+			h.writeString(".")
+		}
 	}
-	f := string(fam)
-	l = []byte("# HELP " + f + " " + helpOf(f) + "\n")
-	helpLines.Lock()
-	helpLines.m[f] = l
-	helpLines.Unlock()
-	return l
+	h.writeString("\n")
+}
+
+func (h *helpWriter) write(b []byte) {
+	if h.err == nil {
+		_, h.err = h.w.Write(b)
+	}
+}
+
+func (h *helpWriter) writeString(s string) {
+	if h.err == nil {
+		_, h.err = io.WriteString(h.w, s)
+	}
 }
 
 // line writes one line (with its line feed, except maybe the last).
@@ -137,7 +156,7 @@ func (h *helpWriter) line(l []byte) {
 		return
 	}
 	if fam, ok := bytes.CutPrefix(bytes.TrimRight(l, "\n"), helpPrefix); ok && bytes.IndexByte(fam, ' ') < 0 {
-		_, h.err = h.w.Write(helpLine(fam))
+		h.writeHelp(fam)
 		return
 	}
 	_, h.err = h.w.Write(l)

@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"regexp"
 	"strings"
 
 	"github.com/weftmesh/weft/dataplane/config"
@@ -25,16 +24,34 @@ func (w Workload) labels() []string {
 	return []string{"namespace", w.Namespace, "pod", w.Pod, "deployment", dep}
 }
 
-// podOfReplicaSet is a Deployment's pod name: <deployment>-<pod-template-hash>-<5 random>, both suffixes
-// from Kubernetes' safe alphabet (k8s.io/apimachinery/pkg/util/rand: no vowels, no 0, 1, 3).
-var podOfReplicaSet = regexp.MustCompile(`^(.+)-[bcdfghjklmnpqrstvwxz2456789]{5,10}-[bcdfghjklmnpqrstvwxz2456789]{5}$`)
-
-// DeploymentOf derives a pod's Deployment from its name ("" when the name is not a Deployment's pod).
+// DeploymentOf derives a pod's Deployment from its name ("" when the name is not a Deployment's pod):
+// a Deployment's pod is named <deployment>-<pod-template-hash>-<5 random>, the hash 5 to 10 and the
+// suffix 5 characters of Kubernetes' safe alphabet (k8s.io/apimachinery/pkg/util/rand: no vowels, no
+// 0, 1, 3). Matched by hand, not with a package-level regexp: that one was compiled at start-up into
+// ~10 KB of heap every sidecar kept.
 func DeploymentOf(pod string) string {
-	if m := podOfReplicaSet.FindStringSubmatch(pod); m != nil {
-		return m[1]
+	i := strings.LastIndexByte(pod, '-')
+	if i < 0 || !safeAlphabet(pod[i+1:], 5, 5) {
+		return ""
 	}
-	return ""
+	j := strings.LastIndexByte(pod[:i], '-')
+	if j < 1 || !safeAlphabet(pod[j+1:i], 5, 10) {
+		return ""
+	}
+	return pod[:j]
+}
+
+// safeAlphabet reports whether s has min to max characters, all of Kubernetes' safe alphabet.
+func safeAlphabet(s string, minLen, maxLen int) bool {
+	if len(s) < minLen || len(s) > maxLen {
+		return false
+	}
+	for i := range len(s) {
+		if !strings.ContainsRune("bcdfghjklmnpqrstvwxz2456789", rune(s[i])) {
+			return false
+		}
+	}
+	return true
 }
 
 // clusterService reads the destination Service of a cluster named

@@ -3,6 +3,7 @@ package proxy
 import (
 	"io"
 	"net/http"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -19,9 +20,25 @@ func TestDeploymentOf(t *testing.T) {
 		"web-0":                     "", // a StatefulSet's
 		"web":                       "",
 		"web-7d9c5b8f6d-xaeiq":      "", // vowels are not in Kubernetes' suffix alphabet
+		"a-b-7d9c5b8f6d-x2k4q":      "a-b",
+		"web-7d9c-x2k4q":            "", // a hash of 4
+		"web-7d9c5b8f6dz-x2k4q":     "", // a hash of 11
+		"web-7d9c5-x2k4q":           "web",
+		"web-7d9c5b8f6d-x2k4qz":     "", // a suffix of 6
+		"-7d9c5b8f6d-x2k4q":         "", // no Deployment name
+		"web--x2k4q":                "",
+		"web-7d9a5b8f6d-x2k4q":      "", // a vowel in the hash
 	} {
 		if got := DeploymentOf(pod); got != want {
 			t.Errorf("DeploymentOf(%q) = %q, want %q", pod, got, want)
+		}
+		// The regular expression DeploymentOf replaced, as the reference.
+		ref := ""
+		if m := regexp.MustCompile(`^(.+)-[bcdfghjklmnpqrstvwxz2456789]{5,10}-[bcdfghjklmnpqrstvwxz2456789]{5}$`).FindStringSubmatch(pod); m != nil {
+			ref = m[1]
+		}
+		if got := DeploymentOf(pod); got != ref {
+			t.Errorf("DeploymentOf(%q) = %q, the regular expression's %q", pod, got, ref)
 		}
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"net/http"
 	"net/netip"
 	"slices"
+	"sort"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -69,9 +70,10 @@ func newRouteTable(rc *config.RouteConfig) *routeTable {
 			}
 		}
 	}
-	byLen := func(a, b wild) int { return len(b.s) - len(a.s) }
-	slices.SortStableFunc(t.suffixes, byLen)
-	slices.SortStableFunc(t.prefixes, byLen)
+	// Longest first, in order otherwise. sort.SliceStable, not slices.SortStableFunc: a generic sort
+	// of a struct type links its own copy of the sort (resident in every sidecar).
+	sort.SliceStable(t.suffixes, func(i, j int) bool { return len(t.suffixes[i].s) > len(t.suffixes[j].s) })
+	sort.SliceStable(t.prefixes, func(i, j int) bool { return len(t.prefixes[i].s) > len(t.prefixes[j].s) })
 	return t
 }
 

@@ -18,19 +18,16 @@ import (
 	"sync/atomic"
 	"time"
 
-	commonpb "go.opentelemetry.io/proto/otlp/common/v1"
-	resourcepb "go.opentelemetry.io/proto/otlp/resource/v1"
-	tracepb "go.opentelemetry.io/proto/otlp/trace/v1"
 	"google.golang.org/protobuf/encoding/protowire"
-	"google.golang.org/protobuf/proto"
 )
 
 // Kind is a span's kind: the inbound proxy's span serves (SERVER), the outbound proxy's calls (CLIENT).
+// The values are opentelemetry.proto.trace.v1.Span.SpanKind's.
 type Kind int32
 
 const (
-	Server Kind = Kind(tracepb.Span_SPAN_KIND_SERVER)
-	Client Kind = Kind(tracepb.Span_SPAN_KIND_CLIENT)
+	Server Kind = 2 // SPAN_KIND_SERVER
+	Client Kind = 3 // SPAN_KIND_CLIENT
 )
 
 // Attr is one span attribute: a string, or an integer when Str is empty and IsInt is set.
@@ -85,8 +82,8 @@ type Options struct {
 type Exporter struct {
 	url        string
 	sampleRate float64
-	resource   *resourcepb.Resource
-	scope      *commonpb.InstrumentationScope
+	resource   []byte // the encoded opentelemetry.proto.resource.v1.Resource
+	scope      []byte // the encoded opentelemetry.proto.common.v1.InstrumentationScope
 	batch      int
 	interval   time.Duration
 	client     *http.Client
@@ -134,8 +131,8 @@ func New(o Options) (*Exporter, error) {
 	e := &Exporter{
 		url:        u,
 		sampleRate: o.SampleRate,
-		resource:   &resourcepb.Resource{Attributes: keyValues(o.Resource)},
-		scope:      &commonpb.InstrumentationScope{Name: o.ScopeName, Version: o.ScopeVersion},
+		resource:   appendKeyValues(nil, 1, o.Resource),
+		scope:      appendString(appendString(nil, 1, o.ScopeName), 2, o.ScopeVersion),
 		batch:      o.BatchSize,
 		interval:   o.Interval,
 		client:     o.Client,
@@ -261,57 +258,92 @@ func (e *Exporter) export(ctx context.Context, spans []*Span) error {
 }
 
 // Encode is the body of an OTLP/HTTP export of spans: an
-// opentelemetry.proto.collector.trace.v1.ExportTraceServiceRequest, whose one field
-// (resource_spans = 1) is written here so that the collector package (which links grpc-go) is not.
+// opentelemetry.proto.collector.trace.v1.ExportTraceServiceRequest with one ResourceSpans holding one
+// ScopeSpans. It is written field by field with protowire, so that weft-proxy links none of the OTLP
+// Go packages (their descriptors, types and registration cost resident memory in every sidecar:
+// docs/design.md); the tests decode it with those packages. Field numbers are OTLP's
+// (opentelemetry/proto/trace/v1/trace.proto, common/v1/common.proto, resource/v1/resource.proto).
 func (e *Exporter) Encode(spans []*Span) ([]byte, error) {
-	ps := make([]*tracepb.Span, len(spans))
-	for i, s := range spans {
-		ps[i] = s.proto()
+	ss := appendMessage(nil, 1, e.scope) // ScopeSpans.scope
+	var sp []byte
+	for _, s := range spans {
+		sp = s.appendProto(sp[:0])
+		ss = appendMessage(ss, 2, sp) // spans
 	}
-	rs := &tracepb.ResourceSpans{
-		Resource:   e.resource,
-		ScopeSpans: []*tracepb.ScopeSpans{{Scope: e.scope, Spans: ps}},
-	}
-	b, err := proto.Marshal(rs)
-	if err != nil {
-		return nil, err
-	}
-	out := protowire.AppendTag(make([]byte, 0, len(b)+8), 1, protowire.BytesType)
-	return protowire.AppendBytes(out, b), nil
+	rs := appendMessage(nil, 1, e.resource)                      // ResourceSpans.resource
+	rs = appendMessage(rs, 2, ss)                                // scope_spans
+	return appendMessage(make([]byte, 0, len(rs)+8), 1, rs), nil // resource_spans
 }
 
-func (s *Span) proto() *tracepb.Span {
-	p := &tracepb.Span{
-		TraceId:           s.Context.TraceID[:],
-		SpanId:            s.Context.SpanID[:],
-		Name:              s.Name,
-		Kind:              tracepb.Span_SpanKind(s.Kind),
-		StartTimeUnixNano: uint64(s.Start.UnixNano()), // #nosec G115 -- times after 1970
-		EndTimeUnixNano:   uint64(s.End.UnixNano()),   // #nosec G115 -- times after 1970
-		Attributes:        keyValues(s.Attrs),
-	}
+// appendProto appends s as an opentelemetry.proto.trace.v1.Span.
+func (s *Span) appendProto(b []byte) []byte {
+	b = appendBytes(b, 1, s.Context.TraceID[:]) // trace_id
+	b = appendBytes(b, 2, s.Context.SpanID[:])  // span_id
 	if s.Parent != [8]byte{} {
-		p.ParentSpanId = s.Parent[:]
+		b = appendBytes(b, 4, s.Parent[:]) // parent_span_id
+	}
+	b = appendString(b, 5, s.Name) // name
+	if s.Kind != 0 {
+		b = protowire.AppendTag(b, 6, protowire.VarintType) // kind
+		b = protowire.AppendVarint(b, uint64(s.Kind))       // #nosec G115 -- 2 or 3
+	}
+	b = protowire.AppendTag(b, 7, protowire.Fixed64Type)       // start_time_unix_nano
+	b = protowire.AppendFixed64(b, uint64(s.Start.UnixNano())) // #nosec G115 -- times after 1970
+	b = protowire.AppendTag(b, 8, protowire.Fixed64Type)       // end_time_unix_nano
+	b = protowire.AppendFixed64(b, uint64(s.End.UnixNano()))   // #nosec G115 -- times after 1970
+	b = appendKeyValues(b, 9, s.Attrs)                         // attributes
+	if s.Error {
+		var st []byte                                         // Status
+		st = appendString(st, 2, s.Message)                   // message
+		st = protowire.AppendTag(st, 3, protowire.VarintType) // code
+		st = protowire.AppendVarint(st, 2)                    // STATUS_CODE_ERROR
+		b = appendMessage(b, 15, st)                          // status
 	}
 	if s.Context.Sampled {
-		p.Flags = 1 // W3C trace flags: sampled
+		b = protowire.AppendTag(b, 16, protowire.Fixed32Type) // flags
+		b = protowire.AppendFixed32(b, 1)                     // W3C trace flags: sampled
 	}
-	if s.Error {
-		p.Status = &tracepb.Status{Code: tracepb.Status_STATUS_CODE_ERROR, Message: s.Message}
-	}
-	return p
+	return b
 }
 
-func keyValues(attrs []Attr) []*commonpb.KeyValue {
-	kv := make([]*commonpb.KeyValue, 0, len(attrs))
+// appendKeyValues appends attrs as repeated opentelemetry.proto.common.v1.KeyValue field num.
+func appendKeyValues(b []byte, num protowire.Number, attrs []Attr) []byte {
+	var kv, v []byte
 	for _, a := range attrs {
-		v := &commonpb.AnyValue{Value: &commonpb.AnyValue_StringValue{StringValue: a.Str}}
+		v = v[:0] // AnyValue
 		if a.IsInt {
-			v = &commonpb.AnyValue{Value: &commonpb.AnyValue_IntValue{IntValue: a.Int}}
+			v = protowire.AppendTag(v, 3, protowire.VarintType) // int_value
+			v = protowire.AppendVarint(v, uint64(a.Int))        // #nosec G115 -- int64 as protobuf's varint
+		} else {
+			v = protowire.AppendTag(v, 1, protowire.BytesType) // string_value (also when empty: the oneof is set)
+			v = protowire.AppendString(v, a.Str)
 		}
-		kv = append(kv, &commonpb.KeyValue{Key: a.Key, Value: v})
+		kv = appendString(kv[:0], 1, a.Key) // key
+		kv = appendMessage(kv, 2, v)        // value
+		b = appendMessage(b, num, kv)
 	}
-	return kv
+	return b
+}
+
+// appendString appends a proto3 string field, nothing when empty (its default).
+func appendString(b []byte, num protowire.Number, s string) []byte {
+	if s == "" {
+		return b
+	}
+	b = protowire.AppendTag(b, num, protowire.BytesType)
+	return protowire.AppendString(b, s)
+}
+
+// appendBytes appends a proto3 bytes field.
+func appendBytes(b []byte, num protowire.Number, v []byte) []byte {
+	b = protowire.AppendTag(b, num, protowire.BytesType)
+	return protowire.AppendBytes(b, v)
+}
+
+// appendMessage appends an encoded message as field num (also when empty: the field is present).
+func appendMessage(b []byte, num protowire.Number, m []byte) []byte {
+	b = protowire.AppendTag(b, num, protowire.BytesType)
+	return protowire.AppendBytes(b, m)
 }
 
 // NewTraceID and NewSpanID are random ids (never all zeros) from math/rand/v2's randomly seeded

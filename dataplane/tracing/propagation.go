@@ -3,8 +3,9 @@
 // records the proxy's own spans, and exports them with OTLP over HTTP (protobuf POST /v1/traces) in
 // batches from a bounded queue.
 //
-// It links the OTLP trace messages (go.opentelemetry.io/proto/otlp/trace/v1) and nothing of the
-// OpenTelemetry SDK: the sidecar's resident memory follows what it links (docs/design.md).
+// It writes the OTLP messages itself with protowire and links neither the OTLP Go packages
+// (go.opentelemetry.io/proto/otlp) nor the OpenTelemetry SDK: the sidecar's resident memory follows
+// what it links (docs/design.md).
 package tracing
 
 import (
