@@ -19,7 +19,9 @@ import (
 
 	discoverypb "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/structpb"
 	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -395,22 +397,33 @@ func proxyStream(t *testing.T, addr string, ca *identity.CA, bundle *identity.Is
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	t.Cleanup(func() { cancel(); conn.Close() })
-	s, err := discoverypb.NewAggregatedDiscoveryServiceClient(conn).StreamAggregatedResources(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
 	md, err := structpb.NewStruct(map[string]any{"NAMESPACE": ns, "POD_NAME": pod, "SERVICE_ACCOUNT": "default", "CLIENT_KIND": "weft"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := s.Send(&discoverypb.DiscoveryRequest{Node: &core.Node{Id: pod + "." + ns, Metadata: md}, TypeUrl: xds.ClusterType}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := s.Recv(); err != nil {
-		t.Fatalf("the proxy's xDS stream: %v", err)
-	}
+	// weft-control answers Unavailable until its discovery has synced with the apiserver (its
+	// injector serves before that): a proxy retries, and so does this one, with a deadline.
+	var cancel context.CancelFunc
+	eventually(t, "the proxy's xDS stream answered", 30*time.Second, func() (bool, string) {
+		var ctx context.Context
+		ctx, cancel = context.WithCancel(context.Background())
+		s, err := discoverypb.NewAggregatedDiscoveryServiceClient(conn).StreamAggregatedResources(ctx)
+		if err == nil {
+			err = s.Send(&discoverypb.DiscoveryRequest{Node: &core.Node{Id: pod + "." + ns, Metadata: md}, TypeUrl: xds.ClusterType})
+		}
+		if err == nil {
+			_, err = s.Recv()
+		}
+		if err != nil {
+			cancel()
+			if status.Code(err) != codes.Unavailable {
+				t.Fatalf("the proxy's xDS stream: %v", err)
+			}
+			return false, err.Error()
+		}
+		return true, ""
+	})
+	t.Cleanup(func() { cancel(); conn.Close() })
 	return func() { cancel(); conn.Close() }
 }
 
