@@ -49,38 +49,15 @@ const (
 	maxMsg      = 16 << 20 // gRPC message limit on both ends (the 4 MB cases need more than grpc-go's 4 MiB default)
 )
 
-// binaries are weft-control and weft-proxy: bin/ when `make build` made them from the current sources,
-// else built once per test binary (weft-proxy the way the Makefile builds it).
+// binaries are weft-control and weft-proxy (prebuilt.MeshBinaries), built at most once per test binary.
 var binaries = sync.OnceValues(func() ([2]string, error) {
 	root, err := filepath.Abs(filepath.Join("..", ".."))
 	if err != nil {
 		return [2]string{}, err
 	}
-	control, proxy := filepath.Join(root, "bin", "weft-control"), filepath.Join(root, "bin", "weft-proxy")
-	if prebuilt.Fresh(root, control, proxy) {
-		return [2]string{control, proxy}, nil
-	}
-	dir, err := os.MkdirTemp("", "weft-h2-bin-")
-	if err != nil {
-		return [2]string{}, err
-	}
-	buildDir = dir
-	build := func(pkg string, env ...string) error {
-		cmd := exec.Command("go", "build", "-o", dir+"/", pkg)
-		cmd.Dir = root
-		cmd.Env = append(os.Environ(), env...)
-		if out, err := cmd.CombinedOutput(); err != nil {
-			return fmt.Errorf("building %s: %v\n%s", pkg, err, out)
-		}
-		return nil
-	}
-	if err := build("./cmd/weft-control"); err != nil {
-		return [2]string{}, err
-	}
-	if err := build("./cmd/weft-proxy", "CGO_ENABLED=0", "GOEXPERIMENT=nogreenteagc"); err != nil {
-		return [2]string{}, err
-	}
-	return [2]string{filepath.Join(dir, "weft-control"), filepath.Join(dir, "weft-proxy")}, nil
+	control, proxy, tmp, err := prebuilt.MeshBinaries(root)
+	buildDir = tmp
+	return [2]string{control, proxy}, err
 })
 
 var buildDir string // removed by TestMain
